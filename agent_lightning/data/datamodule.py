@@ -1,0 +1,126 @@
+"""The LightningDataModule: splits, per-rank shards and the global-to-local batch size."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+
+from agent_lightning.data.loader import SliceBatchLoader
+from agent_lightning.data.synthetic import ClusterTask
+from agent_lightning.errors import ConfigError
+from agent_lightning.parallel import data_parallel_coords
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One rank's contiguous slice of a split."""
+
+    start: int
+    stop: int
+
+
+def shard_of(split_start: int, split_size: int, rank: int, world: int) -> Shard:
+    """Equal contiguous shards; the `split_size % world` leftover samples are dropped so every rank steps equally."""
+    per_rank = split_size // world
+    start = split_start + rank * per_rank
+    return Shard(start, start + per_rank)
+
+
+class AgentDataModule(pl.LightningDataModule):
+    """Serves train/val/test batches of a sample source, each rank only its own shard.
+
+    `batch_size` is the global batch: each of the data-parallel ranks gets `batch_size / ranks`.
+    """
+
+    def __init__(
+        self,
+        source: ClusterTask,
+        train_size: int = 100_000,
+        val_size: int = 10_000,
+        test_size: int = 10_000,
+        batch_size: int = 512,
+        shuffle: bool = True,
+        on_device: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        for key, value in (("train_size", train_size), ("val_size", val_size), ("test_size", test_size)):
+            if value < 1:
+                raise ConfigError(f"data.{key} must be >= 1, got {value}")
+        if batch_size < 1:
+            raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
+        self.source = source
+        self.sizes = {"train": train_size, "val": val_size, "test": test_size}
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.on_device = on_device
+        self.seed = seed
+        self._splits: dict[str, tuple[Tensor, Tensor]] = {}
+        self._rank, self._world = 0, 1
+
+    @property
+    def local_batch_size(self) -> int:
+        """Batch size on each data-parallel rank."""
+        return self.batch_size // self._world
+
+    def setup(self, stage: str) -> None:
+        """Build this rank's shards of the splits the stage needs."""
+        if self.trainer is not None:
+            self._rank, self._world = data_parallel_coords(self.trainer)
+        if self.batch_size % self._world:
+            raise ConfigError(
+                f"data.batch_size={self.batch_size} is not divisible by the {self._world} data-parallel ranks"
+            )
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}[stage]
+        for split in wanted:
+            if split not in self._splits:
+                self._splits[split] = self._build(split)
+
+    def _build(self, split: str) -> tuple[Tensor, Tensor]:
+        offsets = {"train": 0, "val": self.sizes["train"], "test": self.sizes["train"] + self.sizes["val"]}
+        shard = shard_of(offsets[split], self.sizes[split], self._rank, self._world)
+        if shard.stop - shard.start < self.local_batch_size and split == "train":
+            raise ConfigError(
+                f"data.train_size={self.sizes['train']} gives each of {self._world} ranks fewer samples than one "
+                f"batch of {self.local_batch_size}"
+            )
+        features, labels = self.source.samples(shard.start, shard.stop)
+        device = self._device()
+        return features.to(device), labels.to(device)
+
+    def _device(self) -> torch.device:
+        # Keeping the whole shard on the accelerator turns every batch into a free slice.
+        if self.on_device and self.trainer is not None:
+            return self.trainer.strategy.root_device
+        return torch.device("cpu")
+
+    def reachable_accuracy(self, split: str = "val") -> float:
+        """Best accuracy the source allows on this rank's shard of a split."""
+        features, labels = self._splits[split]
+        return self.source.nearest_centre_accuracy(features, labels)
+
+    def _loader(self, split: str, train: bool) -> SliceBatchLoader:
+        features, labels = self._splits[split]
+        return SliceBatchLoader(
+            features,
+            labels,
+            self.local_batch_size,
+            shuffle=train and self.shuffle,
+            drop_last=train,
+            seed=self.seed + self._rank,
+        )
+
+    def train_dataloader(self) -> SliceBatchLoader:
+        """Shuffled per epoch; incomplete last batch dropped so all ranks take the same steps."""
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> SliceBatchLoader:
+        """Natural order, every sample of the shard."""
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> SliceBatchLoader:
+        """Natural order, every sample of the shard."""
+        return self._loader("test", train=False)

@@ -1,0 +1,93 @@
+"""Batches served by slicing whole tensors, resumable mid-epoch.
+
+Per-sample `__getitem__` plus collate costs more than the MLP step itself at this scale, so the
+shard is permuted once per epoch and batches are contiguous views of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+class EpochShuffle:
+    """The order of one shard: a fresh permutation per epoch, reproducible from (seed, epoch)."""
+
+    def __init__(self, size: int, shuffle: bool, seed: int) -> None:
+        self.size = size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose permutation `order` returns (Lightning calls this)."""
+        self.epoch = epoch
+
+    def order(self) -> Tensor | None:
+        """Index order for the current epoch, or None for the natural order."""
+        if not self.shuffle:
+            return None
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return torch.randperm(self.size, generator=generator)
+
+
+class SliceBatchLoader:
+    """Iterates (features, labels) batches of one rank's shard.
+
+    Implements `state_dict`/`load_state_dict`, so Lightning stores the position in the epoch in
+    every checkpoint and a resumed run continues with the next unseen batch. Like a DataLoader it
+    has a `sampler` (whose `set_epoch` Lightning calls) and a `batch_sampler` (none: batches are slices).
+    """
+
+    batch_sampler = None
+
+    def __init__(
+        self,
+        features: Tensor,
+        labels: Tensor,
+        batch_size: int,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        seed: int = 0,
+    ) -> None:
+        if len(features) != len(labels):
+            raise ValueError(f"features ({len(features)}) and labels ({len(labels)}) differ in length")
+        self.features = features
+        self.labels = labels
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+        self.sampler = EpochShuffle(len(features), shuffle, seed)
+        self._batches_served = 0
+        self._resume_at = 0
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return len(self.features) // self.batch_size
+        return -(-len(self.features) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        # A generator: the epoch and resume point are read at the first batch, after Lightning
+        # has called `set_epoch` and `load_state_dict`.
+        start, self._resume_at = self._resume_at, 0
+        order = self.sampler.order()
+        features, labels = self.features, self.labels
+        if order is not None:
+            order = order.to(features.device)
+            features, labels = features[order], labels[order]
+        for batch in range(start, len(self)):
+            self._batches_served = batch + 1
+            lo = batch * self.batch_size
+            yield features[lo : lo + self.batch_size], labels[lo : lo + self.batch_size]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Epoch and number of batches already served in it."""
+        return {"epoch": self.sampler.epoch, "batches_served": self._batches_served}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from a saved position: the next iteration skips the batches already served."""
+        self.sampler.set_epoch(state["epoch"])
+        served = state["batches_served"]
+        self._resume_at = served if served < len(self) else 0

@@ -1,0 +1,119 @@
+"""The LightningModule: loss, metrics, optimizer and LR schedule around an `AgentMLP`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torchmetrics import MaxMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+
+
+class AgentModule(pl.LightningModule):
+    """Trains a policy network by cross-entropy on (observation, action) pairs.
+
+    `optimizer` and `scheduler` are factories (Hydra `_partial_: true`) that still need the
+    parameters / optimizer, so they are built only once the strategy has placed the model.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        scheduler_interval: str = "epoch",
+        num_classes: int = 10,
+        label_smoothing: float = 0.0,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        # The resolved run config travels in every checkpoint, so a model can be rebuilt from it.
+        self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"], logger=False)
+        self.model = model
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.val_acc_best = MaxMetric()
+        self._epoch_started = 0.0
+        self._epoch_seconds = 0.0
+        self._epoch_samples = 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Action logits."""
+        return self.model(x)
+
+    def configure_model(self) -> None:
+        """Hook where sharding strategies wrap the model; plain data parallel needs nothing."""
+
+    def _loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        return F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        """One optimisation step's loss; accuracy accumulates on the device without syncing."""
+        features, labels = batch
+        logits = self(features)
+        loss = self._loss(logits, labels)
+        self.train_acc(logits, labels)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        self._epoch_samples += len(labels)
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        """Loss and accuracy on the held-out split."""
+        features, labels = batch
+        logits = self(features)
+        self.val_acc(logits, labels)
+        self.log("val/loss", self._loss(logits, labels), sync_dist=True, prog_bar=True)
+        self.log("val/acc", self.val_acc, prog_bar=True)
+
+    def on_validation_epoch_end(self) -> None:
+        """Track the best validation accuracy so far (the sanity check does not count)."""
+        if self.trainer.sanity_checking:
+            return
+        self.val_acc_best(self.val_acc.compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        """Loss and accuracy on the test split."""
+        features, labels = batch
+        logits = self(features)
+        self.test_acc(logits, labels)
+        self.log("test/loss", self._loss(logits, labels), sync_dist=True)
+        self.log("test/acc", self.test_acc)
+
+    def on_train_epoch_start(self) -> None:
+        """Start the epoch's throughput clock."""
+        self._epoch_samples = 0
+        self._epoch_started = time.perf_counter()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Stop the clock at the last training batch, before validation runs."""
+        self._epoch_seconds = time.perf_counter() - self._epoch_started
+
+    def on_train_epoch_end(self) -> None:
+        """Log global samples per second of the epoch's training steps."""
+        if self._epoch_samples and self._epoch_seconds > 0:
+            samples_per_s = self._epoch_samples * self.trainer.world_size / self._epoch_seconds
+            self.log("perf/samples_per_s", samples_per_s, sync_dist=True)
+
+    def configure_optimizers(self) -> Any:
+        """Build the optimizer over the placed (possibly wrapped or sharded) model's parameters."""
+        optimizer = self.optimizer_factory(params=self.trainer.model.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        config: dict[str, Any] = {"scheduler": scheduler, "interval": self.hparams.scheduler_interval}
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            config["monitor"] = "val/loss"
+        return {"optimizer": optimizer, "lr_scheduler": config}

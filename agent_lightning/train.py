@@ -1,0 +1,146 @@
+"""Entry point: `python -m agent_lightning.train [overrides]`, and `train(cfg)` for code and tests."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning.pytorch as pl
+import torch
+from hydra.errors import InstantiationException
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from agent_lightning.callbacks import FiniteLossGuard, NonFiniteLossError
+from agent_lightning.checkpoint_io import AtomicCheckpointIO
+from agent_lightning.errors import ConfigError
+from agent_lightning.launch import LaunchError, launch_ranks, setup_rank_logging
+from agent_lightning.module import AgentModule
+from agent_lightning.parallel import build_strategy
+from agent_lightning.validation import available_devices, launched_externally, resolve_devices, validate
+
+log = logging.getLogger("agent_lightning")
+# Quiet two messages Lightning prints on every run that say nothing about this run.
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+    lambda record: "litlogger" not in record.getMessage()
+)
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+
+
+def config_dir() -> Path:
+    """The config tree: inside the installed package, or `conf/` beside it in a source checkout."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "conf", package.parent / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(f"no conf/config.yaml next to {package}")
+
+
+def _set_cpu_threads(cfg: DictConfig, local_ranks: int) -> None:
+    # Ranks sharing a CPU must split its cores, or they oversubscribe them and run slower than one.
+    kind, cores = available_devices(str(cfg.trainer.accelerator))
+    if kind == "cpu":
+        torch.set_num_threads(max(1, cores // local_ranks))
+
+
+def _instantiate_all(group: DictConfig | None) -> list[Any]:
+    if not group:
+        return []
+    return [hydra.utils.instantiate(item) for item in group.values() if item and "_target_" in item]
+
+
+def build_module(cfg: DictConfig) -> AgentModule:
+    """The LightningModule with its model, optimizer factory and LR scheduler factory."""
+    scheduler_cfg = OmegaConf.to_container(cfg.scheduler, resolve=True) if cfg.get("scheduler") else {}
+    interval = scheduler_cfg.pop("interval", "epoch")
+    scheduler = hydra.utils.instantiate(scheduler_cfg) if "_target_" in scheduler_cfg else None
+    return AgentModule(
+        model=hydra.utils.instantiate(cfg.model),
+        optimizer=hydra.utils.instantiate(cfg.optimizer),
+        scheduler=scheduler,
+        scheduler_interval=interval,
+        num_classes=cfg.model.output_dim,
+        label_smoothing=cfg.loss.label_smoothing,
+        config=OmegaConf.to_container(cfg, resolve=True),
+    )
+
+
+def build_trainer(cfg: DictConfig, devices: int) -> pl.Trainer:
+    """The Lightning Trainer with strategy, callbacks, loggers and atomic checkpoint writes."""
+    callbacks: list[Callback] = [*_instantiate_all(cfg.get("callbacks")), FiniteLossGuard()]
+    return hydra.utils.instantiate(
+        cfg.trainer,
+        devices=devices,
+        num_nodes=cfg.num_nodes,
+        strategy=build_strategy(cfg.strategy),
+        callbacks=callbacks,
+        logger=_instantiate_all(cfg.get("logger")) or False,
+        plugins=[AtomicCheckpointIO()],
+        _convert_="object",
+    )
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit, then test; return the final metrics (floats) and where the run's files are."""
+    world = validate(cfg)
+    devices = resolve_devices(cfg)
+    Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    _set_cpu_threads(cfg, local_ranks=min(devices, world))
+
+    datamodule = hydra.utils.instantiate(cfg.data)
+    module = build_module(cfg)
+    trainer = build_trainer(cfg, devices)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
+
+    checkpoint = trainer.checkpoint_callback
+    best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
+    if cfg.get("test", True):
+        trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        metrics.update({key: float(value) for key, value in trainer.callback_metrics.items()})
+    metrics["data/reachable_acc"] = datamodule.reachable_accuracy("val")
+    return {**metrics, "run_dir": str(cfg.paths.output_dir), "best_model_path": best}
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train in this process, or start one process per rank when the job needs several."""
+    world = validate(cfg)
+    if world > 1 and not launched_externally():
+        return launch_ranks(cfg, resolve_devices(cfg))
+    return train(cfg)
+
+
+def _summary(metrics: dict[str, Any]) -> str:
+    keys = ("train/loss", "val/acc", "val/acc_best", "test/acc", "data/reachable_acc", "perf/samples_per_s")
+    return "  ".join(f"{k}={metrics[k]:.4g}" for k in keys if k in metrics)
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry: one job (or one job of a sweep); returns `cfg.optimized_metric` for sweepers."""
+    rank = int(os.environ.get("RANK", "0"))
+    if launched_externally() and rank != 0:
+        setup_rank_logging(rank, log_file=None)  # torchrun/SLURM ran Hydra on every rank: keep rank 0's log
+    log.info("Run directory: %s", cfg.paths.output_dir)
+    try:
+        metrics = run(cfg)
+    except (ConfigError, NonFiniteLossError, LaunchError, InstantiationException) as err:
+        log.error("%s", err)
+        sys.exit(2)
+    if metrics:
+        log.info("Final: %s", _summary(metrics))
+        log.info(
+            "Run directory: %s (config in .hydra/, metrics in csv/, checkpoints in checkpoints/)", cfg.paths.output_dir
+        )
+    value = metrics.get(cfg.get("optimized_metric") or "")
+    return float(value) if value is not None else None
+
+
+if __name__ == "__main__":
+    main()

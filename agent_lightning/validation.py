@@ -1,0 +1,79 @@
+"""Checks a composed config before any process starts, so mistakes cost one clear line."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from agent_lightning.errors import ConfigError
+from agent_lightning.parallel import STRATEGIES
+
+
+def available_devices(accelerator: str) -> tuple[str, int]:
+    """(kind, count) of devices that `trainer.accelerator` resolves to on this machine."""
+    wants_gpu = accelerator in ("auto", "gpu", "cuda")
+    if wants_gpu and torch.cuda.is_available():
+        return "cuda", torch.cuda.device_count()
+    if accelerator in ("gpu", "cuda"):
+        raise ConfigError(f"trainer.accelerator={accelerator!r} but no CUDA device is available; use 'cpu' or 'auto'")
+    # One CPU rank per core: more would only oversubscribe the cores.
+    return "cpu", len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def resolve_devices(cfg: DictConfig) -> int:
+    """Devices per node as an int; 'auto' means every GPU, or one CPU process."""
+    kind, count = available_devices(str(cfg.trainer.accelerator))
+    devices = cfg.devices
+    if devices == "auto":
+        return count if kind == "cuda" else 1
+    if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
+        raise ConfigError(f"devices={devices!r} is invalid: use a whole number >= 1 or 'auto'")
+    # Under an external launcher (torchrun, SLURM) other nodes' devices are not visible here.
+    if devices > count and not launched_externally():
+        raise ConfigError(f"devices={devices} but this machine has {count} {kind} device(s): use 1..{count}")
+    return devices
+
+
+def launched_externally() -> bool:
+    """True when torchrun, SLURM or an MPI-style launcher already started one process per rank."""
+    return "LOCAL_RANK" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ
+
+
+def _positive_number(cfg: DictConfig, key: str) -> None:
+    value = cfg
+    for part in key.split("."):
+        value = value[part]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{key}={value!r} is invalid: it must be a positive number")
+
+
+def validate(cfg: DictConfig) -> int:
+    """Raise ConfigError naming the first bad key; return the total number of ranks."""
+    name = cfg.strategy.get("name")
+    if name not in STRATEGIES:
+        raise ConfigError(f"strategy.name={name!r} is not one of {', '.join(STRATEGIES)}")
+    devices = resolve_devices(cfg)
+    num_nodes = cfg.num_nodes
+    if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 1:
+        raise ConfigError(f"num_nodes={num_nodes!r} is invalid: use a whole number >= 1")
+    world = devices * num_nodes
+    if name == "single" and world > 1:
+        raise ConfigError(
+            f"strategy=single runs on one device but devices={devices} num_nodes={num_nodes}: use strategy=ddp"
+        )
+    _positive_number(cfg, "optimizer.lr")
+    batch = cfg.data.batch_size
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ConfigError(f"data.batch_size={batch!r} is invalid: it must be a whole number >= 1")
+    if batch % world:
+        raise ConfigError(
+            f"data.batch_size={batch} (global) is not divisible by the {world} data-parallel ranks: "
+            f"use a multiple of {world}"
+        )
+    if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
+        raise ConfigError(f"ckpt_path={cfg.ckpt_path} does not exist or is not a file")
+    return world
