@@ -44,6 +44,9 @@ class AgentModule(pl.LightningModule):
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.val_acc_best = MaxMetric()
+        # Kept in checkpoints, so a resumed run continues the epoch's accuracy and the best so far.
+        self.train_acc.persistent(True)
+        self.val_acc_best.persistent(True)
         self._epoch_started = 0.0
         self._epoch_seconds = 0.0
         self._epoch_samples = 0

@@ -1,0 +1,58 @@
+"""Shared fixtures: compose the real config tree once per call, small enough to train in seconds."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, open_dict
+
+from agent_lightning.train import config_dir
+
+# A small task that still needs learning: 64 steps per epoch, 2 epochs.
+FAST = [
+    "data.train_size=16384",
+    "data.val_size=2048",
+    "data.test_size=2048",
+    "data.batch_size=256",
+    "trainer.max_epochs=2",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "trainer.num_sanity_val_steps=0",
+]
+
+ComposeFn = Callable[..., DictConfig]
+
+
+@pytest.fixture
+def compose_cfg(tmp_path: Path) -> ComposeFn:
+    """Compose `conf/config.yaml` with overrides, writing under a fresh temporary run directory."""
+
+    def _compose(*overrides: str, fast: bool = True, output_dir: Path | None = None) -> DictConfig:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            cfg = compose("config", overrides=[*(FAST if fast else []), *overrides])
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(output_dir or tmp_path / "run")
+        return cfg
+
+    return _compose
+
+
+def run_cli(*args: str, cwd: Path, timeout: int = 240) -> subprocess.CompletedProcess[str]:
+    """Run `python -m agent_lightning.train ARGS` as a user would; bounded so a hung rank fails fast."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [sys.executable, "-m", "agent_lightning.train", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

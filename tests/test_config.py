@@ -1,0 +1,135 @@
+import zipfile
+from pathlib import Path
+
+import hydra
+import pytest
+import torch
+from lightning.pytorch.strategies import DDPStrategy
+
+from agent_lightning.data import AgentDataModule
+from agent_lightning.model import AgentMLP
+from agent_lightning.parallel import build_strategy
+from agent_lightning.train import build_module, config_dir
+
+CONF = config_dir()
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def test_every_group_has_options() -> None:
+    for group in (
+        "model",
+        "data",
+        "optimizer",
+        "scheduler",
+        "strategy",
+        "trainer",
+        "logger",
+        "callbacks",
+        "experiment",
+    ):
+        assert options(group), group
+    assert {"adam", "adamw", "sgd"} <= set(options("optimizer"))
+    assert {"none", "cosine", "step"} <= set(options("scheduler"))
+    assert {"single", "ddp"} <= set(options("strategy"))
+
+
+@pytest.mark.parametrize("optimizer", options("optimizer"))
+@pytest.mark.parametrize("scheduler", options("scheduler"))
+def test_optimizer_and_scheduler_options_instantiate_and_step(compose_cfg, optimizer: str, scheduler: str) -> None:
+    cfg = compose_cfg(f"optimizer={optimizer}", f"scheduler={scheduler}")
+    module = build_module(cfg)
+    module.trainer = type("T", (), {"model": module})()  # configure_optimizers reads trainer.model
+    configured = module.configure_optimizers()
+    opt = configured["optimizer"] if isinstance(configured, dict) else configured
+    assert opt.param_groups[0]["lr"] == pytest.approx(cfg.optimizer.lr)
+    if scheduler == "none":
+        assert not isinstance(configured, dict)
+    else:
+        sched = configured["lr_scheduler"]["scheduler"]
+        for _ in range(cfg.trainer.max_epochs):
+            opt.step()
+            sched.step()
+        assert opt.param_groups[0]["lr"] < cfg.optimizer.lr  # the schedule decays
+
+
+@pytest.mark.parametrize("model", options("model"))
+def test_model_options_instantiate(compose_cfg, model: str) -> None:
+    cfg = compose_cfg(f"model={model}")
+    net = hydra.utils.instantiate(cfg.model)
+    assert isinstance(net, AgentMLP)
+    assert net(torch.randn(2, cfg.model.input_dim)).shape == (2, cfg.model.output_dim)
+
+
+@pytest.mark.parametrize("data", options("data"))
+def test_data_options_instantiate(compose_cfg, data: str) -> None:
+    assert isinstance(hydra.utils.instantiate(compose_cfg(f"data={data}").data), AgentDataModule)
+
+
+@pytest.mark.parametrize("strategy", options("strategy"))
+def test_strategy_options_build(compose_cfg, strategy: str) -> None:
+    built = build_strategy(compose_cfg(f"strategy={strategy}").strategy)
+    assert isinstance(built, DDPStrategy) if strategy == "ddp" else built == "auto"
+
+
+@pytest.mark.parametrize("logger", options("logger"))
+@pytest.mark.parametrize("callbacks", options("callbacks"))
+def test_logger_callback_and_trainer_options_instantiate(compose_cfg, logger: str, callbacks: str) -> None:
+    cfg = compose_cfg(f"logger={logger}", f"callbacks={callbacks}")
+    for group in (cfg.logger, cfg.callbacks):
+        for item in (group or {}).values():
+            assert hydra.utils.instantiate(item) is not None
+    trainer = hydra.utils.instantiate(cfg.trainer, devices=1, logger=False)
+    assert trainer.max_epochs == cfg.trainer.max_epochs
+
+
+def test_reference_experiment_matches_the_design(compose_cfg) -> None:
+    cfg = compose_cfg("experiment=reference", fast=False)
+    assert (cfg.strategy.name, cfg.devices) == ("ddp", 2)
+    assert (cfg.data.source.num_features, cfg.data.source.num_classes) == (128, 10)
+    assert (cfg.data.train_size, cfg.data.batch_size, cfg.trainer.max_epochs) == (100_000, 512, 5)
+    assert cfg.optimizer._target_ == "torch.optim.Adam" and cfg.optimizer.lr == pytest.approx(1e-3)
+    net = hydra.utils.instantiate(cfg.model)
+    widths = [(m.in_features, m.out_features) for m in net.modules() if isinstance(m, torch.nn.Linear)]
+    assert widths == [(128, 256), (256, 256), (256, 10)]
+
+
+def test_command_line_values_win_over_the_experiment(compose_cfg) -> None:
+    cfg = compose_cfg("experiment=reference", "devices=1", "optimizer.lr=0.01")
+    assert cfg.devices == 1 and cfg.optimizer.lr == 0.01
+
+
+@pytest.mark.timeout(180)
+def test_installed_wheel_ships_the_config_tree(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(root)],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    shipped = {n.removeprefix("agent_lightning/conf/") for n in names if n.startswith("agent_lightning/conf/")}
+    in_tree = {str(p.relative_to(CONF)) for p in CONF.rglob("*.yaml")}
+    assert in_tree and in_tree == shipped
+
+    # Installed (not editable, not from the source tree), the package finds its config and composes it.
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)], check=True
+    )
+    probe = (
+        "from agent_lightning.train import config_dir; from hydra import compose, initialize_config_dir;"
+        "initialize_config_dir(config_dir=str(config_dir()), version_base='1.3');"
+        "print(config_dir()); print(compose('config', overrides=['experiment=reference']).strategy.name)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, env={"PYTHONPATH": str(target)}, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(target / "agent_lightning" / "conf"), "ddp"]

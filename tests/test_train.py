@@ -1,0 +1,63 @@
+"""End-to-end training in one process: learning, resuming, divergence."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from agent_lightning.callbacks import NonFiniteLossError
+from agent_lightning.train import train
+
+
+def test_default_run_learns_far_above_chance(compose_cfg) -> None:
+    metrics = train(compose_cfg("trainer.max_epochs=3"))
+    assert metrics["val/acc"] > 0.8 and metrics["test/acc"] > 0.8  # chance is 0.1
+    assert metrics["val/acc_best"] >= metrics["val/acc"]
+    assert metrics["train/loss"] < 1.0 and metrics["perf/samples_per_s"] > 0
+    run_dir = Path(metrics["run_dir"])
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert Path(metrics["best_model_path"]).parent == run_dir / "checkpoints"
+    logged = (run_dir / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"train/loss", "val/loss", "val/acc", "val/acc_best", "test/acc", "perf/samples_per_s"} <= set(logged)
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    return {k: v for k, v in state.items() if k.startswith("model.")}
+
+
+def test_resume_mid_epoch_reaches_the_same_numbers(compose_cfg, tmp_path: Path) -> None:
+    common = [
+        "trainer.deterministic=true",
+        "trainer.max_epochs=3",
+        "callbacks.last_checkpoint.every_n_train_steps=5",
+        "scheduler=cosine",
+        "test=false",
+        "data.train_size=8192",
+    ]
+    whole = train(compose_cfg(*common, output_dir=tmp_path / "whole"))
+
+    # Stop after 45 of 96 steps: mid-way through the second epoch (32 steps per epoch at 8192 samples).
+    train(compose_cfg(*common, "trainer.max_steps=45", output_dir=tmp_path / "cut"))
+    last = tmp_path / "cut" / "checkpoints" / "last.ckpt"
+    saved = torch.load(last, map_location="cpu", weights_only=False)
+    assert saved["global_step"] == 45 and saved["epoch"] == 1
+    assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 1, "batches_served": 13}]
+
+    resumed = train(compose_cfg(*common, f"ckpt_path={last}", output_dir=tmp_path / "cut"))
+    for key in ("val/acc", "val/acc_best", "val/loss"):
+        assert resumed[key] == pytest.approx(whole[key], abs=1e-6), key
+    final_whole = _weights(tmp_path / "whole" / "checkpoints" / "last.ckpt")
+    final_resumed = _weights(last)
+    assert all(torch.allclose(final_whole[k], final_resumed[k], atol=1e-6) for k in final_whole)
+    assert torch.load(last, weights_only=False)["global_step"] == 96
+
+
+def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(compose_cfg, tmp_path: Path) -> None:
+    cfg = compose_cfg("optimizer=sgd", "optimizer.lr=1e4", "callbacks.last_checkpoint.every_n_train_steps=1")
+    with pytest.raises(NonFiniteLossError, match="diverged"):
+        train(cfg)
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    weights = _weights(last)  # readable, and from before the divergence
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    assert not list(last.parent.glob("*.tmp"))
