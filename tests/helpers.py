@@ -11,7 +11,7 @@ import torch
 
 
 class SampleRecorder(pl.Callback):
-    """Saves the first feature of every training sample a rank sees in epoch 0 (a sample's fingerprint)."""
+    """Saves every training sample (features) a rank sees in epoch 0."""
 
     def __init__(self, out_dir: str) -> None:
         self.out_dir = out_dir
@@ -19,7 +19,7 @@ class SampleRecorder(pl.Callback):
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
         if trainer.current_epoch == 0:
-            self.seen.append(batch[0][:, 0].detach().cpu().clone())
+            self.seen.append(batch[0].detach().cpu().clone())
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         Path(self.out_dir).mkdir(parents=True, exist_ok=True)

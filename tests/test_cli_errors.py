@@ -1,0 +1,33 @@
+"""Bad input from the command line: one clear message naming the key, a non-zero exit, no traceback."""
+
+from pathlib import Path
+
+import pytest
+
+from .conftest import run_cli
+
+pytestmark = pytest.mark.timeout(120)
+
+CASES = {
+    "unknown strategy": (["strategy=foo"], "Could not find 'strategy/foo'"),
+    "unknown optimizer": (["optimizer=foo"], "Could not find 'optimizer/foo'"),
+    "no devices": (["devices=0"], "devices=0 is invalid"),
+    "more devices than exist": (["strategy=ddp", "devices=4096"], "devices=4096 but this machine has"),
+    "batch not divisible": (["strategy=ddp", "devices=2", "data.batch_size=511"], "data.batch_size=511 (global)"),
+    "negative lr": (["optimizer.lr=-1"], "optimizer.lr=-1 is invalid"),
+    "non-numeric lr": (["optimizer.lr=abc"], "optimizer.lr='abc' is invalid"),
+    "missing checkpoint": (["ckpt_path=/no/such/last.ckpt"], "ckpt_path=/no/such/last.ckpt does not exist"),
+    "unknown top-level key": (["learning_rate=0.1"], "Could not override 'learning_rate'"),
+    "single strategy on two devices": (["devices=2"], "strategy=single runs on one device"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_exits_nonzero_with_one_clear_message(case: str, tmp_path: Path) -> None:
+    overrides, message = CASES[case]
+    result = run_cli(*overrides, "trainer.max_epochs=1", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert message in output
+    assert "Traceback" not in output
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing started
