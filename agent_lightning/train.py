@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,22 +71,24 @@ def build_module(cfg: DictConfig) -> AgentModule:
     )
 
 
-def build_trainer(cfg: DictConfig, devices: int) -> pl.Trainer:
+def build_trainer(cfg: DictConfig, devices: int, extra_callbacks: Sequence[Callback] = ()) -> pl.Trainer:
     """The Lightning Trainer with strategy, callbacks, loggers and atomic checkpoint writes."""
-    callbacks: list[Callback] = [*_instantiate_all(cfg.get("callbacks")), FiniteLossGuard()]
+    callbacks: list[Callback] = [*_instantiate_all(cfg.get("callbacks")), FiniteLossGuard(), *extra_callbacks]
     return hydra.utils.instantiate(
         cfg.trainer,
         devices=devices,
         num_nodes=cfg.num_nodes,
         strategy=build_strategy(cfg.strategy),
         callbacks=callbacks,
+        # Lightning would add a checkpoint callback of its own; `callbacks=none` means none.
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
         logger=_instantiate_all(cfg.get("logger")) or False,
         plugins=[AtomicCheckpointIO()],
         _convert_="object",
     )
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
+def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     """Fit, then test; return the final metrics (floats) and where the run's files are."""
     world = validate(cfg)
     devices = resolve_devices(cfg)
@@ -95,7 +98,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     datamodule = hydra.utils.instantiate(cfg.data)
     module = build_module(cfg)
-    trainer = build_trainer(cfg, devices)
+    trainer = build_trainer(cfg, devices, extra_callbacks)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
 

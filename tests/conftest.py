@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -46,13 +47,20 @@ def compose_cfg(tmp_path: Path) -> ComposeFn:
 
 
 def run_cli(*args: str, cwd: Path, timeout: int = 240) -> subprocess.CompletedProcess[str]:
-    """Run `python -m agent_lightning.train ARGS` as a user would; bounded so a hung rank fails fast."""
+    """Run `python -m agent_lightning.train ARGS` as a user would.
+
+    The command runs in its own process group, so on a timeout its ranks are killed with it
+    and a hung rank fails the test instead of outliving it.
+    """
+    command = [sys.executable, "-m", "agent_lightning.train", *args]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run(
-        [sys.executable, "-m", "agent_lightning.train", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    with subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    ) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise
+    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)

@@ -1,0 +1,200 @@
+"""Training throughput: the framework's step path against a hand-written PyTorch loop, side by side.
+
+Both train the reference model (MLP 128-256-256-10, Adam 1e-3, batch 512) on the same 100,000
+synthetic samples, in this one process, alternating so drift affects both alike. Prints samples/s
+of each and, last, `ratio=<framework / hand-written>`. With --reference it also runs the reference
+experiment from the command line at devices=1 and devices=2.
+
+    python benchmarks/throughput.py [--epochs 4] [--rounds 2] [--accelerator cpu|gpu] [--reference]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from lightning.pytorch import Callback, LightningModule, Trainer
+from omegaconf import open_dict
+from torch.nn import functional as F
+
+from agent_lightning.data import ClusterTask, SliceBatchLoader
+from agent_lightning.model import AgentMLP
+from agent_lightning.train import config_dir, train
+
+TRAIN_SIZE, BATCH, FEATURES, CLASSES = 100_000, 512, 128, 10
+
+
+def _reference_data(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    features, labels = ClusterTask(num_features=FEATURES, num_classes=CLASSES, seed=0).samples(0, TRAIN_SIZE)
+    return features.to(device), labels.to(device)
+
+
+def _steady(rates: list[float]) -> float:
+    return statistics.median(rates[1:] if len(rates) > 1 else rates)  # the first epoch warms up
+
+
+def hand_written(epochs: int, device: torch.device) -> float:
+    """Plain PyTorch: tensors on the device, a permutation per epoch, sliced batches, Adam."""
+    torch.manual_seed(0)
+    features, labels = _reference_data(device)
+    model = AgentMLP(FEATURES, 256, 2, CLASSES).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loader = SliceBatchLoader(features, labels, BATCH, shuffle=True, drop_last=True)
+    rates = []
+    for epoch in range(epochs):
+        loader.sampler.set_epoch(epoch)
+        _sync(device)
+        start = time.perf_counter()
+        for x, y in loader:
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        _sync(device)
+        rates.append(len(loader) * BATCH / (time.perf_counter() - start))
+    return _steady(rates)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class MinimalModule(LightningModule):
+    """The least a LightningModule can be: Lightning's own per-step cost, for reference."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model = AgentMLP(FEATURES, 256, 2, CLASSES)
+        self.rates: list[float] = []
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return F.cross_entropy(self.model(batch[0]), batch[1])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+    def on_train_epoch_start(self) -> None:
+        _sync(self.device)
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self) -> None:
+        _sync(self.device)
+        self.rates.append(self.trainer.num_training_batches * BATCH / (time.perf_counter() - self._start))
+
+
+def lightning_minimal(epochs: int, device: torch.device) -> float:
+    """A bare Trainer.fit over the same sliced batches (no metrics, logging or checkpoints)."""
+    torch.manual_seed(0)
+    features, labels = _reference_data(device)
+    module = MinimalModule()
+    trainer = Trainer(
+        max_epochs=epochs,
+        accelerator="gpu" if device.type == "cuda" else "cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, SliceBatchLoader(features, labels, BATCH, shuffle=True, drop_last=True))
+    return _steady(module.rates)
+
+
+class EpochRates(Callback):
+    """Collects the module's per-epoch training throughput."""
+
+    def __init__(self) -> None:
+        self.rates: list[float] = []
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.rates.append(pl_module.samples_per_second)
+
+
+def framework(epochs: int, accelerator: str) -> float:
+    """`train(cfg)` on the same workload; the module measures samples/s of each epoch's steps."""
+    overrides = [
+        f"data.train_size={TRAIN_SIZE}",
+        f"data.batch_size={BATCH}",
+        "data.source.seed=0",
+        f"trainer.max_epochs={epochs}",
+        f"trainer.accelerator={accelerator}",
+        "trainer.limit_val_batches=0",
+        "trainer.num_sanity_val_steps=0",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        "callbacks=none",
+        "logger=none",
+        "test=false",
+    ]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    recorder = EpochRates()
+    with tempfile.TemporaryDirectory() as out, open_dict(cfg):
+        cfg.paths.output_dir = out
+        train(cfg, extra_callbacks=[recorder])
+    return _steady(recorder.rates)
+
+
+def reference_cli(devices: int) -> float:
+    """The reference experiment as a user runs it; samples/s from its final report."""
+    with tempfile.TemporaryDirectory() as out:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "agent_lightning.train",
+                "experiment=reference",
+                f"devices={devices}",
+                "trainer.enable_progress_bar=false",
+                f"hydra.run.dir={out}",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    found = re.search(r"perf/samples_per_s=([0-9.e+]+)", result.stderr + result.stdout)
+    assert found, result.stderr[-2000:]
+    return float(found.group(1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu"])
+    parser.add_argument("--reference", action="store_true", help="also run experiment=reference at devices=1 and 2")
+    args = parser.parse_args()
+    device = torch.device("cuda" if args.accelerator == "gpu" else "cpu")
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+
+    print(
+        f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} "
+        f"samples={TRAIN_SIZE} batch={BATCH} epochs={args.epochs} rounds={args.rounds}"
+    )
+    hand, bare, ours = [], [], []
+    for _ in range(args.rounds):
+        hand.append(hand_written(args.epochs, device))
+        bare.append(lightning_minimal(args.epochs, device))
+        ours.append(framework(args.epochs, args.accelerator))
+    if args.reference:
+        for devices in (1, 2):
+            print(f"reference experiment devices={devices}: {reference_cli(devices):,.0f} samples/s")
+    for name, rates in (("hand-written loop", hand), ("minimal Lightning", bare), ("framework (train)", ours)):
+        print(f"{name}: {max(rates):,.0f} samples/s  (rounds: {', '.join(f'{r:,.0f}' for r in rates)})")
+    print(f"minimal Lightning / hand-written = {max(bare) / max(hand):.3f}")
+    print(f"ratio={max(ours) / max(hand):.3f}")
+
+
+if __name__ == "__main__":
+    main()
