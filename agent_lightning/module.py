@@ -124,7 +124,7 @@ class AgentModule(pl.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         """Log the epoch's training accuracy (synced across ranks) and throughput."""
-        self.log("train/acc", self.train_acc.compute())
+        self.log("train/acc", self.train_acc.compute(), sync_dist=True)
         self.train_acc.reset()
         if self.samples_per_second:
             self.log("perf/samples_per_s", self.samples_per_second, sync_dist=True)
