@@ -13,6 +13,8 @@ from torch.nn import functional as F
 from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from agent_lightning.optim import build_optimizer, build_scheduler
+
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 
@@ -131,10 +133,10 @@ class AgentModule(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         """Build the optimizer over the placed (possibly wrapped or sharded) model's parameters."""
-        optimizer = self.optimizer_factory(params=self.trainer.model.parameters())
+        optimizer = build_optimizer(self.optimizer_factory, self.trainer.model)
         if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer=optimizer)
+        scheduler = build_scheduler(self.scheduler_factory, optimizer, self.trainer.estimated_stepping_batches)
         config: dict[str, Any] = {"scheduler": scheduler, "interval": self.hparams.scheduler_interval}
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             config["monitor"] = "val/loss"

@@ -14,7 +14,7 @@ import hydra
 import lightning.pytorch as pl
 import torch
 from hydra.errors import InstantiationException
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from agent_lightning.callbacks import FiniteLossGuard, NonFiniteLossError
@@ -73,7 +73,10 @@ def build_module(cfg: DictConfig) -> AgentModule:
 
 def build_trainer(cfg: DictConfig, devices: int, extra_callbacks: Sequence[Callback] = ()) -> pl.Trainer:
     """The Lightning Trainer with strategy, callbacks, loggers and atomic checkpoint writes."""
+    loggers = _instantiate_all(cfg.get("logger"))
     callbacks: list[Callback] = [*_instantiate_all(cfg.get("callbacks")), FiniteLossGuard(), *extra_callbacks]
+    if not loggers:  # LearningRateMonitor refuses to run without a logger to write to
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     return hydra.utils.instantiate(
         cfg.trainer,
         devices=devices,
@@ -82,7 +85,7 @@ def build_trainer(cfg: DictConfig, devices: int, extra_callbacks: Sequence[Callb
         callbacks=callbacks,
         # Lightning would add a checkpoint callback of its own; `callbacks=none` means none.
         enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
-        logger=_instantiate_all(cfg.get("logger")) or False,
+        logger=loggers or False,
         plugins=[AtomicCheckpointIO()],
         _convert_="object",
     )

@@ -25,3 +25,18 @@ class SampleRecorder(pl.Callback):
         Path(self.out_dir).mkdir(parents=True, exist_ok=True)
         rank = int(os.environ.get("RANK", trainer.global_rank))
         torch.save(torch.cat(self.seen), Path(self.out_dir) / f"rank{rank}.pt")
+
+
+class CrashError(RuntimeError):
+    """Stands for a killed run."""
+
+
+class CrashAtStep(pl.Callback):
+    """Raises before running the batch that would make `step` + 1 optimizer steps."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
+        if trainer.global_step == self.step:
+            raise CrashError(f"stopped at step {self.step}")

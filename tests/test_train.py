@@ -8,6 +8,8 @@ import torch
 from agent_lightning.callbacks import NonFiniteLossError
 from agent_lightning.train import train
 
+from .helpers import CrashAtStep, CrashError
+
 
 def test_default_run_learns_far_above_chance(compose_cfg) -> None:
     metrics = train(compose_cfg("trainer.max_epochs=3"))
@@ -31,18 +33,20 @@ def test_resume_mid_epoch_reaches_the_same_numbers(compose_cfg, tmp_path: Path) 
         "trainer.deterministic=true",
         "trainer.max_epochs=3",
         "callbacks.last_checkpoint.every_n_train_steps=5",
-        "scheduler=cosine",
+        "scheduler=warmup_cosine",
+        "scheduler.warmup_steps=10",  # per-step schedule: its state and the data position must both resume
         "test=false",
         "data.train_size=8192",
     ]
     whole = train(compose_cfg(*common, output_dir=tmp_path / "whole"))
 
-    # Stop after 45 of 96 steps: mid-way through the second epoch (32 steps per epoch at 8192 samples).
-    train(compose_cfg(*common, "trainer.max_steps=45", output_dir=tmp_path / "cut"))
+    # Crash after 45 of 96 steps: mid-way through the second epoch (32 steps per epoch at 8192 samples).
+    with pytest.raises(CrashError):
+        train(compose_cfg(*common, output_dir=tmp_path / "cut"), extra_callbacks=[CrashAtStep(45)])
     last = tmp_path / "cut" / "checkpoints" / "last.ckpt"
     saved = torch.load(last, map_location="cpu", weights_only=False)
     assert saved["global_step"] == 45 and saved["epoch"] == 1
-    assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 1, "batches_served": 13}]
+    assert saved["AgentDataModule"] == {"train_position": {"epoch": 1, "batches_served": 13}}
 
     resumed = train(compose_cfg(*common, f"ckpt_path={last}", output_dir=tmp_path / "cut"))
     for key in ("val/acc", "val/acc_best", "val/loss"):

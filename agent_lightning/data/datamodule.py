@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -60,6 +61,8 @@ class AgentDataModule(pl.LightningDataModule):
         self.seed = seed
         self._splits: dict[str, tuple[Tensor, Tensor]] = {}
         self._rank, self._world = 0, 1
+        self._train_loader: SliceBatchLoader | None = None
+        self._train_position: dict[str, Any] | None = None
 
     @property
     def local_batch_size(self) -> int:
@@ -115,7 +118,24 @@ class AgentDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> SliceBatchLoader:
         """Shuffled per epoch; incomplete last batch dropped so all ranks take the same steps."""
-        return self._loader("train", train=True)
+        self._train_loader = self._loader("train", train=True)
+        if self._train_position is not None:
+            self._train_loader.load_state_dict(self._train_position)
+            self._train_position = None
+        return self._train_loader
+
+    # The position in the epoch is also kept here, not only through Lightning's loader-state
+    # hooks: those are skipped when something (e.g. `trainer.estimated_stepping_batches` in a
+    # per-step LR schedule) builds the train loader before the checkpoint's loop state is loaded.
+    def state_dict(self) -> dict[str, Any]:
+        """The train loader's epoch and position, saved in every checkpoint."""
+        return {"train_position": self._train_loader.state_dict()} if self._train_loader is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Resume the train loader where the checkpoint left it."""
+        self._train_position = state_dict.get("train_position")
+        if self._train_loader is not None and self._train_position is not None:
+            self._train_loader.load_state_dict(self._train_position)
 
     def val_dataloader(self) -> SliceBatchLoader:
         """Natural order, every sample of the shard."""

@@ -1,0 +1,60 @@
+"""Optimizer parameter groups and LR schedules that need to know the run's length."""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two groups: weight matrices decay, biases and norm scales (1-D tensors) do not."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.ndim >= 2 else no_decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(factory: Callable[..., torch.optim.Optimizer], model: nn.Module) -> torch.optim.Optimizer:
+    """Call a Hydra partial optimizer on the model's parameter groups, decaying weights only."""
+    weight_decay = getattr(factory, "keywords", {}).get("weight_decay", 0.0) or 0.0
+    return factory(params=parameter_groups(model, weight_decay))
+
+
+def build_scheduler(factory: Callable[..., Any], optimizer: torch.optim.Optimizer, total_steps: int) -> Any:
+    """Call a Hydra partial scheduler; a `total_steps: null` argument gets the run's optimizer steps."""
+    keywords = getattr(factory, "keywords", {})
+    if "total_steps" in keywords and keywords["total_steps"] is None:
+        return factory(optimizer=optimizer, total_steps=int(total_steps))
+    return factory(optimizer=optimizer)
+
+
+def _warmup_cosine_factor(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps  # the peak is reached at the last warm-up step
+    decay_steps = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps + 1) / decay_steps)  # 1.0 at the last step
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0
+) -> LRScheduler:
+    """Linear warm-up to the optimizer's LR over `warmup_steps`, then cosine decay to `min_lr_ratio` x LR."""
+    if not 0 <= warmup_steps < total_steps:
+        raise ValueError(
+            f"scheduler.warmup_steps={warmup_steps} must be >= 0 and below the run's {total_steps} optimizer steps"
+        )
+    factor = functools.partial(
+        _warmup_cosine_factor, warmup_steps=warmup_steps, total_steps=total_steps, min_lr_ratio=min_lr_ratio
+    )
+    return LambdaLR(optimizer, factor)
