@@ -67,15 +67,15 @@ class AgentModule(pl.LightningModule):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         """One optimisation step's loss; accuracy accumulates on the device without syncing."""
-        features, labels = batch
+        features, targets = batch  # class indices, or class probabilities from augmentation
         logits = self(features)
-        loss = self._loss(logits, labels)
-        self.train_acc.update(logits.detach(), labels)
+        loss = self._loss(logits, targets)
+        self.train_acc.update(logits.detach(), targets if targets.ndim == 1 else targets.argmax(dim=-1))
         # `self.log` costs about as much as this model's forward pass, so the step loss is logged
         # only on the steps the loggers write.
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
             self.log("train/loss", loss, prog_bar=True)
-        self._epoch_samples += len(labels)
+        self._epoch_samples += len(targets)
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:

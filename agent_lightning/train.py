@@ -99,7 +99,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     _set_cpu_threads(cfg, local_ranks=min(devices, world))
 
-    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule = hydra.utils.instantiate(cfg.data, augmentations=_instantiate_all(cfg.get("augment")))
     module = build_module(cfg)
     trainer = build_trainer(cfg, devices, extra_callbacks)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))

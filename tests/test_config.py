@@ -129,3 +129,20 @@ def test_installed_wheel_ships_the_config_tree(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == [str(target / "agent_lightning" / "conf"), "ddp"]
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_experiment_composes_and_instantiates(compose_cfg, experiment: str) -> None:
+    cfg = compose_cfg(f"experiment={experiment}", fast=False)
+    assert isinstance(hydra.utils.instantiate(cfg.data), AgentDataModule)
+    assert isinstance(hydra.utils.instantiate(cfg.model), AgentMLP)
+
+
+def test_overfit_pair_differs_only_in_regularisation(compose_cfg) -> None:
+    base = compose_cfg("experiment=overfit_baseline", fast=False)
+    reg = compose_cfg("experiment=overfit_regularized", fast=False)
+    assert base.data == reg.data and base.data.source.label_noise > 0 and base.data.train_size <= 5000
+    assert (base.model.dropout, reg.model.dropout) == (0.0, 0.3)
+    assert base.loss.label_smoothing == 0 < reg.loss.label_smoothing
+    assert base.optimizer.weight_decay == 0 < reg.optimizer.weight_decay
+    assert not base.augment and set(reg.augment) == {"noise", "mixup"}

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 
 from agent_lightning.data.loader import SliceBatchLoader
 from agent_lightning.data.synthetic import ClusterTask
 from agent_lightning.errors import ConfigError
 from agent_lightning.parallel import data_parallel_coords
+
+Augmentation = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,8 @@ class AgentDataModule(pl.LightningDataModule):
     """Serves train/val/test batches of a sample source, each rank only its own shard.
 
     `batch_size` is the global batch: each of the data-parallel ranks gets `batch_size / ranks`.
+    `augmentations` (see `agent_lightning.augment`) transform training batches once they are on
+    the device.
     """
 
     def __init__(
@@ -46,6 +52,7 @@ class AgentDataModule(pl.LightningDataModule):
         shuffle: bool = True,
         on_device: bool = True,
         seed: int = 0,
+        augmentations: Sequence[Augmentation] = (),
     ) -> None:
         super().__init__()
         for key, value in (("train_size", train_size), ("val_size", val_size), ("test_size", test_size)):
@@ -59,6 +66,7 @@ class AgentDataModule(pl.LightningDataModule):
         self.shuffle = shuffle
         self.on_device = on_device
         self.seed = seed
+        self.augmentations = list(augmentations)
         self._splits: dict[str, tuple[Tensor, Tensor]] = {}
         self._rank, self._world = 0, 1
         self._train_loader: SliceBatchLoader | None = None
@@ -99,6 +107,16 @@ class AgentDataModule(pl.LightningDataModule):
         if self.on_device and self.trainer is not None:
             return self.trainer.strategy.root_device
         return torch.device("cpu")
+
+    def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
+        """Augment training batches, on the device; targets become class probabilities. Never val/test."""
+        if not self.augmentations or self.trainer is None or not self.trainer.training:
+            return batch
+        features, labels = batch
+        targets = F.one_hot(labels, self.source.num_classes).to(features.dtype)
+        for augment in self.augmentations:
+            features, targets = augment(features, targets)
+        return features, targets
 
     def reachable_accuracy(self, split: str = "val") -> float:
         """Best accuracy the source allows on this rank's shard of a split."""
