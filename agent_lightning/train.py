@@ -101,9 +101,12 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
 
     datamodule = hydra.utils.instantiate(cfg.data, augmentations=_instantiate_all(cfg.get("augment")))
     module = build_module(cfg)
-    trainer = build_trainer(cfg, devices, extra_callbacks)
+    pruning = _pruning_callback(cfg)
+    trainer = build_trainer(cfg, devices, [*extra_callbacks, *([pruning] if pruning else [])])
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
+    metrics: dict[str, Any] = {key: float(value) for key, value in trainer.callback_metrics.items()}
+    if pruning is not None and pruning.pruned_at_epoch is not None:
+        return {**metrics, "pruned_at_epoch": pruning.pruned_at_epoch, "run_dir": str(cfg.paths.output_dir)}
 
     checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
@@ -112,6 +115,30 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
         metrics.update({key: float(value) for key, value in trainer.callback_metrics.items()})
     metrics["data/reachable_acc"] = datamodule.reachable_accuracy("val")
     return {**metrics, "run_dir": str(cfg.paths.output_dir), "best_model_path": best}
+
+
+def _pruning_callback(cfg: DictConfig) -> Callback | None:
+    trial = cfg.get("optuna_trial")
+    if not trial or trial.get("trial_id") is None:
+        return None
+    from agent_lightning.search import OptunaPruning  # Optuna is only imported for searches
+
+    return OptunaPruning(trial.storage, trial.study_name, int(trial.trial_id), monitor=trial.monitor)
+
+
+def optimized_value(cfg: DictConfig, metrics: dict[str, Any]) -> float | None:
+    """The value a sweeper optimises: `metrics[cfg.optimized_metric]` (or `Pruned`); raises if never logged."""
+    name = cfg.get("optimized_metric")
+    if not name:
+        return None
+    if "pruned_at_epoch" in metrics:
+        from agent_lightning.search import Pruned
+
+        return Pruned(metrics["pruned_at_epoch"])  # type: ignore[return-value]
+    if name not in metrics:
+        logged = ", ".join(sorted(k for k, v in metrics.items() if isinstance(v, float)))
+        raise ConfigError(f"optimized_metric={name!r} was never logged; logged metrics: {logged}")
+    return float(metrics[name])
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -144,8 +171,11 @@ def main(cfg: DictConfig) -> float | None:
         log.info(
             "Run directory: %s (config in .hydra/, metrics in csv/, checkpoints in checkpoints/)", cfg.paths.output_dir
         )
-    value = metrics.get(cfg.get("optimized_metric") or "")
-    return float(value) if value is not None else None
+    try:
+        return optimized_value(cfg, metrics)
+    except ConfigError as err:
+        log.error("%s", err)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

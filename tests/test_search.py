@@ -1,0 +1,172 @@
+"""Hyperparameter search: Optuna on current releases, pruning, resumable studies, bad input."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from omegaconf import OmegaConf
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+from agent_lightning.errors import ConfigError
+from agent_lightning.search import parse_space
+
+from .conftest import run_cli
+
+SMALL = [
+    "data.train_size=8192",
+    "data.val_size=2048",
+    "data.test_size=1024",
+    "trainer.max_epochs=2",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+]
+# A good trial first, then a hopeless one (lr 1e-4 learns little in an epoch): the pruner must stop it.
+GOOD_THEN_HOPELESS = "hydra.sweeper.enqueue_trials=[{optimizer.lr: 0.005}, {optimizer.lr: 0.0001}]"
+PRUNE_AFTER_ONE = "hydra.sweeper.pruner.n_startup_trials=1"
+
+
+def test_search_space_syntax_maps_to_optuna_distributions() -> None:
+    space, fixed = parse_space(
+        {"optimizer.lr": "tag(log, interval(1e-4, 1e-2))", "model.dropout": "interval(0.0, 0.5)"},
+        ["model.hidden_dim=choice(128, 256)", "model.num_layers=range(1, 4)", "trainer.max_epochs=3", "a=x,y"],
+    )
+    assert space["optimizer.lr"] == FloatDistribution(1e-4, 1e-2, log=True)
+    assert space["model.dropout"] == FloatDistribution(0.0, 0.5)
+    assert space["model.hidden_dim"] == CategoricalDistribution([128, 256])
+    assert space["model.num_layers"] == IntDistribution(1, 3)  # range() excludes its stop, as in Python
+    assert space["a"] == CategoricalDistribution(["x", "y"])
+    assert fixed == ["trainer.max_epochs=3"]
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"optimizer.lr": "interval(1e-3)"}, "malformed search space"),
+        ({"optimizer.lr": "interval(1e-2, 1e-3)"}, "needs start < end"),
+        ({"optimizer.lr": "tag(log, interval(0, 1))"}, "log interval needs start > 0"),
+        ({"model.num_layers": "range(3, 3)"}, "is empty"),
+        ({}, "nothing to search"),
+    ],
+)
+def test_bad_search_spaces_are_refused_with_the_key(params: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_space(params, [])
+
+
+@pytest.mark.timeout(300)
+def test_search_completes_prunes_the_hopeless_trial_and_reports_the_best(tmp_path: Path) -> None:
+    sweep = tmp_path / "search"
+    result = run_cli(
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=4",
+        PRUNE_AFTER_ONE,
+        GOOD_THEN_HOPELESS,
+        *SMALL,
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    results = OmegaConf.load(sweep / "optimization_results.yaml")
+    assert results.trials.complete + results.trials.pruned == 4
+    assert results.trials.pruned >= 1
+    trials = (sweep / "trials.csv").read_text().splitlines()
+    assert trials[2].startswith("1,PRUNED,")  # the hopeless one
+    assert set(results.best_params) == {"optimizer", "optimizer.lr", "model.hidden_dim", "model.dropout"}
+    assert results.best_value > 0.5
+    assert "Best trial" in output and str(results.best_value)[:6] in output
+    assert (sweep / "optimization_history.png").stat().st_size > 1000
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1", "2", "3"]
+
+
+@pytest.mark.timeout(300)
+def test_a_stored_study_resumes_and_keeps_counting(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    common = ["hparams_search=optuna", f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=resumable", *SMALL]
+    first = run_cli(*common, "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path / 'first'}", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = run_cli(*common, "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={tmp_path / 'second'}", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resumes with 2 finished trials" in second.stdout + second.stderr
+    study = optuna.load_study(study_name="resumable", storage=storage)
+    assert [t.number for t in study.trials] == [0, 1, 2]
+    assert sorted(p.name for p in (tmp_path / "second").iterdir() if p.is_dir()) == ["2"]  # only the missing trial
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_pruning_works_when_trials_run_ddp_ranks(tmp_path: Path) -> None:
+    sweep = tmp_path / "search"
+    result = run_cli(
+        "hparams_search=optuna",
+        "strategy=ddp",
+        "devices=2",
+        "hydra.sweeper.n_trials=2",
+        PRUNE_AFTER_ONE,
+        GOOD_THEN_HOPELESS,
+        *SMALL,
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    lines = (sweep / "trials.csv").read_text().splitlines()
+    assert lines[1].startswith("0,COMPLETE,") and lines[2].startswith("1,PRUNED,")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_parallel_searches_share_one_study(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    command = [
+        sys.executable,
+        "-m",
+        "agent_lightning.train",
+        "hparams_search=optuna",
+        *SMALL,
+        f"hydra.sweeper.storage={storage}",
+        "hydra.sweeper.study_name=shared",
+        "hydra.sweeper.n_trials=4",
+    ]
+    workers = [
+        subprocess.Popen(
+            [*command, f"hydra.sweep.dir={tmp_path / f'worker{i}'}"],
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    try:
+        errors = [w.communicate(timeout=240)[1] for w in workers]
+    finally:
+        for worker in workers:
+            worker.kill()
+    assert [w.returncode for w in workers] == [0, 0], errors
+    study = optuna.load_study(study_name="shared", storage=storage)
+    finished = [t for t in study.trials if t.state.is_finished()]
+    assert len(finished) >= 4 and len({t.number for t in study.trials}) == len(study.trials)
+    ran = [len([p for p in (tmp_path / f"worker{i}").iterdir() if p.is_dir()]) for i in range(2)]
+    assert all(n >= 1 for n in ran)  # both processes contributed trials
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["optimized_metric=val/nope", "trainer.max_epochs=1"], "optimized_metric='val/nope' was never logged"),
+        (["-m", "optimizer.lr=range(1,1)"], "empty grid: optimizer.lr=range(1,1)"),
+        (["hparams_search=optuna", "+hydra.sweeper.params.lr='interval(1)'"], "malformed search space"),
+        (["optimizer=adamax"], "Could not find 'optimizer/adamax'"),
+        (["scheduler=linear"], "Could not find 'scheduler/linear'"),
+    ],
+)
+def test_bad_search_input_exits_nonzero_with_one_line(args: list[str], message: str, tmp_path: Path) -> None:
+    result = run_cli(
+        *args, *SMALL, f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and message in output
+    assert "Traceback" not in output
