@@ -129,6 +129,7 @@ def test_learning_rate_is_logged_per_step(compose_cfg, tmp_path) -> None:
 
 class InitialWeights(Callback):
     def on_train_start(self, trainer, pl_module) -> None:
+        self.trainer = trainer
         self.state = {k: v.detach().clone() for k, v in pl_module.model.state_dict().items()}
 
 
@@ -147,3 +148,16 @@ def test_gradient_accumulation_and_clipping_come_from_the_trainer(compose_cfg, t
     assert clipped < 0.05 * free
     _, accumulated = weights_moved("accumulate", "trainer.accumulate_grad_batches=2")
     assert steps == 64 and accumulated == 32
+
+
+def test_early_stopping_ends_the_run_when_val_acc_stalls(compose_cfg) -> None:
+    # No epoch can beat the first by half a point of accuracy: stop after `patience` more validations.
+    cfg = compose_cfg(
+        "trainer.max_epochs=6",
+        "callbacks.early_stopping.min_delta=0.5",
+        "callbacks.early_stopping.patience=2",
+        "test=false",
+    )
+    probe = InitialWeights()  # keeps a handle on the trainer
+    train(cfg, extra_callbacks=[probe])
+    assert probe.trainer.current_epoch == 3 and probe.trainer.should_stop
