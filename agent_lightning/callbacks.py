@@ -7,6 +7,12 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
+from torch.distributed.tensor import DTensor
+
+
+def _local(param: Tensor) -> Tensor:
+    # A sharded parameter (DTensor) is checked shard by shard: each rank looks at its own part.
+    return param.to_local().detach() if isinstance(param, DTensor) else param.detach()
 
 
 class NonFiniteLossError(RuntimeError):
@@ -43,7 +49,7 @@ class FiniteLossGuard(pl.Callback):
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         """Refuse to write a checkpoint of a diverged model."""
-        weights_finite = all(bool(torch.isfinite(p.detach()).all()) for p in pl_module.parameters())
+        weights_finite = all(bool(torch.isfinite(_local(p)).all()) for p in pl_module.parameters())
         self._check(trainer, weights_finite)
 
     def _check(self, trainer: pl.Trainer, weights_finite: bool) -> None:

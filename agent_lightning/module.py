@@ -8,12 +8,14 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from omegaconf import OmegaConf
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from agent_lightning.optim import build_optimizer, build_scheduler
+from agent_lightning.parallel import apply_parallelism, data_parallel_coords, is_parallelized
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
@@ -34,6 +36,7 @@ class AgentModule(pl.LightningModule):
         scheduler_interval: str = "epoch",
         num_classes: int = 10,
         label_smoothing: float = 0.0,
+        parallel: dict[str, Any] | None = None,
         config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -60,7 +63,10 @@ class AgentModule(pl.LightningModule):
         return self.model(x)
 
     def configure_model(self) -> None:
-        """Hook where sharding strategies wrap the model; plain data parallel needs nothing."""
+        """Shard the model over the device mesh of `fsdp` / `model_parallel`; data parallel needs nothing."""
+        if self.device_mesh is None or is_parallelized(self.model):
+            return
+        apply_parallelism(self.model, self.device_mesh, OmegaConf.create(self.hparams.parallel or {}))
 
     def _loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         return F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
@@ -122,7 +128,8 @@ class AgentModule(pl.LightningModule):
         """Global training samples per second over the current epoch's steps (0 before any)."""
         if not self._epoch_samples or self._epoch_seconds <= 0:
             return 0.0
-        return self._epoch_samples * self.trainer.world_size / self._epoch_seconds
+        # Ranks of a tensor-parallel group share their samples: count data-parallel ranks only.
+        return self._epoch_samples * data_parallel_coords(self.trainer)[1] / self._epoch_seconds
 
     def on_train_epoch_end(self) -> None:
         """Log the epoch's training accuracy (synced across ranks) and throughput."""

@@ -31,6 +31,8 @@ logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
     lambda record: "litlogger" not in record.getMessage()
 )
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+# last.ckpt is rewritten on purpose; for a sharded (directory) checkpoint torch warns every time.
+warnings.filterwarnings("ignore", message=r"Detected an existing checkpoint in .*overwriting")
 
 
 def config_dir() -> Path:
@@ -67,11 +69,12 @@ def build_module(cfg: DictConfig) -> AgentModule:
         scheduler_interval=interval,
         num_classes=cfg.model.output_dim,
         label_smoothing=cfg.loss.label_smoothing,
+        parallel=OmegaConf.to_container(cfg.strategy, resolve=True),
         config=OmegaConf.to_container(cfg, resolve=True),
     )
 
 
-def build_trainer(cfg: DictConfig, devices: int, extra_callbacks: Sequence[Callback] = ()) -> pl.Trainer:
+def build_trainer(cfg: DictConfig, devices: int, world: int, extra_callbacks: Sequence[Callback] = ()) -> pl.Trainer:
     """The Lightning Trainer with strategy, callbacks, loggers and atomic checkpoint writes."""
     loggers = _instantiate_all(cfg.get("logger"))
     callbacks: list[Callback] = [*_instantiate_all(cfg.get("callbacks")), FiniteLossGuard(), *extra_callbacks]
@@ -81,7 +84,7 @@ def build_trainer(cfg: DictConfig, devices: int, extra_callbacks: Sequence[Callb
         cfg.trainer,
         devices=devices,
         num_nodes=cfg.num_nodes,
-        strategy=build_strategy(cfg.strategy),
+        strategy=build_strategy(cfg.strategy, world),
         callbacks=callbacks,
         # Lightning would add a checkpoint callback of its own; `callbacks=none` means none.
         enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
@@ -102,7 +105,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
     datamodule = hydra.utils.instantiate(cfg.data, augmentations=_instantiate_all(cfg.get("augment")))
     module = build_module(cfg)
     pruning = _pruning_callback(cfg)
-    trainer = build_trainer(cfg, devices, [*extra_callbacks, *([pruning] if pruning else [])])
+    trainer = build_trainer(cfg, devices, world, [*extra_callbacks, *([pruning] if pruning else [])])
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics: dict[str, Any] = {key: float(value) for key, value in trainer.callback_metrics.items()}
     if pruning is not None and pruning.pruned_at_epoch is not None:

@@ -10,7 +10,7 @@ import torch
 from omegaconf import DictConfig
 
 from agent_lightning.errors import ConfigError
-from agent_lightning.parallel import STRATEGIES
+from agent_lightning.parallel import STRATEGIES, resolve_degrees
 
 
 def available_devices(accelerator: str) -> tuple[str, int]:
@@ -65,15 +65,17 @@ def validate(cfg: DictConfig) -> int:
         raise ConfigError(
             f"strategy=single runs on one device but devices={devices} num_nodes={num_nodes}: use strategy=ddp"
         )
+    data_parallel = resolve_degrees(cfg.strategy, world).data_parallel
     _positive_number(cfg, "optimizer.lr")
     batch = cfg.data.batch_size
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ConfigError(f"data.batch_size={batch!r} is invalid: it must be a whole number >= 1")
-    if batch % world:
+    if batch % data_parallel:
         raise ConfigError(
-            f"data.batch_size={batch} (global) is not divisible by the {world} data-parallel ranks: "
-            f"use a multiple of {world}"
+            f"data.batch_size={batch} (global) is not divisible by the {data_parallel} data-parallel ranks: "
+            f"use a multiple of {data_parallel}"
         )
-    if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
-        raise ConfigError(f"ckpt_path={cfg.ckpt_path} does not exist or is not a file")
+    # A sharded strategy saves a distributed checkpoint: a directory.
+    if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).exists():
+        raise ConfigError(f"ckpt_path={cfg.ckpt_path} does not exist")
     return world

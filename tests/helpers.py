@@ -40,3 +40,42 @@ class CrashAtStep(pl.Callback):
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
         if trainer.global_step == self.step:
             raise CrashError(f"stopped at step {self.step}")
+
+
+class StepLosses(pl.Callback):
+    """Saves the global (all-rank mean) training loss of each step, from rank 0."""
+
+    def __init__(self, out_file: str) -> None:
+        self.out_file = out_file
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, idx) -> None:
+        loss = trainer.strategy.reduce(outputs["loss"].detach().clone(), reduce_op="mean")
+        self.losses.append(float(loss))
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            torch.save(self.losses, self.out_file)
+
+
+class ShardProbe(pl.Callback):
+    """Saves each rank's parameter bytes, and the trained model's outputs on a fixed input."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = Path(out_dir)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from torch.distributed.tensor import DTensor
+
+        local = [p.to_local() if isinstance(p, DTensor) else p for p in pl_module.model.parameters()]
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        nbytes = sum(t.numel() * t.element_size() for t in local)
+        torch.save(nbytes, self.out_dir / f"param_bytes_rank{trainer.global_rank}.pt")
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        probe = torch.randn(16, 128, generator=torch.Generator().manual_seed(0)).to(pl_module.device)
+        pl_module.eval()
+        with torch.no_grad():
+            outputs = pl_module(probe)  # every rank takes part: sharded layers communicate
+        if trainer.is_global_zero:
+            torch.save(outputs.detach().cpu(), self.out_dir / "outputs.pt")

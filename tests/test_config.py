@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import hydra
 import pytest
 import torch
-from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 
 from agent_lightning.data import AgentDataModule
 from agent_lightning.model import AgentMLP
@@ -66,8 +66,14 @@ def test_data_options_instantiate(compose_cfg, data: str) -> None:
 
 @pytest.mark.parametrize("strategy", options("strategy"))
 def test_strategy_options_build(compose_cfg, strategy: str) -> None:
-    built = build_strategy(compose_cfg(f"strategy={strategy}").strategy)
-    assert isinstance(built, DDPStrategy) if strategy == "ddp" else built == "auto"
+    built = build_strategy(compose_cfg(f"strategy={strategy}").strategy, world=2)
+    expected = {
+        "single": str,
+        "ddp": DDPStrategy,
+        "fsdp": ModelParallelStrategy,
+        "model_parallel": ModelParallelStrategy,
+    }
+    assert isinstance(built, expected[strategy])
 
 
 @pytest.mark.parametrize("logger", options("logger"))

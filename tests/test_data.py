@@ -96,3 +96,19 @@ def test_loader_resumes_mid_epoch_at_the_next_unseen_batch() -> None:
     rest = [b for b, _ in resumed]
     assert len(rest) == 3 and all(torch.equal(a, b) for a, b in zip(rest, full[2:], strict=True))
     assert len([b for b in resumed]) == 5  # the following epoch is whole again
+
+
+def test_global_order_gives_every_world_size_the_same_global_batches() -> None:
+    def global_batches(world: int) -> list[torch.Tensor]:
+        loaders = []
+        for rank in range(world):
+            dm = _datamodule(rank, world, global_order=True)
+            dm.setup("fit")
+            loader = dm.train_dataloader()
+            loader.sampler.set_epoch(3)
+            loaders.append(list(loader))
+        return [torch.cat([loaders[r][k][0] for r in range(world)]) for k in range(len(loaders[0]))]
+
+    one, two = global_batches(1), global_batches(2)
+    assert len(one) == len(two) == 16
+    assert all(torch.equal(a, b) for a, b in zip(one, two, strict=True))

@@ -52,6 +52,7 @@ class AgentDataModule(pl.LightningDataModule):
         shuffle: bool = True,
         on_device: bool = True,
         seed: int = 0,
+        global_order: bool = False,
         augmentations: Sequence[Augmentation] = (),
     ) -> None:
         super().__init__()
@@ -66,6 +67,7 @@ class AgentDataModule(pl.LightningDataModule):
         self.shuffle = shuffle
         self.on_device = on_device
         self.seed = seed
+        self.global_order = global_order
         self.augmentations = list(augmentations)
         self._splits: dict[str, tuple[Tensor, Tensor]] = {}
         self._rank, self._world = 0, 1
@@ -92,8 +94,14 @@ class AgentDataModule(pl.LightningDataModule):
 
     def _build(self, split: str) -> tuple[Tensor, Tensor]:
         offsets = {"train": 0, "val": self.sizes["train"], "test": self.sizes["train"] + self.sizes["val"]}
-        shard = shard_of(offsets[split], self.sizes[split], self._rank, self._world)
-        if shard.stop - shard.start < self.local_batch_size and split == "train":
+        if split == "train" and self.global_order:
+            shard = shard_of(0, self.sizes["train"], 0, 1)  # every rank holds the split, slices each batch
+        else:
+            shard = shard_of(offsets[split], self.sizes[split], self._rank, self._world)
+        if (
+            shard.stop - shard.start < self.local_batch_size * (self._world if self.global_order else 1)
+            and split == "train"
+        ):
             raise ConfigError(
                 f"data.train_size={self.sizes['train']} gives each of {self._world} ranks fewer samples than one "
                 f"batch of {self.local_batch_size}"
@@ -125,13 +133,16 @@ class AgentDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str, train: bool) -> SliceBatchLoader:
         features, labels = self._splits[split]
+        global_order = train and self.global_order
         return SliceBatchLoader(
             features,
             labels,
             self.local_batch_size,
             shuffle=train and self.shuffle,
             drop_last=train,
-            seed=self.seed + self._rank,
+            seed=self.seed if global_order else self.seed + self._rank,
+            rank=self._rank if global_order else 0,
+            world=self._world if global_order else 1,
         )
 
     def train_dataloader(self) -> SliceBatchLoader:

@@ -52,6 +52,8 @@ class SliceBatchLoader:
         shuffle: bool = False,
         drop_last: bool = False,
         seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
         if len(features) != len(labels):
             raise ValueError(f"features ({len(features)}) and labels ({len(labels)}) differ in length")
@@ -59,14 +61,18 @@ class SliceBatchLoader:
         self.labels = labels
         self.batch_size = batch_size
         self.drop_last = drop_last
+        # With world > 1 the tensors hold every rank's samples: batch k is this rank's slice of
+        # global batch k, so the data order does not depend on the number of ranks.
+        self.rank, self.world = rank, world
         self.sampler = EpochShuffle(len(features), shuffle, seed)
         self._batches_served = 0
         self._resume_at = 0
 
     def __len__(self) -> int:
-        if self.drop_last:
-            return len(self.features) // self.batch_size
-        return -(-len(self.features) // self.batch_size)
+        step = self.batch_size * self.world
+        if self.drop_last or self.world > 1:
+            return len(self.features) // step
+        return -(-len(self.features) // step)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         # A generator: the epoch and resume point are read at the first batch, after Lightning
@@ -79,7 +85,7 @@ class SliceBatchLoader:
             features, labels = features[order], labels[order]
         for batch in range(start, len(self)):
             self._batches_served = batch + 1
-            lo = batch * self.batch_size
+            lo = (batch * self.world + self.rank) * self.batch_size
             yield features[lo : lo + self.batch_size], labels[lo : lo + self.batch_size]
 
     def state_dict(self) -> dict[str, Any]:
