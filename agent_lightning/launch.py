@@ -29,15 +29,18 @@ class LaunchError(RuntimeError):
 
 
 def launch_ranks(cfg: DictConfig, devices: int) -> dict[str, Any]:
-    """Run `train(cfg)` on `devices` local ranks (x `cfg.num_nodes`) and return rank 0's metrics."""
+    """Run `train(cfg)` on `devices` local ranks (x `cfg.num_nodes`) and return this node's first rank's metrics."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
     log_file = _job_log_file()
+    # One node: a private rendezvous on a free local port. Several: every node's launcher meets
+    # at the same endpoint and job id (the c10d store runs on the first to arrive).
     endpoint = cfg.get("rdzv_endpoint") or "127.0.0.1:0"
+    run_id = cfg.get("rdzv_id") or (str(uuid.uuid4()) if cfg.num_nodes == 1 else "agent_lightning")
     config = LaunchConfig(
         min_nodes=cfg.num_nodes,
         max_nodes=cfg.num_nodes,
         nproc_per_node=devices,
-        run_id=str(cfg.get("rdzv_id") or uuid.uuid4()),
+        run_id=str(run_id),
         rdzv_backend="c10d",
         rdzv_endpoint=endpoint,
         max_restarts=0,
@@ -56,7 +59,8 @@ def launch_ranks(cfg: DictConfig, devices: int) -> dict[str, Any]:
         raise LaunchError(f"training failed on {ranks}; see the messages above") from None
     finally:
         elastic_logger.setLevel(level)
-    return results.get(0, {}) if results else {}
+    # Keyed by global rank; on a node other than the first, its lowest rank speaks for it.
+    return results[min(results)] if results else {}
 
 
 def _job_log_file() -> str | None:

@@ -39,8 +39,10 @@ def resolve_devices(cfg: DictConfig) -> int:
 
 
 def launched_externally() -> bool:
-    """True when torchrun, SLURM or an MPI-style launcher already started one process per rank."""
-    return "LOCAL_RANK" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ
+    """True when torchrun or SLURM (srun, one task per device) already started one process per rank."""
+    if "LOCAL_RANK" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ:
+        return True
+    return "SLURM_PROCID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1
 
 
 def _positive_number(cfg: DictConfig, key: str) -> None:
@@ -61,6 +63,19 @@ def validate(cfg: DictConfig) -> int:
     if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 1:
         raise ConfigError(f"num_nodes={num_nodes!r} is invalid: use a whole number >= 1")
     world = devices * num_nodes
+    if num_nodes > 1 and not launched_externally():
+        endpoint = str(cfg.get("rdzv_endpoint") or "")
+        if not endpoint.rpartition(":")[2].isdigit() or endpoint.endswith(":0"):
+            raise ConfigError(
+                f"num_nodes={num_nodes} needs rdzv_endpoint=HOST:PORT, the same on every node "
+                "(HOST: the first node's address), or an external launcher (torchrun, srun)"
+            )
+    offload = cfg.strategy.get("offload", False)
+    if offload and available_devices(str(cfg.trainer.accelerator))[0] != "cuda":
+        raise ConfigError(
+            "strategy.offload=true keeps parameters in host memory and streams them to the GPU: it needs CUDA, "
+            "and this run is on CPU"
+        )
     if name == "single" and world > 1:
         raise ConfigError(
             f"strategy=single runs on one device but devices={devices} num_nodes={num_nodes}: use strategy=ddp"

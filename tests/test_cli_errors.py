@@ -19,6 +19,12 @@ CASES = {
     "missing checkpoint": (["ckpt_path=/no/such/last.ckpt"], "ckpt_path=/no/such/last.ckpt does not exist"),
     "unknown top-level key": (["learning_rate=0.1"], "Could not override 'learning_rate'"),
     "single strategy on two devices": (["devices=2"], "strategy=single runs on one device"),
+    "bad parallel degrees": (
+        ["strategy=model_parallel", "devices=2", "strategy.tensor_parallel=3"],
+        "dp(-1) x tp(3) != world size 2",
+    ),
+    "offload without a GPU": (["strategy=fsdp", "strategy.offload=true"], "strategy.offload=true"),
+    "nodes without a rendezvous": (["strategy=ddp", "num_nodes=2"], "num_nodes=2 needs rdzv_endpoint=HOST:PORT"),
 }
 
 

@@ -92,3 +92,57 @@ def test_sharded_run_resumes_consolidates_and_shards_its_state(compose_cfg, tmp_
         torch.allclose(a, b, atol=1e-5)
         for a, b in zip(resumed_model.state_dict().values(), plain.state_dict().values(), strict=True)
     )
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_nodes_on_localhost_train_two_dimensional_parallelism(tmp_path: Path) -> None:
+    """Two launcher processes meet at one rendezvous: 2 nodes x 2 ranks = dp(2) x tp(2)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    port = _free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "agent_lightning.train",
+        "strategy=model_parallel",
+        "strategy.tensor_parallel=2",
+        "devices=2",
+        "num_nodes=2",
+        f"rdzv_endpoint=127.0.0.1:{port}",
+        "rdzv_id=two-nodes",
+        "data.train_size=8192",
+        "data.val_size=1024",
+        "data.test_size=1024",
+        "trainer.max_epochs=2",
+        "trainer.enable_progress_bar=false",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
+    nodes = [
+        subprocess.Popen(
+            command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
+        for _ in range(2)
+    ]
+    try:
+        outputs = [node.communicate(timeout=240)[0] for node in nodes]
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                os.killpg(node.pid, signal.SIGKILL)
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    assert all("Final:" in out for out in outputs)
+    assert sum("GLOBAL_RANK: 0" in out for out in outputs) == 1  # one node holds global rank 0
+    plain = load_agent(tmp_path / "run" / "checkpoints" / "last.ckpt")  # written by all 4 ranks
+    assert isinstance(plain, AgentMLP)
+    val_acc = float(outputs[0].split("val/acc=")[1].split()[0])
+    assert val_acc > 0.5
