@@ -20,8 +20,34 @@ from torch import nn
 
 from agent_lightning.errors import ConfigError
 
-STRATEGIES = ("single", "ddp", "fsdp", "model_parallel")
+STRATEGIES = ("single", "ddp", "fsdp", "model_parallel", "auto")
 SHARDED = ("fsdp", "model_parallel")
+# fp32 weights + gradients + Adam's two moments.
+TRAINING_BYTES_PER_PARAM = 16
+
+
+def choose_strategy(
+    num_params: int, devices: int, num_nodes: int, device_bytes: int, fraction: float
+) -> tuple[str, str]:
+    """The simplest strategy whose per-device training state fits `fraction` of a device, and why."""
+    world = devices * num_nodes
+    state = num_params * TRAINING_BYTES_PER_PARAM
+    budget = fraction * device_bytes
+    gib = 2**30
+    facts = (
+        f"training state {state / gib:.2f} GiB ({num_params:,} parameters), budget {budget / gib:.2f} GiB per device"
+    )
+    if world == 1:
+        fits = "fits" if state <= budget else "does NOT fit: add devices (fsdp) or use strategy.offload on CUDA"
+        return "single", f"one device; {facts}: {fits}"
+    if state <= budget:
+        return "ddp", f"{facts}: a full replica fits on each of {world} devices"
+    if state / world <= budget:
+        return "fsdp", f"{facts}: only 1/{world} of it fits, so shard it across {world} devices"
+    return "model_parallel", (
+        f"{facts}: even 1/{world} is tight, so split layers across the {devices} devices of a node (tensor "
+        f"parallel) and shard across {num_nodes} node(s)"
+    )
 
 
 @dataclass(frozen=True)

@@ -15,14 +15,14 @@ import lightning.pytorch as pl
 import torch
 from hydra.errors import InstantiationException
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from agent_lightning.callbacks import FiniteLossGuard, NonFiniteLossError
 from agent_lightning.checkpoint_io import AtomicCheckpointIO
 from agent_lightning.errors import ConfigError
 from agent_lightning.launch import LaunchError, launch_ranks, setup_rank_logging
 from agent_lightning.module import AgentModule
-from agent_lightning.parallel import build_strategy
+from agent_lightning.parallel import build_strategy, choose_strategy
 from agent_lightning.validation import available_devices, launched_externally, resolve_devices, validate
 
 log = logging.getLogger("agent_lightning")
@@ -94,8 +94,30 @@ def build_trainer(cfg: DictConfig, devices: int, world: int, extra_callbacks: Se
     )
 
 
+def resolve_auto_strategy(cfg: DictConfig) -> None:
+    """Replace `strategy=auto` in `cfg` by the strategy chosen for this model and these devices."""
+    if cfg.strategy.get("name") != "auto":
+        return
+    kind, _ = available_devices(str(cfg.trainer.accelerator))
+    devices = resolve_devices(cfg)
+    if kind == "cuda":
+        device_bytes = torch.cuda.get_device_properties(0).total_memory
+    else:  # CPU ranks share the host's memory
+        device_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // devices
+    with torch.device("meta"):  # count parameters without allocating them
+        num_params = sum(p.numel() for p in hydra.utils.instantiate(cfg.model).parameters())
+    name, reason = choose_strategy(num_params, devices, cfg.num_nodes, device_bytes, cfg.strategy.memory_fraction)
+    chosen = OmegaConf.load(config_dir() / "strategy" / f"{name}.yaml")
+    if name == "model_parallel":
+        chosen.tensor_parallel = devices
+    with open_dict(cfg):
+        cfg.strategy = chosen
+    log.info("strategy=auto chose %s: %s", name, reason)
+
+
 def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     """Fit, then test; return the final metrics (floats) and where the run's files are."""
+    resolve_auto_strategy(cfg)
     world = validate(cfg)
     devices = resolve_devices(cfg)
     Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
@@ -146,6 +168,7 @@ def optimized_value(cfg: DictConfig, metrics: dict[str, Any]) -> float | None:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train in this process, or start one process per rank when the job needs several."""
+    resolve_auto_strategy(cfg)
     world = validate(cfg)
     if world > 1 and not launched_externally():
         return launch_ranks(cfg, resolve_devices(cfg))

@@ -56,7 +56,7 @@ def _positive_number(cfg: DictConfig, key: str) -> None:
 def validate(cfg: DictConfig) -> int:
     """Raise ConfigError naming the first bad key; return the total number of ranks."""
     name = cfg.strategy.get("name")
-    if name not in STRATEGIES:
+    if name not in STRATEGIES or name == "auto":  # auto is resolved before validation
         raise ConfigError(f"strategy.name={name!r} is not one of {', '.join(STRATEGIES)}")
     devices = resolve_devices(cfg)
     num_nodes = cfg.num_nodes

@@ -152,3 +152,31 @@ def test_overfit_pair_differs_only_in_regularisation(compose_cfg) -> None:
     assert base.loss.label_smoothing == 0 < reg.loss.label_smoothing
     assert base.optimizer.weight_decay == 0 < reg.optimizer.weight_decay
     assert not base.augment and set(reg.augment) == {"noise", "mixup"}
+
+
+GIB = 2**30
+
+
+@pytest.mark.parametrize(
+    ("params", "devices", "nodes", "expected"),
+    [
+        (100_000, 1, 1, "single"),
+        (100_000, 2, 1, "ddp"),  # a replica fits easily
+        (500_000_000, 2, 1, "fsdp"),  # 7.5 GiB of state, 5 GiB per device: half of it fits
+        (500_000_000, 2, 2, "fsdp"),
+        (2_000_000_000, 2, 1, "model_parallel"),  # 30 GiB: not even half fits
+    ],
+)
+def test_auto_strategy_picks_the_simplest_that_fits(params: int, devices: int, nodes: int, expected: str) -> None:
+    from agent_lightning.parallel import choose_strategy
+
+    name, reason = choose_strategy(params, devices, nodes, device_bytes=10 * GIB, fraction=0.5)
+    assert name == expected and "GiB" in reason
+
+
+def test_auto_strategy_is_resolved_into_a_concrete_one(compose_cfg) -> None:
+    from agent_lightning.train import resolve_auto_strategy
+
+    cfg = compose_cfg("strategy=auto")
+    resolve_auto_strategy(cfg)
+    assert cfg.strategy.name == "single"
