@@ -59,3 +59,40 @@ class FiniteLossGuard(pl.Callback):
                 f"training diverged (NaN/inf loss or weights) by step {trainer.global_step}; lower optimizer.lr "
                 "or set trainer.gradient_clip_val. Checkpoints saved before this point are untouched."
             )
+
+
+def _state_bytes(tensors: Any) -> int:
+    return sum(_local(t).numel() * t.element_size() for t in tensors if isinstance(t, Tensor))
+
+
+class TrainingStateMemory(pl.Callback):
+    """Logs, once, the memory each rank holds for training: weights, gradients and optimizer state.
+
+    Measured from the tensors themselves after the first optimizer step (for sharded strategies,
+    each rank's own shards), as `mem/params_mib`, `mem/grads_mib`, `mem/optimizer_mib` and their
+    sum `mem/state_mib`; the largest rank is reported. On CUDA also `mem/cuda_peak_mib`.
+    """
+
+    def __init__(self) -> None:
+        self._measured = False
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """Measure right after the first step, while gradients and optimizer state both exist."""
+        if self._measured:
+            return
+        self._measured = True
+        params = list(pl_module.parameters())
+        optimizer_state = [v for opt in trainer.optimizers for state in opt.state.values() for v in state.values()]
+        sizes = {
+            "params": _state_bytes(params),
+            "grads": _state_bytes(p.grad for p in params if p.grad is not None),
+            "optimizer": _state_bytes(optimizer_state),
+        }
+        sizes["state"] = sum(sizes.values())
+        if pl_module.device.type == "cuda":
+            sizes["cuda_peak"] = torch.cuda.max_memory_allocated(pl_module.device)
+        for name, nbytes in sizes.items():
+            value = torch.tensor(nbytes / 2**20, device=pl_module.device)
+            pl_module.log(f"mem/{name}_mib", value, on_step=False, on_epoch=True, sync_dist=True, reduce_fx="max")

@@ -16,6 +16,9 @@ def test_default_run_learns_far_above_chance(compose_cfg) -> None:
     assert metrics["val/acc"] > 0.8 and metrics["test/acc"] > 0.8  # chance is 0.1
     assert metrics["val/acc_best"] >= metrics["val/acc"]
     assert metrics["train/loss"] < 1.0 and metrics["perf/samples_per_s"] > 0
+    # Measured training state: fp32 weights + gradients + Adam's two moments = 16 bytes per parameter.
+    assert metrics["mem/state_mib"] == pytest.approx(101_386 * 16 / 2**20, rel=0.01)
+    assert metrics["mem/optimizer_mib"] == pytest.approx(2 * metrics["mem/params_mib"], rel=0.01)
     run_dir = Path(metrics["run_dir"])
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert Path(metrics["best_model_path"]).parent == run_dir / "checkpoints"
