@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from agent_lightning.callbacks import FiniteLossGuard, NonFiniteLossError
 from agent_lightning.checkpoint_io import AtomicCheckpointIO
+from agent_lightning.config import config_dir
 from agent_lightning.errors import ConfigError
 from agent_lightning.launch import LaunchError, launch_ranks, setup_rank_logging
 from agent_lightning.module import AgentModule
@@ -33,15 +34,6 @@ logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 # last.ckpt is rewritten on purpose; for a sharded (directory) checkpoint torch warns every time.
 warnings.filterwarnings("ignore", message=r"Detected an existing checkpoint in .*overwriting")
-
-
-def config_dir() -> Path:
-    """The config tree: inside the installed package, or `conf/` beside it in a source checkout."""
-    package = Path(__file__).resolve().parent
-    for candidate in (package / "conf", package.parent / "conf"):
-        if (candidate / "config.yaml").is_file():
-            return candidate
-    raise FileNotFoundError(f"no conf/config.yaml next to {package}")
 
 
 def _set_cpu_threads(cfg: DictConfig, local_ranks: int) -> None:

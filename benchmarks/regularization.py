@@ -14,11 +14,8 @@ import statistics
 import tempfile
 import warnings
 
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import open_dict
-
-from agent_lightning.train import config_dir, train
+from agent_lightning.config import compose_config
+from agent_lightning.train import train
 
 EXPERIMENTS = ("overfit_baseline", "overfit_regularized")
 
@@ -32,12 +29,8 @@ def test_accuracy(experiment: str, seed: int, extra: list[str]) -> float:
         "trainer.enable_model_summary=false",
         *extra,
     ]
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
-    with tempfile.TemporaryDirectory() as out, open_dict(cfg):
-        cfg.paths.output_dir = out
-        return train(cfg)["test/acc"]
+    with tempfile.TemporaryDirectory() as out:
+        return train(compose_config(overrides, output_dir=out))["test/acc"]
 
 
 def main() -> None:

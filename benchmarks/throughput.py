@@ -20,15 +20,13 @@ import tempfile
 import time
 
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from lightning.pytorch import Callback, LightningModule, Trainer
-from omegaconf import open_dict
 from torch.nn import functional as F
 
+from agent_lightning.config import compose_config
 from agent_lightning.data import ClusterTask, SliceBatchLoader
 from agent_lightning.model import AgentMLP
-from agent_lightning.train import config_dir, train
+from agent_lightning.train import train
 
 TRAIN_SIZE, BATCH, FEATURES, CLASSES = 100_000, 512, 128, 10
 
@@ -136,13 +134,9 @@ def framework(epochs: int, accelerator: str) -> float:
         "logger=none",
         "test=false",
     ]
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
     recorder = EpochRates()
-    with tempfile.TemporaryDirectory() as out, open_dict(cfg):
-        cfg.paths.output_dir = out
-        train(cfg, extra_callbacks=[recorder])
+    with tempfile.TemporaryDirectory() as out:
+        train(compose_config(overrides, output_dir=out), extra_callbacks=[recorder])
     return _steady(recorder.rates)
 
 

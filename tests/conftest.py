@@ -10,11 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
-from agent_lightning.train import config_dir
+from agent_lightning.config import compose_config
 
 # A small task that still needs learning: 64 steps per epoch, 2 epochs.
 FAST = [
@@ -36,12 +34,7 @@ def compose_cfg(tmp_path: Path) -> ComposeFn:
     """Compose `conf/config.yaml` with overrides, writing under a fresh temporary run directory."""
 
     def _compose(*overrides: str, fast: bool = True, output_dir: Path | None = None) -> DictConfig:
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-            cfg = compose("config", overrides=[*(FAST if fast else []), *overrides])
-        with open_dict(cfg):
-            cfg.paths.output_dir = str(output_dir or tmp_path / "run")
-        return cfg
+        return compose_config([*(FAST if fast else []), *overrides], output_dir=output_dir or tmp_path / "run")
 
     return _compose
 

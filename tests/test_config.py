@@ -7,10 +7,11 @@ import pytest
 import torch
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 
+from agent_lightning.config import config_dir
 from agent_lightning.data import AgentDataModule
 from agent_lightning.model import AgentMLP
 from agent_lightning.parallel import build_strategy
-from agent_lightning.train import build_module, config_dir
+from agent_lightning.train import build_module
 
 CONF = config_dir()
 
@@ -126,9 +127,8 @@ def test_installed_wheel_ships_the_config_tree(tmp_path: Path) -> None:
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)], check=True
     )
     probe = (
-        "from agent_lightning.train import config_dir; from hydra import compose, initialize_config_dir;"
-        "initialize_config_dir(config_dir=str(config_dir()), version_base='1.3');"
-        "print(config_dir()); print(compose('config', overrides=['experiment=reference']).strategy.name)"
+        "from agent_lightning.config import compose_config, config_dir;"
+        "print(config_dir()); print(compose_config(['experiment=reference']).strategy.name)"
     )
     out = subprocess.run(
         [sys.executable, "-c", probe], cwd=tmp_path, env={"PYTHONPATH": str(target)}, capture_output=True, text=True
