@@ -8,7 +8,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 import lightning.pytorch as pl
@@ -25,6 +25,9 @@ from agent_lightning.launch import LaunchError, launch_ranks, setup_rank_logging
 from agent_lightning.module import AgentModule
 from agent_lightning.parallel import build_strategy, choose_strategy
 from agent_lightning.validation import available_devices, launched_externally, resolve_devices, validate
+
+if TYPE_CHECKING:
+    from agent_lightning.search import Pruned
 
 log = logging.getLogger("agent_lightning")
 # Quiet two messages Lightning prints on every run that say nothing about this run.
@@ -143,15 +146,15 @@ def _pruning_callback(cfg: DictConfig) -> Callback | None:
     return OptunaPruning(trial.storage, trial.study_name, int(trial.trial_id), monitor=trial.monitor)
 
 
-def optimized_value(cfg: DictConfig, metrics: dict[str, Any]) -> float | None:
+def optimized_value(cfg: DictConfig, metrics: dict[str, Any]) -> float | Pruned | None:
     """The value a sweeper optimises: `metrics[cfg.optimized_metric]` (or `Pruned`); raises if never logged."""
     name = cfg.get("optimized_metric")
     if not name:
         return None
     if "pruned_at_epoch" in metrics:
-        from agent_lightning.search import Pruned
+        from agent_lightning.search import Pruned  # Optuna is only imported for searches
 
-        return Pruned(metrics["pruned_at_epoch"])  # type: ignore[return-value]
+        return Pruned(metrics["pruned_at_epoch"])
     if name not in metrics:
         logged = ", ".join(sorted(k for k, v in metrics.items() if isinstance(v, float)))
         raise ConfigError(f"optimized_metric={name!r} was never logged; logged metrics: {logged}")
@@ -173,9 +176,9 @@ def _summary(metrics: dict[str, Any]) -> str:
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
-def main(cfg: DictConfig) -> float | None:
+def main(cfg: DictConfig) -> float | Pruned | None:
     """Hydra entry: one job (or one job of a sweep); returns `cfg.optimized_metric` for sweepers."""
-    rank = int(os.environ.get("RANK", "0"))
+    rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
     if launched_externally() and rank != 0:
         setup_rank_logging(rank, log_file=None)  # torchrun/SLURM ran Hydra on every rank: keep rank 0's log
     log.info("Run directory: %s", cfg.paths.output_dir)

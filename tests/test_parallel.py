@@ -15,11 +15,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 TWO_RANKS = {"single": [], "ddp": ["strategy=ddp", "devices=2"]}
 TWO_RANKS["fsdp"] = ["strategy=fsdp", "devices=2"]
 TWO_RANKS["model_parallel"] = ["strategy=model_parallel", "devices=2", "strategy.tensor_parallel=2"]
+# FSDP's memory options change what is kept between forward and backward, not the numbers.
+FSDP_OPTIONS = [*TWO_RANKS["fsdp"], "strategy.activation_checkpointing=true", "strategy.reshard_after_forward=false"]
 
 
 def test_first_steps_agree_across_strategies(compose_cfg, tmp_path: Path) -> None:
     losses = {}
-    for name, strategy in TWO_RANKS.items():
+    for name, strategy in {**TWO_RANKS, "fsdp_options": FSDP_OPTIONS}.items():
         out = tmp_path / f"{name}.pt"
         cfg = compose_cfg(
             *strategy,
@@ -37,7 +39,7 @@ def test_first_steps_agree_across_strategies(compose_cfg, tmp_path: Path) -> Non
         run(cfg)
         losses[name] = torch.tensor(torch.load(out))
     assert len(losses["single"]) == 10 and losses["single"][-1] < losses["single"][0]
-    for name in ("ddp", "fsdp", "model_parallel"):
+    for name in ("ddp", "fsdp", "model_parallel", "fsdp_options"):
         assert torch.allclose(losses[name], losses["single"], rtol=1e-5, atol=1e-6), (name, losses[name])
 
 
