@@ -22,14 +22,14 @@ class NonFiniteLossError(RuntimeError):
 class FiniteLossGuard(pl.Callback):
     """Stops a diverged run before it can overwrite a good checkpoint.
 
-    Non-finite losses are counted on the device (no per-step host sync) and read every
+    Losses are summed on the device (no per-step host sync) and the sum is checked every
     `check_every_n_steps` steps; right before any checkpoint is written the weights are checked
     too, since the last step can break them before its loss shows it.
     """
 
     def __init__(self, check_every_n_steps: int = 50) -> None:
         self.check_every_n_steps = check_every_n_steps
-        self._nonfinite_losses: Tensor | None = None
+        self._loss_sum: Tensor | None = None
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -38,8 +38,9 @@ class FiniteLossGuard(pl.Callback):
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if loss is None:
             return
-        bad = (~torch.isfinite(loss.detach())).int()
-        self._nonfinite_losses = bad if self._nonfinite_losses is None else self._nonfinite_losses + bad
+        # One add per step: a NaN or inf anywhere makes the running sum non-finite.
+        loss = loss.detach().float()
+        self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
         if trainer.global_step % self.check_every_n_steps == 0:
             self._check(trainer, weights_finite=True)
 
@@ -53,7 +54,8 @@ class FiniteLossGuard(pl.Callback):
         self._check(trainer, weights_finite)
 
     def _check(self, trainer: pl.Trainer, weights_finite: bool) -> None:
-        local_bad = not weights_finite or bool(self._nonfinite_losses is not None and self._nonfinite_losses.item())
+        losses_finite = self._loss_sum is None or bool(torch.isfinite(self._loss_sum))
+        local_bad = not weights_finite or not losses_finite
         if trainer.strategy.reduce_boolean_decision(local_bad, all=False):
             raise NonFiniteLossError(
                 f"training diverged (NaN/inf loss or weights) by step {trainer.global_step}; lower optimizer.lr "

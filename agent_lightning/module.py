@@ -47,13 +47,14 @@ class AgentModule(pl.LightningModule):
         self.scheduler_factory = scheduler
         # Labels come from our own loaders: skip per-batch argument checks (they sync the device).
         accuracy = {"num_classes": num_classes, "average": "micro", "validate_args": False}
-        self.train_acc = MulticlassAccuracy(**accuracy)
         self.val_acc = MulticlassAccuracy(**accuracy)
         self.test_acc = MulticlassAccuracy(**accuracy)
         self.val_acc_best = MaxMetric()
-        # Kept in checkpoints, so a resumed run continues the epoch's accuracy and the best so far.
-        self.train_acc.persistent(True)
-        self.val_acc_best.persistent(True)
+        self.val_acc_best.persistent(True)  # a resumed run keeps the best so far
+        # Training accuracy is a running count on the device: a metric object's update costs 10%
+        # of this model's step, two tensor ops do not.
+        self._train_correct: Tensor | None = None
+        self._train_seen = 0
         self._epoch_started = 0.0
         self._epoch_seconds = 0.0
         self._epoch_samples = 0
@@ -76,7 +77,10 @@ class AgentModule(pl.LightningModule):
         features, targets = batch  # class indices, or class probabilities from augmentation
         logits = self(features)
         loss = self._loss(logits, targets)
-        self.train_acc.update(logits.detach(), targets if targets.ndim == 1 else targets.argmax(dim=-1))
+        labels = targets if targets.ndim == 1 else targets.argmax(dim=-1)
+        hits = (logits.detach().argmax(dim=-1) == labels).sum()
+        self._train_correct = hits if self._train_correct is None else self._train_correct + hits
+        self._train_seen += len(labels)
         # `self.log` costs about as much as this model's forward pass, so the step loss is logged
         # only on the steps the loggers write.
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
@@ -123,6 +127,17 @@ class AgentModule(pl.LightningModule):
                 torch.cuda.synchronize(self.device)  # once per epoch: count work queued, not launched
             self._epoch_seconds = time.perf_counter() - self._epoch_started
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the epoch's training-accuracy count, so a run resumed mid-epoch continues it."""
+        correct = int(self._train_correct) if self._train_correct is not None else 0
+        checkpoint["train_accuracy_count"] = {"correct": correct, "seen": self._train_seen}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the epoch's training-accuracy count."""
+        count = checkpoint.get("train_accuracy_count")
+        if count and count["seen"]:
+            self._train_correct, self._train_seen = torch.tensor(count["correct"]), count["seen"]
+
     @property
     def samples_per_second(self) -> float:
         """Global training samples per second over the current epoch's steps (0 before any)."""
@@ -133,8 +148,10 @@ class AgentModule(pl.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         """Log the epoch's training accuracy (synced across ranks) and throughput."""
-        self.log("train/acc", self.train_acc.compute(), sync_dist=True)
-        self.train_acc.reset()
+        if self._train_correct is not None and self._train_seen:
+            # Every data-parallel rank saw as many samples, so the mean of their accuracies is exact.
+            self.log("train/acc", self._train_correct.float() / self._train_seen, sync_dist=True)
+        self._train_correct, self._train_seen = None, 0
         if self.samples_per_second:
             self.log("perf/samples_per_s", self.samples_per_second, sync_dist=True)
 
