@@ -186,7 +186,7 @@ def apply_parallelism(model: nn.Module, mesh: Any, strategy_cfg: DictConfig) -> 
         "mp_policy": mp_policy,
         "offload_policy": CPUOffloadPolicy() if offload else OffloadPolicy(),
     }
-    if dp_mesh.size() == 1 and strategy_cfg.get("name") != "fsdp":
+    if dp_mesh.size() == 1 and tp_mesh.size() > 1:
         return  # pure tensor parallelism: nothing to shard across data-parallel ranks
     for block in blocks:  # one unit per block: only one block's full parameters exist at a time
         fully_shard(block, **shard_options)

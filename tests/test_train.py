@@ -80,3 +80,9 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(compose_cfg
     weights = _weights(last)  # readable, and from before the divergence
     assert all(torch.isfinite(w).all() for w in weights.values())
     assert not list(last.parent.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp", "model_parallel", "auto"])
+def test_every_strategy_also_runs_on_one_device(compose_cfg, strategy: str) -> None:
+    metrics = train(compose_cfg(f"strategy={strategy}", "trainer.max_epochs=1"))
+    assert metrics["val/acc"] > 0.4 and metrics["test/acc"] > 0.4
