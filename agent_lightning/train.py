@@ -133,7 +133,9 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
     if cfg.get("test", True):
         trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
         metrics.update({key: float(value) for key, value in trainer.callback_metrics.items()})
-    metrics["data/reachable_acc"] = datamodule.reachable_accuracy("val")
+    reachable = datamodule.reachable_accuracy("val")
+    if reachable is not None:
+        metrics["data/reachable_acc"] = reachable
     return {**metrics, "run_dir": str(cfg.paths.output_dir), "best_model_path": best}
 
 
@@ -185,7 +187,8 @@ def main(cfg: DictConfig) -> float | Pruned | None:
     try:
         metrics = run(cfg)
     except (ConfigError, NonFiniteLossError, LaunchError, InstantiationException) as err:
-        log.error("%s", err)
+        # A ConfigError raised while Hydra builds an object is reported as itself, not wrapped.
+        log.error("%s", err.__cause__ if isinstance(err.__cause__, ConfigError) else err)
         sys.exit(2)
     if metrics:
         log.info("Final: %s", _summary(metrics))

@@ -61,8 +61,12 @@ def test_model_options_instantiate(compose_cfg, model: str) -> None:
 
 
 @pytest.mark.parametrize("data", options("data"))
-def test_data_options_instantiate(compose_cfg, data: str) -> None:
-    assert isinstance(hydra.utils.instantiate(compose_cfg(f"data={data}").data), AgentDataModule)
+def test_data_options_instantiate(compose_cfg, data: str, tmp_path: Path) -> None:
+    from agent_lightning.data import ClusterTask, write_shards
+
+    write_shards(*ClusterTask().samples(0, 30_000), tmp_path / "shards", shard_size=10_000)
+    extra = [f"data.source.paths={tmp_path / 'shards'}"] if data == "files" else []
+    assert isinstance(hydra.utils.instantiate(compose_cfg(f"data={data}", *extra).data), AgentDataModule)
 
 
 @pytest.mark.parametrize("strategy", [s for s in options("strategy") if s != "auto"])  # auto: resolved first

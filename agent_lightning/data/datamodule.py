@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from agent_lightning.data.files import FileSource
 from agent_lightning.data.loader import SliceBatchLoader
 from agent_lightning.data.synthetic import ClusterTask
 from agent_lightning.errors import ConfigError
@@ -44,8 +45,8 @@ class AgentDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        source: ClusterTask,
-        train_size: int = 100_000,
+        source: ClusterTask | FileSource,
+        train_size: int | None = 100_000,
         val_size: int = 10_000,
         test_size: int = 10_000,
         batch_size: int = 512,
@@ -56,6 +57,15 @@ class AgentDataModule(pl.LightningDataModule):
         augmentations: Sequence[Augmentation] = (),
     ) -> None:
         super().__init__()
+        if train_size is None:  # every sample that is not validation or test
+            if not hasattr(source, "__len__"):
+                raise ConfigError("data.train_size=null needs a source of known length (files)")
+            train_size = len(source) - val_size - test_size
+        if hasattr(source, "__len__") and train_size + val_size + test_size > len(source):
+            raise ConfigError(
+                f"data.train_size + val_size + test_size = {train_size + val_size + test_size} but the source has "
+                f"{len(source)} samples"
+            )
         for key, value in (("train_size", train_size), ("val_size", val_size), ("test_size", test_size)):
             if value < 1:
                 raise ConfigError(f"data.{key} must be >= 1, got {value}")
@@ -126,8 +136,10 @@ class AgentDataModule(pl.LightningDataModule):
             features, targets = augment(features, targets)
         return features, targets
 
-    def reachable_accuracy(self, split: str = "val") -> float:
-        """Best accuracy the source allows on this rank's shard of a split."""
+    def reachable_accuracy(self, split: str = "val") -> float | None:
+        """Best accuracy the source allows on this rank's shard of a split, where the source knows it."""
+        if not hasattr(self.source, "nearest_centre_accuracy"):
+            return None
         features, labels = self._splits[split]
         return self.source.nearest_centre_accuracy(features, labels)
 
