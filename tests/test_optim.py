@@ -161,3 +161,9 @@ def test_early_stopping_ends_the_run_when_val_acc_stalls(compose_cfg) -> None:
     probe = InitialWeights()  # keeps a handle on the trainer
     train(cfg, extra_callbacks=[probe])
     assert probe.trainer.current_epoch == 3 and probe.trainer.should_stop
+
+
+def test_default_callbacks_work_without_validation(compose_cfg) -> None:
+    # Early stopping watches val/acc: with validation off it must wait, not fail the run.
+    metrics = train(compose_cfg("trainer.limit_val_batches=0", "trainer.max_epochs=2", "test=false"))
+    assert "val/acc" not in metrics and metrics["train/acc"] > 0.5
