@@ -215,6 +215,8 @@ class OptunaSearch(Sweeper):
 
         while (remaining := self.n_trials - sum(t.state in FINISHED for t in study.trials)) > 0:
             trials = [study.ask(space) for _ in range(min(self.n_jobs, remaining))]
+            # A job reopens its trial as `optuna.trial.Trial(study, trial_id)`: the storage's key for
+            # it (`_trial_id`; `number` counts within the study), which Optuna has no public getter for.
             batch = [
                 [
                     *fixed,
