@@ -53,8 +53,8 @@ def launch_ranks(cfg: DictConfig, devices: int) -> dict[str, Any]:
         results = elastic_launch(config, _rank_main)(resolved, log_file)
     except ChildFailedError as err:
         codes = {failure.exitcode for failure in err.failures.values()}
-        if codes == {USER_ERROR_EXIT}:
-            raise SystemExit(USER_ERROR_EXIT) from None  # rank 0 already printed the reason
+        if USER_ERROR_EXIT in codes:
+            raise SystemExit(USER_ERROR_EXIT) from None  # the failing rank printed the reason
         ranks = ", ".join(f"rank {rank} (exit code {f.exitcode})" for rank, f in sorted(err.failures.items()))
         raise LaunchError(f"training failed on {ranks}; see the messages above") from None
     finally:
@@ -100,9 +100,12 @@ def _rank_main(resolved: dict[str, Any], log_file: str | None) -> dict[str, Any]
     setup_rank_logging(rank, log_file)
     try:
         return train(OmegaConf.create(resolved))
-    except (ConfigError, NonFiniteLossError) as err:
+    except NonFiniteLossError as err:  # raised on every rank together: rank 0 speaks
         if rank == 0:
             logging.getLogger("agent_lightning").error("%s", err)
+        sys.exit(USER_ERROR_EXIT)
+    except ConfigError as err:  # may concern this rank's data alone (say, one of its shards)
+        print(f"error on rank {rank}: {err}", file=sys.stderr, flush=True)
         sys.exit(USER_ERROR_EXIT)
 
 

@@ -83,3 +83,26 @@ def test_cli_reports_missing_and_corrupt_files(tmp_path: Path, shards: Path) -> 
     for result in (missing, corrupt):
         output = result.stdout + result.stderr
         assert "Traceback" not in output and "Error in call to target" not in output
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_a_bad_shard_read_by_one_rank_only_is_still_reported(tmp_path: Path, shards: Path) -> None:
+    # Rank 1 alone reads shard 3 (train samples 10,000..19,999 of 20,000 go to rank 1).
+    torch.save(
+        {"features": torch.zeros(5_000, 64), "labels": torch.zeros(5_000, dtype=torch.long)}, shards / "shard-00003.pt"
+    )
+    result = run_cli(
+        "data=files",
+        f"data.source.paths={shards}",
+        "data.val_size=2000",
+        "data.test_size=2000",
+        "strategy=ddp",
+        "devices=2",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output[-2000:]
+    assert "error on rank 1: shard" in output and "shard-00003.pt" in output
+    assert "Traceback" not in output
