@@ -170,11 +170,7 @@ def apply_parallelism(model: nn.Module, mesh: Any, strategy_cfg: DictConfig) -> 
             model.hidden[index] = checkpoint_wrapper(block)  # recompute activations in backward
         blocks = list(model.hidden)
 
-    offload = strategy_cfg.get("offload", False)
-    if offload and mesh.device_type != "cuda":
-        raise ConfigError(
-            "strategy.offload=true keeps parameters in host memory and streams them to the GPU: it needs CUDA"
-        )
+    offload = strategy_cfg.get("offload", False)  # CUDA only: checked up front by `validate`
     param_dtype = strategy_cfg.get("param_dtype")
     mp_policy = MixedPrecisionPolicy(
         param_dtype=getattr(torch, param_dtype) if param_dtype else None,

@@ -6,11 +6,12 @@ import math
 import os
 from pathlib import Path
 
+import hydra
 import torch
 from omegaconf import DictConfig
 
 from agent_lightning.errors import ConfigError
-from agent_lightning.parallel import STRATEGIES, resolve_degrees
+from agent_lightning.parallel import STRATEGIES, check_tensor_parallel, resolve_degrees
 
 
 def available_devices(accelerator: str) -> tuple[str, int]:
@@ -53,8 +54,8 @@ def _positive_number(cfg: DictConfig, key: str) -> None:
         raise ConfigError(f"{key}={value!r} is invalid: it must be a positive number")
 
 
-def validate(cfg: DictConfig) -> int:
-    """Raise ConfigError naming the first bad key; return the total number of ranks."""
+def validate(cfg: DictConfig) -> tuple[int, int]:
+    """Raise ConfigError naming the first bad key; return (devices per node, total number of ranks)."""
     name = cfg.strategy.get("name")
     if name not in STRATEGIES or name == "auto":  # auto is resolved before validation
         raise ConfigError(f"strategy.name={name!r} is not one of {', '.join(STRATEGIES)}")
@@ -80,7 +81,11 @@ def validate(cfg: DictConfig) -> int:
         raise ConfigError(
             f"strategy=single runs on one device but devices={devices} num_nodes={num_nodes}: use strategy=ddp"
         )
-    data_parallel = resolve_degrees(cfg.strategy, world).data_parallel
+    degrees = resolve_degrees(cfg.strategy, world)
+    if degrees.tensor_parallel > 1:  # the same check the sharding runs, before any rank starts
+        with torch.device("meta"):
+            check_tensor_parallel(hydra.utils.instantiate(cfg.model), degrees.tensor_parallel)
+    data_parallel = degrees.data_parallel
     _positive_number(cfg, "optimizer.lr")
     batch = cfg.data.batch_size
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
@@ -93,4 +98,4 @@ def validate(cfg: DictConfig) -> int:
     # A sharded strategy saves a distributed checkpoint: a directory.
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).exists():
         raise ConfigError(f"ckpt_path={cfg.ckpt_path} does not exist")
-    return world
+    return devices, world

@@ -23,6 +23,10 @@ CASES = {
         ["strategy=model_parallel", "devices=2", "strategy.tensor_parallel=3"],
         "dp(-1) x tp(3) != world size 2",
     ),
+    "tensor parallel with a norm layer": (
+        ["strategy=model_parallel", "devices=2", "model.norm=layernorm"],
+        "tensor_parallel > 1 needs model.norm=none",
+    ),
     "offload without a GPU": (["strategy=fsdp", "strategy.offload=true"], "strategy.offload=true"),
     "nodes without a rendezvous": (["strategy=ddp", "num_nodes=2"], "num_nodes=2 needs rdzv_endpoint=HOST:PORT"),
 }
