@@ -1,4 +1,4 @@
-"""Callbacks that keep a run's checkpoints trustworthy."""
+"""Callbacks: a divergence guard that keeps checkpoints trustworthy, and a training-memory probe."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ class FiniteLossGuard(pl.Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        """Count (on the device) a non-finite loss."""
+        """Add this step's loss to the running sum (on the device)."""
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if loss is None:
             return
@@ -50,7 +50,8 @@ class FiniteLossGuard(pl.Callback):
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         """Refuse to write a checkpoint of a diverged model."""
-        weights_finite = all(bool(torch.isfinite(_local(p)).all()) for p in pl_module.parameters())
+        checks = [torch.isfinite(_local(p)).all() for p in pl_module.parameters()]
+        weights_finite = bool(torch.stack(checks).all()) if checks else True  # one host sync, not one per tensor
         self._check(trainer, weights_finite)
 
     def _check(self, trainer: pl.Trainer, weights_finite: bool) -> None:

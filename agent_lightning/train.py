@@ -113,8 +113,7 @@ def resolve_auto_strategy(cfg: DictConfig) -> None:
 def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     """Fit, then test; return the final metrics (floats) and where the run's files are."""
     resolve_auto_strategy(cfg)
-    world = validate(cfg)
-    devices = resolve_devices(cfg)
+    devices, world = validate(cfg)
     Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     _set_cpu_threads(cfg, local_ranks=min(devices, world))
@@ -166,9 +165,9 @@ def optimized_value(cfg: DictConfig, metrics: dict[str, Any]) -> float | Pruned 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train in this process, or start one process per rank when the job needs several."""
     resolve_auto_strategy(cfg)
-    world = validate(cfg)
+    devices, world = validate(cfg)
     if world > 1 and not launched_externally():
-        return launch_ranks(cfg, resolve_devices(cfg))
+        return launch_ranks(cfg, devices)
     return train(cfg)
 
 

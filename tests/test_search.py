@@ -55,20 +55,26 @@ def test_bad_search_spaces_are_refused_with_the_key(params: dict, message: str) 
         parse_space(params, [])
 
 
-@pytest.mark.timeout(300)
-def test_search_completes_prunes_the_hopeless_trial_and_reports_the_best(tmp_path: Path) -> None:
+def pruned_search(tmp_path: Path, *overrides: str) -> tuple[Path, str]:
+    """Run a search whose second trial is hopeless and prunable; return its sweep dir and output."""
     sweep = tmp_path / "search"
     result = run_cli(
         "hparams_search=optuna",
-        "hydra.sweeper.n_trials=4",
         PRUNE_AFTER_ONE,
         GOOD_THEN_HOPELESS,
         *SMALL,
+        *overrides,
         f"hydra.sweep.dir={sweep}",
         cwd=tmp_path,
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
+    return sweep, output
+
+
+@pytest.mark.timeout(300)
+def test_search_completes_prunes_the_hopeless_trial_and_reports_the_best(tmp_path: Path) -> None:
+    sweep, output = pruned_search(tmp_path, "hydra.sweeper.n_trials=4")
     results = OmegaConf.load(sweep / "optimization_results.yaml")
     assert results.trials.complete + results.trials.pruned == 4
     assert results.trials.pruned >= 1
@@ -98,19 +104,7 @@ def test_a_stored_study_resumes_and_keeps_counting(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_pruning_works_when_trials_run_ddp_ranks(tmp_path: Path) -> None:
-    sweep = tmp_path / "search"
-    result = run_cli(
-        "hparams_search=optuna",
-        "strategy=ddp",
-        "devices=2",
-        "hydra.sweeper.n_trials=2",
-        PRUNE_AFTER_ONE,
-        GOOD_THEN_HOPELESS,
-        *SMALL,
-        f"hydra.sweep.dir={sweep}",
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    sweep, _ = pruned_search(tmp_path, "strategy=ddp", "devices=2", "hydra.sweeper.n_trials=2")
     lines = (sweep / "trials.csv").read_text().splitlines()
     assert lines[1].startswith("0,COMPLETE,") and lines[2].startswith("1,PRUNED,")
 

@@ -104,14 +104,9 @@ class AgentDataModule(pl.LightningDataModule):
 
     def _build(self, split: str) -> tuple[Tensor, Tensor]:
         offsets = {"train": 0, "val": self.sizes["train"], "test": self.sizes["train"] + self.sizes["val"]}
-        if split == "train" and self.global_order:
-            shard = shard_of(0, self.sizes["train"], 0, 1)  # every rank holds the split, slices each batch
-        else:
-            shard = shard_of(offsets[split], self.sizes[split], self._rank, self._world)
-        if (
-            shard.stop - shard.start < self.local_batch_size * (self._world if self.global_order else 1)
-            and split == "train"
-        ):
+        whole_split = split == "train" and self.global_order  # every rank holds it, slices each batch
+        shard = shard_of(offsets[split], self.sizes[split], *((0, 1) if whole_split else (self._rank, self._world)))
+        if split == "train" and self.sizes["train"] // self._world < self.local_batch_size:
             raise ConfigError(
                 f"data.train_size={self.sizes['train']} gives each of {self._world} ranks fewer samples than one "
                 f"batch of {self.local_batch_size}"
