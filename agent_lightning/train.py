@@ -27,7 +27,7 @@ from agent_lightning.parallel import build_strategy, choose_strategy
 from agent_lightning.validation import available_devices, launched_externally, resolve_devices, validate
 
 if TYPE_CHECKING:
-    from agent_lightning.search import Pruned
+    from agent_lightning.search.pruning import Pruned
 
 log = logging.getLogger("agent_lightning")
 # Quiet two messages Lightning prints on every run that say nothing about this run.
@@ -42,7 +42,8 @@ warnings.filterwarnings("ignore", message=r"Detected an existing checkpoint in .
 def _set_cpu_threads(cfg: DictConfig, local_ranks: int) -> None:
     # Ranks sharing a CPU must split its cores, or they oversubscribe them and run slower than one.
     kind, cores = available_devices(str(cfg.trainer.accelerator))
-    if kind == "cpu":
+    # OMP_NUM_THREADS set by the user, or by joblib in a parallel search's worker, already sized torch.
+    if kind == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, cores // local_ranks))
 
 
@@ -142,7 +143,7 @@ def _pruning_callback(cfg: DictConfig) -> Callback | None:
     trial = cfg.get("optuna_trial")
     if not trial or trial.get("trial_id") is None:
         return None
-    from agent_lightning.search import OptunaPruning  # Optuna is only imported for searches
+    from agent_lightning.search.pruning import OptunaPruning  # Optuna is only imported for searches
 
     return OptunaPruning(trial.storage, trial.study_name, int(trial.trial_id), monitor=trial.monitor)
 
@@ -153,7 +154,7 @@ def optimized_value(cfg: DictConfig, metrics: dict[str, Any]) -> float | Pruned 
     if not name:
         return None
     if "pruned_at_epoch" in metrics:
-        from agent_lightning.search import Pruned  # Optuna is only imported for searches
+        from agent_lightning.search.pruning import Pruned  # Optuna is only imported for searches
 
         return Pruned(metrics["pruned_at_epoch"])
     if name not in metrics:

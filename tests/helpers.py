@@ -79,3 +79,23 @@ class ShardProbe(pl.Callback):
             outputs = pl_module(probe)  # every rank takes part: sharded layers communicate
         if trainer.is_global_zero:
             torch.save(outputs.detach().cpu(), self.out_dir / "outputs.pt")
+
+
+class WallClock(pl.Callback):
+    """Writes when fitting started and ended (wall clock) and the torch threads used, as JSON."""
+
+    def __init__(self, out_file: str) -> None:
+        self.out_file = out_file
+        self.start = 0.0
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        import time
+
+        self.start = time.time()
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        import json
+        import time
+
+        record = {"start": self.start, "end": time.time(), "threads": torch.get_num_threads()}
+        Path(self.out_file).write_text(json.dumps(record))

@@ -1,0 +1,57 @@
+"""Trial pruning: a Lightning callback reporting each epoch's metric to the trial's Optuna study."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import lightning.pytorch as pl
+import optuna
+
+from agent_lightning.errors import ConfigError
+from agent_lightning.search.storage import PRUNER_ATTR, build_pruner, open_storage
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """What a pruned trial's job returns instead of its metric."""
+
+    epoch: int
+
+
+class OptunaPruning(pl.Callback):
+    """Reports a metric to the trial after every validation and stops the run when the pruner says so.
+
+    Rank 0 talks to the study storage; its decision is broadcast so all ranks stop together.
+    """
+
+    def __init__(self, storage: str, study_name: str, trial_id: int, monitor: str = "val/acc") -> None:
+        self.storage = storage
+        self.study_name = study_name
+        self.trial_id = trial_id
+        self.monitor = monitor
+        self.pruned_at_epoch: int | None = None
+        self._trial: optuna.trial.Trial | None = None
+
+    def _get_trial(self) -> optuna.trial.Trial:
+        if self._trial is None:
+            storage = open_storage(self.storage)
+            spec = optuna.load_study(study_name=self.study_name, storage=storage).user_attrs.get(PRUNER_ATTR)
+            study = optuna.load_study(study_name=self.study_name, storage=storage, pruner=build_pruner(spec))
+            self._trial = optuna.trial.Trial(study, self.trial_id)
+        return self._trial
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Report this epoch's metric; decide on rank 0 whether to prune, and stop every rank if so."""
+        if trainer.sanity_checking:
+            return
+        prune = False
+        if trainer.is_global_zero:
+            value = trainer.callback_metrics.get(self.monitor)
+            if value is None:
+                raise ConfigError(f"optuna_trial.monitor={self.monitor!r} was not logged; pruning needs it")
+            trial = self._get_trial()
+            trial.report(float(value), step=trainer.current_epoch)
+            prune = trial.should_prune()
+        if trainer.strategy.broadcast(prune, src=0):
+            self.pruned_at_epoch = trainer.current_epoch
+            trainer.should_stop = True
