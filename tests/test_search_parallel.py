@@ -24,6 +24,7 @@ CLOCK = '+callbacks.clock={_target_: tests.helpers.WallClock, out_file: "${paths
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_optuna_trials_run_two_at_once_and_a_free_slot_is_filled_at_once(tmp_path: Path) -> None:
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     sweep = tmp_path / "sweep"
     result = run_cli(
         "hparams_search=optuna",

@@ -51,6 +51,7 @@ def hydra_config(*overrides: str):
 def test_the_sweeper_has_a_name_of_its_own_and_the_slurm_preset_composes() -> None:
     cfg = hydra_config("hparams_search=optuna")
     assert cfg.hydra.sweeper._target_.endswith("agent_lightning_sweepers.optuna_sweeper.OptunaSweeper")
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     cfg = hydra_config("hydra/launcher=slurm", "devices=4", "num_nodes=2")
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
     assert (cfg.hydra.launcher.nodes, cfg.hydra.launcher.tasks_per_node, cfg.hydra.launcher.gpus_per_node) == (2, 4, 4)
@@ -85,6 +86,21 @@ def test_a_bad_trial_fails_alone_with_its_error_and_the_search_goes_on(tmp_path:
     assert "optimizer.lr" in trials[1].user_attrs["error"]
     assert trials[2].params["model.num_layers"] in (1, 2)
     assert "optimizer.lr" in (tmp_path / "sweep" / "trials.csv").read_text()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["hparams_search=ray", "devices=2"], "a Ray Tune trial trains in one process"),
+        (["hparams_search=optuna", "hydra.sweeper.max_failures=0"], "hydra.sweeper.max_failures=0 must be"),
+    ],
+)
+def test_bad_sweeper_settings_exit_2_with_one_line(args: list[str], message: str, tmp_path: Path) -> None:
+    result = run_cli(*args, *TINY, f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2 and message in output, output[-2000:]
+    assert "Traceback" not in output
 
 
 def _wait_for_running_trial(

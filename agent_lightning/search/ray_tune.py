@@ -161,7 +161,13 @@ class RayTuneSearch(Sweeper):
                     num_samples=self.num_samples,
                     max_concurrent_trials=self.max_concurrent_trials,
                 ),
-                run_config=tune.RunConfig(name=self.name, storage_path=str(self.sweep_dir), verbose=1),
+                run_config=tune.RunConfig(
+                    name=self.name,
+                    storage_path=str(self.sweep_dir),
+                    # A trial resumes from its latest checkpoint: older ones only fill the disk.
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                    verbose=1,
+                ),
             )
         log.info(
             "Ray Tune search: %s, %d trials, %d at a time", list(space), self.num_samples, self.max_concurrent_trials
