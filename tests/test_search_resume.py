@@ -14,7 +14,7 @@ from hydra.core.global_hydra import GlobalHydra
 from optuna.trial import TrialState
 
 from agent_lightning.config import config_dir
-from agent_lightning.search.optuna_sweep import flatten
+from agent_lightning.search.space import flatten
 
 from .conftest import run_cli
 

@@ -40,7 +40,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from agent_lightning.errors import ConfigError
 from agent_lightning.search.pruning import Pruned
-from agent_lightning.search.space import as_override, parse_space
+from agent_lightning.search.space import as_override, flatten, parse_space
 from agent_lightning.search.storage import (
     JOURNAL_PREFIX,
     PRUNER_ATTR,
@@ -298,7 +298,7 @@ class OptunaSearch(Sweeper):
         return None
 
     def _launch(self, trial: optuna.trial.Trial, overrides: list[str]) -> JobReturn:
-        self.validate_batch_is_legal([overrides])
+        # Runs in a worker thread when trials run in parallel: the config was composed (checked) already.
         return self.launcher.launch([overrides], initial_job_idx=trial.number)[0]
 
     def _fail(self, study: optuna.Study, trial: optuna.trial.Trial, error: str, failures: int) -> int:
@@ -326,14 +326,3 @@ class OptunaSearch(Sweeper):
         study.tell(trial, float(value))
         log.info("Trial %d: %s -> %.6g", trial.number, trial.params, float(value))
         return 0
-
-
-def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """`{'model': {'num_layers': 'range(1,3)'}}` -> `{'model.num_layers': 'range(1,3)'}` (dotted keys from the CLI)."""
-    flat: dict[str, Any] = {}
-    for key, value in params.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat

@@ -24,9 +24,9 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+import agent_lightning
 from agent_lightning.errors import ConfigError
-from agent_lightning.search.optuna_sweep import flatten
-from agent_lightning.search.space import as_override, parse_space
+from agent_lightning.search.space import as_override, flatten, parse_space
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "tune.ckpt"
@@ -124,17 +124,26 @@ class RayTuneSearch(Sweeper):
 
     def _sweep(self, arguments: list[str]) -> None:
         import ray
-        from ray import tune
-        from ray.tune.search.optuna import OptunaSearch
 
         space, fixed = parse_space(self.params, arguments)
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        # Ray starts its workers with the driver's environment: they import this project as it does.
-        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))
-        if self.address:
+        if self.address:  # a cluster's nodes must have this project installed
             ray.init(address=self.address, ignore_reinit_error=True)
         else:
+            # Ray starts its local workers with the driver's environment: they import this project from
+            # where the driver does (a source checkout included).
+            source = str(Path(agent_lightning.__file__).resolve().parent.parent)
+            os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")]))
             ray.init(num_cpus=self.num_cpus, include_dashboard=False, ignore_reinit_error=True)
+        try:
+            self._run(space, fixed)
+        finally:
+            ray.shutdown()
+
+    def _run(self, space: dict[str, Any], fixed: list[str]) -> None:
+        from ray import tune
+        from ray.tune.search.optuna import OptunaSearch
+
         trainable = tune.with_resources(tune.with_parameters(run_trial, fixed=fixed), self.resources_per_trial)
         experiment = self.sweep_dir / self.name
         if tune.Tuner.can_restore(experiment):

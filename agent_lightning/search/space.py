@@ -71,3 +71,14 @@ def as_override(key: str, value: Any) -> str:
     if isinstance(value, str) and not re.fullmatch(r"[\w.\-/]+", value):
         return f"{key}='{value}'"
     return f"{key}={value}"
+
+
+def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{'model': {'num_layers': 'range(1,3)'}}` -> `{'model.num_layers': 'range(1,3)'}` (dotted keys from the CLI)."""
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
