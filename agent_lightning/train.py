@@ -27,7 +27,7 @@ from agent_lightning.parallel import build_strategy, choose_strategy
 from agent_lightning.validation import available_devices, launched_externally, resolve_devices, validate
 
 if TYPE_CHECKING:
-    from agent_lightning.search.pruning import Pruned
+    from agent_lightning.search import Pruned
 
 log = logging.getLogger("agent_lightning")
 # Quiet two messages Lightning prints on every run that say nothing about this run.
@@ -143,7 +143,7 @@ def _pruning_callback(cfg: DictConfig) -> Callback | None:
     trial = cfg.get("optuna_trial")
     if not trial or trial.get("trial_id") is None:
         return None
-    from agent_lightning.search.pruning import OptunaPruning  # Optuna is only imported for searches
+    from agent_lightning.search import OptunaPruning  # Optuna is only imported for searches
 
     return OptunaPruning(trial.storage, trial.study_name, int(trial.trial_id), monitor=trial.monitor)
 
@@ -154,7 +154,7 @@ def optimized_value(cfg: DictConfig, metrics: dict[str, Any]) -> float | Pruned 
     if not name:
         return None
     if "pruned_at_epoch" in metrics:
-        from agent_lightning.search.pruning import Pruned  # Optuna is only imported for searches
+        from agent_lightning.search import Pruned  # Optuna is only imported for searches
 
         return Pruned(metrics["pruned_at_epoch"])
     if name not in metrics:
