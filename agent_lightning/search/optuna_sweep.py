@@ -194,8 +194,7 @@ class OptunaSearch(Sweeper):
     def _reseed(self, study: optuna.Study) -> None:
         # A fixed seed would make a resumed (or a second) search propose the first trials' values
         # again: offset it by the number of trials the study already holds.
-        if not self.sampler:
-            study.sampler = optuna.samplers.TPESampler()
+        if not self.sampler:  # Optuna's default sampler, unseeded
             return
         seed = self.sampler.get("seed")
         started = sum(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
