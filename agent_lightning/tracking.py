@@ -8,6 +8,7 @@ where each tracker put the run).
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 import json
 import logging
 import os
@@ -37,8 +38,25 @@ def run_tags(cfg: DictConfig) -> list[str]:
     return [str(tag) for tag in tags]
 
 
+# The package each optional tracker or progress bar needs, and the extra that installs it.
+_NEEDS = {
+    "TensorBoardLogger": (("tensorboard", "tensorboardX"), "tensorboard"),
+    "MLFlowLogger": (("mlflow",), "mlflow"),
+    "WandbLogger": (("wandb",), "wandb"),
+    "RichProgressBar": (("rich",), "rich"),
+}
+
+
+def _check_installed(key: str, target: str) -> None:
+    modules, extra = _NEEDS.get(target.rsplit(".", 1)[-1], ((), ""))
+    if modules and not any(importlib.util.find_spec(module) for module in modules):
+        raise ConfigError(
+            f'{key} needs the {modules[0]} package: pip install "lightning-agent-trainer[{extra}]" (or {modules[0]})'
+        )
+
+
 def check_run_identity(cfg: DictConfig) -> None:
-    """Raise ConfigError unless `name` is one safe path component and every tag a plain word."""
+    """Raise ConfigError unless `name` is one safe path component, every tag a plain word, and trackers installed."""
     name = cfg.get("name")
     if not isinstance(name, str) or not _WORD.fullmatch(name):
         raise ConfigError(
@@ -50,6 +68,11 @@ def check_run_identity(cfg: DictConfig) -> None:
     for tag in run_tags(cfg):
         if not _WORD.fullmatch(tag):
             raise ConfigError(f"tags: {tag!r} is invalid: use letters, digits, '_', '.' or '-'")
+    for key, item in (cfg.get("logger") or {}).items():
+        if item and "_target_" in item:
+            _check_installed(f"logger.{key}", str(item._target_))
+    if cfg.get("progress") and "_target_" in cfg.progress:
+        _check_installed("progress", str(cfg.progress._target_))
 
 
 def flatten_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:

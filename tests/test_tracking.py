@@ -120,6 +120,16 @@ def test_bad_names_and_tags_are_refused_with_the_key(compose_cfg, override: str,
         check_run_identity(compose_cfg(override))
 
 
+def test_a_tracker_that_is_not_installed_is_named_with_its_extra(compose_cfg, monkeypatch) -> None:
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else find_spec(name, *a))
+    with pytest.raises(ConfigError, match=r"logger.wandb needs the wandb package: .*\[wandb\]"):
+        check_run_identity(compose_cfg("logger=[csv,wandb]"))
+    check_run_identity(compose_cfg("logger=many"))
+
+
 def test_flatten_config_uses_dotted_keys_and_joins_lists(compose_cfg) -> None:
     flat = flatten_config(compose_cfg("tags=[a,b]"))
     assert flat["tags"] == "a,b" and flat["optimizer.betas"] == "0.9,0.999" and flat["ckpt_path"] == "null"
