@@ -105,6 +105,11 @@ def run_label(cfg: DictConfig) -> str:
     return output.name
 
 
+def _global_rank() -> int:
+    # From the launcher's environment: Lightning sets its own rank only once fitting starts.
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+
+
 def build_loggers(cfg: DictConfig) -> list[Logger]:
     """Instantiate each `logger` entry, giving the trackers that support it the run's name and tags."""
     tags = run_tags(cfg)
@@ -113,6 +118,10 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
         if not item or "_target_" not in item:
             continue
         target = str(item._target_).rsplit(".", 1)[-1]
+        if target in ("MLFlowLogger", "WandbLogger") and _global_rank() != 0:
+            # Only rank 0 writes to a tracker; these two connect to their store when built, and
+            # several ranks creating one SQLite store at once fail.
+            continue
         extra: dict[str, Any] = {}
         if target == "MLFlowLogger":
             user_tags = OmegaConf.to_container(item.tags) if item.get("tags") else {}

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from agent_lightning.errors import ConfigError
-from agent_lightning.tracking import check_run_identity, flatten_config
+from agent_lightning.tracking import build_loggers, check_run_identity, flatten_config
 from agent_lightning.train import train
 
 from .conftest import run_cli
@@ -128,6 +128,20 @@ def test_a_tracker_that_is_not_installed_is_named_with_its_extra(compose_cfg, mo
     with pytest.raises(ConfigError, match=r"logger.wandb needs the wandb package: .*\[wandb\]"):
         check_run_identity(compose_cfg("logger=[csv,wandb]"))
     check_run_identity(compose_cfg("logger=many"))
+
+
+def test_only_rank_0_connects_to_mlflow_and_wandb(compose_cfg, monkeypatch, tmp_path: Path) -> None:
+    # Every rank building MLflow's logger would create its SQLite store at once, and fail.
+    from lightning.pytorch.loggers import CSVLogger, MLFlowLogger
+
+    cfg = compose_cfg("logger=many", f"paths.output_root={tmp_path}")
+    monkeypatch.setenv("RANK", "1")
+    assert not any(isinstance(logger, MLFlowLogger) for logger in build_loggers(cfg))
+    assert not (tmp_path / "mlflow.db").exists()
+    monkeypatch.setenv("RANK", "0")
+    built = build_loggers(cfg)
+    assert any(isinstance(logger, MLFlowLogger) for logger in built)
+    assert any(isinstance(logger, CSVLogger) for logger in built)
 
 
 def test_flatten_config_uses_dotted_keys_and_joins_lists(compose_cfg) -> None:
