@@ -20,10 +20,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from agent_lightning.callbacks import FiniteLossGuard, NonFiniteLossError
 from agent_lightning.checkpoint_io import AtomicCheckpointIO
 from agent_lightning.config import config_dir
+from agent_lightning.console import build_progress_bar, config_tree, hydra_choices
 from agent_lightning.errors import ConfigError
 from agent_lightning.launch import LaunchError, launch_ranks, setup_rank_logging
 from agent_lightning.module import AgentModule
 from agent_lightning.parallel import build_strategy, choose_strategy
+from agent_lightning.tracking import LogConfigToTrackers, build_loggers, finish_run
 from agent_lightning.validation import available_devices, launched_externally, resolve_devices, validate
 
 if TYPE_CHECKING:
@@ -72,8 +74,9 @@ def build_module(cfg: DictConfig) -> AgentModule:
 
 def build_trainer(cfg: DictConfig, devices: int, world: int, extra_callbacks: Sequence[Callback] = ()) -> pl.Trainer:
     """The Lightning Trainer with strategy, callbacks, loggers and atomic checkpoint writes."""
-    loggers = _instantiate_all(cfg.get("logger"))
+    loggers = build_loggers(cfg)
     callbacks: list[Callback] = [*_instantiate_all(cfg.get("callbacks")), FiniteLossGuard(), *extra_callbacks]
+    callbacks += [LogConfigToTrackers(cfg), *filter(None, [build_progress_bar(cfg)])]
     if not loggers:  # LearningRateMonitor refuses to run without a logger to write to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     return hydra.utils.instantiate(
@@ -126,7 +129,9 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics: dict[str, Any] = {key: float(value) for key, value in trainer.callback_metrics.items()}
     if pruning is not None and pruning.pruned_at_epoch is not None:
-        return {**metrics, "pruned_at_epoch": pruning.pruned_at_epoch, "run_dir": str(cfg.paths.output_dir)}
+        pruned = {**metrics, "pruned_at_epoch": pruning.pruned_at_epoch, "run_dir": str(cfg.paths.output_dir)}
+        finish_run(trainer, cfg, pruned, status="pruned")
+        return pruned
 
     checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
@@ -136,7 +141,9 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
     reachable = datamodule.reachable_accuracy("val")
     if reachable is not None:
         metrics["data/reachable_acc"] = reachable
-    return {**metrics, "run_dir": str(cfg.paths.output_dir), "best_model_path": best}
+    result = {**metrics, "run_dir": str(cfg.paths.output_dir), "best_model_path": best}
+    finish_run(trainer, cfg, result)  # final metrics to every tracker, summary.json in the run directory
+    return result
 
 
 def _pruning_callback(cfg: DictConfig) -> Callback | None:
@@ -184,6 +191,8 @@ def main(cfg: DictConfig) -> float | Pruned | None:
     if launched_externally() and rank != 0:
         setup_rank_logging(rank, log_file=None)  # torchrun/SLURM ran Hydra on every rank: keep rank 0's log
     log.info("Run directory: %s", cfg.paths.output_dir)
+    if cfg.get("print_config", True):
+        log.info("Composed config (saved in .hydra/config.yaml):\n%s", config_tree(cfg, hydra_choices()))
     try:
         metrics = run(cfg)
     except (ConfigError, NonFiniteLossError, LaunchError, InstantiationException) as err:
@@ -193,7 +202,8 @@ def main(cfg: DictConfig) -> float | Pruned | None:
     if metrics:
         log.info("Final: %s", _summary(metrics))
         log.info(
-            "Run directory: %s (config in .hydra/, metrics in csv/, checkpoints in checkpoints/)", cfg.paths.output_dir
+            "Run directory: %s (config in .hydra/, metrics in csv/, checkpoints in checkpoints/, summary.json)",
+            cfg.paths.output_dir,
         )
     try:
         return optimized_value(cfg, metrics)

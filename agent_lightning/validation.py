@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from agent_lightning.errors import ConfigError
 from agent_lightning.parallel import STRATEGIES, check_tensor_parallel, resolve_degrees
+from agent_lightning.tracking import check_run_identity
 
 
 def available_devices(accelerator: str) -> tuple[str, int]:
@@ -56,6 +57,7 @@ def _positive_number(cfg: DictConfig, key: str) -> None:
 
 def validate(cfg: DictConfig) -> tuple[int, int]:
     """Raise ConfigError naming the first bad key; return (devices per node, total number of ranks)."""
+    check_run_identity(cfg)
     name = cfg.strategy.get("name")
     if name not in STRATEGIES or name == "auto":  # auto is resolved before validation
         raise ConfigError(f"strategy.name={name!r} is not one of {', '.join(STRATEGIES)}")

@@ -61,7 +61,8 @@ def test_multirun_with_ddp_gives_one_directory_and_one_log_per_job(tmp_path: Pat
     assert jobs == ["0", "1"]
     for job, lr in zip(jobs, ("0.001", "0.003"), strict=True):
         job_dir = sweep / job
-        assert sorted(p.name for p in job_dir.iterdir()) == [".hydra", "checkpoints", "csv", "train.log"]
+        files = [".hydra", "checkpoints", "csv", "summary.json", "train.log"]
+        assert sorted(p.name for p in job_dir.iterdir()) == files
         assert f"optimizer.lr={lr}" in (job_dir / ".hydra" / "overrides.yaml").read_text().replace("'", "")
         assert (job_dir / "checkpoints" / "last.ckpt").is_file()
         assert "Final:" in (job_dir / "train.log").read_text()

@@ -1,0 +1,163 @@
+"""What a run prints: a progress bar that suits where the output goes, and the config as a compact tree."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import textwrap
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("agent_lightning")
+
+
+class LineProgressBar(TQDMProgressBar):
+    """Progress for logs that are not a terminal (CI, `nohup`, cluster jobs): whole lines, never redraws.
+
+    A line at the end of each epoch and after each validation; inside an epoch, a line every
+    `every_seconds` seconds, and every `every_percent` percent of its batches once at least
+    `min_seconds` passed since the last line (so short epochs print one line, long ones ten).
+    Written through logging, so the lines also land in the run's `train.log`.
+    """
+
+    def __init__(self, every_percent: float = 10.0, every_seconds: float = 30.0, min_seconds: float = 5.0) -> None:
+        super().__init__()
+        if not 0 < every_percent <= 100 or every_seconds <= 0 or min_seconds < 0:
+            raise ValueError(
+                f"progress.every_percent={every_percent}, every_seconds={every_seconds}, min_seconds={min_seconds}: "
+                "use a percent in (0, 100] and seconds > 0 (min_seconds >= 0)"
+            )
+        self.every_percent = every_percent
+        self.every_seconds = every_seconds
+        self.min_seconds = min_seconds
+        self._last_line = 0.0
+        self._last_percent = 0.0
+        self._epoch_started = 0.0
+
+    # The tqdm bars stay (Lightning's hooks drive them) but never draw.
+    def init_sanity_tqdm(self) -> Tqdm:
+        """A bar that never draws."""
+        return Tqdm(disable=True)
+
+    init_train_tqdm = init_validation_tqdm = init_test_tqdm = init_predict_tqdm = init_sanity_tqdm
+
+    def _speaks(self, trainer: pl.Trainer) -> bool:
+        return self.is_enabled and trainer.is_global_zero
+
+    def _metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> str:
+        metrics = {k: v for k, v in self.get_metrics(trainer, pl_module).items() if k != "v_num"}
+        return "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        """Restart the epoch's percent and clock."""
+        super().on_train_epoch_start(trainer, *args)
+        self._epoch_started = self._last_line = time.monotonic()
+        self._last_percent = 0.0
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """One line when the epoch crossed the next `every_percent` step or `every_seconds` passed."""
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        total = self.total_train_batches
+        if not self._speaks(trainer) or not total or total == float("inf"):
+            return
+        done = batch_idx + 1
+        percent = 100.0 * done / total
+        now = time.monotonic()
+        since = now - self._last_line
+        next_step = percent - self._last_percent >= self.every_percent and since >= self.min_seconds
+        due = since >= self.every_seconds or next_step
+        if not due and done < total:
+            return
+        self._last_percent = percent - percent % self.every_percent
+        self._last_line = now
+        elapsed = now - self._epoch_started
+        left = elapsed * (total - done) / done
+        epochs = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
+        log.info(
+            "epoch %d%s %3.0f%% (%d/%d batches, %.1fs, ~%.1fs left)  %s",
+            trainer.current_epoch,
+            epochs,
+            percent,
+            done,
+            total,
+            elapsed,
+            left,
+            self._metrics(trainer, pl_module),
+        )
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """One line with the validation metrics (none for the sanity check)."""
+        super().on_validation_end(trainer, pl_module)
+        if self._speaks(trainer) and not trainer.sanity_checking:
+            log.info("epoch %d validated  %s", trainer.current_epoch, self._metrics(trainer, pl_module))
+
+
+def auto_progress_bar(
+    every_percent: float = 10.0, every_seconds: float = 30.0, min_seconds: float = 5.0, refresh_rate: int = 1
+) -> ProgressBar:
+    """Lightning's live tqdm bar in a terminal; `LineProgressBar` when the output is a file or a pipe."""
+    if sys.stdout.isatty():  # Lightning's bars draw on stdout
+        return TQDMProgressBar(refresh_rate=refresh_rate)
+    return LineProgressBar(every_percent=every_percent, every_seconds=every_seconds, min_seconds=min_seconds)
+
+
+def build_progress_bar(cfg: DictConfig) -> ProgressBar | None:
+    """The `progress` choice as a callback, or None when `trainer.enable_progress_bar=false`."""
+    import hydra
+
+    if not cfg.trainer.get("enable_progress_bar", True) or not cfg.get("progress"):
+        return None
+    return hydra.utils.instantiate(cfg.progress)
+
+
+_HIDDEN = ("_target_", "_partial_", "_convert_", "_recursive_")
+
+
+def _leaves(node: Any, prefix: str = "") -> list[str]:
+    if isinstance(node, Mapping):
+        items: list[str] = []
+        for key, value in node.items():
+            if key not in _HIDDEN:
+                items += _leaves(value, f"{prefix}{key}.")
+        return items
+    value = "null" if node is None else node
+    return [f"{prefix[:-1]}={value}"]
+
+
+def config_tree(cfg: DictConfig, choices: Mapping[str, Any] | None = None, width: int = 120) -> str:
+    """The composed config, one branch per group (`group (choice): key=value ...`), wrapped to `width`."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(container, dict)
+    scalars = {k: v for k, v in container.items() if not isinstance(v, Mapping)}
+    groups = {k: v for k, v in container.items() if isinstance(v, Mapping) and v}
+    branches = [("run", _leaves(scalars))]
+    for key, value in groups.items():
+        choice = (choices or {}).get(key)
+        label = f"{key} ({choice})" if isinstance(choice, str) else key
+        branches.append((label, _leaves(value)))
+    lines = ["config"]
+    for index, (label, leaves) in enumerate(branches):
+        last = index == len(branches) - 1
+        head, indent = ("└─ " if last else "├─ "), ("   " if last else "│  ")
+        text = f"{label}: " + " ".join(leaves) if leaves else label
+        wrapped = textwrap.wrap(text, width=width - len(head), subsequent_indent="    ", break_on_hyphens=False)
+        lines.append(head + wrapped[0])
+        lines += [indent + line for line in wrapped[1:]]
+    return "\n".join(lines)
+
+
+def hydra_choices() -> dict[str, Any]:
+    """The option chosen in each config group (`model: mlp`, ...) inside a Hydra run; empty outside one."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}
+    return dict(HydraConfig.get().runtime.choices)
