@@ -58,12 +58,17 @@ def launch_ranks(cfg: DictConfig, devices: int) -> dict[str, Any]:
         max_restarts=0,
         start_method="spawn",
         logs_specs=DefaultLogsSpecs(log_dir=os.devnull),
+        signals_to_handle=FORWARDED_SIGNALS,
     )
-    elastic_logger = logging.getLogger("torch.distributed.elastic")
-    level, elastic_logger.level = elastic_logger.level, logging.CRITICAL  # we report failures ourselves
+    # We report failures ourselves (torch elastic also sets levels on some of its own loggers).
+    elastic_loggers = [
+        logging.getLogger(n) for n in ("torch.distributed.elastic", "torch.distributed.elastic.agent.server.api")
+    ]
+    levels = [logger.level for logger in elastic_loggers]
+    for logger in elastic_loggers:
+        logger.setLevel(logging.CRITICAL)
     reports = Path(tempfile.mkdtemp(prefix="agent_lightning_ranks_"))
-    signals_before = os.environ.get("TORCHELASTIC_SIGNALS_TO_HANDLE")
-    os.environ["TORCHELASTIC_SIGNALS_TO_HANDLE"] = FORWARDED_SIGNALS
+    signals_before = os.environ.get("TORCHELASTIC_SIGNALS_TO_HANDLE")  # torch elastic sets it for good
     handlers = {sig: signal.getsignal(sig) for sig in _forwarded()}  # torch elastic replaces them
     try:
         results = elastic_launch(config, _rank_main)(resolved, log_file, str(reports))
@@ -72,7 +77,8 @@ def launch_ranks(cfg: DictConfig, devices: int) -> dict[str, Any]:
     except SignalException as err:  # this process was signalled: the ranks got the same signal and stopped
         raise _failure(reports, None, signal_code=signal_exit_code(err.sigval)) from None
     finally:
-        elastic_logger.setLevel(level)
+        for logger, level in zip(elastic_loggers, levels, strict=True):
+            logger.setLevel(level)
         if signals_before is None:
             os.environ.pop("TORCHELASTIC_SIGNALS_TO_HANDLE", None)
         else:

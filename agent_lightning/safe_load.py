@@ -9,6 +9,7 @@ torch writes; anything else (a crafted file) is refused before torch touches it.
 from __future__ import annotations
 
 import pickle
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -82,8 +83,9 @@ def load_file(path: str | Path, mmap: bool = False) -> dict[str, Any]:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
     except pickle.UnpicklingError as err:
         # weights_only refused a global: loading it would need to run code from the file.
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else "it is not a torch checkpoint"
-        raise ConfigError(f"{path} was refused: it is not a plain-tensor checkpoint ({reason})") from None
+        lines = [line.strip() for line in str(err).splitlines()]
+        reason = next((line for line in lines if re.search(r"unsupported|GLOBAL", line, re.I)), "it needs code to load")
+        raise ConfigError(f"{path} was refused without running it: not a plain-tensor checkpoint ({reason})") from None
     except Exception as err:  # truncated, random bytes, not a torch file
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"{path} is not a readable checkpoint (truncated or not a torch file: {first})") from None
