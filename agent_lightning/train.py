@@ -142,7 +142,10 @@ def _fit_and_test(cfg: DictConfig, devices: int, world: int, extra_callbacks: Se
     checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
     if cfg.get("test", True):
-        trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        try:
+            trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True)
+        except SIGTERMException:  # Lightning's own SIGTERM handling, while testing
+            raise stopped_by_signal(trainer) from None
         metrics.update({key: float(value) for key, value in trainer.callback_metrics.items()})
     reachable = datamodule.reachable_accuracy("val")
     if reachable is not None:
