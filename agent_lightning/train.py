@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -182,7 +183,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     resolve_auto_strategy(cfg)
     devices, world = validate(cfg)
     if world > 1 and not launched_externally():
-        with run_directory_lock(cfg.paths.output_dir):  # the ranks run under this process's lock
+        # One node: its ranks run under this process's lock. Several: every node's launcher shares the
+        # run directory, so global rank 0 takes the lock, wherever it runs.
+        with run_directory_lock(cfg.paths.output_dir) if cfg.num_nodes == 1 else contextlib.nullcontext():
             return launch_ranks(cfg, devices)
     return train(cfg)
 

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from agent_lightning import safe_load
 from agent_lightning.errors import ConfigError
 from agent_lightning.parallel import SHARDED, STRATEGIES, check_tensor_parallel, resolve_degrees
+from agent_lightning.runs.lock import global_rank
 
 
 def available_devices(accelerator: str) -> tuple[str, int]:
@@ -305,7 +306,7 @@ def check_resume_checkpoint(cfg: DictConfig) -> None:
                 f"ckpt_path={path} is a single-file checkpoint (written by strategy=single/ddp) but strategy="
                 f"{cfg.strategy.name} resumes from a sharded checkpoint directory: use the strategy that wrote it"
             )
-        if int(os.environ.get("RANK", "0")) != 0:
+        if global_rank() != 0:
             return  # global rank 0 (or the launcher before it) reads the file; one read is enough
         try:
             checkpoint = safe_load.load_file(path, mmap=True)

@@ -15,6 +15,11 @@ LOCK_FILE = ".run.lock"
 HELD_ENV = "AGENT_LIGHTNING_RUN_LOCK"
 
 
+def global_rank() -> int:
+    """The global rank of this process as its launcher set it (torch elastic / torchrun: RANK; srun: SLURM_PROCID)."""
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+
+
 @contextmanager
 def run_directory_lock(output_dir: str | Path) -> Iterator[None]:
     """Hold an exclusive lock on `output_dir` for the duration; raise ConfigError if another run holds it.
@@ -26,8 +31,8 @@ def run_directory_lock(output_dir: str | Path) -> Iterator[None]:
     if os.environ.get(HELD_ENV) == str(directory):
         yield  # our parent process (or an outer call in this one) holds it
         return
-    if int(os.environ.get("RANK", "0")) != 0:
-        yield  # under torchrun/srun, global rank 0 holds it for the job
+    if global_rank() != 0:
+        yield  # under torchrun/srun, or across nodes, global rank 0 holds it for the job
         return
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / LOCK_FILE
