@@ -29,7 +29,6 @@ from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 from agent_lightning.errors import EXIT_CONFIG, RankCrashError, signal_exit_code, user_facing
 
 log = logging.getLogger(__name__)
-USER_ERROR_EXIT = EXIT_CONFIG  # a rank exits with this after reporting a user-fixable error
 # Signals the launcher passes on to its ranks (torch elastic's default list, plus SIGUSR1 that
 # schedulers send before pre-empting a job).
 FORWARDED_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
