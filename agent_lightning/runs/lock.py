@@ -25,7 +25,7 @@ def run_directory_lock(output_dir: str | Path) -> Iterator[None]:
     """Hold an exclusive lock on `output_dir` for the duration; raise ConfigError if another run holds it.
 
     The lock is `flock` on `<output_dir>/.run.lock`: the kernel drops it when the holder exits, even
-    on SIGKILL, so a crashed run never leaves a stale lock behind.
+    on SIGKILL, so a crashed run never leaves a stale lock behind (only an empty file, reused).
     """
     directory = Path(output_dir).resolve()
     if os.environ.get(HELD_ENV) == str(directory):
@@ -60,5 +60,6 @@ def run_directory_lock(output_dir: str | Path) -> Iterator[None]:
             os.environ.pop(HELD_ENV, None)
         else:
             os.environ[HELD_ENV] = previous
+        path.unlink(missing_ok=True)  # leave the run directory as the run made it (removed while still held)
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
