@@ -1,13 +1,20 @@
-"""Callbacks: a divergence guard that keeps checkpoints trustworthy, and a training-memory probe."""
+"""Callbacks: an always-current last.ckpt, divergence guards that keep checkpoints good, a memory probe."""
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 from torch.distributed.tensor import DTensor
+
+from agent_lightning.checkpoint_io import clean_stale_writes
+from agent_lightning.errors import EXIT_CONFIG
 
 
 def _local(param: Tensor) -> Tensor:
@@ -16,7 +23,54 @@ def _local(param: Tensor) -> Tensor:
 
 
 class NonFiniteLossError(RuntimeError):
-    """The training loss or the weights became NaN or infinite."""
+    """The training loss or the weights became NaN or infinite (or exploded: see `DivergenceGuard`)."""
+
+    exit_code = EXIT_CONFIG  # fixed by the config: a lower learning rate, gradient clipping
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """Lightning's `ModelCheckpoint` writing only `last.ckpt`, and keeping it current.
+
+    Lightning rewrites `last.ckpt` at validation / epoch end only when another checkpoint is saved
+    in the same step, and at the end of training only if it never wrote one. Here it is written
+    every `every_n_train_steps` steps, after every validation, at every epoch end, at the end of
+    training (each time unless already written at this step) and when a signal stops the run.
+    Stale `.tmp` files a killed write left behind are removed when the run starts.
+    """
+
+    def __init__(self, dirpath: str, every_n_train_steps: int = 500, **kwargs: Any) -> None:
+        kwargs = {"save_top_k": 0, "enable_version_counter": False, **kwargs, "save_last": True}
+        super().__init__(dirpath=dirpath, every_n_train_steps=every_n_train_steps, **kwargs)
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Clean what a killed write left behind (the run directory is locked: nobody else writes here)."""
+        super().setup(trainer, pl_module, stage)
+        if trainer.is_global_zero and self.dirpath:
+            clean_stale_writes(self.dirpath)
+
+    def _save_if_behind(self, trainer: pl.Trainer) -> None:
+        # Skips sanity checks, fast_dev_run, non-fitting stages and a step already saved.
+        if not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """After every validation."""
+        super().on_validation_end(trainer, pl_module)
+        self._save_if_behind(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """At every epoch end (also when the epoch ran no validation)."""
+        super().on_train_epoch_end(trainer, pl_module)
+        self._save_if_behind(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """At the end of training: the final step."""
+        self._save_if_behind(trainer)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        """On a requested stop (SIGTERM/SIGINT/SIGUSR1) only: a crash mid-step may have left the state half-updated."""
+        if isinstance(exception, SIGTERMException):
+            self._save_if_behind(trainer)
 
 
 class FiniteLossGuard(pl.Callback):
@@ -62,6 +116,82 @@ class FiniteLossGuard(pl.Callback):
                 f"training diverged (NaN/inf loss or weights) by step {trainer.global_step}; lower optimizer.lr "
                 "or set trainer.gradient_clip_val. Checkpoints saved before this point are untouched."
             )
+
+
+class DivergenceGuard(pl.Callback):
+    """Stops a run whose loss explodes while staying finite, before it overwrites a good checkpoint.
+
+    Every `check_every_n_steps` steps (and at the first step, the baseline) the training loss is read
+    (one host sync per check). The run stops when the loss exceeds `factor` x the median of the last
+    `window` checks, or, with `patience` set, when it has not gone below its best for `patience`
+    checks. Right before a checkpoint is written the latest loss is checked too. Ranks decide together.
+    The median is never taken below the first checked loss (the untrained model's): a converged
+    run's tiny, noisy losses must not count as divergence.
+    """
+
+    def __init__(
+        self, factor: float | None = 10.0, window: int = 20, patience: int | None = None, check_every_n_steps: int = 50
+    ) -> None:
+        self.factor = factor
+        self.window = window
+        self.patience = patience
+        self.check_every_n_steps = check_every_n_steps
+        self.history: list[float] = []
+        self._latest: Tensor | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The checked losses, so a resumed run keeps its baseline."""
+        return {"history": list(self.history)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the checked losses."""
+        self.history = [float(v) for v in state_dict.get("history", [])]
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """Record the step's loss; check it at the first step and every `check_every_n_steps`."""
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is None:
+            return
+        self._latest = loss.detach()
+        if trainer.global_step == 1 or trainer.global_step % self.check_every_n_steps == 0:
+            self._check(trainer, record=True)
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        """Refuse to write a checkpoint of a run whose latest loss already exploded."""
+        if self._latest is not None and trainer.state.fn == TrainerFn.FITTING:
+            self._check(trainer, record=False)
+
+    def _reason(self, value: float) -> str | None:
+        if not torch.isfinite(torch.tensor(value)):
+            return None  # FiniteLossGuard reports NaN/inf
+        if self.factor and self.history:
+            median = max(statistics.median(self.history[-self.window :]), self.history[0])
+            if value > self.factor * median:
+                return (
+                    f"loss {value:.3g} is above {self.factor:g} x its running median {median:.3g} "
+                    "(callbacks.divergence.factor)"
+                )
+        if self.patience and len(self.history) > self.patience:
+            best_before = min(self.history[: -self.patience])
+            if min([*self.history[-self.patience + 1 :], value]) >= best_before:
+                return (
+                    f"loss has not improved on {best_before:.3g} for {self.patience} checks "
+                    "(callbacks.divergence.patience)"
+                )
+        return None
+
+    def _check(self, trainer: pl.Trainer, record: bool) -> None:
+        value = float(self._latest) if self._latest is not None else float("nan")
+        reason = self._reason(value)
+        if trainer.strategy.reduce_boolean_decision(reason is not None, all=False):
+            raise NonFiniteLossError(
+                f"training diverged by step {trainer.global_step}: {reason or 'on another rank'}; lower optimizer.lr "
+                "or set trainer.gradient_clip_val. Checkpoints saved before this point are untouched."
+            )
+        if record and torch.isfinite(torch.tensor(value)):
+            self.history.append(value)
 
 
 def _state_bytes(tensors: Any) -> int:

@@ -1,13 +1,26 @@
-"""Checkpoint writing that never leaves a half-written file behind."""
+"""Checkpoint writing that never leaves a half-written checkpoint in place of the last good one.
+
+- A single file is written to `<name>.tmp` and renamed over `<name>` (atomic on POSIX file systems).
+- A sharded (directory) checkpoint is written to `<name>.tmp/` by all ranks, then rank 0 moves the
+  old directory to `<name>.old/`, renames the new one into place and deletes the old one. Each rename
+  is atomic; between the two, `<name>` is briefly missing and `<name>.old/` holds the previous
+  checkpoint: `clean_stale_writes` (run when a run starts in that directory) renames it back.
+- Writes are not fsync'ed: a killed process never damages a checkpoint, a power cut may.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch.strategies import ModelParallelStrategy
+
+STAGING_SUFFIX = ".tmp"
+PREVIOUS_SUFFIX = ".old"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -19,6 +32,70 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
         """Save `checkpoint` to `path` atomically."""
         path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = path.with_name(path.name + STAGING_SUFFIX)
         super().save_checkpoint(checkpoint, tmp, storage_options)
         os.replace(tmp, path)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def replace_directory(staged: Path, target: Path) -> None:
+    """Move the fully written `staged` directory to `target`, keeping `target` until the new one is there."""
+    previous = target.with_name(target.name + PREVIOUS_SUFFIX)
+    _remove(previous)
+    if target.exists():
+        os.replace(target, previous)
+    os.replace(staged, target)
+    _remove(previous)
+
+
+def clean_stale_writes(directory: str | Path) -> list[Path]:
+    """Remove what a killed write left in `directory`; restore a checkpoint caught between two renames.
+
+    Only call this while holding the run directory's lock: then no other run is writing here.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    cleaned = []
+    for entry in sorted(directory.iterdir()):
+        if entry.name.endswith(PREVIOUS_SUFFIX):
+            target = entry.with_name(entry.name.removesuffix(PREVIOUS_SUFFIX))
+            if not target.exists():
+                os.replace(entry, target)  # the new checkpoint never arrived: keep the previous one
+                continue
+            _remove(entry)
+            cleaned.append(entry)
+        elif entry.name.endswith(STAGING_SUFFIX):
+            _remove(entry)
+            cleaned.append(entry)
+    return cleaned
+
+
+class AtomicModelParallelStrategy(ModelParallelStrategy):
+    """Lightning's `ModelParallelStrategy` whose sharded checkpoints replace the previous one atomically.
+
+    Lightning writes a distributed checkpoint directory in place (it bypasses the CheckpointIO
+    plugin), so a run killed mid-save would leave a mix of old and new shards.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: _PATH, storage_options: Any | None = None) -> None:
+        """Write all ranks' shards to `<path>.tmp/`, then rename it over `<path>` on rank 0."""
+        if not self._save_distributed_checkpoint:
+            super().save_checkpoint(checkpoint, filepath, storage_options)
+            return
+        target = Path(self.broadcast(filepath))
+        staged = target.with_name(target.name + STAGING_SUFFIX)
+        if self.global_rank == 0:
+            _remove(staged)
+        self.barrier("atomic_checkpoint_staging")
+        super().save_checkpoint(checkpoint, staged, storage_options)
+        self.barrier("atomic_checkpoint_written")
+        if self.global_rank == 0:
+            replace_directory(staged, target)
+        self.barrier("atomic_checkpoint_renamed")

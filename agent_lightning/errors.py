@@ -1,5 +1,83 @@
-"""Errors a user can fix: reported as one line, without a traceback."""
+"""Errors a user can fix, and the exit code each kind of failure ends the process with.
+
+Exit codes: 0 finished; 2 a config value, file or combination that cannot work (also a diverged run,
+fixed by the config); 3 a rank crashed on an unexpected error; 128 + N stopped by signal N (130 SIGINT,
+138 SIGUSR1, 143 SIGTERM) after saving a current last.ckpt, as a shell reports a signalled command.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+
+EXIT_CONFIG = 2
+EXIT_CRASHED = 3
 
 
 class ConfigError(ValueError):
     """A config value, path or combination that cannot work; the message names the key."""
+
+    exit_code = EXIT_CONFIG
+
+
+class RankCrashError(RuntimeError):
+    """A rank failed on an error that is not the user's config (its first line and place are in the message)."""
+
+    exit_code = EXIT_CRASHED
+
+
+def signal_exit_code(signum: int) -> int:
+    """The exit code of a run stopped by signal `signum`: 128 + its number, as shells report it."""
+    return 128 + int(signum)
+
+
+class StoppedBySignalError(Exception):
+    """A signal asked the run to stop; a current last.ckpt was saved and the message says how to resume."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = int(signum)
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal's number."""
+        return signal_exit_code(self.signum)
+
+    @property
+    def signal_name(self) -> str:
+        """SIGTERM, SIGINT, ..."""
+        return signal.Signals(self.signum).name
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0].strip() if text else type(err).__name__
+
+
+def user_facing(err: BaseException) -> tuple[int, str] | None:
+    """(exit code, one-line message) for an error the user can act on; None for a bug (keep its traceback).
+
+    Errors that carry an `exit_code` (ConfigError, a diverged run, a crashed rank, a requested stop)
+    are reported as themselves. A ValueError or TypeError raised inside a constructor while Hydra
+    builds an object from the config is a bad config value too: reported as one line naming the key.
+    """
+    code = getattr(err, "exit_code", None)
+    if isinstance(code, int):
+        return code, _first_line(err)
+    from hydra.errors import InstantiationException
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    if isinstance(err, InstantiationException):
+        cause = err.__cause__
+        while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, ConfigError):
+            return EXIT_CONFIG, _first_line(cause)
+        if isinstance(cause, ValueError | TypeError | MisconfigurationException):
+            match = re.search(r"full_key: (\S+)", str(err))
+            target = re.search(r"target '([^']+)'", str(err))
+            where = match.group(1) if match else (target.group(1) if target else "config")
+            return EXIT_CONFIG, f"{where}: {_first_line(cause)}"
+    if isinstance(err, MisconfigurationException):
+        return EXIT_CONFIG, _first_line(err)
+    return None

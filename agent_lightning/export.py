@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from agent_lightning import safe_load
+from agent_lightning.errors import EXIT_CONFIG, ConfigError
 from agent_lightning.model import AgentMLP
 
 # Wrappers that sharding options add to parameter names, not part of the model itself.
@@ -23,22 +24,8 @@ _WRAPPER_PREFIXES = ("_checkpoint_wrapped_module.", "_fsdp_wrapped_module.", "_o
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A checkpoint as one dict: a single file as saved, or a sharded directory gathered."""
-    path = Path(path)
-    if path.is_file():
-        return torch.load(path, map_location="cpu", weights_only=False)
-    if not (path / ".metadata").is_file():
-        raise FileNotFoundError(f"{path} is neither a checkpoint file nor a distributed checkpoint directory")
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-
-    with tempfile.TemporaryDirectory() as tmp:
-        gathered = Path(tmp) / "full.pt"
-        dcp_to_torch_save(path, gathered)
-        checkpoint = torch.load(gathered, map_location="cpu", weights_only=False)
-    meta = path / "meta.pt"  # Lightning keeps the non-tensor part of the checkpoint here
-    if meta.is_file():
-        checkpoint.update(torch.load(meta, map_location="cpu", weights_only=False))
-    return checkpoint
+    """A checkpoint as one dict (file as saved, or sharded directory gathered), loaded without running code."""
+    return safe_load.load_checkpoint(path)
 
 
 def _plain_name(key: str) -> str:
@@ -49,13 +36,18 @@ def _plain_name(key: str) -> str:
 
 def model_state(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The `AgentMLP` weights of a Lightning checkpoint, with wrapper prefixes removed."""
-    state = checkpoint["state_dict"]
+    state = checkpoint.get("state_dict")
+    if not isinstance(state, dict):
+        raise ConfigError("the checkpoint has no 'state_dict': not a checkpoint written by agent_lightning")
     return {_plain_name(k.removeprefix("model.")): v for k, v in state.items() if k.startswith("model.")}
 
 
 def model_config(checkpoint: dict[str, Any]) -> dict[str, Any]:
     """The `AgentMLP` constructor arguments stored with the run's config."""
-    config = checkpoint["hyper_parameters"]["config"]["model"]
+    try:
+        config = checkpoint["hyper_parameters"]["config"]["model"]
+    except (KeyError, TypeError):
+        raise ConfigError("the checkpoint holds no run config: not a checkpoint written by agent_lightning") from None
     return {k: v for k, v in config.items() if not k.startswith("_")}
 
 
@@ -67,7 +59,12 @@ def load_agent(path: str | Path) -> AgentMLP:
     else:
         config, state = model_config(checkpoint), model_state(checkpoint)
     model = AgentMLP(**config)
-    model.load_state_dict({k: v.float() for k, v in state.items()})
+    try:
+        model.load_state_dict({k: v.float() for k, v in state.items()})
+    except RuntimeError as err:  # shapes or names that do not fit the stored config
+        raise ConfigError(
+            f"{path}: its weights do not fit its own model config ({str(err).splitlines()[-1].strip()})"
+        ) from None
     return model.eval()
 
 
@@ -87,10 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         written = export(args.checkpoint, args.output)
-    except (FileNotFoundError, KeyError) as err:
+        model = load_agent(written)
+    except ConfigError as err:
         print(f"error: cannot export {args.checkpoint}: {err}", file=sys.stderr)
-        return 2
-    model = load_agent(written)
+        return EXIT_CONFIG
     print(f"wrote {written}: AgentMLP with {sum(p.numel() for p in model.parameters()):,} parameters")
     return 0
 

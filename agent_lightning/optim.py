@@ -8,8 +8,11 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
+
+from agent_lightning.errors import ConfigError
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -24,9 +27,18 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
     ]
 
 
+def _plain(value: Any) -> Any:
+    # OmegaConf containers would end up in the optimizer's state (param_groups) and so in every
+    # checkpoint, which `torch.load(weights_only=True)` then refuses: pass plain lists and dicts.
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
+
+
 def build_optimizer(factory: Callable[..., torch.optim.Optimizer], model: nn.Module) -> torch.optim.Optimizer:
     """Call a Hydra partial optimizer on the model's parameter groups, decaying weights only."""
-    weight_decay = getattr(factory, "keywords", {}).get("weight_decay", 0.0) or 0.0
+    keywords = {key: _plain(value) for key, value in getattr(factory, "keywords", {}).items()}
+    weight_decay = keywords.get("weight_decay", 0.0) or 0.0
+    if isinstance(factory, functools.partial):
+        factory = functools.partial(factory.func, *factory.args, **keywords)
     return factory(params=parameter_groups(model, weight_decay))
 
 
@@ -51,8 +63,10 @@ def warmup_cosine(
 ) -> LRScheduler:
     """Linear warm-up to the optimizer's LR over `warmup_steps`, then cosine decay to `min_lr_ratio` x LR."""
     if not 0 <= warmup_steps < total_steps:
-        raise ValueError(
-            f"scheduler.warmup_steps={warmup_steps} must be >= 0 and below the run's {total_steps} optimizer steps"
+        # Known only once the trainer counts the run's steps: reported as a config error all the same.
+        raise ConfigError(
+            f"scheduler.warmup_steps={warmup_steps} is invalid: use a number >= 0 and below this run's {total_steps} "
+            "optimizer steps (or train longer: trainer.max_epochs)"
         )
     factor = functools.partial(
         _warmup_cosine_factor, warmup_steps=warmup_steps, total_steps=total_steps, min_lr_ratio=min_lr_ratio

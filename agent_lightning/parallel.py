@@ -110,8 +110,11 @@ def build_strategy(strategy_cfg: DictConfig, world: int) -> Strategy | str:
         )
     if name in SHARDED:
         degrees = resolve_degrees(strategy_cfg, world)
-        # Lightning's FSDPStrategy refuses CPU; ModelParallelStrategy runs FSDP2 on CPU and CUDA alike.
-        return ModelParallelStrategy(
+        from agent_lightning.checkpoint_io import AtomicModelParallelStrategy
+
+        # Lightning's FSDPStrategy refuses CPU; ModelParallelStrategy runs FSDP2 on CPU and CUDA alike
+        # (its subclass here only makes the sharded checkpoint write atomic).
+        return AtomicModelParallelStrategy(
             data_parallel_size=degrees.data_parallel,
             tensor_parallel_size=degrees.tensor_parallel,
             save_distributed_checkpoint=True,

@@ -2,29 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import hydra
 import lightning.pytorch as pl
 import torch
-from hydra.errors import InstantiationException
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from agent_lightning.callbacks import FiniteLossGuard, NonFiniteLossError
+from agent_lightning.callbacks import FiniteLossGuard
 from agent_lightning.checkpoint_io import AtomicCheckpointIO
 from agent_lightning.config import config_dir
 from agent_lightning.console import build_progress_bar, config_tree, hydra_choices
-from agent_lightning.errors import ConfigError
-from agent_lightning.launch import LaunchError, launch_ranks, setup_rank_logging
+from agent_lightning.errors import ConfigError, user_facing
+from agent_lightning.launch import launch_ranks, setup_rank_logging
 from agent_lightning.module import AgentModule
 from agent_lightning.parallel import build_strategy, choose_strategy
+from agent_lightning.runs.lock import run_directory_lock
+from agent_lightning.runs.stops import StopOnSignal, stopped_by_signal
+from agent_lightning.runs.threads import cpu_threads
 from agent_lightning.tracking import LogConfigToTrackers, build_loggers, finish_run
 from agent_lightning.validation import available_devices, launched_externally, resolve_devices, validate
 
@@ -39,14 +42,6 @@ logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 # last.ckpt is rewritten on purpose; for a sharded (directory) checkpoint torch warns every time.
 warnings.filterwarnings("ignore", message=r"Detected an existing checkpoint in .*overwriting")
-
-
-def _set_cpu_threads(cfg: DictConfig, local_ranks: int) -> None:
-    # Ranks sharing a CPU must split its cores, or they oversubscribe them and run slower than one.
-    kind, cores = available_devices(str(cfg.trainer.accelerator))
-    # OMP_NUM_THREADS set by the user, or by joblib in a parallel search's worker, already sized torch.
-    if kind == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, cores // local_ranks))
 
 
 def _instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -75,12 +70,19 @@ def build_module(cfg: DictConfig) -> AgentModule:
 def build_trainer(cfg: DictConfig, devices: int, world: int, extra_callbacks: Sequence[Callback] = ()) -> pl.Trainer:
     """The Lightning Trainer with strategy, callbacks, loggers and atomic checkpoint writes."""
     loggers = build_loggers(cfg)
-    callbacks: list[Callback] = [*_instantiate_all(cfg.get("callbacks")), FiniteLossGuard(), *extra_callbacks]
+    callbacks: list[Callback] = [
+        *_instantiate_all(cfg.get("callbacks")),
+        FiniteLossGuard(),
+        StopOnSignal(),
+        *extra_callbacks,
+    ]
     callbacks += [LogConfigToTrackers(cfg), *filter(None, [build_progress_bar(cfg)])]
     if not loggers:  # LearningRateMonitor refuses to run without a logger to write to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_cfg.pop("threads", None)  # ours (see runs/threads.py), not a Trainer argument
     return hydra.utils.instantiate(
-        cfg.trainer,
+        trainer_cfg,
         devices=devices,
         num_nodes=cfg.num_nodes,
         strategy=build_strategy(cfg.strategy, world),
@@ -115,18 +117,28 @@ def resolve_auto_strategy(cfg: DictConfig) -> None:
 
 
 def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
-    """Fit, then test; return the final metrics (floats) and where the run's files are."""
+    """Fit, then test; return the final metrics (floats) and where the run's files are.
+
+    The run directory is locked for the run, and the caller's CPU thread setting is restored after.
+    """
     resolve_auto_strategy(cfg)
     devices, world = validate(cfg)
-    Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    _set_cpu_threads(cfg, local_ranks=min(devices, world))
+    kind, cores = available_devices(str(cfg.trainer.accelerator))
+    threads = cfg.trainer.get("threads")
+    with run_directory_lock(cfg.paths.output_dir), cpu_threads(threads, cores, min(devices, world), kind == "cpu"):
+        return _fit_and_test(cfg, devices, world, extra_callbacks)
 
+
+def _fit_and_test(cfg: DictConfig, devices: int, world: int, extra_callbacks: Sequence[Callback]) -> dict[str, Any]:
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = hydra.utils.instantiate(cfg.data, augmentations=_instantiate_all(cfg.get("augment")))
     module = build_module(cfg)
     pruning = _pruning_callback(cfg)
     trainer = build_trainer(cfg, devices, world, [*extra_callbacks, *([pruning] if pruning else [])])
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    try:  # a checkpoint is read without running code from it (its contents were checked by `validate`)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    except SIGTERMException:
+        raise stopped_by_signal(trainer) from None
     metrics: dict[str, Any] = {key: float(value) for key, value in trainer.callback_metrics.items()}
     if pruning is not None and pruning.pruned_at_epoch is not None:
         pruned = {**metrics, "pruned_at_epoch": pruning.pruned_at_epoch, "run_dir": str(cfg.paths.output_dir)}
@@ -136,7 +148,10 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
     checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
     if cfg.get("test", True):
-        trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        try:
+            trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True)
+        except SIGTERMException:  # Lightning's own SIGTERM handling, while testing
+            raise stopped_by_signal(trainer) from None
         metrics.update({key: float(value) for key, value in trainer.callback_metrics.items()})
     reachable = datamodule.reachable_accuracy("val")
     if reachable is not None:
@@ -175,7 +190,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     resolve_auto_strategy(cfg)
     devices, world = validate(cfg)
     if world > 1 and not launched_externally():
-        return launch_ranks(cfg, devices)
+        # One node: its ranks run under this process's lock. Several: every node's launcher shares the
+        # run directory, so global rank 0 takes the lock, wherever it runs.
+        with run_directory_lock(cfg.paths.output_dir) if cfg.num_nodes == 1 else contextlib.nullcontext():
+            return launch_ranks(cfg, devices)
     return train(cfg)
 
 
@@ -195,10 +213,12 @@ def main(cfg: DictConfig) -> float | Pruned | None:
         log.info("Composed config (saved in .hydra/config.yaml):\n%s", config_tree(cfg, hydra_choices()))
     try:
         metrics = run(cfg)
-    except (ConfigError, NonFiniteLossError, LaunchError, InstantiationException) as err:
-        # A ConfigError raised while Hydra builds an object is reported as itself, not wrapped.
-        log.error("%s", err.__cause__ if isinstance(err.__cause__, ConfigError) else err)
-        sys.exit(2)
+    except Exception as err:
+        reported = user_facing(err)  # a bad value, a diverged run, a crashed rank, a requested stop
+        if reported is None:
+            raise  # a bug: keep its traceback
+        log.error("%s", reported[1])
+        sys.exit(reported[0])
     if metrics:
         log.info("Final: %s", _summary(metrics))
         log.info(

@@ -1,17 +1,31 @@
-"""Checks a composed config before any process starts, so mistakes cost one clear line."""
+"""Checks a composed config before any process starts, so mistakes cost one clear line.
+
+This module is the one place for config checks, on purpose rather than typed structured-config
+schemas: a schema checks types, but most mistakes here are ranges (betas in [0, 1)), choices that
+depend on the group picked (`scheduler.gamma` of step vs exponential), combinations (batch size vs
+ranks, checkpoint vs strategy) and files (a checkpoint's layers vs the model); groups also accept
+any `_target_`, so one schema per option would not cover user classes. `RULES` lists every value
+check as data: key, test, and what is valid.
+"""
 
 from __future__ import annotations
 
 import math
 import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import hydra
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from agent_lightning import safe_load
 from agent_lightning.errors import ConfigError
-from agent_lightning.parallel import STRATEGIES, check_tensor_parallel, resolve_degrees
+from agent_lightning.parallel import SHARDED, STRATEGIES, check_tensor_parallel, resolve_degrees
+from agent_lightning.runs.lock import global_rank
 from agent_lightning.tracking import check_run_identity
 
 
@@ -47,20 +61,13 @@ def launched_externally() -> bool:
     return "SLURM_PROCID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1
 
 
-def _positive_number(cfg: DictConfig, key: str) -> None:
-    value = cfg
-    for part in key.split("."):
-        value = value[part]
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"{key}={value!r} is invalid: it must be a positive number")
-
-
 def validate(cfg: DictConfig) -> tuple[int, int]:
     """Raise ConfigError naming the first bad key; return (devices per node, total number of ranks)."""
     check_run_identity(cfg)
     name = cfg.strategy.get("name")
     if name not in STRATEGIES or name == "auto":  # auto is resolved before validation
         raise ConfigError(f"strategy.name={name!r} is not one of {', '.join(STRATEGIES)}")
+    check_values(cfg)
     devices = resolve_devices(cfg)
     num_nodes = cfg.num_nodes
     if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) or num_nodes < 1:
@@ -88,7 +95,6 @@ def validate(cfg: DictConfig) -> tuple[int, int]:
         with torch.device("meta"):
             check_tensor_parallel(hydra.utils.instantiate(cfg.model), degrees.tensor_parallel)
     data_parallel = degrees.data_parallel
-    _positive_number(cfg, "optimizer.lr")
     batch = cfg.data.batch_size
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ConfigError(f"data.batch_size={batch!r} is invalid: it must be a whole number >= 1")
@@ -97,7 +103,225 @@ def validate(cfg: DictConfig) -> tuple[int, int]:
             f"data.batch_size={batch} (global) is not divisible by the {data_parallel} data-parallel ranks: "
             f"use a multiple of {data_parallel}"
         )
-    # A sharded strategy saves a distributed checkpoint: a directory.
-    if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).exists():
-        raise ConfigError(f"ckpt_path={cfg.ckpt_path} does not exist")
+    check_output_dir(cfg)
+    if cfg.get("ckpt_path"):
+        check_resume_checkpoint(cfg)
     return devices, world
+
+
+_MISSING = object()
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def between(low: float, high: float, low_open: bool = False, high_open: bool = False) -> Callable[[Any], bool]:
+    """A number in the interval [low, high] (either end open if asked)."""
+
+    def check(value: Any) -> bool:
+        if not _number(value):
+            return False
+        above = value > low if low_open else value >= low
+        below = value < high if high_open else value <= high
+        return above and below
+
+    return check
+
+
+def whole_at_least(low: int, also: tuple[Any, ...] = ()) -> Callable[[Any], bool]:
+    """A whole number >= low, or one of `also` (e.g. -1 or None)."""
+    return lambda value: value in also if not _whole(value) else (value >= low or value in also)
+
+
+def one_of(*choices: Any) -> Callable[[Any], bool]:
+    """Exactly one of `choices`."""
+    return lambda value: any(value == c and type(value) is type(c) for c in choices)
+
+
+def _betas(value: Any) -> bool:
+    return (
+        isinstance(value, list | tuple | ListConfig)
+        and len(value) == 2
+        and all(between(0, 1, False, True)(b) for b in value)
+    )
+
+
+def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda value: value is None or check(value)
+
+
+def _limit(value: Any) -> bool:  # Lightning: a fraction of the batches, or a whole number of them
+    return between(0, 1)(value) if isinstance(value, float) else whole_at_least(0)(value)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A config key, the test its value must pass, and what is valid (for the message)."""
+
+    key: str
+    check: Callable[[Any], bool]
+    valid: str
+
+
+POSITIVE = between(0, math.inf, low_open=True)
+FRACTION_OPEN = between(0, 1, low_open=True, high_open=True)
+RULES: tuple[Rule, ...] = (
+    Rule("seed", lambda v: _whole(v) and 0 <= v < 2**32, "a whole number in [0, 4294967295]"),
+    Rule("optimizer.lr", POSITIVE, "a positive number"),
+    Rule("optimizer.weight_decay", between(0, math.inf), "a number >= 0"),
+    Rule("optimizer.betas", _betas, "two numbers in [0, 1), e.g. [0.9, 0.999]"),
+    Rule("optimizer.momentum", between(0, 1, high_open=True), "a number in [0, 1)"),
+    Rule("optimizer.eps", POSITIVE, "a positive number"),
+    Rule("optimizer.nesterov", one_of(True, False), "true or false"),
+    Rule("loss.label_smoothing", between(0, 1), "a number in [0, 1]"),
+    Rule("model.hidden_dim", whole_at_least(1), "a whole number >= 1"),
+    Rule("model.num_layers", whole_at_least(1), "a whole number >= 1"),
+    Rule("model.input_dim", whole_at_least(1, also=(None,)), "a whole number >= 1 (or null: from the data)"),
+    Rule("model.output_dim", whole_at_least(1, also=(None,)), "a whole number >= 1 (or null: from the data)"),
+    Rule("model.dropout", between(0, 1, high_open=True), "a number in [0, 1)"),
+    Rule("scheduler.interval", one_of("step", "epoch"), "'step' or 'epoch'"),
+    Rule("scheduler.step_size", whole_at_least(1), "a whole number of epochs >= 1"),
+    Rule("scheduler.gamma", between(0, 1, low_open=True), "a number in (0, 1]: the factor the LR is multiplied by"),
+    Rule("scheduler.T_max", whole_at_least(1), "a whole number of epochs >= 1"),
+    Rule("scheduler.eta_min", between(0, math.inf), "a number >= 0"),
+    Rule("scheduler.warmup_steps", whole_at_least(0), "a whole number of steps >= 0"),
+    Rule("scheduler.min_lr_ratio", between(0, 1), "a number in [0, 1]"),
+    Rule("scheduler.pct_start", FRACTION_OPEN, "a number in (0, 1)"),
+    Rule("scheduler.factor", FRACTION_OPEN, "a number in (0, 1)"),
+    Rule("scheduler.patience", whole_at_least(0), "a whole number >= 0"),
+    Rule("trainer.max_epochs", whole_at_least(1, also=(-1, None)), "a whole number >= 1 (or -1: use max_steps)"),
+    Rule("trainer.max_steps", whole_at_least(1, also=(-1,)), "a whole number >= 1, or -1 (no limit)"),
+    Rule("trainer.min_epochs", whole_at_least(0, also=(None,)), "a whole number >= 0"),
+    Rule("trainer.log_every_n_steps", whole_at_least(1), "a whole number >= 1"),
+    Rule("trainer.check_val_every_n_epoch", whole_at_least(1, also=(None,)), "a whole number >= 1 (or null)"),
+    Rule("trainer.accumulate_grad_batches", whole_at_least(1), "a whole number >= 1"),
+    Rule("trainer.gradient_clip_val", _optional(between(0, math.inf)), "a number >= 0 (or null: no clipping)"),
+    Rule("trainer.limit_val_batches", _limit, "a fraction in [0.0, 1.0] or a whole number of batches"),
+    Rule("trainer.num_sanity_val_steps", whole_at_least(-1), "a whole number >= -1 (-1: all)"),
+    Rule("trainer.threads", whole_at_least(1, also=(None,)), "a whole number >= 1 (or null: decide from the cores)"),
+    Rule(
+        "trainer.precision",
+        one_of("32-true", "32", 32, "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true", "64", 64),
+        "one of 32-true, 16-mixed, bf16-mixed, bf16-true, 16-true, 64-true",
+    ),
+    Rule("strategy.param_dtype", one_of(None, "float32", "bfloat16", "float16"), "null, float32, bfloat16 or float16"),
+    Rule("strategy.memory_fraction", between(0, 1, low_open=True), "a number in (0, 1]"),
+    Rule("strategy.reshard_after_forward", one_of(True, False), "true or false"),
+    Rule("strategy.activation_checkpointing", one_of(True, False), "true or false"),
+    Rule("callbacks.last_checkpoint.every_n_train_steps", whole_at_least(0), "a whole number of steps >= 0 (0: off)"),
+    Rule("callbacks.early_stopping.patience", whole_at_least(0), "a whole number of validations >= 0"),
+    Rule("callbacks.divergence.factor", _optional(between(1, math.inf, low_open=True)), "a number > 1 (or null: off)"),
+    Rule("callbacks.divergence.window", whole_at_least(1), "a whole number of checks >= 1"),
+    Rule("callbacks.divergence.patience", whole_at_least(1, also=(None,)), "a whole number of checks >= 1 (or null)"),
+    Rule("callbacks.divergence.check_every_n_steps", whole_at_least(1), "a whole number of steps >= 1"),
+)
+
+
+def check_values(cfg: DictConfig) -> None:
+    """Raise ConfigError for the first value in `RULES` that is set and invalid, naming key and valid range."""
+    for rule in RULES:
+        value = OmegaConf.select(cfg, rule.key, default=_MISSING)
+        if value is _MISSING:
+            continue  # this choice (e.g. scheduler=none) has no such key
+        if isinstance(value, ListConfig):
+            value = OmegaConf.to_container(value)
+        if not rule.check(value):
+            raise ConfigError(f"{rule.key}={value!r} is invalid: use {rule.valid}")
+    model = cfg.get("model") or {}
+    if str(model.get("_target_", "")).endswith("AgentMLP"):
+        from agent_lightning.model import ACTIVATIONS, NORMS
+
+        for key, choices in (("activation", ACTIVATIONS), ("norm", NORMS)):
+            if key in model and model[key] not in choices:
+                raise ConfigError(f"model.{key}={model[key]!r} is invalid: use one of {', '.join(choices)}")
+    optimizer = cfg.get("optimizer") or {}
+    if optimizer.get("nesterov") and not optimizer.get("momentum"):
+        raise ConfigError("optimizer.nesterov=true needs optimizer.momentum > 0")
+
+
+def check_output_dir(cfg: DictConfig) -> None:
+    """Refuse an output directory that cannot be created or written, before anything trains."""
+    output = Path(str(cfg.paths.output_dir))
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output, prefix=".write-check-"):
+            pass
+    except OSError as err:
+        raise ConfigError(
+            f"paths.output_dir={output} cannot be written ({err.strerror or err}): choose another hydra.run.dir"
+        ) from None
+
+
+def _model_shapes(cfg: DictConfig) -> dict[str, tuple[int, ...]]:
+    with torch.device("meta"):  # shapes only, no memory
+        model = hydra.utils.instantiate(cfg.model)
+    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
+
+
+def _compare_layers(path: str, stored: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]]) -> None:
+    for name, shape in expected.items():
+        if name in stored and stored[name] != shape:
+            raise ConfigError(
+                f"ckpt_path={path}: layer {name} is {list(stored[name])} in the checkpoint but {list(shape)} with "
+                "this config: use the model.* values of the run that wrote it (e.g. model.hidden_dim)"
+            )
+    missing, extra = sorted(expected.keys() - stored.keys()), sorted(stored.keys() - expected.keys())
+    if missing or extra:
+        detail = f"missing {', '.join(missing[:3])}" if missing else f"has extra {', '.join(extra[:3])}"
+        raise ConfigError(
+            f"ckpt_path={path}: the checkpoint's model {detail}: use the model.* values of the run that wrote it "
+            "(e.g. model.num_layers, model.norm)"
+        )
+
+
+def check_resume_checkpoint(cfg: DictConfig) -> None:
+    """`ckpt_path` exists, is safe to read, suits the strategy, and its layers fit this config's model."""
+    from agent_lightning.export import _plain_name
+
+    path = Path(str(cfg.ckpt_path))
+    if not path.exists():
+        raise ConfigError(f"ckpt_path={path} does not exist")
+    sharded = cfg.strategy.get("name") in SHARDED
+    if path.is_dir():
+        if not sharded:
+            raise ConfigError(
+                f"ckpt_path={path} is a sharded checkpoint directory (written by strategy=fsdp/model_parallel): "
+                "resume it with that strategy, or convert it with `python -m agent_lightning.export`"
+            )
+        try:
+            shapes = safe_load.distributed_tensor_shapes(path)
+        except ConfigError as err:
+            raise ConfigError(f"ckpt_path={path}: {err}") from None
+        stored = {
+            _plain_name(k.removeprefix("state_dict.model.")): v
+            for k, v in shapes.items()
+            if k.startswith("state_dict.model.")
+        }
+    else:
+        if sharded:
+            raise ConfigError(
+                f"ckpt_path={path} is a single-file checkpoint (written by strategy=single/ddp) but strategy="
+                f"{cfg.strategy.name} resumes from a sharded checkpoint directory: use the strategy that wrote it"
+            )
+        if global_rank() != 0:
+            return  # global rank 0 (or the launcher before it) reads the file; one read is enough
+        try:
+            checkpoint = safe_load.load_file(path, mmap=True)
+        except ConfigError as err:
+            raise ConfigError(f"ckpt_path={err}") from None
+        state = checkpoint.get("state_dict")
+        if not isinstance(state, dict) or "loops" not in checkpoint:
+            raise ConfigError(
+                f"ckpt_path={path} is not a training checkpoint written by agent_lightning (no state_dict/loops)"
+            )
+        stored = {
+            _plain_name(k.removeprefix("model.")): tuple(v.shape)
+            for k, v in state.items()
+            if k.startswith("model.") and isinstance(v, torch.Tensor)
+        }
+    _compare_layers(str(path), stored, _model_shapes(cfg))

@@ -99,3 +99,35 @@ class WallClock(pl.Callback):
 
         record = {"start": self.start, "end": time.time(), "threads": torch.get_num_threads()}
         Path(self.out_file).write_text(json.dumps(record))
+
+
+class SignalAtStep(pl.Callback):
+    """Sends `signum` at `step` to this process, or to its parent (the launcher of its ranks), from one rank."""
+
+    def __init__(self, step: int, signum: int, to_parent: bool = False, rank: int = 0) -> None:
+        self.step, self.signum, self.to_parent, self.rank = step, signum, to_parent, rank
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
+        if trainer.global_step == self.step and trainer.global_rank == self.rank:
+            os.kill(os.getppid() if self.to_parent else os.getpid(), self.signum)
+
+
+class FailOnRank(pl.Callback):
+    """Raises an unexpected error on one rank only, at the first step."""
+
+    def __init__(self, rank: int) -> None:
+        self.rank = rank
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.global_rank == self.rank:
+            raise KeyError("boom on purpose")
+
+
+class ThreadProbe(pl.Callback):
+    """Records torch's intra-op thread count while training runs."""
+
+    def __init__(self) -> None:
+        self.threads: int | None = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.threads = torch.get_num_threads()

@@ -6,6 +6,7 @@ import hydra
 import pytest
 import torch
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
+from omegaconf import OmegaConf
 
 from agent_lightning.config import config_dir
 from agent_lightning.data import AgentDataModule
@@ -88,7 +89,9 @@ def test_logger_callback_and_trainer_options_instantiate(compose_cfg, logger: st
     for group in (cfg.logger, cfg.callbacks):
         for item in (group or {}).values():
             assert hydra.utils.instantiate(item) is not None
-    trainer = hydra.utils.instantiate(cfg.trainer, devices=1, logger=False)
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_cfg.pop("threads")  # applied by `train` (torch.set_num_threads), not a Trainer argument
+    trainer = hydra.utils.instantiate(trainer_cfg, devices=1, logger=False)
     assert trainer.max_epochs == cfg.trainer.max_epochs
 
 

@@ -1,0 +1,65 @@
+"""One run per run directory: a second run pointed at the same directory is refused, not interleaved."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from agent_lightning.errors import ConfigError
+
+LOCK_FILE = ".run.lock"
+# Set while a process holds the lock, so the ranks it starts (and `train` inside `run`) share it.
+HELD_ENV = "AGENT_LIGHTNING_RUN_LOCK"
+
+
+def global_rank() -> int:
+    """The global rank of this process as its launcher set it (torch elastic / torchrun: RANK; srun: SLURM_PROCID)."""
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+
+
+@contextmanager
+def run_directory_lock(output_dir: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on `output_dir` for the duration; raise ConfigError if another run holds it.
+
+    The lock is `flock` on `<output_dir>/.run.lock`: the kernel drops it when the holder exits, even
+    on SIGKILL, so a crashed run never leaves a stale lock behind (only an empty file, reused).
+    """
+    directory = Path(output_dir).resolve()
+    if os.environ.get(HELD_ENV) == str(directory):
+        yield  # our parent process (or an outer call in this one) holds it
+        return
+    if global_rank() != 0:
+        yield  # under torchrun/srun, or across nodes, global rank 0 holds it for the job
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / LOCK_FILE
+    handle = path.open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise ConfigError(
+            f"run directory {directory} is in use by another run ({holder}); wait for it to finish or choose "
+            "another hydra.run.dir / paths.output_dir"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
+    handle.flush()
+    previous = os.environ.get(HELD_ENV)
+    os.environ[HELD_ENV] = str(directory)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(HELD_ENV, None)
+        else:
+            os.environ[HELD_ENV] = previous
+        path.unlink(missing_ok=True)  # leave the run directory as the run made it (removed while still held)
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()

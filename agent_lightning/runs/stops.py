@@ -1,0 +1,95 @@
+"""Stopping cleanly on SIGTERM, SIGINT or SIGUSR1: every rank stops at the same step, saves, exits non-zero.
+
+Lightning's own SIGTERM handling raises `SIGTERMException` between steps, and callbacks see it in
+`on_exception` (where `LastCheckpoint` saves a current last.ckpt). Two things are added here: SIGINT
+and SIGUSR1 (what schedulers send before pre-empting a job) stop the same way, and the decision is
+taken by all ranks together (a tiny all-reduce every few steps), so a signal that reaches one rank
+first cannot leave the others waiting in a collective. The handler itself only records the signal.
+"""
+
+from __future__ import annotations
+
+import signal
+from types import FrameType
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from agent_lightning.errors import StoppedBySignalError
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
+class StopOnSignal(pl.Callback):
+    """Turns SIGTERM / SIGINT / SIGUSR1 during training into Lightning's clean stop on every rank at once."""
+
+    def __init__(self, check_every_n_steps: int | None = None) -> None:
+        self.check_every_n_steps = check_every_n_steps
+        self.signum: int | None = None  # the signal that stopped the run, agreed by all ranks
+        self._received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self._received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl+C: the user does not want to wait for the save
+        self._received = self._received or signum
+        previous = self._previous.get(signum)
+        if signum == signal.SIGUSR1 and callable(previous):
+            previous(signum, frame)  # e.g. Lightning's SLURM auto-requeue handler
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Install the handlers (after Lightning's, which only know SIGTERM and broadcast inside the handler)."""
+        if self.check_every_n_steps is None:
+            self.check_every_n_steps = 1 if trainer.world_size == 1 else 10
+        for signum in STOP_SIGNALS:
+            try:
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread: leave signals to the caller
+                self._previous.pop(signum, None)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """Every few steps, agree across ranks whether any rank was asked to stop."""
+        if trainer.global_step % (self.check_every_n_steps or 1):
+            return
+        local = self._received or 0
+        if trainer.world_size > 1:
+            flag = torch.tensor(local, device=pl_module.device)
+            local = int(trainer.strategy.reduce(flag, reduce_op=torch.distributed.ReduceOp.MAX))
+        if local:
+            self.signum = local
+            # Lightning's own stop: it raises SIGTERMException once this step is complete (all ranks alike).
+            trainer._signal_connector.received_sigterm = True
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        """A SIGTERM seen by Lightning before our handlers were installed still counts as a stop."""
+        if isinstance(exception, SIGTERMException) and self.signum is None:
+            self.signum = self._received or signal.SIGTERM
+        self._restore()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Give the caller's (Lightning's) handlers back."""
+        self._restore()
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._previous.clear()
+
+
+def stopped_by_signal(trainer: pl.Trainer) -> StoppedBySignalError:
+    """The error a stopped `fit` becomes: which signal, at which step, and the one line that says how to resume."""
+    stopper = next((c for c in trainer.callbacks if isinstance(c, StopOnSignal)), None)
+    signum = (stopper.signum if stopper else None) or signal.SIGTERM
+    last = next((c.last_model_path for c in trainer.checkpoint_callbacks if getattr(c, "last_model_path", "")), "")
+    name = signal.Signals(signum).name
+    if not last:
+        return StoppedBySignalError(signum, f"stopped by {name} at step {trainer.global_step}; no checkpoint was saved")
+    return StoppedBySignalError(
+        signum,
+        f"stopped by {name} at step {trainer.global_step}; saved {last}: to resume, rerun the same command with "
+        f"ckpt_path={last}",
+    )

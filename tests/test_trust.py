@@ -1,0 +1,217 @@
+"""Runs you can trust, in one process: safe loading, up-front checks, a current last.ckpt, clean stops."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import pytest
+import torch
+from hydra.errors import InstantiationException
+
+from agent_lightning import export
+from agent_lightning.callbacks import NonFiniteLossError
+from agent_lightning.checkpoint_io import clean_stale_writes, replace_directory
+from agent_lightning.errors import ConfigError, StoppedBySignalError, user_facing
+from agent_lightning.runs.lock import LOCK_FILE
+from agent_lightning.safe_load import check_distributed_metadata
+from agent_lightning.train import train
+from agent_lightning.validation import validate
+
+from .conftest import run_cli
+from .helpers import SignalAtStep, ThreadProbe
+
+pytestmark = pytest.mark.timeout(240)
+
+
+class _Payload:
+    """Unpickling this runs a command: what an attacker's checkpoint would carry."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _step(path: Path) -> int:
+    return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
+
+
+def test_a_malicious_pickle_never_runs(compose_cfg, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": _Payload(marker), "loops": {}}, evil)
+    sharded = tmp_path / "evil_dir"
+    sharded.mkdir()
+    (sharded / ".metadata").write_bytes(pickle.dumps(_Payload(marker)))
+
+    with pytest.raises(ConfigError, match=r"ckpt_path=.*evil.ckpt was refused without running it"):
+        validate(compose_cfg(f"ckpt_path={evil}"))
+    with pytest.raises(ConfigError, match=r"evil_dir: .*\.metadata is not a distributed-checkpoint metadata file"):
+        validate(compose_cfg(f"ckpt_path={sharded}", "strategy=fsdp"))
+    for path in (evil, sharded):
+        with pytest.raises(ConfigError):
+            export.load_agent(path)
+        assert export.main([str(path), str(tmp_path / "out.pt")]) == 2
+        with pytest.raises(ConfigError):
+            check_distributed_metadata(sharded)
+    assert not marker.exists()
+
+
+BAD_VALUES = {
+    "optimizer.weight_decay=-1": "optimizer.weight_decay=-1 is invalid",
+    "optimizer.betas=[2,0.9]": r"optimizer.betas=\[2, 0.9\] is invalid",
+    "loss.label_smoothing=2": "loss.label_smoothing=2 is invalid",
+    "seed=abc": "seed='abc' is invalid",
+    "model.hidden_dim=0": "model.hidden_dim=0 is invalid",
+    "trainer.log_every_n_steps=0": "trainer.log_every_n_steps=0 is invalid",
+    "callbacks.divergence.factor=0.5": "callbacks.divergence.factor=0.5 is invalid",
+    "trainer.threads=0": "trainer.threads=0 is invalid",
+}
+BAD_GROUP_VALUES = {
+    ("scheduler=step", "scheduler.step_size=0"): "scheduler.step_size=0 is invalid",
+    ("scheduler=exponential", "scheduler.gamma=-1"): "scheduler.gamma=-1 is invalid",
+    ("strategy=fsdp", "strategy.param_dtype=bogus"): "strategy.param_dtype='bogus' is invalid",
+    ("optimizer=sgd", "optimizer.momentum=1.5"): "optimizer.momentum=1.5 is invalid",
+}
+
+
+@pytest.mark.parametrize("overrides", [(k,) for k in BAD_VALUES] + list(BAD_GROUP_VALUES))
+def test_every_bad_value_is_refused_up_front_naming_the_key(compose_cfg, overrides: tuple[str, ...]) -> None:
+    message = BAD_VALUES.get(overrides[0]) or BAD_GROUP_VALUES[overrides]
+    with pytest.raises(ConfigError, match=message):
+        validate(compose_cfg(*overrides))
+
+
+def test_bad_checkpoints_and_directories_are_refused_with_one_line(compose_cfg, tmp_path: Path) -> None:
+    (tmp_path / "empty.ckpt").write_bytes(b"")
+    (tmp_path / "random.ckpt").write_bytes(os.urandom(4096))
+    real = train(compose_cfg("trainer.max_steps=3", "test=false", output_dir=tmp_path / "real"))
+    last = Path(real["run_dir"]) / "checkpoints" / "last.ckpt"
+    (tmp_path / "truncated.ckpt").write_bytes(last.read_bytes()[:5000])
+    cases = {
+        "empty.ckpt": "is empty",
+        "random.ckpt": "was refused without running it",
+        "truncated.ckpt": "is not a readable checkpoint",
+    }
+    for name, message in cases.items():
+        with pytest.raises(ConfigError, match=f"ckpt_path=.*{name} {message}"):
+            validate(compose_cfg(f"ckpt_path={tmp_path / name}"))
+    with pytest.raises(ConfigError, match=r"layer hidden.0.0.weight is \[256, 128\] in the checkpoint but \[64, 128\]"):
+        validate(compose_cfg(f"ckpt_path={last}", "model.hidden_dim=64"))
+    with pytest.raises(ConfigError, match=r"single-file checkpoint .* strategy=fsdp"):
+        validate(compose_cfg(f"ckpt_path={last}", "strategy=fsdp"))
+    (tmp_path / "readonly").mkdir(mode=0o500)
+    if os.geteuid() != 0:  # root writes anywhere
+        with pytest.raises(ConfigError, match=r"paths.output_dir=.* cannot be written"):
+            validate(compose_cfg(output_dir=tmp_path / "readonly" / "run"))
+    with pytest.raises(ConfigError, match=r"paths.output_dir=/proc/.* cannot be written"):
+        validate(compose_cfg(output_dir="/proc/agent_lightning_run"))
+
+
+def test_a_constructor_value_error_is_one_line_naming_the_key(compose_cfg) -> None:
+    cfg = compose_cfg("model.dropout=0.5")
+    cfg.model.dropout = 1.5  # past validation: the constructor's own check speaks
+    with pytest.raises(InstantiationException) as caught:
+        hydra.utils.instantiate(cfg.model)
+    code, line = user_facing(caught.value)
+    assert code == 2 and "\n" not in line and "model.dropout must be in [0, 1), got 1.5" in line
+
+
+def test_a_bad_value_on_the_command_line_exits_2_with_one_line(tmp_path: Path) -> None:
+    result = run_cli("optimizer.betas=[2,0.9]", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    errors = [line for line in (result.stdout + result.stderr).splitlines() if "ERROR" in line]
+    assert result.returncode == 2 and "Traceback" not in result.stderr + result.stdout
+    assert len(errors) == 1 and "optimizer.betas=[2, 0.9] is invalid: use two numbers in [0, 1)" in errors[0]
+
+
+def test_sigterm_saves_a_current_last_ckpt_that_resumes_to_the_same_result(compose_cfg, tmp_path: Path) -> None:
+    # 16 steps per epoch; training ends mid-epoch 3, so no validation or epoch end comes after the last step.
+    common = ["data.train_size=4096", "data.val_size=512", "trainer.max_epochs=3", "trainer.max_steps=40", "test=false"]
+    whole = train(compose_cfg(*common, "trainer.deterministic=true", output_dir=tmp_path / "whole"))
+    assert _step(tmp_path / "whole" / "checkpoints" / "last.ckpt") == 40
+
+    common.append("trainer.deterministic=true")
+    with pytest.raises(StoppedBySignalError) as stopped:
+        train(compose_cfg(*common, output_dir=tmp_path / "cut"), extra_callbacks=[SignalAtStep(25, signal.SIGTERM)])
+    last = tmp_path / "cut" / "checkpoints" / "last.ckpt"
+    assert stopped.value.exit_code == 143 and user_facing(stopped.value)[0] == 143
+    assert f"stopped by SIGTERM at step 26; saved {last}: to resume" in str(stopped.value)
+    assert _step(last) == 26
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the caller's handler is back
+
+    resumed = train(compose_cfg(*common, f"ckpt_path={last}", output_dir=tmp_path / "cut"))
+    assert resumed["val/loss"] == pytest.approx(whole["val/loss"], abs=1e-6)
+    assert _step(last) == 40
+    final = torch.load(tmp_path / "whole" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    again = torch.load(last, weights_only=True)["state_dict"]
+    assert all(torch.allclose(final[k], again[k], atol=1e-6) for k in final if k.startswith("model."))
+
+
+def test_an_exploding_finite_loss_stops_with_the_divergence_message(compose_cfg, tmp_path: Path) -> None:
+    cfg = compose_cfg("optimizer.lr=1e8", "callbacks.divergence.check_every_n_steps=5")
+    with pytest.raises(NonFiniteLossError, match=r"diverged by step \d+: loss .* is above 10 x its running median"):
+        train(cfg)
+    assert not (Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt").exists()  # nothing bad was written
+
+
+def test_threads_honour_the_user_and_are_given_back_with_lamb(compose_cfg, monkeypatch) -> None:
+    before = torch.get_num_threads()
+    probe = ThreadProbe()
+    metrics = train(compose_cfg("trainer.threads=1", "optimizer=lamb", "trainer.max_epochs=1"), extra_callbacks=[probe])
+    assert probe.threads == 1 and torch.get_num_threads() == before
+    # lamb's betas reach the checkpoint as plain lists: the best checkpoint loads safely and was tested.
+    assert "test/acc" in metrics and torch.load(metrics["best_model_path"], weights_only=True)
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(2)
+    probe = ThreadProbe()
+    with pytest.raises(ConfigError, match=r"scheduler.warmup_steps=1000 is invalid"):  # a short run, one line
+        train(compose_cfg("scheduler=warmup_cosine", "scheduler.warmup_steps=1000"), extra_callbacks=[probe])
+    assert torch.get_num_threads() == 2
+    torch.set_num_threads(before)
+
+
+def test_a_second_run_on_the_same_directory_is_refused(compose_cfg, tmp_path: Path) -> None:
+    run_dir, ready = tmp_path / "run", tmp_path / "ready"
+    run_dir.mkdir()
+    # Another process holding the run directory's lock as a run does (flock; no heavy imports, so it starts fast).
+    hold = (
+        "import fcntl, os, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); "
+        "f.write(f'pid {os.getpid()}'); f.flush(); open(sys.argv[2], 'w').close(); time.sleep(600)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(run_dir / LOCK_FILE), str(ready)])
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with pytest.raises(ConfigError, match=f"run directory {run_dir} is in use by another run \\(pid {holder.pid}"):
+            train(compose_cfg(output_dir=run_dir))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert train(compose_cfg("trainer.max_steps=2", "test=false", output_dir=run_dir))["run_dir"]  # free again
+
+
+def test_stale_writes_are_cleaned_and_a_directory_swap_keeps_the_old_one_until_the_new_is_there(tmp_path: Path) -> None:
+    (tmp_path / "last.ckpt.tmp").write_bytes(b"half")
+    (tmp_path / "best.ckpt.tmp").mkdir()
+    (tmp_path / "dir.ckpt.old").mkdir()  # killed between the two renames: dir.ckpt is missing
+    (tmp_path / "dir.ckpt.old" / ".metadata").write_bytes(b"old")
+    clean_stale_writes(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.ckpt"]
+    assert (tmp_path / "dir.ckpt" / ".metadata").read_bytes() == b"old"
+
+    staged = tmp_path / "dir.ckpt.tmp"
+    staged.mkdir()
+    (staged / ".metadata").write_bytes(b"new")
+    replace_directory(staged, tmp_path / "dir.ckpt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.ckpt"]
+    assert (tmp_path / "dir.ckpt" / ".metadata").read_bytes() == b"new"
