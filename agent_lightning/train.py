@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from agent_lightning.callbacks import FiniteLossGuard, NonFiniteLossError
 from agent_lightning.checkpoint_io import AtomicCheckpointIO
 from agent_lightning.config import config_dir
+from agent_lightning.data.fitting import adapt_to_splits, apply_data_statistics, resolve_data_dims
 from agent_lightning.errors import ConfigError
 from agent_lightning.launch import LaunchError, launch_ranks, setup_rank_logging
 from agent_lightning.module import AgentModule
@@ -112,6 +113,7 @@ def resolve_auto_strategy(cfg: DictConfig) -> None:
 
 def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     """Fit, then test; return the final metrics (floats) and where the run's files are."""
+    resolve_data_dims(cfg)
     resolve_auto_strategy(cfg)
     devices, world = validate(cfg)
     Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
@@ -120,8 +122,10 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
 
     datamodule = hydra.utils.instantiate(cfg.data, augmentations=_instantiate_all(cfg.get("augment")))
     module = build_module(cfg)
+    apply_data_statistics(module.model, datamodule)  # before any strategy wraps or shards the model
     pruning = _pruning_callback(cfg)
     trainer = build_trainer(cfg, devices, world, [*extra_callbacks, *([pruning] if pruning else [])])
+    has_test_split = adapt_to_splits(trainer, datamodule)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics: dict[str, Any] = {key: float(value) for key, value in trainer.callback_metrics.items()}
     if pruning is not None and pruning.pruned_at_epoch is not None:
@@ -129,7 +133,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
 
     checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
-    if cfg.get("test", True):
+    if cfg.get("test", True) and has_test_split:
         trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
         metrics.update({key: float(value) for key, value in trainer.callback_metrics.items()})
     reachable = datamodule.reachable_accuracy("val")
@@ -164,6 +168,7 @@ def optimized_value(cfg: DictConfig, metrics: dict[str, Any]) -> float | Pruned 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train in this process, or start one process per rank when the job needs several."""
+    resolve_data_dims(cfg)
     resolve_auto_strategy(cfg)
     devices, world = validate(cfg)
     if world > 1 and not launched_externally():
