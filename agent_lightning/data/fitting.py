@@ -7,7 +7,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from agent_lightning.data.manifest import read_manifest
 from agent_lightning.errors import ConfigError
@@ -28,7 +28,7 @@ def data_dims(data_cfg: DictConfig) -> tuple[int, int] | None:
 
 
 def _missing_path(data_cfg: DictConfig) -> bool:
-    return "path" in data_cfg and data_cfg._get_node("path")._is_missing()
+    return OmegaConf.is_missing(data_cfg, "path")
 
 
 def resolve_data_dims(cfg: DictConfig, required: bool = True) -> None:

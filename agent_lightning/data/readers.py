@@ -258,12 +258,21 @@ def _csv_batches(path: Path, options: ReadOptions) -> Iterator[Any]:
     except pa.ArrowInvalid as err:
         if bad_row:
             row = bad_row[0]
-            where = f"line {row.number}" if row.number is not None else "a row"
+            where = f"line {row.number if row.number is not None else _line_of(path, row.text)}"
             raise ConfigError(
                 f"input file {path}, {where}: {row.actual_columns} fields where the header has "
                 f"{row.expected_columns} (ragged row)"
             ) from None
         raise ConfigError(f"input file {path}: {str(err).splitlines()[0]}") from None
+
+
+def _line_of(path: Path, text: str) -> int | str:
+    # pyarrow's streaming reader does not count lines: find the bad row's text, one line at a time.
+    with open(path, encoding="utf-8", errors="replace") as file:
+        for number, line in enumerate(file, start=1):
+            if line.rstrip("\r\n") == text:
+                return number
+    return "?"
 
 
 def _parquet_batches(path: Path, options: ReadOptions) -> Iterator[Any]:
