@@ -170,5 +170,5 @@ def test_two_ddp_ranks_over_an_uneven_row_count_cover_every_row(compose_cfg, tmp
     train_rows = manifest["splits"]["train"]["rows"]
     assert train_rows % 256 and abs(len(ranks[0]) - len(ranks[1])) <= 1
     ids = torch.cat(ranks)
-    assert len(ids) == train_rows and len(torch.unique(ids)) == train_rows  # every row once
+    assert len(ids) == train_rows and len(torch.unique(ids)) == train_rows  # every row, once
     assert metrics["val/acc"] > 0.8

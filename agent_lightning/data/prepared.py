@@ -158,8 +158,8 @@ class BlockBatchLoader:
     Training (`train=True`): each epoch the blocks are taken in a seeded shuffled order and read as
     one stream; global batch k is stream rows [k*B, (k+1)*B) and rank r takes its `batch_size` rows
     of it, so ranks are disjoint, every row is seen once per epoch and all ranks take
-    ceil(rows / B) steps. The last global batch splits its remainder evenly (each rank at least one
-    row, wrapping to the epoch's first rows when fewer rows than ranks are left).
+    ceil(rows / B) steps. The last global batch splits its remainder as evenly as possible; only when
+    fewer rows than ranks are left do some ranks take one row from the epoch's start (never zero rows).
     Evaluation: each rank takes an equal contiguous part (the `rows % world` last rows are left
     out, so all ranks run as many batches), in stored order.
     """
@@ -215,10 +215,13 @@ class BlockBatchLoader:
             if k < full:
                 start = k * step + self.rank * b
                 yield start, start + b
-            else:  # the remainder, shared evenly by the ranks
-                share = -(-(rows - k * step) // self.world)
-                start = k * step + self.rank * share
-                yield start, start + share
+            else:  # the remainder, shared as evenly as possible
+                share, extra = divmod(rows - k * step, self.world)
+                size = share + (self.rank < extra)
+                start = k * step + self.rank * share + min(self.rank, extra)
+                if size == 0:  # fewer rows left than ranks: one row from the epoch's start (stream wraps)
+                    start, size = rows + self.rank - extra, 1
+                yield start, start + size
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         # A generator: the epoch and resume point are read at the first batch, after Lightning
