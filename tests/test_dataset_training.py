@@ -19,6 +19,7 @@ from agent_lightning.model import AgentMLP
 from agent_lightning.prepare import prepare
 from agent_lightning.train import run, train
 
+from .conftest import run_cli
 from .helpers import CrashAtStep, CrashError
 
 QUICK = [
@@ -142,6 +143,18 @@ def test_model_width_comes_from_the_manifest_and_a_disagreeing_value_is_refused(
         compose_cfg("model.output_dim=3")
     with pytest.raises(ConfigError, match=r"data=dataset needs data\.path="):
         run(compose_cfg(*QUICK, fast=False))
+
+
+@pytest.mark.timeout(120)
+def test_a_truncated_shard_stops_the_command_line_run_naming_it(task, tmp_path: Path) -> None:
+    prepare((task[0][:1000], task[1][:1000]), tmp_path / "ds", progress=False)
+    shard = tmp_path / "ds" / "train-00000.x.npy"
+    shard.write_bytes(shard.read_bytes()[:-64])
+    result = run_cli("data=dataset", f"data.path={tmp_path / 'ds'}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2 and "Traceback" not in output
+    assert "train-00000.x.npy has" in output and "truncated or altered" in output
+    assert not (tmp_path / "run" / "checkpoints").exists()  # stopped before the first step
 
 
 @pytest.mark.slow

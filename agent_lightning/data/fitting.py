@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from agent_lightning.data.manifest import read_manifest
+from agent_lightning.data.manifest import check_shard_files, read_manifest
 from agent_lightning.errors import ConfigError
 
 log = logging.getLogger("agent_lightning")
@@ -96,6 +97,7 @@ def check_data_config(cfg: DictConfig) -> None:
     if "path" not in cfg.data or _missing_path(cfg.data):
         return
     manifest = read_manifest(cfg.data.path)
+    check_shard_files(Path(cfg.data.path), manifest, verify=False)  # sizes: cheap; checksums on each rank
     scheduler = str((cfg.get("scheduler") or {}).get("_target_", ""))
     if manifest["splits"]["val"]["rows"] == 0 and "ReduceLROnPlateau" in scheduler:
         raise ConfigError(f"scheduler=plateau follows val/loss, but data.path={cfg.data.path} has no val split")
