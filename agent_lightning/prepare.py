@@ -25,7 +25,7 @@ from tqdm import tqdm
 from agent_lightning.config import config_dir
 from agent_lightning.data.manifest import FORMAT, SPLITS, VERSION, fingerprint, sha256_of, write_manifest
 from agent_lightning.data.readers import ReadOptions, expand_inputs, input_bytes, read_chunks
-from agent_lightning.data.splits import SplitAssigner
+from agent_lightning.data.splits import SplitAssigner, group_codes
 from agent_lightning.data.writer import BucketSpill, LabelEncoder, RunningStats, ShardWriter, check_features
 from agent_lightning.errors import ConfigError
 
@@ -33,9 +33,9 @@ log = logging.getLogger("agent_lightning.prepare")
 Arrays = Mapping[str, Any] | tuple
 
 
-def _sources(input: Any, split: str) -> list[tuple[Path | Arrays, str | None]]:
+def _sources(input: Any) -> list[tuple[Path | Arrays, str | None]]:
     """(input, its fixed split or None) pairs; a mapping with split names as keys means one input per split."""
-    if isinstance(input, Mapping) and set(input) and set(input) <= set(SPLITS) and split in ("files", "random"):
+    if isinstance(input, Mapping) and set(input) and set(input) <= set(SPLITS):
         pairs: list[tuple[Path | Arrays, str | None]] = []
         for name, spec in input.items():
             if spec is None:
@@ -70,9 +70,9 @@ def prepare(
     output = Path(output)
     if shard_rows < 1 or chunk_rows < 1:
         raise ConfigError(f"shard_rows={shard_rows} and chunk_rows={chunk_rows} must be >= 1")
-    if output.exists() and any(output.iterdir()) and not overwrite:
+    if output.is_file() or (output.exists() and any(output.iterdir()) and not overwrite):
         raise ConfigError(f"output={output} exists and is not empty: choose another or set overwrite=true")
-    sources = _sources(input, split)
+    sources = _sources(input)
     rule = "files" if any(fixed for _, fixed in sources) else split
     assigner = SplitAssigner(rule, val_fraction, test_fraction, seed)
     options = ReadOptions(
@@ -143,11 +143,7 @@ def _write(
             feature_names = feature_names or chunk.feature_names
             codes = encoder.encode(chunk)
             splits = assigner.assign(chunk, fixed_split)
-            groups = None
-            if options.group:
-                from agent_lightning.data.splits import group_codes
-
-                groups = group_codes(chunk.groups)
+            groups = group_codes(chunk.groups) if options.group else None
             if spill is None:
                 spill = BucketSpill(work, buckets, width, groups is not None, seed)
             spill.add(splits, chunk.features, codes, groups)

@@ -74,11 +74,13 @@ CHILD = """
 import sys
 from agent_lightning.config import compose_config
 from agent_lightning.train import train
-overrides = sys.argv[2:]
-metrics = train(compose_config(overrides, sys.argv[1]))
-status = open("/proc/self/status").read().split("\\n")
-peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
-print(f"PEAK_RSS_KIB={peak} SAMPLES_PER_S={metrics['perf/samples_per_s']:.0f}")
+
+def status(key):
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(key))
+
+base = status("VmRSS:")  # torch + Lightning imported, nothing read yet
+metrics = train(compose_config(sys.argv[2:], sys.argv[1]))
+print(f"BASE_KIB={base} PEAK_KIB={status('VmHWM:')} SAMPLES_PER_S={metrics['perf/samples_per_s']:.0f}")
 """
 
 
@@ -115,12 +117,12 @@ def main() -> None:
             command = [sys.executable, "-c", CHILD, str(work / "run-big"), "data=dataset", f"data.path={big}",
                        "data.batch_size=8192", "trainer.max_epochs=1", *QUIET]  # fmt: skip
             result = subprocess.run(command, capture_output=True, text=True, check=True)
-            line = next(row for row in result.stdout.splitlines() if row.startswith("PEAK_RSS_KIB="))
-            peak_mib = int(line.split()[0].split("=")[1]) / 1024
-            speed = line.split()[1].split("=")[1]
+            line = next(row for row in result.stdout.splitlines() if row.startswith("BASE_KIB="))
+            base, peak, speed = (float(part.split("=")[1]) for part in line.split())
             print(
-                f"one epoch over {size_mib:,.0f} MiB of shards (batch 8192): peak RSS {peak_mib:,.0f} MiB "
-                f"({peak_mib / size_mib:.2f}x the data), {int(speed):,} samples/s"
+                f"one epoch over {size_mib:,.0f} MiB of shards (batch 8192, {speed:,.0f} samples/s): peak RSS "
+                f"{peak / 1024:,.0f} MiB, of which {(peak - base) / 1024:,.0f} MiB after torch and Lightning were "
+                f"imported ({(peak - base) / 1024 / size_mib:.2f}x the data)"
             )
         ratio = statistics.median(rates["prepared"]) / statistics.median(rates["in-memory"])
         print(f"ratio={ratio:.3f}")
