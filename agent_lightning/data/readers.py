@@ -310,10 +310,13 @@ def _table_chunks(batches: Iterator[Any], path: Path, options: ReadOptions) -> I
                 kind = batch.schema.field(name).type
                 if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)):
                     raise ConfigError(f"input file {path}: feature column {name!r} holds {kind}, not numbers")
-        features = np.empty((batch.num_rows, len(columns)), dtype=np.float32)
+        # Column by column into rows of a [features, rows] array, then one transposing copy: writing
+        # each column into a strided [rows, features] array is ~9x slower.
+        by_column = np.empty((len(columns), batch.num_rows), dtype=np.float32)
         for j, name in enumerate(columns):
             column = batch.column(name)
-            features[:, j] = column.to_numpy(zero_copy_only=False) if column.null_count == 0 else _nan_filled(column)
+            by_column[j] = column.to_numpy(zero_copy_only=False) if column.null_count == 0 else _nan_filled(column)
+        features = np.ascontiguousarray(by_column.T)
         labels = batch.column(label)
         if labels.null_count:
             null_at = first_row + int(np.flatnonzero(np.asarray(labels.is_null()))[0])

@@ -107,10 +107,12 @@ class RunningStats:
         self.min = np.full(width, np.inf)
         self.max = np.full(width, -np.inf)
 
-    def update(self, features: np.ndarray) -> None:
-        """Fold in a chunk of rows."""
-        if not len(features):
-            return
+    def update(self, features: np.ndarray, rows_at_once: int = 65_536) -> None:
+        """Fold in rows, a slice at a time (the float64 copy of a whole bucket would double its memory)."""
+        for lo in range(0, len(features), rows_at_once):
+            self._update(features[lo : lo + rows_at_once])
+
+    def _update(self, features: np.ndarray) -> None:
         x = features.astype(np.float64)
         n, mean = len(x), x.mean(axis=0)
         m2 = ((x - mean) ** 2).sum(axis=0)
