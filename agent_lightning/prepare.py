@@ -88,6 +88,7 @@ def prepare(
     buckets = max(1, math.ceil(size / (bucket_mb * 2**20)))
 
     output.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned_work(output)
     work = output.parent / f".{output.name}.prepare-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
@@ -110,6 +111,18 @@ def prepare(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return manifest
+
+
+def _remove_abandoned_work(output: Path) -> None:
+    # A killed prepare leaves its hidden work directory (bucket files): remove those whose process is gone.
+    for work in output.parent.glob(f".{output.name}.prepare-*"):
+        pid = work.name.rpartition("-")[2]
+        try:
+            os.kill(int(pid), 0)
+        except (ValueError, ProcessLookupError):
+            shutil.rmtree(work, ignore_errors=True)
+        except PermissionError:
+            pass  # alive, another user's
 
 
 def _arrays_of(input: Any) -> list[Any]:

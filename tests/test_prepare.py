@@ -77,12 +77,15 @@ def test_csv_parquet_npz_pt_and_arrays_give_the_same_dataset(tmp_path: Path) -> 
 def test_rows_are_shuffled_and_sharded_at_fixed_size(tmp_path: Path) -> None:
     x = np.arange(10_000, dtype=np.float32).reshape(-1, 1)
     y = np.repeat(np.arange(10), 1000)  # class-sorted
+    abandoned = tmp_path / ".out.prepare-999999999"  # left by a killed prepare (no such process)
+    (abandoned / "bucket-0-0.x").parent.mkdir()
     manifest = prepare((x, y), tmp_path / "out", shard_rows=1000, val_fraction=0.0, test_fraction=0.0, progress=False)
     assert [s["rows"] for s in manifest["splits"]["train"]["shards"]] == [1000] * 10
     rows, labels = _all_rows(tmp_path / "out", "train")
     assert sorted(rows[:, 0].tolist()) == list(range(10_000))  # every row once
     assert len(np.unique(labels[:1000])) == 10  # the first shard holds every class: shuffled
     assert manifest["splits"]["val"]["rows"] == manifest["splits"]["test"]["rows"] == 0
+    assert not abandoned.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 def test_group_split_never_shares_a_group(tmp_path: Path) -> None:
