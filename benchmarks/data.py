@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from agent_lightning.config import compose_config
-from agent_lightning.data import ClusterTask
+from agent_lightning.data import BlockBatchLoader, ClusterTask, PreparedDataset, SliceBatchLoader
 from agent_lightning.prepare import prepare
 from agent_lightning.train import train
 
@@ -46,6 +46,23 @@ def samples_per_second(overrides: list[str], epochs: int, out: Path) -> float:
     """Training samples/s of the run's last epoch (the first warms up)."""
     cfg = compose_config([*QUIET, f"trainer.max_epochs={epochs}", f"data.batch_size={BATCH}", *overrides], out)
     return float(train(cfg)["perf/samples_per_s"])
+
+
+def loader_rates(features, labels, prepared: Path, rounds: int) -> dict[str, float]:
+    """Batches only, no model: samples/s of one epoch of each loader (best of `rounds`)."""
+    loaders = {
+        "in-memory": SliceBatchLoader(features, labels, BATCH, shuffle=True, drop_last=True),
+        "prepared": BlockBatchLoader(PreparedDataset(prepared).splits["train"], BATCH, seed=0),
+    }
+    best = dict.fromkeys(loaders, 0.0)
+    for round_ in range(rounds):
+        for name, loader in loaders.items():
+            loader.sampler.set_epoch(round_)
+            started, rows = time.perf_counter(), 0
+            for x, _ in loader:
+                rows += len(x)
+            best[name] = max(best[name], rows / (time.perf_counter() - started))
+    return best
 
 
 def big_dataset(directory: Path, gigabytes: float) -> Path:
@@ -98,6 +115,8 @@ def main() -> None:
     try:
         features, labels = ClusterTask(num_features=FEATURES, num_classes=CLASSES, seed=0).samples(0, ROWS)
         prepare((features.numpy(), labels.numpy()), work / "ref", val_fraction=0, test_fraction=0, progress=False)
+        for name, rate in loader_rates(features, labels, work / "ref", args.rounds).items():
+            print(f"data path only (batches, no model), {name}: {rate:,.0f} samples/s")
         sides = {
             "in-memory": ["data=synthetic", f"data.train_size={ROWS}", "data.val_size=512", "data.test_size=512"],
             "prepared": ["data=dataset", f"data.path={work / 'ref'}"],
