@@ -9,7 +9,6 @@ holds at most one bucket.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -245,11 +244,3 @@ class BucketSpill:
         for kind in ("x", "y", "g"):
             Path(f"{stem}.{kind}").unlink(missing_ok=True)
         return x, y, g
-
-
-def class_counts(labels: Sequence[np.ndarray], num_classes: int) -> list[int]:
-    """Rows per class over several label arrays."""
-    total = np.zeros(num_classes, dtype=np.int64)
-    for y in labels:
-        total += np.bincount(y, minlength=num_classes)[:num_classes]
-    return total.tolist()
