@@ -85,7 +85,8 @@ def adapt_to_splits(trainer: pl.Trainer, datamodule: pl.LightningDataModule) -> 
         if not any(isinstance(c, ModelCheckpoint) for c in kept) and trainer.checkpoint_callback is not None:
             kept.append(ModelCheckpoint(dirpath=trainer.checkpoint_callback.dirpath, save_last=True, save_top_k=0))
         trainer.callbacks = kept
-        log.info("no validation split: no validation, no early stopping; last.ckpt is written by step and epoch")
+        saving = "; last.ckpt is written by step and at each epoch end" if trainer.checkpoint_callback else ""
+        log.info("no validation split: no validation, no early stopping%s", saving)
     if rows("test") == 0:
         log.info("no test split: testing skipped")
         return False
