@@ -30,4 +30,7 @@ def compose_config(overrides: Sequence[str] = (), output_dir: str | Path | None 
         cfg = compose("config", overrides=list(overrides))
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir or Path("runs") / "default")
+    from agent_lightning.data.fitting import resolve_data_dims  # lazy: composing stays light
+
+    resolve_data_dims(cfg, required=False)
     return cfg

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import torch
 from torch import Tensor, nn
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -17,11 +20,48 @@ NORMS: dict[str, type[nn.Module] | None] = {
 }
 
 
+class ObservationNormalizer(nn.Module):
+    """`(x - mean) / std` per feature, from the training data's statistics; the identity until set.
+
+    `mean` and `std` are buffers, so they travel in every checkpoint and export with the weights.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+        self.active = False  # skips the arithmetic while the statistics are the identity
+
+    def set_statistics(self, mean: Tensor, std: Tensor) -> None:
+        """Use these statistics; a constant feature (std ~ 0) is only centred."""
+        std = torch.where(std > 1e-8, std, torch.ones_like(std))
+        with torch.no_grad():
+            self.mean.copy_(mean.to(self.mean))
+            self.std.copy_(std.to(self.std))
+        self.active = not (bool((self.mean == 0).all()) and bool((self.std == 1).all()))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Normalised observations, in the input's dtype."""
+        if not self.active:
+            return x
+        return ((x - self.mean) / self.std).to(x.dtype)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # A checkpoint from before normalisation existed has no statistics: keep the identity.
+        for name in ("mean", "std"):
+            state_dict.setdefault(prefix + name, getattr(self, name).detach().clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        mean, std = state_dict[prefix + "mean"], state_dict[prefix + "std"]
+        if isinstance(mean, Tensor) and isinstance(std, Tensor) and not mean.is_meta:
+            self.active = not (bool((mean == 0).all()) and bool((std == 1).all()))
+
+
 class AgentMLP(nn.Module):
     """Observation vector -> action logits, through `num_layers` hidden blocks of equal width.
 
     Each hidden block is Linear -> [norm] -> activation -> [dropout]. `layers` holds the Linear
-    layers in order, so parallel plans can address them as column/row pairs.
+    layers in order, so parallel plans can address them as column/row pairs. `normalizer` standardises
+    observations with the training data's statistics (set from a prepared dataset's manifest).
     """
 
     def __init__(
@@ -44,6 +84,7 @@ class AgentMLP(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"model.dropout must be in [0, 1), got {dropout}")
 
+        self.normalizer = ObservationNormalizer(input_dim)
         blocks: list[nn.Module] = []
         width = input_dim
         for _ in range(num_layers):
@@ -61,4 +102,4 @@ class AgentMLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Return unnormalised action logits for a batch of observations."""
-        return self.head(self.hidden(x))
+        return self.head(self.hidden(self.normalizer(x)))

@@ -21,6 +21,7 @@ from agent_lightning.callbacks import FiniteLossGuard
 from agent_lightning.checkpoint_io import AtomicCheckpointIO
 from agent_lightning.config import config_dir
 from agent_lightning.console import build_progress_bar, config_tree, hydra_choices
+from agent_lightning.data.fitting import adapt_to_splits, apply_data_statistics, resolve_data_dims
 from agent_lightning.errors import ConfigError, user_facing
 from agent_lightning.launch import launch_ranks, setup_rank_logging
 from agent_lightning.module import AgentModule
@@ -121,6 +122,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
 
     The run directory is locked for the run, and the caller's CPU thread setting is restored after.
     """
+    resolve_data_dims(cfg)
     resolve_auto_strategy(cfg)
     devices, world = validate(cfg)
     kind, cores = available_devices(str(cfg.trainer.accelerator))
@@ -133,8 +135,10 @@ def _fit_and_test(cfg: DictConfig, devices: int, world: int, extra_callbacks: Se
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = hydra.utils.instantiate(cfg.data, augmentations=_instantiate_all(cfg.get("augment")))
     module = build_module(cfg)
+    apply_data_statistics(module.model, datamodule)  # before any strategy wraps or shards the model
     pruning = _pruning_callback(cfg)
     trainer = build_trainer(cfg, devices, world, [*extra_callbacks, *([pruning] if pruning else [])])
+    has_test_split = adapt_to_splits(trainer, datamodule)
     try:  # a checkpoint is read without running code from it (its contents were checked by `validate`)
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     except SIGTERMException:
@@ -147,7 +151,7 @@ def _fit_and_test(cfg: DictConfig, devices: int, world: int, extra_callbacks: Se
 
     checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
-    if cfg.get("test", True):
+    if cfg.get("test", True) and has_test_split:
         try:
             trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True)
         except SIGTERMException:  # Lightning's own SIGTERM handling, while testing
@@ -187,6 +191,7 @@ def optimized_value(cfg: DictConfig, metrics: dict[str, Any]) -> float | Pruned 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train in this process, or start one process per rank when the job needs several."""
+    resolve_data_dims(cfg)
     resolve_auto_strategy(cfg)
     devices, world = validate(cfg)
     if world > 1 and not launched_externally():

@@ -63,11 +63,15 @@ def test_model_options_instantiate(compose_cfg, model: str) -> None:
 
 @pytest.mark.parametrize("data", options("data"))
 def test_data_options_instantiate(compose_cfg, data: str, tmp_path: Path) -> None:
-    from agent_lightning.data import ClusterTask, write_shards
+    from agent_lightning.data import ClusterTask, PreparedDataModule
+    from agent_lightning.prepare import prepare
 
-    write_shards(*ClusterTask().samples(0, 30_000), tmp_path / "shards", shard_size=10_000)
-    extra = [f"data.source.paths={tmp_path / 'shards'}"] if data == "files" else []
-    assert isinstance(hydra.utils.instantiate(compose_cfg(f"data={data}", *extra).data), AgentDataModule)
+    x, y = ClusterTask().samples(0, 1000)
+    prepare((x.numpy(), y.numpy()), tmp_path / "ds", progress=False)
+    extra = [f"data.path={tmp_path / 'ds'}"] if data == "dataset" else []
+    expected = PreparedDataModule if data == "dataset" else AgentDataModule
+    cfg = compose_cfg(f"data={data}", *extra, fast=data != "dataset")  # FAST sets synthetic sizes
+    assert isinstance(hydra.utils.instantiate(cfg.data), expected)
 
 
 @pytest.mark.parametrize("strategy", [s for s in options("strategy") if s != "auto"])  # auto: resolved first

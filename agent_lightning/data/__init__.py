@@ -1,8 +1,23 @@
-"""Data: sample sources and the DataModule that shards and batches them."""
+"""Data: sample sources, prepared datasets and the DataModules that shard and batch them."""
 
-from agent_lightning.data.datamodule import AgentDataModule
-from agent_lightning.data.files import FileSource, write_shards
-from agent_lightning.data.loader import SliceBatchLoader
-from agent_lightning.data.synthetic import ClusterTask
+from __future__ import annotations
 
-__all__ = ["AgentDataModule", "ClusterTask", "FileSource", "SliceBatchLoader", "write_shards"]
+from importlib import import_module
+from typing import Any
+
+_HOMES = {
+    "AgentDataModule": "datamodule",
+    "BlockBatchLoader": "prepared",
+    "ClusterTask": "synthetic",
+    "PreparedDataModule": "dataset_module",
+    "PreparedDataset": "prepared",
+    "SliceBatchLoader": "loader",
+}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use: `prepare` reads and writes datasets without loading Lightning.
+    if name not in _HOMES:
+        raise AttributeError(f"module 'agent_lightning.data' has no attribute {name!r}")
+    return getattr(import_module(f"agent_lightning.data.{_HOMES[name]}"), name)

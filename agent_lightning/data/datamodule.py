@@ -11,7 +11,6 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from agent_lightning.data.files import FileSource
 from agent_lightning.data.loader import SliceBatchLoader
 from agent_lightning.data.synthetic import ClusterTask
 from agent_lightning.errors import ConfigError
@@ -45,7 +44,7 @@ class AgentDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        source: ClusterTask | FileSource,
+        source: ClusterTask,
         train_size: int | None = 100_000,
         val_size: int = 10_000,
         test_size: int = 10_000,
@@ -59,7 +58,7 @@ class AgentDataModule(pl.LightningDataModule):
         super().__init__()
         if train_size is None:  # every sample that is not validation or test
             if not hasattr(source, "__len__"):
-                raise ConfigError("data.train_size=null needs a source of known length (files)")
+                raise ConfigError("data.train_size=null needs a source of known length")
             train_size = len(source) - val_size - test_size
         if hasattr(source, "__len__") and train_size + val_size + test_size > len(source):
             raise ConfigError(

@@ -1,0 +1,104 @@
+"""What a run takes from its data: model width and class count, input statistics, which splits exist."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from agent_lightning.data.manifest import check_shard_files, read_manifest
+from agent_lightning.errors import ConfigError
+
+log = logging.getLogger("agent_lightning")
+
+
+def data_dims(data_cfg: DictConfig) -> tuple[int, int] | None:
+    """(features, classes) of the configured data: a prepared dataset's manifest or the source's settings."""
+    path = data_cfg.get("path") if "path" in data_cfg else None
+    if path is not None and str(path) != "???":
+        manifest = read_manifest(path)
+        return int(manifest["num_features"]), int(manifest["num_classes"])
+    source = data_cfg.get("source")
+    if source is not None and "num_features" in source and "num_classes" in source:
+        return int(source.num_features), int(source.num_classes)
+    return None
+
+
+def _missing_path(data_cfg: DictConfig) -> bool:
+    return OmegaConf.is_missing(data_cfg, "path")
+
+
+def resolve_data_dims(cfg: DictConfig, required: bool = True) -> None:
+    """Fill `model.input_dim` / `model.output_dim` from the data when null; refuse values that disagree.
+
+    `required=False` (composing a config to look at) leaves a missing `data.path` for later.
+    """
+    if "data" not in cfg or "model" not in cfg:
+        return
+    if _missing_path(cfg.data):
+        if required:
+            raise ConfigError("data=dataset needs data.path=<a directory written by agent_lightning.prepare>")
+        return
+    dims = data_dims(cfg.data)
+    if dims is None:
+        return
+    where = f"data.path={cfg.data.path}" if "path" in cfg.data else "data.source"
+    with open_dict(cfg):
+        for key, value, what in (("input_dim", dims[0], "features"), ("output_dim", dims[1], "classes")):
+            given = cfg.model.get(key)
+            if given is None:
+                cfg.model[key] = value
+            elif given != value:
+                raise ConfigError(
+                    f"model.{key}={given} disagrees with the data's {value} {what} ({where}): leave model.{key} "
+                    f"unset (null) to take it from the data"
+                )
+    check_data_config(cfg)
+
+
+def apply_data_statistics(model: Any, datamodule: pl.LightningDataModule) -> None:
+    """Give the model's observation normaliser the train split's statistics, where the data has them."""
+    statistics = getattr(datamodule, "statistics", None)
+    found = statistics() if callable(statistics) else None
+    if found is not None and hasattr(model, "normalizer"):
+        model.normalizer.set_statistics(*found)
+
+
+def adapt_to_splits(trainer: pl.Trainer, datamodule: pl.LightningDataModule) -> bool:
+    """Without a val split: no validation, checkpoints by step, no early stopping. Returns whether to test."""
+    rows = getattr(datamodule, "split_rows", None)
+    if not callable(rows):
+        return True
+    if rows("val") == 0:
+        trainer.limit_val_batches = 0
+        trainer.num_sanity_val_steps = 0
+        kept = []
+        for callback in trainer.callbacks:
+            monitors_val = str(getattr(callback, "monitor", None) or "").startswith("val/")
+            if isinstance(callback, EarlyStopping) or (isinstance(callback, ModelCheckpoint) and monitors_val):
+                continue
+            kept.append(callback)
+        if not any(isinstance(c, ModelCheckpoint) for c in kept) and trainer.checkpoint_callback is not None:
+            kept.append(ModelCheckpoint(dirpath=trainer.checkpoint_callback.dirpath, save_last=True, save_top_k=0))
+        trainer.callbacks = kept
+        saving = "; last.ckpt is written by step and at each epoch end" if trainer.checkpoint_callback else ""
+        log.info("no validation split: no validation, no early stopping%s", saving)
+    if rows("test") == 0:
+        log.info("no test split: testing skipped")
+        return False
+    return True
+
+
+def check_data_config(cfg: DictConfig) -> None:
+    """Refuse settings that need a split the prepared dataset lacks (before any rank starts)."""
+    if "path" not in cfg.data or _missing_path(cfg.data):
+        return
+    manifest = read_manifest(cfg.data.path)
+    check_shard_files(Path(cfg.data.path), manifest, verify=False)  # sizes: cheap; checksums on each rank
+    scheduler = str((cfg.get("scheduler") or {}).get("_target_", ""))
+    if manifest["splits"]["val"]["rows"] == 0 and "ReduceLROnPlateau" in scheduler:
+        raise ConfigError(f"scheduler=plateau follows val/loss, but data.path={cfg.data.path} has no val split")

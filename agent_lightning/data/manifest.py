@@ -1,0 +1,97 @@
+"""`manifest.json`: what a prepared dataset holds, and the checks that its shards still match it.
+
+A prepared dataset is one directory: per split, fixed-size `.npy` shards of features
+(`<split>-<index>.x.npy`, float32 [rows, features]), labels (`.y.npy`, int64) and, when the data has
+groups, group ids (`.g.npy`, int64), plus this manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from agent_lightning.errors import ConfigError
+
+FORMAT = "agent_lightning.prepared"
+VERSION = 1
+MANIFEST = "manifest.json"
+SPLITS = ("train", "val", "test")
+ARRAYS = {"x": "features", "y": "labels", "g": "groups"}
+
+
+def sha256_of(path: Path, chunk_bytes: int = 1 << 22) -> str:
+    """Hex SHA-256 of a file, read in chunks (never the whole file in memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while block := file.read(chunk_bytes):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fingerprint(manifest: dict[str, Any]) -> str:
+    """One checksum for the whole dataset: changes when any shard does."""
+    digest = hashlib.sha256()
+    for split in SPLITS:
+        for shard in manifest["splits"][split]["shards"]:
+            for entry in shard["files"].values():
+                digest.update(entry["sha256"].encode())
+    return digest.hexdigest()[:16]
+
+
+def write_manifest(directory: Path, manifest: dict[str, Any]) -> Path:
+    """Write `manifest.json` atomically (temporary name, then rename): a reader never sees half of one."""
+    path = directory / MANIFEST
+    tmp = directory / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, path)
+    return path
+
+
+def read_manifest(directory: str | Path) -> dict[str, Any]:
+    """The manifest of a prepared dataset directory; ConfigError naming the path when it is not one."""
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise ConfigError(
+            f"data.path={directory} is not a prepared dataset (no {MANIFEST}): create one with "
+            "`python -m agent_lightning.prepare input=... output=...`"
+        )
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path} is not valid JSON ({err}): re-run prepare") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ConfigError(f"{path} is not an agent_lightning dataset manifest (format != {FORMAT!r})")
+    if manifest.get("version") != VERSION:
+        raise ConfigError(f"{path} has format version {manifest.get('version')}; this version reads {VERSION}")
+    for key in ("num_features", "num_classes", "splits", "statistics"):
+        if key not in manifest:
+            raise ConfigError(f"{path} lacks the key {key!r}: re-run prepare")
+    return manifest
+
+
+def check_shard_files(directory: Path, manifest: dict[str, Any], verify: bool) -> None:
+    """Every shard file exists with the size the manifest records; with `verify`, the same SHA-256 too."""
+    for split in SPLITS:
+        rows = 0
+        for shard in manifest["splits"][split]["shards"]:
+            rows += shard["rows"]
+            for entry in shard["files"].values():
+                path = directory / entry["file"]
+                if not path.is_file():
+                    raise ConfigError(f"shard {path} is listed in {directory / MANIFEST} but missing")
+                size = path.stat().st_size
+                if size != entry["bytes"]:
+                    raise ConfigError(
+                        f"shard {path} has {size} bytes but the manifest says {entry['bytes']}: truncated or "
+                        "altered; re-run prepare"
+                    )
+                if verify and sha256_of(path) != entry["sha256"]:
+                    raise ConfigError(f"shard {path} fails its SHA-256 checksum: altered or corrupt; re-run prepare")
+        if rows != manifest["splits"][split]["rows"]:
+            raise ConfigError(
+                f"{directory / MANIFEST}: split {split!r} says {manifest['splits'][split]['rows']} rows but its "
+                f"shards hold {rows}"
+            )

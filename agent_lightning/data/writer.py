@@ -1,0 +1,246 @@
+"""Writing a prepared dataset: checks per chunk, shuffle buckets, fixed-size `.npy` shards, statistics.
+
+Pass 1 streams the input chunk by chunk, checks it, and appends every row to a random bucket file
+of its split; pass 2 loads one bucket at a time, shuffles it and cuts it into shards. Buckets are
+assigned uniformly at random, so the shards hold one uniform shuffle of each split while memory
+holds at most one bucket.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from agent_lightning.data.manifest import SPLITS
+from agent_lightning.data.readers import Chunk
+from agent_lightning.errors import ConfigError
+
+
+def check_features(chunk: Chunk, width: int | None) -> int:
+    """The chunk's feature width; ConfigError naming file and row for a wrong width or a NaN/inf value."""
+    features = chunk.features
+    if width is not None and features.shape[1] != width:
+        raise ConfigError(
+            f"input file {chunk.source}: {features.shape[1]} features per row, but earlier input had {width}"
+        )
+    finite = np.isfinite(features)
+    if not finite.all():
+        row, column = np.argwhere(~finite)[0]
+        name = chunk.feature_names[column] if chunk.feature_names else f"#{column}"
+        raise ConfigError(
+            f"input file {chunk.source}, row {chunk.first_row + int(row)}: feature {name} is {features[row, column]} "
+            "(features must be finite numbers)"
+        )
+    return features.shape[1]
+
+
+class LabelEncoder:
+    """Labels to class indices: whole numbers >= 0 kept; names (strings) numbered in sorted order at the end."""
+
+    def __init__(self, num_classes: int | None = None) -> None:
+        self.num_classes = num_classes
+        self.names: dict[str, int] = {}  # name -> order of first appearance
+        self.numeric: bool | None = None
+        self.max_label = -1
+
+    def encode(self, chunk: Chunk) -> np.ndarray:
+        """int64 codes of the chunk's labels (names: by first appearance, remapped by `finish`)."""
+        labels = chunk.labels
+        numeric = labels.dtype.kind in "iufb"
+        if self.numeric is None:
+            self.numeric = numeric
+        elif self.numeric != numeric:
+            raise ConfigError(f"input file {chunk.source}: labels mix numbers and names")
+        if not numeric:
+            return self._encode_names(labels.astype(str))
+        bad = ~np.isfinite(labels) if labels.dtype.kind == "f" else np.zeros(len(labels), dtype=bool)
+        if labels.dtype.kind == "f":
+            bad |= np.where(bad, False, labels != np.round(np.nan_to_num(labels)))
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise ConfigError(
+                f"input file {chunk.source}, row {chunk.first_row + row}: label {labels[row]} is not a whole number"
+            )
+        codes = labels.astype(np.int64)
+        limit = self.num_classes
+        outside = (codes < 0) | (codes >= limit) if limit else codes < 0
+        if outside.any():
+            row = int(np.flatnonzero(outside)[0])
+            valid = f"0..{limit - 1} (num_classes={limit})" if limit else ">= 0"
+            raise ConfigError(
+                f"input file {chunk.source}, row {chunk.first_row + row}: label {codes[row]} is out of range: "
+                f"use {valid}"
+            )
+        if len(codes):
+            self.max_label = max(self.max_label, int(codes.max()))
+        return codes
+
+    def _encode_names(self, names: np.ndarray) -> np.ndarray:
+        uniques, inverse = np.unique(names, return_inverse=True)
+        for name in uniques:
+            self.names.setdefault(str(name), len(self.names))
+        return np.asarray([self.names[str(u)] for u in uniques], dtype=np.int64)[inverse]
+
+    def finish(self) -> tuple[np.ndarray | None, list[str]]:
+        """(remap from first-appearance codes to final indices or None, class names)."""
+        if self.numeric is False:
+            ordered = sorted(self.names)
+            remap = np.empty(len(ordered), dtype=np.int64)
+            for index, name in enumerate(ordered):
+                remap[self.names[name]] = index
+            return remap, ordered
+        count = self.num_classes or self.max_label + 1
+        return None, [str(i) for i in range(count)]
+
+
+class RunningStats:
+    """Per-feature mean, std, min and max in float64, merged chunk by chunk (Chan et al.)."""
+
+    def __init__(self, width: int) -> None:
+        self.count = 0
+        self.mean = np.zeros(width)
+        self.m2 = np.zeros(width)
+        self.min = np.full(width, np.inf)
+        self.max = np.full(width, -np.inf)
+
+    def update(self, features: np.ndarray, rows_at_once: int = 65_536) -> None:
+        """Fold in rows, a slice at a time (the float64 copy of a whole bucket would double its memory)."""
+        for lo in range(0, len(features), rows_at_once):
+            self._update(features[lo : lo + rows_at_once])
+
+    def _update(self, features: np.ndarray) -> None:
+        x = features.astype(np.float64)
+        n, mean = len(x), x.mean(axis=0)
+        m2 = ((x - mean) ** 2).sum(axis=0)
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean = self.mean + delta * n / total
+        self.m2 = self.m2 + m2 + delta**2 * self.count * n / total
+        self.count = total
+        self.min = np.minimum(self.min, x.min(axis=0))
+        self.max = np.maximum(self.max, x.max(axis=0))
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready statistics (population std)."""
+        std = np.sqrt(self.m2 / self.count) if self.count else np.zeros_like(self.m2)
+        finite = self.count > 0
+        return {
+            "split": "train",
+            "rows": self.count,
+            "mean": self.mean.tolist(),
+            "std": std.tolist(),
+            "min": self.min.tolist() if finite else [],
+            "max": self.max.tolist() if finite else [],
+        }
+
+
+class _HashingFile:
+    """A write-only file that hashes and counts what goes through it."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self.file, self.digest, self.size = file, hashlib.sha256(), 0
+
+    def write(self, data: bytes | memoryview) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        return self.file.write(data)
+
+
+def write_npy(path: Path, array: np.ndarray) -> dict[str, Any]:
+    """Save one `.npy` array; return its manifest entry (file name, bytes, SHA-256)."""
+    with open(path, "wb") as raw:
+        out = _HashingFile(raw)
+        np.lib.format.write_array(out, np.ascontiguousarray(array), allow_pickle=False)  # type: ignore[arg-type]
+    return {"file": path.name, "bytes": out.size, "sha256": out.digest.hexdigest()}
+
+
+class ShardWriter:
+    """Cuts a stream of rows of one split into `.npy` shards of exactly `shard_rows` rows (the last may be short)."""
+
+    def __init__(self, directory: Path, split: str, shard_rows: int, width: int, first_index: int = 0) -> None:
+        self.directory, self.split, self.shard_rows, self.width = directory, split, shard_rows, width
+        self.index = first_index
+        self.shards: list[dict[str, Any]] = []
+        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
+        self._pending_rows = 0
+
+    def add(self, features: np.ndarray, labels: np.ndarray, groups: np.ndarray | None) -> None:
+        """Queue rows; full shards are written as soon as they fill."""
+        self._pending.append((features, labels, groups))
+        self._pending_rows += len(labels)
+        while self._pending_rows >= self.shard_rows:
+            self._flush(self.shard_rows)
+
+    def close(self) -> list[dict[str, Any]]:
+        """Write the remainder; return the manifest entries of every shard written."""
+        if self._pending_rows:
+            self._flush(self._pending_rows)
+        return self.shards
+
+    def _flush(self, rows: int) -> None:
+        x = np.concatenate([p[0] for p in self._pending])
+        y = np.concatenate([p[1] for p in self._pending])
+        g = np.concatenate([p[2] for p in self._pending]) if self._pending[0][2] is not None else None
+        stem = f"{self.split}-{self.index:05d}"
+        files = {"x": write_npy(self.directory / f"{stem}.x.npy", x[:rows])}
+        files["y"] = write_npy(self.directory / f"{stem}.y.npy", y[:rows])
+        if g is not None:
+            files["g"] = write_npy(self.directory / f"{stem}.g.npy", g[:rows])
+        self.shards.append({"rows": rows, "files": files})
+        self.index += 1
+        rest = (x[rows:], y[rows:], g[rows:] if g is not None else None)
+        self._pending = [rest] if len(rest[1]) else []
+        self._pending_rows = len(rest[1])
+
+
+class BucketSpill:
+    """Pass 1: rows appended to per-split random bucket files (raw float32 / int64), one open file each."""
+
+    def __init__(self, directory: Path, buckets: int, width: int, has_groups: bool, seed: int) -> None:
+        self.directory, self.buckets, self.width, self.has_groups = directory, buckets, width, has_groups
+        self.rng = np.random.default_rng([seed, 2])
+        self._files: dict[tuple[int, int, str], BinaryIO] = {}
+        self.rows = np.zeros((len(SPLITS), buckets), dtype=np.int64)
+
+    def add(self, splits: np.ndarray, features: np.ndarray, labels: np.ndarray, groups: np.ndarray | None) -> None:
+        """Append each row to a uniformly random bucket of its split."""
+        key = splits.astype(np.int64) * self.buckets + self.rng.integers(0, self.buckets, len(splits))
+        order = np.argsort(key, kind="stable")
+        counts = np.bincount(key, minlength=len(SPLITS) * self.buckets)
+        bounds = np.concatenate([[0], np.cumsum(counts)])
+        x, y = features[order], labels[order]
+        g = groups[order] if groups is not None else None
+        for k in np.flatnonzero(counts):
+            split, bucket = divmod(int(k), self.buckets)
+            lo, hi = bounds[k], bounds[k + 1]
+            self._file(split, bucket, "x").write(x[lo:hi].tobytes())
+            self._file(split, bucket, "y").write(y[lo:hi].tobytes())
+            if g is not None:
+                self._file(split, bucket, "g").write(g[lo:hi].tobytes())
+            self.rows[split, bucket] += hi - lo
+
+    def _file(self, split: int, bucket: int, kind: str) -> BinaryIO:
+        key = (split, bucket, kind)
+        if key not in self._files:
+            self._files[key] = open(self.directory / f"bucket-{split}-{bucket}.{kind}", "wb")  # noqa: SIM115
+        return self._files[key]
+
+    def close(self) -> None:
+        """Flush and close every bucket file."""
+        for file in self._files.values():
+            file.close()
+
+    def read(self, split: int, bucket: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """One bucket's rows, then its files are deleted."""
+        if not self.rows[split, bucket]:
+            return np.empty((0, self.width), np.float32), np.empty(0, np.int64), None
+        stem = self.directory / f"bucket-{split}-{bucket}"
+        x = np.fromfile(f"{stem}.x", dtype=np.float32).reshape(-1, self.width)
+        y = np.fromfile(f"{stem}.y", dtype=np.int64)
+        g = np.fromfile(f"{stem}.g", dtype=np.int64) if self.has_groups else None
+        for kind in ("x", "y", "g"):
+            Path(f"{stem}.{kind}").unlink(missing_ok=True)
+        return x, y, g

@@ -1,0 +1,245 @@
+"""Prepare a dataset once: `python -m agent_lightning.prepare input=... output=... [label=... split=...]`.
+
+Reads CSV, Parquet, `.npy`/`.npz`, `.pt` or in-memory arrays as a stream, checks every row, assigns
+splits, shuffles and writes fixed-size memory-mappable `.npy` shards with a `manifest.json`; then
+`python -m agent_lightning.train data=dataset data.path=<output>` trains on it. From Python:
+`prepare(input="raw/*.csv", output="data/mine", label="label")`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from agent_lightning.config import config_dir
+from agent_lightning.data.manifest import FORMAT, SPLITS, VERSION, fingerprint, sha256_of, write_manifest
+from agent_lightning.data.readers import ReadOptions, expand_inputs, input_bytes, read_chunks
+from agent_lightning.data.splits import SplitAssigner, group_codes
+from agent_lightning.data.writer import BucketSpill, LabelEncoder, RunningStats, ShardWriter, check_features
+from agent_lightning.errors import ConfigError
+
+log = logging.getLogger("agent_lightning.prepare")
+Arrays = Mapping[str, Any] | tuple
+
+
+def _sources(input: Any) -> list[tuple[Path | Arrays, str | None]]:
+    """(input, its fixed split or None) pairs; a mapping with split names as keys means one input per split."""
+    if isinstance(input, Mapping) and set(input) and set(input) <= set(SPLITS):
+        pairs: list[tuple[Path | Arrays, str | None]] = []
+        for name, spec in input.items():
+            if spec is None:
+                continue
+            pairs += [(f, name) for f in (expand_inputs(spec) if isinstance(spec, str | Path | list) else [spec])]
+        return pairs
+    if isinstance(input, Mapping | tuple):
+        return [(input, None)]
+    return [(f, None) for f in expand_inputs(input)]
+
+
+def prepare(
+    input: str | Path | Sequence[str | Path] | Arrays | Mapping[str, Any],
+    output: str | Path,
+    label: str | None = None,
+    group: str | None = None,
+    split: str = "random",
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    split_column: str = "split",
+    features: Sequence[str] | None = None,
+    features_key: str | None = None,
+    num_classes: int | None = None,
+    seed: int = 0,
+    shard_rows: int = 131_072,
+    chunk_rows: int = 65_536,
+    bucket_mb: int = 256,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Write the prepared dataset at `output` and return its manifest; ConfigError on any bad input."""
+    output = Path(output)
+    if shard_rows < 1 or chunk_rows < 1:
+        raise ConfigError(f"shard_rows={shard_rows} and chunk_rows={chunk_rows} must be >= 1")
+    if output.is_file() or (output.exists() and any(output.iterdir()) and not overwrite):
+        raise ConfigError(f"output={output} exists and is not empty: choose another or set overwrite=true")
+    sources = _sources(input)
+    rule = "files" if any(fixed for _, fixed in sources) else split
+    assigner = SplitAssigner(rule, val_fraction, test_fraction, seed)
+    options = ReadOptions(
+        label=label,
+        group=group,
+        split_column=split_column if rule == "column" else None,
+        features=features,
+        features_key=features_key,
+        chunk_rows=chunk_rows,
+    )
+    files = [s for s, _ in sources if isinstance(s, Path)]
+    size = input_bytes(files) if files else sum(np.asarray(a).nbytes for a in _arrays_of(input))
+    buckets = max(1, math.ceil(size / (bucket_mb * 2**20)))
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned_work(output)
+    work = output.parent / f".{output.name}.prepare-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    try:
+        manifest = _write(sources, options, assigner, work, buckets, shard_rows, num_classes, seed, progress)
+        manifest["source"] = {
+            "input": [str(s) if isinstance(s, Path) else "<arrays>" for s, _ in sources],
+            "split": rule,
+            "val_fraction": val_fraction,
+            "test_fraction": test_fraction,
+            "label": label,
+            "group": group,
+            "seed": seed,
+        }
+        _verify(work, manifest)
+        write_manifest(work, manifest)
+        if output.exists():
+            shutil.rmtree(output)
+        os.replace(work, output)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return manifest
+
+
+def _remove_abandoned_work(output: Path) -> None:
+    # A killed prepare leaves its hidden work directory (bucket files): remove those whose process is gone.
+    for work in output.parent.glob(f".{output.name}.prepare-*"):
+        pid = work.name.rpartition("-")[2]
+        try:
+            os.kill(int(pid), 0)
+        except (ValueError, ProcessLookupError):
+            shutil.rmtree(work, ignore_errors=True)
+        except PermissionError:
+            pass  # alive, another user's
+
+
+def _arrays_of(input: Any) -> list[Any]:
+    if isinstance(input, tuple):
+        return list(input)
+    if isinstance(input, Mapping):
+        return [v for v in input.values() if hasattr(v, "nbytes")]
+    return []
+
+
+def _write(
+    sources: list[tuple[Path | Arrays, str | None]],
+    options: ReadOptions,
+    assigner: SplitAssigner,
+    work: Path,
+    buckets: int,
+    shard_rows: int,
+    num_classes: int | None,
+    seed: int,
+    progress: bool,
+) -> dict[str, Any]:
+    encoder = LabelEncoder(num_classes)
+    spill: BucketSpill | None = None
+    width: int | None = None
+    feature_names: list[str] | None = None
+    total = 0
+    bar = tqdm(desc="prepare: read", unit=" rows", disable=not progress, file=sys.stderr)
+    for source, fixed_split in sources:
+        for chunk in read_chunks(source, options):
+            width = check_features(chunk, width)
+            feature_names = feature_names or chunk.feature_names
+            codes = encoder.encode(chunk)
+            splits = assigner.assign(chunk, fixed_split)
+            groups = group_codes(chunk.groups) if options.group else None
+            if spill is None:
+                spill = BucketSpill(work, buckets, width, groups is not None, seed)
+            spill.add(splits, chunk.features, codes, groups)
+            total += len(chunk)
+            bar.update(len(chunk))
+    bar.close()
+    if spill is None or total == 0:
+        raise ConfigError(f"input {', '.join(str(s) for s, _ in sources)} has no rows")
+    spill.close()
+    remap, class_names = encoder.finish()
+    count = len(class_names)
+    stats = RunningStats(spill.width)
+    rng = np.random.default_rng([seed, 3])
+    splits: dict[str, Any] = {}
+    bar = tqdm(total=total, desc="prepare: shuffle+write", unit=" rows", disable=not progress, file=sys.stderr)
+    for code, name in enumerate(SPLITS):
+        writer = ShardWriter(work, name, shard_rows, spill.width)
+        per_class = np.zeros(count, dtype=np.int64)
+        for bucket in range(buckets):
+            x, y, g = spill.read(code, bucket)
+            if remap is not None:
+                y = remap[y]
+            order = rng.permutation(len(y))
+            x, y = x[order], y[order]
+            g = g[order] if g is not None else None
+            if name == "train":
+                stats.update(x)
+            per_class += np.bincount(y, minlength=count)[:count]
+            writer.add(x, y, g)
+            bar.update(len(y))
+        shards = writer.close()
+        rows = int(sum(s["rows"] for s in shards))
+        splits[name] = {"rows": rows, "class_counts": per_class.tolist(), "shards": shards}
+    bar.close()
+    if not splits["train"]["rows"]:
+        raise ConfigError("the train split is empty: lower val_fraction / test_fraction or give training rows")
+    manifest = {
+        "format": FORMAT,
+        "version": VERSION,
+        "num_features": spill.width,
+        "num_classes": count,
+        "class_names": class_names,
+        "feature_names": feature_names,
+        "dtype": "float32",
+        "label_dtype": "int64",
+        "group": options.group,
+        "shard_rows": shard_rows,
+        "splits": splits,
+        "statistics": stats.as_dict(),
+    }
+    manifest["fingerprint"] = fingerprint(manifest)
+    return manifest
+
+
+def _verify(directory: Path, manifest: dict[str, Any]) -> None:
+    # Read every shard back from disk: a bad write is caught here, not at training time.
+    for split in SPLITS:
+        for shard in manifest["splits"][split]["shards"]:
+            for entry in shard["files"].values():
+                if sha256_of(directory / entry["file"]) != entry["sha256"]:
+                    raise ConfigError(f"shard {entry['file']} reads back with another checksum: disk error?")
+
+
+def _summary(manifest: dict[str, Any], output: Path) -> str:
+    rows = ", ".join(f"{s} {manifest['splits'][s]['rows']:,}" for s in SPLITS)
+    return (
+        f"wrote {output}: {rows} rows x {manifest['num_features']} features, {manifest['num_classes']} classes; "
+        f"train with: python -m agent_lightning.train data=dataset data.path={output}"
+    )
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="prepare")
+def main(cfg: DictConfig) -> None:
+    """Hydra entry: prepare one dataset from `cfg`; a bad input exits 2 with one line."""
+    options = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(options, dict)
+    try:
+        manifest = prepare(**options)
+    except ConfigError as err:
+        log.error("%s", err)
+        sys.exit(2)
+    log.info("%s", _summary(manifest, Path(cfg.output)))
+
+
+if __name__ == "__main__":
+    main()

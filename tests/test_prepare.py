@@ -1,0 +1,224 @@
+"""`prepare`: every input format, sound splits, manifest contents, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from agent_lightning.data import PreparedDataset
+from agent_lightning.errors import ConfigError
+from agent_lightning.prepare import prepare
+
+pd = pytest.importorskip("pandas")
+pytest.importorskip("pyarrow")
+
+
+def _table(rows: int = 3000, features: int = 6, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(3.0, 5.0, size=(rows, features)).astype(np.float32)
+    y = (x[:, 0] > 3).astype(np.int64) + (x[:, 1] > 3)
+    frame = pd.DataFrame(x, columns=[f"f{i}" for i in range(features)])
+    frame["label"] = y
+    frame["episode"] = np.arange(rows) // 30
+    return frame
+
+
+def _all_rows(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    view = PreparedDataset(path).splits[split]
+    return view.rows_of(0, view.rows)
+
+
+def test_csv_parquet_npz_pt_and_arrays_give_the_same_dataset(tmp_path: Path) -> None:
+    frame = _table()
+    x = frame.drop(columns=["label", "episode"]).to_numpy(np.float32)
+    y = frame["label"].to_numpy()
+    frame.drop(columns=["episode"]).to_csv(tmp_path / "in.csv", index=False)
+    frame.drop(columns=["episode"]).to_parquet(tmp_path / "in.parquet")
+    np.savez(tmp_path / "in.npz", x=x, y=y)
+    torch.save({"obs": torch.from_numpy(x), "actions": torch.from_numpy(y)}, tmp_path / "in.pt")
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    inputs = {
+        "csv": ("in.csv", {}),
+        "parquet": ("in.parquet", {}),
+        "npz": ("in.npz", {}),
+        "pt": ("in.pt", {}),
+        "npy": ("x.npy", {"label": str(tmp_path / "y.npy")}),
+    }
+    results = {}
+    for name, (file, extra) in inputs.items():
+        results[name] = prepare(tmp_path / file, tmp_path / name, progress=False, **extra)
+    results["arrays"] = prepare({"features": x, "labels": y}, tmp_path / "arrays", progress=False)
+    reference = _all_rows(tmp_path / "arrays", "train")
+    for name, manifest in results.items():
+        assert manifest["num_features"] == 6 and manifest["num_classes"] == 3, name
+        assert sum(manifest["splits"][s]["rows"] for s in ("train", "val", "test")) == 3000
+        got = _all_rows(tmp_path / name, "train")
+        assert np.array_equal(got[0], reference[0]) and np.array_equal(got[1], reference[1]), name
+    manifest = json.loads((tmp_path / "csv" / "manifest.json").read_text())
+    assert manifest["feature_names"] == [f"f{i}" for i in range(6)]
+    train_x, _ = reference
+    stats = manifest["statistics"]
+    assert np.allclose(stats["mean"], train_x.mean(0), atol=1e-4) and np.allclose(
+        stats["std"], train_x.std(0), rtol=1e-4
+    )
+    assert np.allclose(stats["min"], train_x.min(0)) and np.allclose(stats["max"], train_x.max(0))
+    assert sum(manifest["splits"]["train"]["class_counts"]) == manifest["splits"]["train"]["rows"]
+    assert manifest["source"]["split"] == "random" and manifest["source"]["seed"] == 0
+
+
+def test_rows_are_shuffled_and_sharded_at_fixed_size(tmp_path: Path) -> None:
+    x = np.arange(10_000, dtype=np.float32).reshape(-1, 1)
+    y = np.repeat(np.arange(10), 1000)  # class-sorted
+    abandoned = tmp_path / ".out.prepare-999999999"  # left by a killed prepare (no such process)
+    (abandoned / "bucket-0-0.x").parent.mkdir()
+    manifest = prepare((x, y), tmp_path / "out", shard_rows=1000, val_fraction=0.0, test_fraction=0.0, progress=False)
+    assert [s["rows"] for s in manifest["splits"]["train"]["shards"]] == [1000] * 10
+    rows, labels = _all_rows(tmp_path / "out", "train")
+    assert sorted(rows[:, 0].tolist()) == list(range(10_000))  # every row once
+    assert len(np.unique(labels[:1000])) == 10  # the first shard holds every class: shuffled
+    assert manifest["splits"]["val"]["rows"] == manifest["splits"]["test"]["rows"] == 0
+    assert not abandoned.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_group_split_never_shares_a_group(tmp_path: Path) -> None:
+    frame = _table(rows=6000)
+    frame.to_parquet(tmp_path / "demos.parquet")
+    prepare(tmp_path / "demos.parquet", tmp_path / "out", group="episode", split="group", progress=False)
+    dataset = PreparedDataset(tmp_path / "out")
+    groups = {}
+    for split, view in dataset.splits.items():
+        groups[split] = set(np.concatenate([view.groups(i) for i in range(len(view.shards))]).tolist())
+    assert all(groups.values())
+    assert not (groups["train"] & groups["val"]) and not (groups["train"] & groups["test"])
+    assert not (groups["val"] & groups["test"])
+    assert len(groups["train"] | groups["val"] | groups["test"]) == 200
+    assert dataset.num_features == 6  # the group column is not a feature
+
+
+def test_stratified_split_keeps_class_proportions(tmp_path: Path) -> None:
+    y = np.array([0] * 900 + [1] * 100)
+    x = np.random.default_rng(0).normal(size=(1000, 2))
+    manifest = prepare((x, y), tmp_path / "out", split="stratified", progress=False, chunk_rows=97)
+    counts = {s: manifest["splits"][s]["class_counts"] for s in ("train", "val", "test")}
+    assert counts == {"train": [720, 80], "val": [90, 10], "test": [90, 10]}
+
+
+def test_split_column_and_one_input_per_split(tmp_path: Path) -> None:
+    frame = _table(rows=100)
+    frame["split"] = ["train"] * 70 + ["val"] * 10 + ["test"] * 20
+    frame.to_csv(tmp_path / "in.csv", index=False)
+    by_column = prepare(tmp_path / "in.csv", tmp_path / "a", split="column", progress=False)
+    assert [by_column["splits"][s]["rows"] for s in ("train", "val", "test")] == [70, 10, 20]
+    assert by_column["num_features"] == 7  # f0..f5 and episode; not the split column
+    frame.iloc[:70].to_csv(tmp_path / "train.csv", index=False)
+    frame.iloc[70:].to_csv(tmp_path / "test.csv", index=False)
+    by_file = prepare(
+        {"train": str(tmp_path / "train.csv"), "test": str(tmp_path / "test.csv")},
+        tmp_path / "b",
+        features=[f"f{i}" for i in range(6)],
+        progress=False,
+    )
+    assert [by_file["splits"][s]["rows"] for s in ("train", "val", "test")] == [70, 0, 30]
+    assert by_file["source"]["split"] == "files"
+
+
+def test_class_names_come_from_string_labels(tmp_path: Path) -> None:
+    frame = pd.DataFrame({"a": [1.0, 2.0, 3.0, 4.0], "b": [0.0, 1.0, 0.0, 1.0], "move": ["up", "left", "up", "down"]})
+    frame.to_csv(tmp_path / "in.csv", index=False)
+    manifest = prepare(tmp_path / "in.csv", tmp_path / "out", label="move", val_fraction=0, test_fraction=0)
+    assert manifest["class_names"] == ["down", "left", "up"] and manifest["splits"]["train"]["class_counts"] == [
+        1,
+        1,
+        2,
+    ]
+    _, labels = _all_rows(tmp_path / "out", "train")
+    assert sorted(labels.tolist()) == [0, 1, 2, 2]
+
+
+def _bad_inputs(tmp: Path) -> dict[str, tuple[Path, dict, str]]:
+    frame = _table(rows=50)
+    cases: dict[str, tuple[Path, dict, str]] = {}
+    nan = frame.copy()
+    nan.loc[17, "f2"] = np.nan
+    nan.to_csv(tmp / "nan.csv", index=False)
+    cases["nan"] = (tmp / "nan.csv", {}, r"nan.csv, row 17: feature f2 is nan")
+    inf = frame.copy()
+    inf.loc[3, "f0"] = np.inf
+    inf.to_parquet(tmp / "inf.parquet")
+    cases["inf"] = (tmp / "inf.parquet", {}, r"inf.parquet, row 3: feature f0 is inf")
+    frac = frame.copy().astype({"label": float})
+    frac.loc[5, "label"] = 1.5
+    frac.to_csv(tmp / "frac.csv", index=False)
+    cases["fraction"] = (tmp / "frac.csv", {}, r"frac.csv, row 5: label 1.5 is not a whole number")
+    frame.to_csv(tmp / "ok.csv", index=False)
+    cases["range"] = (tmp / "ok.csv", {"num_classes": 2}, r"ok.csv, row \d+: label 2 is out of range: use 0..1")
+    negative = frame.copy()
+    negative.loc[9, "label"] = -1
+    negative.to_csv(tmp / "neg.csv", index=False)
+    cases["negative"] = (tmp / "neg.csv", {}, r"neg.csv, row 9: label -1 is out of range")
+    cases["missing label"] = (tmp / "ok.csv", {"label": "action"}, r"ok.csv has no label 'action'")
+    text = (tmp / "ok.csv").read_text().splitlines()
+    text[8] = ",".join(text[8].split(",")[:-2])
+    (tmp / "ragged.csv").write_text("\n".join(text) + "\n")
+    cases["ragged"] = (tmp / "ragged.csv", {}, r"ragged.csv, line 9: 6 fields where the header has 8")
+    (tmp / "empty.csv").write_text(",".join(frame.columns) + "\n")
+    cases["empty"] = (tmp / "empty.csv", {}, r"empty.csv has no rows")
+    np.save(tmp / "objects.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    cases["object npy"] = (tmp / "objects.npy", {"label": str(tmp / "objects.npy")}, "refused, it holds Python objects")
+    return cases
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_each_bad_input_is_refused_naming_the_file(tmp_path: Path) -> None:
+    for name, (path, extra, message) in _bad_inputs(tmp_path).items():
+        with pytest.raises(ConfigError, match=message) as caught:
+            prepare(path, tmp_path / f"out-{name.replace(' ', '-')}", progress=False, **extra)
+        assert "\n" not in str(caught.value), name
+        assert not (tmp_path / f"out-{name.replace(' ', '-')}").exists(), name  # nothing half-written left
+
+
+def test_a_malicious_pickle_never_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    payload = _Payload()
+    payload.marker = marker
+    torch.save({"features": torch.zeros(4, 2), "labels": payload}, tmp_path / "evil.pt")
+    np.save(tmp_path / "evil.npy", np.array([payload], dtype=object), allow_pickle=True)
+    np.savez(tmp_path / "evil.npz", features=np.zeros((1, 2)), labels=np.array([payload], dtype=object))
+    for file, extra in (("evil.pt", {}), ("evil.npz", {}), ("evil.npy", {"label": str(tmp_path / "evil.npy")})):
+        with pytest.raises(ConfigError, match="refused"):
+            prepare(tmp_path / file, tmp_path / "out", progress=False, **extra)
+    assert not marker.exists()
+
+
+@pytest.mark.timeout(120)
+def test_command_line_prepares_and_reports_bad_input_in_one_line(tmp_path: Path) -> None:
+    _table(rows=500).to_csv(tmp_path / "good.csv", index=False)
+    cases = _bad_inputs(tmp_path)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    command = [sys.executable, "-m", "agent_lightning.prepare", "progress=false"]
+    good = subprocess.run(
+        [*command, f"input={tmp_path}/good.*", f"output={tmp_path / 'ds'}", "group=episode", "split=group"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=100,
+    )  # fmt: skip
+    assert good.returncode == 0, good.stderr[-2000:]
+    assert "train with: python -m agent_lightning.train data=dataset data.path=" in good.stdout + good.stderr
+    assert (tmp_path / "ds" / "manifest.json").is_file() and not list(tmp_path.glob("*.log"))
+    bad = subprocess.run(
+        [*command, f"input={cases['nan'][0]}", f"output={tmp_path / 'bad'}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=100,
+    )  # fmt: skip
+    output = (bad.stdout + bad.stderr).strip()
+    assert bad.returncode == 2 and "Traceback" not in output
+    assert len(output.splitlines()) == 1 and "nan.csv, row 17: feature f2 is nan" in output
