@@ -155,7 +155,9 @@ def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
     return lambda value: value is None or check(value)
 
 
-def _limit(value: Any) -> bool:  # Lightning: a fraction of the batches, or a whole number of them
+def _limit(value: Any) -> bool:  # Lightning: a fraction of the batches, or a whole number of them (None: all)
+    if value is None:
+        return True
     return between(0, 1)(value) if isinstance(value, float) else whole_at_least(0)(value)
 
 
@@ -202,6 +204,8 @@ RULES: tuple[Rule, ...] = (
     Rule("trainer.accumulate_grad_batches", whole_at_least(1), "a whole number >= 1"),
     Rule("trainer.gradient_clip_val", _optional(between(0, math.inf)), "a number >= 0 (or null: no clipping)"),
     Rule("trainer.limit_val_batches", _limit, "a fraction in [0.0, 1.0] or a whole number of batches"),
+    Rule("trainer.limit_train_batches", _limit, "a fraction in [0.0, 1.0] or a whole number of batches"),
+    Rule("trainer.limit_test_batches", _limit, "a fraction in [0.0, 1.0] or a whole number of batches"),
     Rule("trainer.num_sanity_val_steps", whole_at_least(-1), "a whole number >= -1 (-1: all)"),
     Rule("trainer.threads", whole_at_least(1, also=(None,)), "a whole number >= 1 (or null: decide from the cores)"),
     Rule(
