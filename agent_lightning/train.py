@@ -24,6 +24,7 @@ from agent_lightning.errors import ConfigError
 from agent_lightning.launch import LaunchError, launch_ranks, setup_rank_logging
 from agent_lightning.module import AgentModule
 from agent_lightning.parallel import build_strategy, choose_strategy
+from agent_lightning.step import check_step_options, lightning_trainer_config, step_options
 from agent_lightning.validation import available_devices, launched_externally, resolve_devices, validate
 
 if TYPE_CHECKING:
@@ -66,6 +67,7 @@ def build_module(cfg: DictConfig) -> AgentModule:
         label_smoothing=cfg.loss.label_smoothing,
         parallel=OmegaConf.to_container(cfg.strategy, resolve=True),
         config=OmegaConf.to_container(cfg, resolve=True),
+        step=step_options(cfg.trainer).as_dict(),
     )
 
 
@@ -76,7 +78,7 @@ def build_trainer(cfg: DictConfig, devices: int, world: int, extra_callbacks: Se
     if not loggers:  # LearningRateMonitor refuses to run without a logger to write to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     return hydra.utils.instantiate(
-        cfg.trainer,
+        lightning_trainer_config(cfg.trainer),  # the module applies clipping, accumulation and compile itself
         devices=devices,
         num_nodes=cfg.num_nodes,
         strategy=build_strategy(cfg.strategy, world),
@@ -114,6 +116,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
     """Fit, then test; return the final metrics (floats) and where the run's files are."""
     resolve_auto_strategy(cfg)
     devices, world = validate(cfg)
+    check_step_options(cfg)
     Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     _set_cpu_threads(cfg, local_ranks=min(devices, world))
@@ -166,6 +169,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Train in this process, or start one process per rank when the job needs several."""
     resolve_auto_strategy(cfg)
     devices, world = validate(cfg)
+    check_step_options(cfg)
     if world > 1 and not launched_externally():
         return launch_ranks(cfg, devices)
     return train(cfg)
