@@ -19,6 +19,9 @@ from agent_lightning.optim import build_optimizer, build_scheduler
 from agent_lightning.parallel import apply_parallelism, data_parallel_coords, is_parallelized
 from agent_lightning.step import StepOptions, estimated_optimizer_steps, with_fast_kernel
 
+# What ReduceLROnPlateau watches: it steps after each validation.
+PLATEAU_MONITOR = "val/loss"
+
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 
@@ -158,7 +161,7 @@ class AgentModule(pl.LightningModule):
         """Look up, once per run, what the step needs; start the clock (a resumed run skips the epoch start)."""
         self._optimizer = self.optimizers()
         configs = self.trainer.lr_scheduler_configs
-        self._step_schedulers = [c.scheduler for c in configs if c.interval == "step" and not c.reduce_on_plateau]
+        self._step_schedulers = [c.scheduler for c in configs if c.interval == "step" and not _is_plateau(c.scheduler)]
         self._log_every = self.trainer.log_every_n_steps or 1 << 62
         self._batches_per_epoch = self.trainer.num_training_batches
         self._micro_batches = 0
@@ -216,13 +219,13 @@ class AgentModule(pl.LightningModule):
         # Per-epoch schedules step at the epoch's end; ReduceLROnPlateau only after a validation,
         # on its val/loss (one host sync per epoch).
         validated, self._validated = self._validated, False
+        metrics = self.trainer.callback_metrics
         for config in self.trainer.lr_scheduler_configs:
-            if config.interval != "epoch":
-                continue
-            if not config.reduce_on_plateau:
-                config.scheduler.step()
-            elif validated and config.monitor in self.trainer.callback_metrics:
-                config.scheduler.step(float(self.trainer.callback_metrics[config.monitor]))
+            if not _is_plateau(config.scheduler):
+                if config.interval == "epoch":
+                    config.scheduler.step()
+            elif validated and PLATEAU_MONITOR in metrics:
+                config.scheduler.step(float(metrics[PLATEAU_MONITOR]))
 
     def configure_optimizers(self) -> Any:
         """Build the optimizer over the placed (possibly wrapped or sharded) model's parameters."""
@@ -240,7 +243,13 @@ class AgentModule(pl.LightningModule):
                 trainer.max_steps,
             )
         scheduler = build_scheduler(self.scheduler_factory, optimizer, total_steps)
-        config: dict[str, Any] = {"scheduler": scheduler, "interval": self.hparams.scheduler_interval}
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            config["monitor"] = "val/loss"
-        return {"optimizer": optimizer, "lr_scheduler": config}
+        # The module steps schedules itself (`training_step`, `_step_epoch_schedulers`); Lightning keeps
+        # `interval` for its LR monitor. ReduceLROnPlateau watches PLATEAU_MONITOR.
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.scheduler_interval},
+        }
+
+
+def _is_plateau(scheduler: Any) -> bool:
+    return isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)

@@ -23,7 +23,7 @@ from agent_lightning.config import config_dir
 from agent_lightning.errors import ConfigError
 from agent_lightning.launch import LaunchError, launch_ranks, setup_rank_logging
 from agent_lightning.module import AgentModule
-from agent_lightning.parallel import build_strategy, choose_strategy
+from agent_lightning.parallel import build_strategy, choose_strategy, cpu_processes_per_node
 from agent_lightning.step import check_step_options, lightning_trainer_config, step_options
 from agent_lightning.validation import available_devices, launched_externally, resolve_devices, validate
 
@@ -97,6 +97,12 @@ def resolve_auto_strategy(cfg: DictConfig) -> None:
         return
     kind, _ = available_devices(str(cfg.trainer.accelerator))
     devices = resolve_devices(cfg)
+    if kind == "cpu":
+        devices, why = cpu_processes_per_node(devices)
+        if why:
+            log.info("strategy=auto: %s", why)
+            with open_dict(cfg):
+                cfg.devices = devices
     if kind == "cuda":
         device_bytes = torch.cuda.get_device_properties(0).total_memory
     else:  # CPU ranks share the host's memory
