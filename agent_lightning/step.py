@@ -104,11 +104,11 @@ def _accepts(factory: Callable[..., Any], name: str) -> bool:
 
 
 def with_fast_kernel(factory: Callable[..., torch.optim.Optimizer], model: nn.Module) -> Callable[..., Any]:
-    """The optimizer factory set to its fused kernel (one kernel for all tensors), or `foreach` where not possible.
+    """The optimizer factory set to its fused kernel (one kernel for all tensors) where possible.
 
     torch's default on CPU is a Python loop over parameters. Fused needs plain (non-DTensor)
-    floating-point parameters on CPU or CUDA; sharded models get `foreach`. A user's explicit
-    `fused` / `foreach` in the optimizer config wins.
+    floating-point parameters on CPU or CUDA; sharded models keep torch's default. A user's
+    explicit `fused` / `foreach` in the optimizer config wins.
     """
     keywords = getattr(factory, "keywords", {}) or {}
     if "fused" in keywords or "foreach" in keywords:
@@ -121,6 +121,4 @@ def with_fast_kernel(factory: Callable[..., torch.optim.Optimizer], model: nn.Mo
     )
     if plain and _accepts(factory, "fused"):
         return functools.partial(factory, fused=True)
-    if _accepts(factory, "foreach"):
-        return functools.partial(factory, foreach=True)
-    return factory
+    return factory  # torch's default: foreach on tensor-parallel DTensors fails on CPU
