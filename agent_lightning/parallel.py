@@ -50,6 +50,22 @@ def choose_strategy(
     )
 
 
+def cpu_processes_per_node(devices: int) -> tuple[int, str]:
+    """How many processes `strategy=auto` starts per CPU node, and why: one, using every core.
+
+    Ranks on one host split its cores, so each rank's GEMMs shrink while the gradient all-reduce
+    (gloo) and a second copy of the per-step Python work are added to every step: on the 2-core
+    reference host, `experiment=reference` ran 83k samples/s as one process and 47k as two DDP
+    ranks (docs/speed.md). Ranks across nodes still add cores, so nodes stay data-parallel.
+    """
+    if devices <= 1:
+        return devices, ""
+    return 1, (
+        f"devices={devices} CPU ranks on one host would split its cores and add an all-reduce per step, which was "
+        "slower than one process using every core (docs/speed.md): running one process per node"
+    )
+
+
 @dataclass(frozen=True)
 class Degrees:
     """Parallel degrees: data-parallel ranks x tensor-parallel ranks = world size."""

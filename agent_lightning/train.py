@@ -25,10 +25,11 @@ from agent_lightning.data.fitting import adapt_to_splits, apply_data_statistics,
 from agent_lightning.errors import ConfigError, user_facing
 from agent_lightning.launch import launch_ranks, setup_rank_logging
 from agent_lightning.module import AgentModule
-from agent_lightning.parallel import build_strategy, choose_strategy
+from agent_lightning.parallel import build_strategy, choose_strategy, cpu_processes_per_node
 from agent_lightning.runs.lock import run_directory_lock
 from agent_lightning.runs.stops import StopOnSignal, stopped_by_signal
 from agent_lightning.runs.threads import cpu_threads
+from agent_lightning.step import check_step_options, lightning_trainer_config, step_options
 from agent_lightning.tracking import LogConfigToTrackers, build_loggers, finish_run
 from agent_lightning.validation import available_devices, launched_externally, resolve_devices, validate
 
@@ -65,6 +66,7 @@ def build_module(cfg: DictConfig) -> AgentModule:
         label_smoothing=cfg.loss.label_smoothing,
         parallel=OmegaConf.to_container(cfg.strategy, resolve=True),
         config=OmegaConf.to_container(cfg, resolve=True),
+        step=step_options(cfg.trainer).as_dict(),
     )
 
 
@@ -80,10 +82,8 @@ def build_trainer(cfg: DictConfig, devices: int, world: int, extra_callbacks: Se
     callbacks += [LogConfigToTrackers(cfg), *filter(None, [build_progress_bar(cfg)])]
     if not loggers:  # LearningRateMonitor refuses to run without a logger to write to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
-    trainer_cfg.pop("threads", None)  # ours (see runs/threads.py), not a Trainer argument
     return hydra.utils.instantiate(
-        trainer_cfg,
+        lightning_trainer_config(cfg.trainer),  # the module applies clipping, accumulation and compile itself
         devices=devices,
         num_nodes=cfg.num_nodes,
         strategy=build_strategy(cfg.strategy, world),
@@ -102,6 +102,12 @@ def resolve_auto_strategy(cfg: DictConfig) -> None:
         return
     kind, _ = available_devices(str(cfg.trainer.accelerator))
     devices = resolve_devices(cfg)
+    if kind == "cpu":
+        devices, why = cpu_processes_per_node(devices)
+        if why:
+            log.info("strategy=auto: %s", why)
+            with open_dict(cfg):
+                cfg.devices = devices
     if kind == "cuda":
         device_bytes = torch.cuda.get_device_properties(0).total_memory
     else:  # CPU ranks share the host's memory
@@ -125,6 +131,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
     resolve_data_dims(cfg)
     resolve_auto_strategy(cfg)
     devices, world = validate(cfg)
+    check_step_options(cfg)
     kind, cores = available_devices(str(cfg.trainer.accelerator))
     threads = cfg.trainer.get("threads")
     with run_directory_lock(cfg.paths.output_dir), cpu_threads(threads, cores, min(devices, world), kind == "cpu"):
@@ -194,6 +201,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     resolve_data_dims(cfg)
     resolve_auto_strategy(cfg)
     devices, world = validate(cfg)
+    check_step_options(cfg)
     if world > 1 and not launched_externally():
         # One node: its ranks run under this process's lock. Several: every node's launcher shares the
         # run directory, so global rank 0 takes the lock, wherever it runs.

@@ -1,11 +1,15 @@
 """Training throughput: the framework's step path against a hand-written PyTorch loop, side by side.
 
-Both train the reference model (MLP 128-256-256-10, Adam 1e-3, batch 512) on the same 100,000
-synthetic samples, in this one process, alternating so drift affects both alike. Prints samples/s
-of each and, last, `ratio=<framework / hand-written>`. With --reference it also runs the reference
-experiment from the command line at devices=1 and devices=2.
+Both train the reference model (MLP 128-256-256-10, Adam 1e-3 with its fused kernel, batch 512) on
+the same 100,000 synthetic samples, in this one process, alternating so drift affects both alike.
+Each round runs, per batch size: the hand-written loop (eager, and torch.compile'd), a minimal
+LightningModule, and `train(cfg)` eager and with `trainer.compile=true`. Prints samples/s (best
+round) of each and, last, `ratio=<framework / hand-written>` for the eager pair at the first batch
+size. With --reference it also runs the reference experiment from the command line at devices=1
+and devices=2.
 
-    python benchmarks/throughput.py [--epochs 4] [--rounds 2] [--accelerator cpu|gpu] [--reference]
+    python benchmarks/throughput.py [--epochs 4] [--rounds 2] [--batch 512 2048 8192]
+        [--accelerator cpu|gpu] [--compile-mode default] [--no-compile] [--reference]
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -28,7 +33,7 @@ from agent_lightning.data import ClusterTask, SliceBatchLoader
 from agent_lightning.model import AgentMLP
 from agent_lightning.train import train
 
-TRAIN_SIZE, BATCH, FEATURES, CLASSES = 100_000, 512, 128, 10
+TRAIN_SIZE, FEATURES, CLASSES = 100_000, 128, 10
 
 
 def _reference_data(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,25 +45,30 @@ def _steady(rates: list[float]) -> float:
     return statistics.median(rates[1:] if len(rates) > 1 else rates)  # the first epoch warms up
 
 
-def hand_written(epochs: int, device: torch.device) -> float:
-    """Plain PyTorch: tensors on the device, a permutation per epoch, sliced batches, Adam."""
+def hand_written(epochs: int, device: torch.device, batch: int, compile_mode: str | None = None) -> float:
+    """Plain PyTorch: tensors on the device, a permutation per epoch, sliced batches, fused Adam."""
     torch.manual_seed(0)
     features, labels = _reference_data(device)
     model = AgentMLP(FEATURES, 256, 2, CLASSES).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loader = SliceBatchLoader(features, labels, BATCH, shuffle=True, drop_last=True)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)  # the kernel the framework picks
+
+    def forward_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(model(x), y)
+
+    step_loss = torch.compile(forward_loss, mode=compile_mode) if compile_mode else forward_loss
+    loader = SliceBatchLoader(features, labels, batch, shuffle=True, drop_last=True)
     rates = []
     for epoch in range(epochs):
         loader.sampler.set_epoch(epoch)
         _sync(device)
         start = time.perf_counter()
         for x, y in loader:
-            loss = F.cross_entropy(model(x), y)
+            loss = step_loss(x, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
         _sync(device)
-        rates.append(len(loader) * BATCH / (time.perf_counter() - start))
+        rates.append(len(loader) * batch / (time.perf_counter() - start))
     return _steady(rates)
 
 
@@ -70,16 +80,17 @@ def _sync(device: torch.device) -> None:
 class MinimalModule(LightningModule):
     """The least a LightningModule can be: Lightning's own per-step cost, for reference."""
 
-    def __init__(self) -> None:
+    def __init__(self, batch: int) -> None:
         super().__init__()
         self.model = AgentMLP(FEATURES, 256, 2, CLASSES)
+        self.batch = batch
         self.rates: list[float] = []
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return F.cross_entropy(self.model(batch[0]), batch[1])
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=1e-3)
+        return torch.optim.Adam(self.parameters(), lr=1e-3, fused=True)
 
     def on_train_epoch_start(self) -> None:
         _sync(self.device)
@@ -87,14 +98,14 @@ class MinimalModule(LightningModule):
 
     def on_train_epoch_end(self) -> None:
         _sync(self.device)
-        self.rates.append(self.trainer.num_training_batches * BATCH / (time.perf_counter() - self._start))
+        self.rates.append(self.trainer.num_training_batches * self.batch / (time.perf_counter() - self._start))
 
 
-def lightning_minimal(epochs: int, device: torch.device) -> float:
+def lightning_minimal(epochs: int, device: torch.device, batch: int) -> float:
     """A bare Trainer.fit over the same sliced batches (no metrics, logging or checkpoints)."""
     torch.manual_seed(0)
     features, labels = _reference_data(device)
-    module = MinimalModule()
+    module = MinimalModule(batch)
     trainer = Trainer(
         max_epochs=epochs,
         accelerator="gpu" if device.type == "cuda" else "cpu",
@@ -104,7 +115,7 @@ def lightning_minimal(epochs: int, device: torch.device) -> float:
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    trainer.fit(module, SliceBatchLoader(features, labels, BATCH, shuffle=True, drop_last=True))
+    trainer.fit(module, SliceBatchLoader(features, labels, batch, shuffle=True, drop_last=True))
     return _steady(module.rates)
 
 
@@ -118,11 +129,13 @@ class EpochRates(Callback):
         self.rates.append(pl_module.samples_per_second)
 
 
-def framework(epochs: int, accelerator: str) -> float:
+def framework(epochs: int, accelerator: str, batch: int, compile_mode: str | None = None) -> float:
     """`train(cfg)` on the same workload; the module measures samples/s of each epoch's steps."""
+    compiled = ["trainer.compile=true", f"trainer.compile_mode={compile_mode}"] if compile_mode else []
     overrides = [
+        *compiled,
         f"data.train_size={TRAIN_SIZE}",
-        f"data.batch_size={BATCH}",
+        f"data.batch_size={batch}",
         "data.source.seed=0",
         f"trainer.max_epochs={epochs}",
         f"trainer.accelerator={accelerator}",
@@ -166,28 +179,52 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--batch", type=int, nargs="+", default=[512], help="batch sizes to sweep, e.g. 512 2048 8192")
     parser.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu"])
+    parser.add_argument("--compile-mode", default="default", help="torch.compile mode of the compiled paths")
+    parser.add_argument("--no-compile", action="store_true", help="skip the compiled paths")
     parser.add_argument("--reference", action="store_true", help="also run experiment=reference at devices=1 and 2")
     args = parser.parse_args()
     device = torch.device("cuda" if args.accelerator == "gpu" else "cpu")
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    mode = None if args.no_compile else args.compile_mode
 
     print(
-        f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} "
-        f"samples={TRAIN_SIZE} batch={BATCH} epochs={args.epochs} rounds={args.rounds}"
+        f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} samples={TRAIN_SIZE} "
+        f"batch={args.batch} epochs={args.epochs} rounds={args.rounds} compile_mode={mode}"
     )
-    hand, bare, ours = [], [], []
+    paths: dict[str, Callable[[int], float]] = {
+        "hand-written loop": lambda batch: hand_written(args.epochs, device, batch),
+        "minimal Lightning": lambda batch: lightning_minimal(args.epochs, device, batch),
+        "framework (train)": lambda batch: framework(args.epochs, args.accelerator, batch),
+    }
+    if mode:
+        paths["hand-written, compiled"] = lambda batch: hand_written(args.epochs, device, batch, mode)
+        paths["framework, trainer.compile"] = lambda batch: framework(args.epochs, args.accelerator, batch, mode)
+    rates: dict[tuple[str, int], list[float]] = {(name, b): [] for b in args.batch for name in paths}
     for _ in range(args.rounds):
-        hand.append(hand_written(args.epochs, device))
-        bare.append(lightning_minimal(args.epochs, device))
-        ours.append(framework(args.epochs, args.accelerator))
+        for batch in args.batch:
+            for name, run_path in paths.items():
+                rates[name, batch].append(run_path(batch))
     if args.reference:
         for devices in (1, 2):
             print(f"reference experiment devices={devices}: {reference_cli(devices):,.0f} samples/s")
-    for name, rates in (("hand-written loop", hand), ("minimal Lightning", bare), ("framework (train)", ours)):
-        print(f"{name}: {max(rates):,.0f} samples/s  (rounds: {', '.join(f'{r:,.0f}' for r in rates)})")
-    print(f"minimal Lightning / hand-written = {max(bare) / max(hand):.3f}")
-    print(f"ratio={max(ours) / max(hand):.3f}")
+    best = {key: max(values) for key, values in rates.items()}
+    for batch in args.batch:
+        print(f"-- batch {batch}")
+        for name in paths:
+            rounds = ", ".join(f"{r:,.0f}" for r in rates[name, batch])
+            print(f"{name}: {best[name, batch]:,.0f} samples/s  (rounds: {rounds})")
+        hand = best["hand-written loop", batch]
+        print(f"minimal Lightning / hand-written = {best['minimal Lightning', batch] / hand:.3f}")
+        if mode:
+            compiled = best["framework, trainer.compile", batch]
+            print(f"framework compiled / hand-written eager = {compiled / hand:.3f}")
+            hand_compiled = best["hand-written, compiled", batch]
+            print(f"framework compiled / hand-written compiled = {compiled / hand_compiled:.3f}")
+        print(f"framework / hand-written = {best['framework (train)', batch] / hand:.3f}")
+    first = args.batch[0]
+    print(f"ratio={best['framework (train)', first] / best['hand-written loop', first]:.3f}")
 
 
 if __name__ == "__main__":

@@ -6,12 +6,12 @@ import hydra
 import pytest
 import torch
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
-from omegaconf import OmegaConf
 
 from agent_lightning.config import config_dir
 from agent_lightning.data import AgentDataModule
 from agent_lightning.model import AgentMLP
 from agent_lightning.parallel import build_strategy
+from agent_lightning.step import lightning_trainer_config
 from agent_lightning.train import build_module
 
 CONF = config_dir()
@@ -93,9 +93,8 @@ def test_logger_callback_and_trainer_options_instantiate(compose_cfg, logger: st
     for group in (cfg.logger, cfg.callbacks):
         for item in (group or {}).values():
             assert hydra.utils.instantiate(item) is not None
-    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
-    trainer_cfg.pop("threads")  # applied by `train` (torch.set_num_threads), not a Trainer argument
-    trainer = hydra.utils.instantiate(trainer_cfg, devices=1, logger=False)
+    # The step options (clipping, accumulation, compile) are the module's; the rest is Lightning's.
+    trainer = hydra.utils.instantiate(lightning_trainer_config(cfg.trainer), devices=1, logger=False)
     assert trainer.max_epochs == cfg.trainer.max_epochs
 
 

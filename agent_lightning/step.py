@@ -1,0 +1,128 @@
+"""How one optimisation step runs: the options Lightning's automatic loop would own, and the optimizer kernel.
+
+The module optimises manually (one forward, backward and optimizer step, no closure), so
+`trainer.gradient_clip_val`, `trainer.gradient_clip_algorithm` and `trainer.accumulate_grad_batches`
+are taken out of the Trainer's arguments (Lightning refuses them under manual optimization) and
+applied by the module itself; `trainer.compile` and `trainer.compile_mode` are ours too.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from agent_lightning.errors import ConfigError
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CLIP_ALGORITHMS = ("norm", "value")
+# torch.compile of the step runs with these strategies; the sharded ones (DTensor parameters) are refused.
+COMPILE_STRATEGIES = ("single", "ddp")
+
+
+@dataclass(frozen=True)
+class StepOptions:
+    """The step's own settings, read from the `trainer` config group."""
+
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: float | None = None
+    gradient_clip_algorithm: str = "norm"
+    compile: bool = False
+    compile_mode: str = "default"
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values, for the module's hyperparameters."""
+        return asdict(self)
+
+
+STEP_KEYS = tuple(StepOptions.__dataclass_fields__)
+
+
+def step_options(trainer_cfg: DictConfig) -> StepOptions:
+    """The step options in `cfg.trainer` (absent keys keep their defaults); a bad value is a ConfigError."""
+    values = {key: trainer_cfg[key] for key in STEP_KEYS if trainer_cfg.get(key) is not None}
+    accumulate = values.get("accumulate_grad_batches", 1)
+    if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1:
+        raise ConfigError(f"trainer.accumulate_grad_batches={accumulate!r} is invalid: use a whole number >= 1")
+    clip = values.get("gradient_clip_val")
+    if clip is not None:
+        if isinstance(clip, bool) or not isinstance(clip, int | float) or not math.isfinite(clip) or clip < 0:
+            raise ConfigError(f"trainer.gradient_clip_val={clip!r} is invalid: use a number > 0, or null for none")
+        values["gradient_clip_val"] = float(clip) if clip > 0 else None  # 0 means off, as in Lightning
+    if values.get("gradient_clip_algorithm", "norm") not in CLIP_ALGORITHMS:
+        raise ConfigError(
+            f"trainer.gradient_clip_algorithm={values['gradient_clip_algorithm']!r} is not one of "
+            f"{', '.join(CLIP_ALGORITHMS)}"
+        )
+    if not isinstance(values.get("compile", False), bool):
+        raise ConfigError(f"trainer.compile={values['compile']!r} is invalid: use true or false")
+    if values.get("compile_mode", "default") not in COMPILE_MODES:
+        raise ConfigError(f"trainer.compile_mode={values['compile_mode']!r} is not one of {', '.join(COMPILE_MODES)}")
+    return StepOptions(**values)
+
+
+def check_step_options(cfg: DictConfig) -> StepOptions:
+    """Check the step options against the run (strategy), before any rank starts."""
+    options = step_options(cfg.trainer)
+    strategy = cfg.strategy.get("name")
+    if options.compile and strategy not in COMPILE_STRATEGIES:
+        raise ConfigError(
+            f"trainer.compile=true is not supported with strategy={strategy} (sharded DTensor parameters): "
+            f"use strategy={' or '.join(COMPILE_STRATEGIES)}, or trainer.compile=false"
+        )
+    return options
+
+
+# Keys of `cfg.trainer` applied by this package rather than by Lightning's Trainer.
+NOT_TRAINER_KEYS = (*STEP_KEYS, "threads")  # threads: torch.set_num_threads, see runs/threads.py
+
+
+def lightning_trainer_config(trainer_cfg: DictConfig) -> DictConfig:
+    """`cfg.trainer` without the keys this package applies itself: what `lightning.pytorch.Trainer` is given."""
+    container = OmegaConf.to_container(trainer_cfg, resolve=True)
+    assert isinstance(container, dict)
+    return OmegaConf.create({key: value for key, value in container.items() if key not in NOT_TRAINER_KEYS})
+
+
+def estimated_optimizer_steps(num_batches: int | float, accumulate: int, max_epochs: int, max_steps: int) -> int:
+    """Optimizer steps of the whole run, counting an epoch's last partial accumulation as a step (as Lightning)."""
+    if num_batches == float("inf"):
+        return max_steps
+    steps = math.ceil(num_batches / accumulate) * max(max_epochs, 1)
+    return min(steps, max_steps) if max_steps != -1 else steps
+
+
+def _accepts(factory: Callable[..., Any], name: str) -> bool:
+    target = getattr(factory, "func", factory)
+    try:
+        return name in inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def with_fast_kernel(factory: Callable[..., torch.optim.Optimizer], model: nn.Module) -> Callable[..., Any]:
+    """The optimizer factory set to its fused kernel (one kernel for all tensors) where possible.
+
+    torch's default on CPU is a Python loop over parameters. Fused needs plain (non-DTensor)
+    floating-point parameters on CPU or CUDA; sharded models keep torch's default. A user's
+    explicit `fused` / `foreach` in the optimizer config wins.
+    """
+    keywords = getattr(factory, "keywords", {}) or {}
+    if "fused" in keywords or "foreach" in keywords:
+        return factory
+    from torch.distributed.tensor import DTensor
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    plain = all(
+        not isinstance(p, DTensor) and p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params
+    )
+    if plain and _accepts(factory, "fused"):
+        return functools.partial(factory, fused=True)
+    return factory  # torch's default: foreach on tensor-parallel DTensors fails on CPU
