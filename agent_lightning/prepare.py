@@ -64,7 +64,7 @@ def prepare(
     chunk_rows: int = 65_536,
     bucket_mb: int = 256,
     overwrite: bool = False,
-    progress: bool = True,
+    progress_bar: bool = True,
 ) -> dict[str, Any]:
     """Write the prepared dataset at `output` and return its manifest; ConfigError on any bad input."""
     output = Path(output)
@@ -93,7 +93,7 @@ def prepare(
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     try:
-        manifest = _write(sources, options, assigner, work, buckets, shard_rows, num_classes, seed, progress)
+        manifest = _write(sources, options, assigner, work, buckets, shard_rows, num_classes, seed, progress_bar)
         manifest["source"] = {
             "input": [str(s) if isinstance(s, Path) else "<arrays>" for s, _ in sources],
             "split": rule,
@@ -142,14 +142,14 @@ def _write(
     shard_rows: int,
     num_classes: int | None,
     seed: int,
-    progress: bool,
+    progress_bar: bool,
 ) -> dict[str, Any]:
     encoder = LabelEncoder(num_classes)
     spill: BucketSpill | None = None
     width: int | None = None
     feature_names: list[str] | None = None
     total = 0
-    bar = tqdm(desc="prepare: read", unit=" rows", disable=not progress, file=sys.stderr)
+    bar = tqdm(desc="prepare: read", unit=" rows", disable=not progress_bar, file=sys.stderr)
     for source, fixed_split in sources:
         for chunk in read_chunks(source, options):
             width = check_features(chunk, width)
@@ -171,7 +171,7 @@ def _write(
     stats = RunningStats(spill.width)
     rng = np.random.default_rng([seed, 3])
     splits: dict[str, Any] = {}
-    bar = tqdm(total=total, desc="prepare: shuffle+write", unit=" rows", disable=not progress, file=sys.stderr)
+    bar = tqdm(total=total, desc="prepare: shuffle+write", unit=" rows", disable=not progress_bar, file=sys.stderr)
     for code, name in enumerate(SPLITS):
         writer = ShardWriter(work, name, shard_rows, spill.width)
         per_class = np.zeros(count, dtype=np.int64)

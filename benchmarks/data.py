@@ -114,7 +114,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     try:
         features, labels = ClusterTask(num_features=FEATURES, num_classes=CLASSES, seed=0).samples(0, ROWS)
-        prepare((features.numpy(), labels.numpy()), work / "ref", val_fraction=0, test_fraction=0, progress=False)
+        prepare((features.numpy(), labels.numpy()), work / "ref", val_fraction=0, test_fraction=0, progress_bar=False)
         for name, rate in loader_rates(features, labels, work / "ref", args.rounds).items():
             print(f"data path only (batches, no model), {name}: {rate:,.0f} samples/s")
         sides = {

@@ -54,7 +54,7 @@ def sorted_and_shuffled(task, tmp_path_factory) -> dict[str, dict]:
         ("sorted", np.argsort(y, kind="stable")),
         ("shuffled", np.random.default_rng(0).permutation(len(y))),
     ):
-        manifest = prepare((x[order], y[order]), root / name, progress=False)
+        manifest = prepare((x[order], y[order]), root / name, progress_bar=False)
         cfg = compose_config([*QUICK, f"data.path={root / name}"], output_dir=root / f"run-{name}")
         results[name] = {"manifest": manifest, "metrics": train(cfg)}
     return results
@@ -97,7 +97,7 @@ def test_normalize_none_leaves_the_model_identity(sorted_and_shuffled, tmp_path:
 
 
 def test_resume_mid_epoch_matches_an_uninterrupted_run(compose_cfg, task, tmp_path: Path) -> None:
-    prepare((task[0][:2400], task[1][:2400]), tmp_path / "ds", progress=False)
+    prepare((task[0][:2400], task[1][:2400]), tmp_path / "ds", progress_bar=False)
     common = [*QUICK, f"data.path={tmp_path / 'ds'}", "data.block_rows=512", "trainer.deterministic=true",
               "callbacks.last_checkpoint.every_n_train_steps=5", "test=false"]  # fmt: skip
     whole = train(compose_cfg(*common, fast=False, output_dir=tmp_path / "whole"))
@@ -120,7 +120,7 @@ def test_resume_mid_epoch_matches_an_uninterrupted_run(compose_cfg, task, tmp_pa
 def test_without_val_and_test_splits_the_run_checkpoints_by_step_and_skips_testing(
     compose_cfg, task, tmp_path: Path, caplog
 ) -> None:
-    prepare((task[0][:3000], task[1][:3000]), tmp_path / "ds", val_fraction=0, test_fraction=0, progress=False)
+    prepare((task[0][:3000], task[1][:3000]), tmp_path / "ds", val_fraction=0, test_fraction=0, progress_bar=False)
     cfg = compose_cfg(*QUICK, f"data.path={tmp_path / 'ds'}", fast=False, output_dir=tmp_path / "run")
     with caplog.at_level(logging.INFO, logger="agent_lightning"):
         metrics = train(cfg)
@@ -134,7 +134,7 @@ def test_without_val_and_test_splits_the_run_checkpoints_by_step_and_skips_testi
 def test_model_width_comes_from_the_manifest_and_a_disagreeing_value_is_refused(
     compose_cfg, task, tmp_path: Path
 ) -> None:
-    prepare((task[0][:500], task[1][:500]), tmp_path / "ds", progress=False)
+    prepare((task[0][:500], task[1][:500]), tmp_path / "ds", progress_bar=False)
     cfg = compose_cfg(*QUICK, f"data.path={tmp_path / 'ds'}", fast=False)
     assert (cfg.model.input_dim, cfg.model.output_dim) == (32, 6)
     with pytest.raises(ConfigError, match=r"model.input_dim=64 disagrees with the data's 32 features \(data.path="):
@@ -147,7 +147,7 @@ def test_model_width_comes_from_the_manifest_and_a_disagreeing_value_is_refused(
 
 @pytest.mark.timeout(120)
 def test_a_truncated_shard_stops_the_command_line_run_naming_it(task, tmp_path: Path) -> None:
-    prepare((task[0][:1000], task[1][:1000]), tmp_path / "ds", progress=False)
+    prepare((task[0][:1000], task[1][:1000]), tmp_path / "ds", progress_bar=False)
     shard = tmp_path / "ds" / "train-00000.x.npy"
     shard.write_bytes(shard.read_bytes()[:-64])
     result = run_cli("data=dataset", f"data.path={tmp_path / 'ds'}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
@@ -164,7 +164,7 @@ def test_two_ddp_ranks_over_an_uneven_row_count_cover_every_row(compose_cfg, tmp
     x = np.random.default_rng(0).normal(size=(rows, 8)).astype(np.float32)
     x[:, 0] = np.arange(rows)  # the row's id, to count what each rank saw
     y = (x[:, 1] > 0).astype(np.int64)
-    manifest = prepare((x, y), tmp_path / "ds", val_fraction=0.1, test_fraction=0, progress=False)
+    manifest = prepare((x, y), tmp_path / "ds", val_fraction=0.1, test_fraction=0, progress_bar=False)
     seen = tmp_path / "seen"
     metrics = run(
         compose_cfg(

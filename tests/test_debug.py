@@ -5,6 +5,7 @@ from pathlib import Path
 import hydra
 import torch
 
+from agent_lightning.step import lightning_trainer_config
 from agent_lightning.train import train
 
 from .helpers import StepLosses
@@ -35,5 +36,6 @@ def test_debug_profile_writes_the_report_in_the_run_directory(compose_cfg, tmp_p
 
 def test_debug_anomaly_turns_on_anomaly_detection(compose_cfg) -> None:
     cfg = compose_cfg("debug=anomaly")
-    assert hydra.utils.instantiate(cfg.trainer, devices=1, logger=False)._detect_anomaly is True
+    trainer = hydra.utils.instantiate(lightning_trainer_config(cfg.trainer), devices=1, logger=False)
+    assert trainer._detect_anomaly is True
     assert compose_cfg()["trainer"]["detect_anomaly"] is False

@@ -54,8 +54,8 @@ def test_csv_parquet_npz_pt_and_arrays_give_the_same_dataset(tmp_path: Path) -> 
     }
     results = {}
     for name, (file, extra) in inputs.items():
-        results[name] = prepare(tmp_path / file, tmp_path / name, progress=False, **extra)
-    results["arrays"] = prepare({"features": x, "labels": y}, tmp_path / "arrays", progress=False)
+        results[name] = prepare(tmp_path / file, tmp_path / name, progress_bar=False, **extra)
+    results["arrays"] = prepare({"features": x, "labels": y}, tmp_path / "arrays", progress_bar=False)
     reference = _all_rows(tmp_path / "arrays", "train")
     for name, manifest in results.items():
         assert manifest["num_features"] == 6 and manifest["num_classes"] == 3, name
@@ -79,7 +79,9 @@ def test_rows_are_shuffled_and_sharded_at_fixed_size(tmp_path: Path) -> None:
     y = np.repeat(np.arange(10), 1000)  # class-sorted
     abandoned = tmp_path / ".out.prepare-999999999"  # left by a killed prepare (no such process)
     (abandoned / "bucket-0-0.x").parent.mkdir()
-    manifest = prepare((x, y), tmp_path / "out", shard_rows=1000, val_fraction=0.0, test_fraction=0.0, progress=False)
+    manifest = prepare(
+        (x, y), tmp_path / "out", shard_rows=1000, val_fraction=0.0, test_fraction=0.0, progress_bar=False
+    )
     assert [s["rows"] for s in manifest["splits"]["train"]["shards"]] == [1000] * 10
     rows, labels = _all_rows(tmp_path / "out", "train")
     assert sorted(rows[:, 0].tolist()) == list(range(10_000))  # every row once
@@ -91,7 +93,7 @@ def test_rows_are_shuffled_and_sharded_at_fixed_size(tmp_path: Path) -> None:
 def test_group_split_never_shares_a_group(tmp_path: Path) -> None:
     frame = _table(rows=6000)
     frame.to_parquet(tmp_path / "demos.parquet")
-    prepare(tmp_path / "demos.parquet", tmp_path / "out", group="episode", split="group", progress=False)
+    prepare(tmp_path / "demos.parquet", tmp_path / "out", group="episode", split="group", progress_bar=False)
     dataset = PreparedDataset(tmp_path / "out")
     groups = {}
     for split, view in dataset.splits.items():
@@ -106,7 +108,7 @@ def test_group_split_never_shares_a_group(tmp_path: Path) -> None:
 def test_stratified_split_keeps_class_proportions(tmp_path: Path) -> None:
     y = np.array([0] * 900 + [1] * 100)
     x = np.random.default_rng(0).normal(size=(1000, 2))
-    manifest = prepare((x, y), tmp_path / "out", split="stratified", progress=False, chunk_rows=97)
+    manifest = prepare((x, y), tmp_path / "out", split="stratified", progress_bar=False, chunk_rows=97)
     counts = {s: manifest["splits"][s]["class_counts"] for s in ("train", "val", "test")}
     assert counts == {"train": [720, 80], "val": [90, 10], "test": [90, 10]}
 
@@ -115,7 +117,7 @@ def test_split_column_and_one_input_per_split(tmp_path: Path) -> None:
     frame = _table(rows=100)
     frame["split"] = ["train"] * 70 + ["val"] * 10 + ["test"] * 20
     frame.to_csv(tmp_path / "in.csv", index=False)
-    by_column = prepare(tmp_path / "in.csv", tmp_path / "a", split="column", progress=False)
+    by_column = prepare(tmp_path / "in.csv", tmp_path / "a", split="column", progress_bar=False)
     assert [by_column["splits"][s]["rows"] for s in ("train", "val", "test")] == [70, 10, 20]
     assert by_column["num_features"] == 7  # f0..f5 and episode; not the split column
     frame.iloc[:70].to_csv(tmp_path / "train.csv", index=False)
@@ -124,7 +126,7 @@ def test_split_column_and_one_input_per_split(tmp_path: Path) -> None:
         {"train": str(tmp_path / "train.csv"), "test": str(tmp_path / "test.csv")},
         tmp_path / "b",
         features=[f"f{i}" for i in range(6)],
-        progress=False,
+        progress_bar=False,
     )
     assert [by_file["splits"][s]["rows"] for s in ("train", "val", "test")] == [70, 0, 30]
     assert by_file["source"]["split"] == "files"
@@ -184,7 +186,7 @@ class _Payload:
 def test_each_bad_input_is_refused_naming_the_file(tmp_path: Path) -> None:
     for name, (path, extra, message) in _bad_inputs(tmp_path).items():
         with pytest.raises(ConfigError, match=message) as caught:
-            prepare(path, tmp_path / f"out-{name.replace(' ', '-')}", progress=False, **extra)
+            prepare(path, tmp_path / f"out-{name.replace(' ', '-')}", progress_bar=False, **extra)
         assert "\n" not in str(caught.value), name
         assert not (tmp_path / f"out-{name.replace(' ', '-')}").exists(), name  # nothing half-written left
 
@@ -198,7 +200,7 @@ def test_a_malicious_pickle_never_runs(tmp_path: Path) -> None:
     np.savez(tmp_path / "evil.npz", features=np.zeros((1, 2)), labels=np.array([payload], dtype=object))
     for file, extra in (("evil.pt", {}), ("evil.npz", {}), ("evil.npy", {"label": str(tmp_path / "evil.npy")})):
         with pytest.raises(ConfigError, match="refused"):
-            prepare(tmp_path / file, tmp_path / "out", progress=False, **extra)
+            prepare(tmp_path / file, tmp_path / "out", progress_bar=False, **extra)
     assert not marker.exists()
 
 
@@ -207,7 +209,7 @@ def test_command_line_prepares_and_reports_bad_input_in_one_line(tmp_path: Path)
     _table(rows=500).to_csv(tmp_path / "good.csv", index=False)
     cases = _bad_inputs(tmp_path)
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    command = [sys.executable, "-m", "agent_lightning.prepare", "progress=false"]
+    command = [sys.executable, "-m", "agent_lightning.prepare", "progress_bar=false"]
     good = subprocess.run(
         [*command, f"input={tmp_path}/good.*", f"output={tmp_path / 'ds'}", "group=episode", "split=group"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=100,

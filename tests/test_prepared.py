@@ -19,7 +19,7 @@ def dataset(tmp_path: Path) -> Path:
     rows = 10_007  # divides by no batch or rank count used below
     x = np.arange(rows, dtype=np.float32).reshape(-1, 1).repeat(4, axis=1)
     y = np.arange(rows) % 5
-    prepare((x, y), tmp_path / "ds", shard_rows=3000, val_fraction=0.1, test_fraction=0.0, progress=False)
+    prepare((x, y), tmp_path / "ds", shard_rows=3000, val_fraction=0.1, test_fraction=0.0, progress_bar=False)
     return tmp_path / "ds"
 
 
@@ -94,7 +94,7 @@ def test_resident_memory_stays_flat_while_reading_a_larger_dataset(tmp_path: Pat
     np.save(tmp_path / "y.npy", np.arange(rows) % 10)
     del x
     prepare(tmp_path / "x.npy", tmp_path / "ds", label=str(tmp_path / "y.npy"), val_fraction=0, test_fraction=0,
-            progress=False)  # fmt: skip
+            progress_bar=False)  # fmt: skip
     (tmp_path / "x.npy").unlink()
     split = PreparedDataset(tmp_path / "ds").splits["train"]
     loader = BlockBatchLoader(split, 512, seed=0)
