@@ -26,6 +26,7 @@ from agent_lightning.errors import ConfigError, user_facing
 from agent_lightning.launch import launch_ranks, setup_rank_logging
 from agent_lightning.module import AgentModule
 from agent_lightning.parallel import build_strategy, choose_strategy, cpu_processes_per_node
+from agent_lightning.runs.environment import environment_restored
 from agent_lightning.runs.lock import run_directory_lock
 from agent_lightning.runs.stops import StopOnSignal, stopped_by_signal
 from agent_lightning.runs.threads import cpu_threads
@@ -126,7 +127,7 @@ def resolve_auto_strategy(cfg: DictConfig) -> None:
 def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     """Fit, then test; return the final metrics (floats) and where the run's files are.
 
-    The run directory is locked for the run, and the caller's CPU thread setting is restored after.
+    The run directory is locked for the run; the caller's CPU threads and environment are restored after.
     """
     resolve_data_dims(cfg)
     resolve_auto_strategy(cfg)
@@ -134,7 +135,11 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
     check_step_options(cfg)
     kind, cores = available_devices(str(cfg.trainer.accelerator))
     threads = cfg.trainer.get("threads")
-    with run_directory_lock(cfg.paths.output_dir), cpu_threads(threads, cores, min(devices, world), kind == "cpu"):
+    with (
+        environment_restored(),
+        run_directory_lock(cfg.paths.output_dir),
+        cpu_threads(threads, cores, min(devices, world), kind == "cpu"),
+    ):
         return _fit_and_test(cfg, devices, world, extra_callbacks)
 
 

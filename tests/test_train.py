@@ -1,6 +1,7 @@
 """End-to-end training in one process: learning, resuming, divergence."""
 
 import csv
+import os
 from pathlib import Path
 
 import pytest
@@ -84,5 +85,9 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(compose_cfg
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp", "model_parallel", "auto"])
 def test_every_strategy_also_runs_on_one_device(compose_cfg, strategy: str) -> None:
+    environment = dict(os.environ)
     metrics = train(compose_cfg(f"strategy={strategy}", "trainer.max_epochs=1"))
     assert metrics["val/acc"] > 0.4 and metrics["test/acc"] > 0.4
+    # Lightning's LOCAL_RANK / MASTER_PORT / OMP_NUM_THREADS must not outlive the run: a later command
+    # started from this process would take them for torchrun's and for a user's thread setting.
+    assert dict(os.environ) == environment
