@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-import lightning.pytorch as pl
 import torch
 from torch import Tensor
-from torch.nn import functional as F
 
+from agent_lightning.data.base import Augmentation, RankBatchesDataModule
 from agent_lightning.data.loader import SliceBatchLoader
 from agent_lightning.data.synthetic import ClusterTask
 from agent_lightning.errors import ConfigError
-from agent_lightning.parallel import data_parallel_coords
-
-Augmentation = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
 @dataclass(frozen=True)
@@ -34,7 +29,7 @@ def shard_of(split_start: int, split_size: int, rank: int, world: int) -> Shard:
     return Shard(start, start + per_rank)
 
 
-class AgentDataModule(pl.LightningDataModule):
+class AgentDataModule(RankBatchesDataModule):
     """Serves train/val/test batches of a sample source, each rank only its own shard.
 
     `batch_size` is the global batch: each of the data-parallel ranks gets `batch_size / ranks`.
@@ -55,7 +50,7 @@ class AgentDataModule(pl.LightningDataModule):
         global_order: bool = False,
         augmentations: Sequence[Augmentation] = (),
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size, source.num_classes, augmentations)
         if train_size is None:  # every sample that is not validation or test
             if not hasattr(source, "__len__"):
                 raise ConfigError("data.train_size=null needs a source of known length")
@@ -72,30 +67,15 @@ class AgentDataModule(pl.LightningDataModule):
             raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
         self.source = source
         self.sizes = {"train": train_size, "val": val_size, "test": test_size}
-        self.batch_size = batch_size
         self.shuffle = shuffle
         self.on_device = on_device
         self.seed = seed
         self.global_order = global_order
-        self.augmentations = list(augmentations)
         self._splits: dict[str, tuple[Tensor, Tensor]] = {}
-        self._rank, self._world = 0, 1
-        self._train_loader: SliceBatchLoader | None = None
-        self._train_position: dict[str, Any] | None = None
-
-    @property
-    def local_batch_size(self) -> int:
-        """Batch size on each data-parallel rank."""
-        return self.batch_size // self._world
 
     def setup(self, stage: str) -> None:
         """Build this rank's shards of the splits the stage needs."""
-        if self.trainer is not None:
-            self._rank, self._world = data_parallel_coords(self.trainer)
-        if self.batch_size % self._world:
-            raise ConfigError(
-                f"data.batch_size={self.batch_size} is not divisible by the {self._world} data-parallel ranks"
-            )
+        self._find_rank()
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}[stage]
         for split in wanted:
             if split not in self._splits:
@@ -120,16 +100,6 @@ class AgentDataModule(pl.LightningDataModule):
             return self.trainer.strategy.root_device
         return torch.device("cpu")
 
-    def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
-        """Augment training batches, on the device; targets become class probabilities. Never val/test."""
-        if not self.augmentations or self.trainer is None or not self.trainer.training:
-            return batch
-        features, labels = batch
-        targets = F.one_hot(labels, self.source.num_classes).to(features.dtype)
-        for augment in self.augmentations:
-            features, targets = augment(features, targets)
-        return features, targets
-
     def reachable_accuracy(self, split: str = "val") -> float | None:
         """Best accuracy the source allows on this rank's shard of a split, where the source knows it."""
         if not hasattr(self.source, "nearest_centre_accuracy"):
@@ -150,27 +120,6 @@ class AgentDataModule(pl.LightningDataModule):
             rank=self._rank if global_order else 0,
             world=self._world if global_order else 1,
         )
-
-    def train_dataloader(self) -> SliceBatchLoader:
-        """Shuffled per epoch; incomplete last batch dropped so all ranks take the same steps."""
-        self._train_loader = self._loader("train", train=True)
-        if self._train_position is not None:
-            self._train_loader.load_state_dict(self._train_position)
-            self._train_position = None
-        return self._train_loader
-
-    # The position in the epoch is also kept here, not only through Lightning's loader-state
-    # hooks: those are skipped when something (e.g. `trainer.estimated_stepping_batches` in a
-    # per-step LR schedule) builds the train loader before the checkpoint's loop state is loaded.
-    def state_dict(self) -> dict[str, Any]:
-        """The train loader's epoch and position, saved in every checkpoint."""
-        return {"train_position": self._train_loader.state_dict()} if self._train_loader is not None else {}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Resume the train loader where the checkpoint left it."""
-        self._train_position = state_dict.get("train_position")
-        if self._train_loader is not None and self._train_position is not None:
-            self._train_loader.load_state_dict(self._train_position)
 
     def val_dataloader(self) -> SliceBatchLoader:
         """Natural order, every sample of the shard."""
