@@ -67,7 +67,7 @@ def test_data_options_instantiate(compose_cfg, data: str, tmp_path: Path) -> Non
     from agent_lightning.prepare import prepare
 
     x, y = ClusterTask().samples(0, 1000)
-    prepare((x.numpy(), y.numpy()), tmp_path / "ds", progress=False)
+    prepare((x.numpy(), y.numpy()), tmp_path / "ds", progress_bar=False)
     extra = [f"data.path={tmp_path / 'ds'}"] if data == "dataset" else []
     expected = PreparedDataModule if data == "dataset" else AgentDataModule
     cfg = compose_cfg(f"data={data}", *extra, fast=data != "dataset")  # FAST sets synthetic sizes

@@ -34,9 +34,9 @@ def test_optuna_trials_run_two_at_once_and_a_free_slot_is_filled_at_once(tmp_pat
         CLOCK,
         "hydra.sweeper.n_trials=3",
         "hydra.sweeper.pruner=null",
-        '+hydra.sweeper.params.trainer.max_epochs="choice(1, 6)"',
+        '+hydra.sweeper.params.trainer.max_epochs="choice(1, 40)"',
         # A short trial beside a long one: the third must start when the short one ends, not after both.
-        "hydra.sweeper.enqueue_trials=[{trainer.max_epochs: 1}, {trainer.max_epochs: 6}]",
+        "hydra.sweeper.enqueue_trials=[{trainer.max_epochs: 1}, {trainer.max_epochs: 40}]",
         f"hydra.sweep.dir={sweep}",
         cwd=tmp_path,
     )
