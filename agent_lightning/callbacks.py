@@ -22,6 +22,11 @@ def _local(param: Tensor) -> Tensor:
     return param.to_local().detach() if isinstance(param, DTensor) else param.detach()
 
 
+def step_loss(outputs: Any) -> Tensor | None:
+    """The loss a training step returned (a tensor, or a dict's "loss"), or None."""
+    return outputs["loss"] if isinstance(outputs, dict) else outputs
+
+
 class NonFiniteLossError(RuntimeError):
     """The training loss or the weights became NaN or infinite (or exploded: see `DivergenceGuard`)."""
 
@@ -89,7 +94,7 @@ class FiniteLossGuard(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         """Add this step's loss to the running sum (on the device)."""
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        loss = step_loss(outputs)
         if loss is None:
             return
         # One add per step: a NaN or inf anywhere makes the running sum non-finite.
@@ -151,7 +156,7 @@ class DivergenceGuard(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         """Record the step's loss; check it at the first step and every `check_every_n_steps`."""
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        loss = step_loss(outputs)
         if loss is None:
             return
         self._latest = loss.detach()
