@@ -129,10 +129,19 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
 
     The run directory is locked for the run; the caller's CPU threads and environment are restored after.
     """
+    return _train_checked(cfg, *_resolve_and_check(cfg), extra_callbacks)
+
+
+def _resolve_and_check(cfg: DictConfig) -> tuple[int, int]:
+    # Once per process: the checks read manifests and checkpoints, which can be large.
     resolve_data_dims(cfg)
     resolve_auto_strategy(cfg)
     devices, world = validate(cfg)
     check_step_options(cfg)
+    return devices, world
+
+
+def _train_checked(cfg: DictConfig, devices: int, world: int, extra_callbacks: Sequence[Callback]) -> dict[str, Any]:
     kind, cores = available_devices(str(cfg.trainer.accelerator))
     threads = cfg.trainer.get("threads")
     with (
@@ -203,16 +212,13 @@ def optimized_value(cfg: DictConfig, metrics: dict[str, Any]) -> float | Pruned 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train in this process, or start one process per rank when the job needs several."""
-    resolve_data_dims(cfg)
-    resolve_auto_strategy(cfg)
-    devices, world = validate(cfg)
-    check_step_options(cfg)
+    devices, world = _resolve_and_check(cfg)
     if world > 1 and not launched_externally():
         # One node: its ranks run under this process's lock. Several: every node's launcher shares the
         # run directory, so global rank 0 takes the lock, wherever it runs.
         with run_directory_lock(cfg.paths.output_dir) if cfg.num_nodes == 1 else contextlib.nullcontext():
             return launch_ranks(cfg, devices)
-    return train(cfg)
+    return _train_checked(cfg, devices, world, ())
 
 
 def _summary(metrics: dict[str, Any]) -> str:
