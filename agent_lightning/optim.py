@@ -16,14 +16,16 @@ from agent_lightning.errors import ConfigError
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Two groups: weight matrices decay, biases and norm scales (1-D tensors) do not."""
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if param.requires_grad:
-            (decay if param.ndim >= 2 else no_decay).append(param)
+    """Weight matrices decay, biases and norm scales (1-D tensors) do not; one group when nothing decays.
+
+    One group is one fused optimizer kernel per step instead of two.
+    """
+    params = [param for param in model.parameters() if param.requires_grad]
+    if not weight_decay:
+        return [{"params": params, "weight_decay": 0.0}]
     return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
 
 
