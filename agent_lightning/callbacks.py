@@ -58,6 +58,17 @@ class LastCheckpoint(ModelCheckpoint):
         if not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """Every `every_n_train_steps` steps: when a multiple is crossed (a Lightning step may take several)."""
+        if self._train_time_interval is not None:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+            return
+        every, step = self._every_n_train_steps, trainer.global_step
+        if every >= 1 and step // every > self._last_global_step_saved // every:
+            self._save_if_behind(trainer)
+
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """After every validation."""
         super().on_validation_end(trainer, pl_module)
@@ -89,6 +100,7 @@ class FiniteLossGuard(pl.Callback):
     def __init__(self, check_every_n_steps: int = 50) -> None:
         self.check_every_n_steps = check_every_n_steps
         self._loss_sum: Tensor | None = None
+        self._checked_at = 0  # the global step of the last check
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -100,7 +112,9 @@ class FiniteLossGuard(pl.Callback):
         # One add per step: a NaN or inf anywhere makes the running sum non-finite.
         loss = loss.detach().float()
         self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
-        if trainer.global_step % self.check_every_n_steps == 0:
+        # Crossing a multiple, not landing on it: a Lightning step may take several optimizer steps.
+        if trainer.global_step // self.check_every_n_steps > self._checked_at // self.check_every_n_steps:
+            self._checked_at = trainer.global_step
             self._check(trainer, weights_finite=True)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

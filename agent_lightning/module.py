@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.strategies import SingleDeviceStrategy
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from agent_lightning.data.executions import ExecutionBatches, batches_of
 from agent_lightning.optim import build_optimizer, build_scheduler
 from agent_lightning.parallel import apply_parallelism, data_parallel_coords, is_parallelized
-from agent_lightning.step import StepOptions, estimated_optimizer_steps, with_fast_kernel
+from agent_lightning.step import StepOptions, estimated_optimizer_steps, plain_step_possible, with_fast_kernel
+from agent_lightning.step_graph import CapturedStep, accepts_capturable, make_capturable
 
 # What ReduceLROnPlateau watches: it steps after each validation.
 PLATEAU_MONITOR = "val/loss"
@@ -75,6 +79,9 @@ class AgentModule(pl.LightningModule):
         self._train_forward: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] = self._forward_loss
         self._step_schedulers: list[Any] = []
         self._micro_batches = 0  # batches whose gradients are accumulated but not yet stepped
+        self._captured: CapturedStep | None = None  # the whole step as a CUDA graph (see `_graph_step_wanted`)
+        self._max_steps = -1
+        self._plain_step = False  # whether Lightning's backward/step dispatch can be skipped (`on_train_start`)
         self._validated = False  # whether validation ran since the last epoch-end schedule step
 
     def forward(self, x: Tensor) -> Tensor:
@@ -94,15 +101,42 @@ class AgentModule(pl.LightningModule):
         logits = self.model(features)
         return logits, self._loss(logits, targets)
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        """Forward, backward and (every `accumulate_grad_batches` batches) an optimizer step; no host sync."""
-        features, targets = batch  # class indices, or class probabilities from augmentation
-        logits, loss = self._train_forward(features, targets)
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        """An optimizer step per batch of the item (`trainer.steps_per_execution` groups them); no host sync."""
+        group = batches_of(batch)
+        last_item = batch_idx + 1 >= self._batches_per_epoch
+        loss = None
+        for index, (features, targets) in enumerate(group):
+            if self._max_steps >= 0 and self.trainer.global_step >= self._max_steps:
+                break  # a group may hold more batches than the run has steps left
+            loss = self._train_batch(features, targets, last_item and index + 1 == len(group))
+        assert loss is not None  # Lightning stops before an item once max_steps is reached
+        if self._captured is not None:
+            loss = loss.clone()  # a graph output buffer: the next step would overwrite it
+        # `self.log` costs about as much as this model's forward pass, so the step loss is logged
+        # only on the batches the loggers write (Lightning's own count of them).
+        if (self.trainer.fit_loop.epoch_loop._batches_that_stepped + 1) % self._log_every == 0:
+            self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def _count(self, hits: Tensor, samples: int) -> None:
+        self._train_correct = hits.clone() if self._train_correct is None else self._train_correct + hits
+        self._train_seen += samples
+        self._epoch_samples += samples
+
+    def _train_batch(self, features: Tensor, targets: Tensor, last_in_epoch: bool) -> Tensor:
+        if self._captured is not None:
+            # Lightning counts optimizer steps (`global_step`) through these two hooks of its optimizer wrapper.
+            self._optimizer._on_before_step()
+            loss, hits = self._captured.step(features, targets)
+            self._optimizer._on_after_step()
+            self._count(hits, len(targets))
+            for scheduler in self._step_schedulers:
+                scheduler.step()
+            return loss
+        logits, loss = self._train_forward(features, targets)  # targets: class indices, or probabilities
         labels = targets if targets.ndim == 1 else targets.argmax(dim=-1)
-        hits = (logits.detach().argmax(dim=-1) == labels).sum()
-        self._train_correct = hits if self._train_correct is None else self._train_correct + hits
-        self._train_seen += len(labels)
-        self._epoch_samples += len(targets)
+        self._count((logits.detach().argmax(dim=-1) == labels).sum(), len(targets))
 
         accumulate = self.step_options.accumulate_grad_batches
         optimizer = self._optimizer
@@ -110,22 +144,33 @@ class AgentModule(pl.LightningModule):
             optimizer.zero_grad(set_to_none=True)
         self._micro_batches += 1
         # Like Lightning: a step every `accumulate` batches, and at the epoch's last batch.
-        steps_now = self._micro_batches == accumulate or batch_idx + 1 >= self._batches_per_epoch
+        steps_now = self._micro_batches == accumulate or last_in_epoch
         scaled = loss / accumulate if accumulate > 1 else loss
         if steps_now:
-            self.manual_backward(scaled)
-            optimizer.step()  # clipping runs in `on_before_optimizer_step`, as in Lightning's own loop
+            if self._plain_step:
+                self._plain_backward_and_step(scaled)
+            else:
+                self.manual_backward(scaled)
+                optimizer.step()  # clipping runs in `on_before_optimizer_step`, as in Lightning's own loop
             self._micro_batches = 0
             for scheduler in self._step_schedulers:
                 scheduler.step()
         else:
             with self._no_sync():  # DDP: all-reduce once per step, not per accumulated batch
                 self.manual_backward(scaled)
-        # `self.log` costs about as much as this model's forward pass, so the step loss is logged
-        # only on the batches the loggers write (Lightning's own count of them).
-        if (self.trainer.fit_loop.epoch_loop._batches_that_stepped + 1) % self._log_every == 0:
-            self.log("train/loss", loss, prog_bar=True)
         return loss
+
+    def _plain_backward_and_step(self, loss: Tensor) -> None:
+        # What `manual_backward` + the wrapped optimizer's `step` do when no callback, precision
+        # plugin or strategy adds to them (see `plain_step_possible`), without their dispatch.
+        strategy, optimizer = self.trainer.strategy, self._optimizer
+        strategy.pre_backward(loss)  # DDP arms its gradient all-reduce here
+        loss.backward()
+        strategy.post_backward(loss)
+        optimizer._on_before_step()  # Lightning counts optimizer steps (`global_step`) through these two hooks
+        self.on_before_optimizer_step(optimizer.optimizer)
+        optimizer.optimizer.step()
+        optimizer._on_after_step()
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Clip the (unscaled, accumulated) gradients right before the step, as `trainer.gradient_clip_val` does."""
@@ -166,11 +211,39 @@ class AgentModule(pl.LightningModule):
         self._batches_per_epoch = self.trainer.num_training_batches
         self._micro_batches = 0
         self._no_sync = getattr(self.trainer.strategy, "block_backward_sync", contextlib.nullcontext)
+        self._max_steps = self.trainer.max_steps
+        self._plain_step = plain_step_possible(self.trainer)
         options = self.step_options
-        if options.compile and self._train_forward == self._forward_loss:
+        if self._graph_step_wanted() and self._optimizer.optimizer.defaults.get("capturable"):
+            if self._captured is None:
+                self._captured = CapturedStep(self._forward_loss, self._optimizer.optimizer, self._clip_for_graph())
+        elif options.compile and self._train_forward == self._forward_loss:
             # Model and loss in one graph; the optimizer already runs one fused kernel.
             self._train_forward = torch.compile(self._forward_loss, mode=options.compile_mode)
         self._epoch_started = time.perf_counter()
+
+    def _graph_step_wanted(self) -> bool:
+        """Whether the step runs as one captured CUDA graph: `trainer.compile_mode=reduce-overhead` on one GPU.
+
+        Accumulation needs two kinds of step and a gradient scaler (16-mixed) syncs with the host:
+        both keep torch.compile's own CUDA graphs of the forward and backward instead.
+        """
+        options = self.step_options
+        return (
+            options.compile
+            and options.compile_mode == "reduce-overhead"
+            and self.device.type == "cuda"
+            and isinstance(self.trainer.strategy, SingleDeviceStrategy)
+            and options.accumulate_grad_batches == 1
+            and getattr(self.trainer.precision_plugin, "scaler", None) is None
+        )
+
+    def _clip_for_graph(self) -> Callable[[], None] | None:
+        clip = self.step_options.gradient_clip_val
+        if clip is None:
+            return None
+        algorithm = self.step_options.gradient_clip_algorithm
+        return lambda: self.clip_gradients(self._optimizer.optimizer, clip, algorithm)
 
     def on_train_epoch_start(self) -> None:
         """Start the epoch's throughput clock."""
@@ -230,17 +303,24 @@ class AgentModule(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         """Build the optimizer over the placed (possibly wrapped or sharded) model's parameters."""
         model = self.trainer.model
-        optimizer = build_optimizer(with_fast_kernel(self.optimizer_factory, model), model)
+        factory = with_fast_kernel(self.optimizer_factory, model)
+        capturable = self._graph_step_wanted() and accepts_capturable(factory)
+        if capturable:
+            factory = functools.partial(factory, capturable=True)
+        optimizer = build_optimizer(factory, model)
+        if capturable:
+            make_capturable(optimizer, self.device)
         if self.scheduler_factory is None:
             return optimizer
         trainer = self.trainer
         total_steps = trainer.estimated_stepping_batches  # also sets up the training data, which counts batches
-        if self.step_options.accumulate_grad_batches > 1:
+        batches = trainer.num_training_batches
+        loader = trainer.train_dataloader
+        if isinstance(loader, ExecutionBatches):  # Lightning counts groups of batches: count the batches
+            batches = min(len(loader.loader), batches * loader.k)
+        if self.step_options.accumulate_grad_batches > 1 or isinstance(loader, ExecutionBatches):
             total_steps = estimated_optimizer_steps(
-                trainer.num_training_batches,
-                self.step_options.accumulate_grad_batches,
-                trainer.max_epochs,
-                trainer.max_steps,
+                batches, self.step_options.accumulate_grad_batches, trainer.max_epochs, trainer.max_steps
             )
         scheduler = build_scheduler(self.scheduler_factory, optimizer, total_steps)
         # The module steps schedules itself (`training_step`, `_step_epoch_schedulers`); Lightning keeps

@@ -3,7 +3,7 @@
 The module optimises manually (one forward, backward and optimizer step, no closure), so
 `trainer.gradient_clip_val`, `trainer.gradient_clip_algorithm` and `trainer.accumulate_grad_batches`
 are taken out of the Trainer's arguments (Lightning refuses them under manual optimization) and
-applied by the module itself; `trainer.compile` and `trainer.compile_mode` are ours too.
+applied by the module itself; `trainer.compile`, `trainer.compile_mode` and `trainer.steps_per_execution` are ours too.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ class StepOptions:
     gradient_clip_algorithm: str = "norm"
     compile: bool = False
     compile_mode: str = "default"
+    steps_per_execution: int = 1
 
     def as_dict(self) -> dict[str, Any]:
         """Plain values, for the module's hyperparameters."""
@@ -48,9 +49,10 @@ STEP_KEYS = tuple(StepOptions.__dataclass_fields__)
 def step_options(trainer_cfg: DictConfig) -> StepOptions:
     """The step options in `cfg.trainer` (absent keys keep their defaults); a bad value is a ConfigError."""
     values = {key: trainer_cfg[key] for key in STEP_KEYS if trainer_cfg.get(key) is not None}
-    accumulate = values.get("accumulate_grad_batches", 1)
-    if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1:
-        raise ConfigError(f"trainer.accumulate_grad_batches={accumulate!r} is invalid: use a whole number >= 1")
+    for key in ("accumulate_grad_batches", "steps_per_execution"):
+        count = values.get(key, 1)
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ConfigError(f"trainer.{key}={count!r} is invalid: use a whole number >= 1")
     clip = values.get("gradient_clip_val")
     if clip is not None:
         if isinstance(clip, bool) or not isinstance(clip, int | float) or not math.isfinite(clip) or clip < 0:
@@ -126,3 +128,32 @@ def with_fast_kernel(factory: Callable[..., torch.optim.Optimizer], model: nn.Mo
     if plain and _accepts(factory, "fused"):
         return functools.partial(factory, fused=True)
     return factory  # torch's default: foreach on tensor-parallel DTensors fails on CPU
+
+
+# Hooks Lightning runs around a manual backward and optimizer step. `AgentModule` defines only
+# `on_before_optimizer_step` (clipping), which the plain step calls itself.
+_STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
+
+
+def plain_step_possible(trainer: Any) -> bool:
+    """Whether a step may call backward and the optimizer directly: nothing of Lightning's would run around them.
+
+    True when no callback implements a backward/optimizer-step hook, the precision plugin scales no
+    loss (no 16-mixed GradScaler) and the strategy's optimizer step is Lightning's plain one.
+    """
+    from lightning.pytorch import Callback
+    from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+    from lightning.pytorch.strategies import DDPStrategy, Strategy
+
+    precision = trainer.precision_plugin
+    if type(precision) not in (Precision, MixedPrecision) or getattr(precision, "scaler", None) is not None:
+        return False
+    if type(trainer.strategy).optimizer_step not in (Strategy.optimizer_step, DDPStrategy.optimizer_step):
+        return False
+    if getattr(trainer.strategy, "_model_averager", None) is not None:
+        return False
+    return not any(
+        getattr(type(callback), hook) is not getattr(Callback, hook)
+        for callback in trainer.callbacks
+        for hook in _STEP_HOOKS
+    )

@@ -156,6 +156,7 @@ def _fit_and_test(cfg: DictConfig, devices: int, world: int, extra_callbacks: Se
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = hydra.utils.instantiate(cfg.data, augmentations=_instantiate_all(cfg.get("augment")))
     module = build_module(cfg)
+    datamodule.group_batches(module.step_options.steps_per_execution)
     apply_data_statistics(module.model, datamodule)  # before any strategy wraps or shards the model
     pruning = _pruning_callback(cfg)
     trainer = build_trainer(cfg, devices, world, [*extra_callbacks, *([pruning] if pruning else [])])

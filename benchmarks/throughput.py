@@ -72,6 +72,46 @@ def hand_written(epochs: int, device: torch.device, batch: int, compile_mode: st
     return _steady(rates)
 
 
+def hand_written_cuda_graph(epochs: int, device: torch.device, batch: int) -> float:
+    """The hand-written step captured whole (forward, backward, fused capturable Adam) as one CUDA graph."""
+    torch.manual_seed(0)
+    features, labels = _reference_data(device)
+    model = AgentMLP(FEATURES, 256, 2, CLASSES).to(device)
+    lr = torch.tensor(1e-3, device=device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=True, capturable=True)
+    static_x, static_y = features[:batch].clone(), labels[:batch].clone()
+
+    def step() -> None:
+        loss = F.cross_entropy(model(static_x), static_y)
+        loss.backward()
+        optimizer.step()
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            optimizer.zero_grad(set_to_none=True)
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    optimizer.zero_grad(set_to_none=True)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    loader = SliceBatchLoader(features, labels, batch, shuffle=True, drop_last=True)
+    rates = []
+    for epoch in range(epochs):
+        loader.sampler.set_epoch(epoch)
+        _sync(device)
+        start = time.perf_counter()
+        for x, y in loader:
+            static_x.copy_(x)
+            static_y.copy_(y)
+            graph.replay()
+        _sync(device)
+        rates.append(len(loader) * batch / (time.perf_counter() - start))
+    return _steady(rates)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -129,11 +169,14 @@ class EpochRates(Callback):
         self.rates.append(pl_module.samples_per_second)
 
 
-def framework(epochs: int, accelerator: str, batch: int, compile_mode: str | None = None) -> float:
+def framework(
+    epochs: int, accelerator: str, batch: int, compile_mode: str | None = None, steps_per_execution: int = 1
+) -> float:
     """`train(cfg)` on the same workload; the module measures samples/s of each epoch's steps."""
     compiled = ["trainer.compile=true", f"trainer.compile_mode={compile_mode}"] if compile_mode else []
     overrides = [
         *compiled,
+        f"trainer.steps_per_execution={steps_per_execution}",
         f"data.train_size={TRAIN_SIZE}",
         f"data.batch_size={batch}",
         "data.source.seed=0",
@@ -184,6 +227,12 @@ def main() -> None:
     parser.add_argument("--compile-mode", default="default", help="torch.compile mode of the compiled paths")
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled paths")
     parser.add_argument("--reference", action="store_true", help="also run experiment=reference at devices=1 and 2")
+    parser.add_argument(
+        "--steps-per-execution",
+        type=int,
+        default=8,
+        help="trainer.steps_per_execution of the extra framework path and of the compiled one (1: no extra path)",
+    )
     args = parser.parse_args()
     device = torch.device("cuda" if args.accelerator == "gpu" else "cpu")
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
@@ -198,14 +247,23 @@ def main() -> None:
         "minimal Lightning": lambda batch: lightning_minimal(args.epochs, device, batch),
         "framework (train)": lambda batch: framework(args.epochs, args.accelerator, batch),
     }
+    if args.steps_per_execution > 1:
+        paths[f"framework, steps_per_execution={args.steps_per_execution}"] = lambda batch: framework(
+            args.epochs, args.accelerator, batch, steps_per_execution=args.steps_per_execution
+        )
     if mode:
         paths["hand-written, compiled"] = lambda batch: hand_written(args.epochs, device, batch, mode)
-        paths["framework, trainer.compile"] = lambda batch: framework(args.epochs, args.accelerator, batch, mode)
+        paths["framework, trainer.compile"] = lambda batch: framework(
+            args.epochs, args.accelerator, batch, mode, steps_per_execution=args.steps_per_execution
+        )
+    if device.type == "cuda":
+        paths["hand-written, whole-step CUDA graph"] = lambda batch: hand_written_cuda_graph(args.epochs, device, batch)
     rates: dict[tuple[str, int], list[float]] = {(name, b): [] for b in args.batch for name in paths}
     for _ in range(args.rounds):
         for batch in args.batch:
             for name, run_path in paths.items():
                 rates[name, batch].append(run_path(batch))
+                print(f"  {name} (batch {batch}): {rates[name, batch][-1]:,.0f} samples/s", flush=True)
     if args.reference:
         for devices in (1, 2):
             print(f"reference experiment devices={devices}: {reference_cli(devices):,.0f} samples/s")
@@ -217,6 +275,13 @@ def main() -> None:
             print(f"{name}: {best[name, batch]:,.0f} samples/s  (rounds: {rounds})")
         hand = best["hand-written loop", batch]
         print(f"minimal Lightning / hand-written = {best['minimal Lightning', batch] / hand:.3f}")
+        if args.steps_per_execution > 1:
+            grouped = best[f"framework, steps_per_execution={args.steps_per_execution}", batch]
+            print(f"framework steps_per_execution={args.steps_per_execution} / hand-written = {grouped / hand:.3f}")
+        if device.type == "cuda":
+            graph = best["hand-written, whole-step CUDA graph", batch]
+            compiled = best.get(("framework, trainer.compile", batch), 0.0)
+            print(f"framework compiled / hand-written CUDA graph = {compiled / graph:.3f}")
         if mode:
             compiled = best["framework, trainer.compile", batch]
             print(f"framework compiled / hand-written eager = {compiled / hand:.3f}")

@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 from torch import Tensor
 from torch.nn import functional as F
 
+from agent_lightning.data.executions import ExecutionBatches
 from agent_lightning.errors import ConfigError
 from agent_lightning.parallel import data_parallel_coords
 
@@ -39,6 +40,11 @@ class RankBatchesDataModule(pl.LightningDataModule):
         self._rank, self._world = 0, 1
         self._train_loader: ResumableLoader | None = None
         self._train_position: dict[str, Any] | None = None
+        self.steps_per_execution = 1
+
+    def group_batches(self, steps_per_execution: int) -> None:
+        """Serve training batches in groups of this many: one Lightning step runs one optimizer step per batch."""
+        self.steps_per_execution = steps_per_execution
 
     @property
     def local_batch_size(self) -> int:
@@ -66,6 +72,8 @@ class RankBatchesDataModule(pl.LightningDataModule):
         if self._train_position is not None:
             self._train_loader.load_state_dict(self._train_position)
             self._train_position = None
+        if self.steps_per_execution > 1:
+            return ExecutionBatches(self._train_loader, self.steps_per_execution)
         return self._train_loader
 
     def val_dataloader(self) -> Any:
@@ -89,11 +97,15 @@ class RankBatchesDataModule(pl.LightningDataModule):
         if self._train_loader is not None and self._train_position is not None:
             self._train_loader.load_state_dict(self._train_position)
 
-    def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Augment training batches on the device (targets become class probabilities); never val/test."""
         if not self.augmentations or self.trainer is None or not self.trainer.training:
             return batch
-        features, labels = batch
+        if not isinstance(batch[0], Tensor):  # a group of batches (`trainer.steps_per_execution`)
+            return tuple(self._augment(*one) for one in batch)
+        return self._augment(*batch)
+
+    def _augment(self, features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         targets = F.one_hot(labels, self.num_classes).to(features.dtype)
         for augment in self.augmentations:
             features, targets = augment(features, targets)

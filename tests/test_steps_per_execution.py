@@ -1,0 +1,139 @@
+"""Several optimizer steps per Lightning step (`trainer.steps_per_execution`), and the whole-step CUDA graph."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from agent_lightning.errors import ConfigError
+from agent_lightning.step import step_options
+from agent_lightning.train import train
+
+from .helpers import CrashAtStep, CrashError
+from .test_step import QUIET, FinalState
+
+SAME_RUN = [*QUIET, "trainer.deterministic=true", "data.train_size=4096"]  # 16 batches of 256
+
+
+def _trained(compose_cfg, tmp_path: Path, name: str, *overrides: str) -> FinalState:
+    state = FinalState()
+    train(compose_cfg(*SAME_RUN, *overrides, output_dir=tmp_path / name), extra_callbacks=[state])
+    return state
+
+
+def _assert_same_weights(one: FinalState, other: FinalState, atol: float = 1e-6) -> None:
+    for key, value in one.weights.items():
+        assert torch.allclose(value, other.weights[key], atol=atol), key
+
+
+def test_grouped_batches_take_the_same_steps_as_one_at_a_time(compose_cfg, tmp_path: Path) -> None:
+    # A per-step schedule and clipping run inside the group exactly as between Lightning steps.
+    options = ["scheduler=warmup_cosine", "scheduler.warmup_steps=5", "trainer.gradient_clip_val=0.5"]
+    single = _trained(compose_cfg, tmp_path, "single", *options)
+    grouped = _trained(compose_cfg, tmp_path, "grouped", *options, "trainer.steps_per_execution=5")  # 5+5+5+1
+    assert single.steps == grouped.steps == 16
+    assert grouped.lr == pytest.approx(single.lr)
+    _assert_same_weights(single, grouped)
+
+
+def test_a_group_stops_at_max_steps(compose_cfg, tmp_path: Path) -> None:
+    grouped = _trained(compose_cfg, tmp_path, "grouped", "trainer.max_steps=7", "trainer.steps_per_execution=4")
+    single = _trained(compose_cfg, tmp_path, "single", "trainer.max_steps=7")
+    assert grouped.steps == single.steps == 7
+    _assert_same_weights(single, grouped)
+
+
+def test_grouped_accumulation_equals_ungrouped(compose_cfg, tmp_path: Path) -> None:
+    accumulate = ["trainer.accumulate_grad_batches=3"]  # 16 batches: 5 steps of 3 and the epoch's last of 1
+    single = _trained(compose_cfg, tmp_path, "single", *accumulate)
+    grouped = _trained(compose_cfg, tmp_path, "grouped", *accumulate, "trainer.steps_per_execution=4")
+    assert single.steps == grouped.steps == 6
+    _assert_same_weights(single, grouped)
+
+
+def test_a_grouped_run_resumed_mid_epoch_matches_an_uninterrupted_one(compose_cfg, tmp_path: Path) -> None:
+    common = [
+        *SAME_RUN,
+        "trainer.max_epochs=2",
+        "trainer.steps_per_execution=4",
+        "callbacks=default",
+        "callbacks.last_checkpoint.every_n_train_steps=6",  # crossed, not landed on, by groups of 4
+        "trainer.limit_val_batches=0",
+    ]
+    whole = FinalState()
+    train(compose_cfg(*common, output_dir=tmp_path / "whole"), extra_callbacks=[whole])
+    with pytest.raises(CrashError):  # after 24 of 32 steps: half-way through the second epoch
+        train(compose_cfg(*common, output_dir=tmp_path / "cut"), extra_callbacks=[CrashAtStep(24)])
+    last = tmp_path / "cut" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 24
+    resumed = FinalState()
+    train(compose_cfg(*common, f"ckpt_path={last}", output_dir=tmp_path / "cut"), extra_callbacks=[resumed])
+    assert resumed.steps == whole.steps == 32
+    _assert_same_weights(whole, resumed)
+
+
+def test_steps_per_execution_must_be_a_whole_number(compose_cfg) -> None:
+    with pytest.raises(ConfigError, match=r"trainer.steps_per_execution=0 is invalid: use a whole number >= 1"):
+        step_options(compose_cfg("trainer.steps_per_execution=0").trainer)
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@needs_cuda
+def test_captured_step_takes_the_same_steps_as_eager_ones() -> None:
+    from torch.nn import functional as F
+
+    from agent_lightning.model import AgentMLP
+    from agent_lightning.step_graph import WARMUP_STEPS, CapturedStep, make_capturable
+
+    torch.manual_seed(0)
+    eager_model = AgentMLP(16, 32, 2, 4).cuda()
+    graph_model = AgentMLP(16, 32, 2, 4).cuda()
+    graph_model.load_state_dict(eager_model.state_dict())
+    eager_opt = torch.optim.Adam(eager_model.parameters(), lr=1e-2, fused=True)
+    graph_opt = torch.optim.Adam(graph_model.parameters(), lr=1e-2, fused=True, capturable=True)
+    make_capturable(graph_opt, torch.device("cuda"))
+    schedule = torch.optim.lr_scheduler.StepLR(graph_opt, step_size=4, gamma=0.5)
+    eager_schedule = torch.optim.lr_scheduler.StepLR(eager_opt, step_size=4, gamma=0.5)
+
+    def forward_loss(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = graph_model(x)
+        return logits, F.cross_entropy(logits, y)
+
+    captured = CapturedStep(forward_loss, graph_opt)
+    # Warm-up, capture, replays, a smaller batch off the graph, then replays again.
+    sizes = [64] * (WARMUP_STEPS + 3) + [24] + [64] * 3
+    for size in sizes:
+        x, y = torch.randn(size, 16, device="cuda"), torch.randint(0, 4, (size,), device="cuda")
+        loss, hits = captured.step(x, y)
+        eager_logits = eager_model(x)
+        eager_loss = F.cross_entropy(eager_logits, y)
+        eager_opt.zero_grad(set_to_none=True)
+        eager_loss.backward()
+        eager_opt.step()
+        assert float(loss) == pytest.approx(eager_loss.item(), abs=1e-4)
+        assert int(hits) == int((eager_logits.argmax(-1) == y).sum())
+        schedule.step()
+        eager_schedule.step()
+    assert captured.graph is not None
+    for (name, theirs), mine in zip(eager_model.state_dict().items(), graph_model.state_dict().values(), strict=True):
+        assert torch.allclose(theirs, mine, atol=1e-4), name
+
+
+@needs_cuda
+def test_cuda_graph_step_trains_like_the_eager_step(compose_cfg, tmp_path: Path) -> None:
+    cuda = ["trainer.accelerator=gpu", "scheduler=warmup_cosine", "scheduler.warmup_steps=5"]
+    eager = _trained(compose_cfg, tmp_path, "eager", *cuda)
+    graphed = _trained(
+        compose_cfg,
+        tmp_path,
+        "graph",
+        *cuda,
+        "trainer.compile=true",
+        "trainer.compile_mode=reduce-overhead",
+        "trainer.steps_per_execution=4",
+    )
+    assert eager.steps == graphed.steps == 16
+    assert float(graphed.lr) == pytest.approx(float(eager.lr), rel=1e-5)  # the schedule reached the captured step
+    _assert_same_weights(eager, graphed, atol=1e-4)
