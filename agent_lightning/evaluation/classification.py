@@ -151,7 +151,9 @@ def write_report(result: dict[str, Any], output_dir: Path) -> dict[str, str]:
     with open(files["per_class.csv"], "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["class", "name", "support", "precision", "recall", "f1"])
         writer.writeheader()
-        writer.writerows(result["per_class"])
+        writer.writerows(
+            {k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()} for row in result["per_class"]
+        )
     from agent_lightning.evaluation.plots import plot_confusion, plot_reliability
 
     labels = [row["name"] for row in result["per_class"]]
