@@ -84,7 +84,8 @@ def load_agent_and_config(path: str | Path) -> tuple[AgentMLP, dict[str, Any]]:
     return model.eval(), dict(config)
 
 
-def _write(model: AgentMLP, config: dict[str, Any], output: Path, fmt: str) -> None:
+def write_model(model: AgentMLP, config: dict[str, Any], output: Path, fmt: str) -> None:
+    """Write `model` (built from `config`) to `output` in one of FORMATS, unchecked: `export` checks it."""
     if fmt == "torch":
         torch.save({"model_config": config, "state_dict": model.state_dict()}, output)
         return
@@ -125,7 +126,7 @@ def export_checked(checkpoint_path: str | Path, output: str | Path, format: str 
     output.parent.mkdir(parents=True, exist_ok=True)
     staged = output.with_name(f".{output.name}.tmp{output.suffix}")  # a failed export never replaces a good one
     try:
-        _write(model, config, staged, fmt)
+        write_model(model, config, staged, fmt)
         diff = check_export(model, staged)
         staged.replace(output)
     finally:

@@ -73,6 +73,11 @@ def test_action_probs_are_the_softmax_and_policy_wraps_an_in_memory_model(run) -
     np.testing.assert_allclose(probs, expected, atol=1e-6)
     one = policy.action_probs(obs[0])
     assert one.shape == (N_ACTIONS,) and one.sum() == pytest.approx(1.0, abs=1e-6)
+    # A model still being trained (dropout on) acts in inference mode and is handed back in training mode.
+    training = AgentMLP(input_dim=OBS_DIM, hidden_dim=32, output_dim=N_ACTIONS, dropout=0.5).train()
+    acting = Policy(training)
+    np.testing.assert_array_equal(acting.action_probs(obs), acting.action_probs(obs))
+    assert training.training
 
 
 def test_a_wrong_observation_width_names_expected_and_got(run) -> None:
