@@ -1,4 +1,4 @@
-"""One small trained run shared by the policy, export and evaluation tests (trained once per test module)."""
+"""One small trained run shared by the policy and export tests (trained once per test session)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from agent_lightning.config import compose_config
@@ -32,12 +33,18 @@ def scaled_task(rows: int, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
     return (x.numpy() * 5.0 + 3.0).astype(np.float32), y.numpy()
 
 
-def trained_run(root: Path) -> dict[str, Path]:
-    """A prepared dataset and a 1-epoch run on it: {'data', 'ckpt'} (the run's last.ckpt)."""
-    prepare(scaled_task(2_000), root / "data", progress_bar=False)
-    cfg = compose_config([*QUICK, f"data.path={root / 'data'}"], output_dir=root / "run")
-    train(cfg)
-    return {"data": root / "data", "ckpt": root / "run" / "checkpoints" / "last.ckpt"}
+_RUN: dict[str, Path] = {}
+
+
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A prepared dataset and a 1-epoch run on it: {'data', 'ckpt'} (the run's last.ckpt), made once per session."""
+    if not _RUN:
+        root = tmp_path_factory.mktemp("policy_run")
+        prepare(scaled_task(2_000), root / "data", progress_bar=False)
+        cfg = compose_config([*QUICK, f"data.path={root / 'data'}"], output_dir=root / "run")
+        train(cfg)
+        _RUN.update(data=root / "data", ckpt=root / "run" / "checkpoints" / "last.ckpt")
+    return dict(_RUN)
 
 
 class Payload:

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> dict[str, Path]:
-    return trained_run(tmp_path_factory.mktemp("export"))
+    return trained_run(tmp_path_factory)
 
 
 def _torch_logits(ckpt: Path, obs: np.ndarray) -> np.ndarray:

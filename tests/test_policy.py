@@ -26,7 +26,7 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> dict[str, Path]:
-    return trained_run(tmp_path_factory.mktemp("policy"))
+    return trained_run(tmp_path_factory)
 
 
 def _by_hand(model: AgentMLP, obs: np.ndarray) -> np.ndarray:
