@@ -1,4 +1,8 @@
-"""Figures of a dataset evaluation, drawn with matplotlib's file-only Agg backend."""
+"""Figures of a dataset evaluation, drawn with matplotlib's Agg renderer.
+
+Figures are built as `matplotlib.figure.Figure` objects, not through pyplot: no backend is switched
+and no global figure state is touched, so a notebook's own plotting is left alone.
+"""
 
 from __future__ import annotations
 
@@ -8,23 +12,23 @@ from typing import Any
 from agent_lightning.errors import ConfigError
 
 
-def _pyplot() -> Any:
+def _figure(width: float, height: float) -> Any:
     try:
-        import matplotlib
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
     except ImportError:
         raise ConfigError("plots need matplotlib: pip install 'lightning-agent-trainer[plots]'") from None
-    matplotlib.use("Agg")  # no display needed: figures go to files
-    import matplotlib.pyplot as plt
-
-    return plt
+    figure = Figure(figsize=(width, height))
+    FigureCanvasAgg(figure)  # rendered to files only
+    return figure
 
 
 def plot_confusion(confusion: list[list[int]], labels: list[str], path: Path) -> None:
     """Confusion matrix (rows: true class, columns: predicted), each row normalised, counts written in."""
-    plt = _pyplot()
     n = len(confusion)
     size = min(4 + 0.5 * n, 20)
-    fig, ax = plt.subplots(figsize=(size, size * 0.85))
+    fig = _figure(size, size * 0.85)
+    ax = fig.subplots()
     totals = [max(sum(row), 1) for row in confusion]
     shares = [[c / t for c in row] for row, t in zip(confusion, totals, strict=True)]
     image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
@@ -40,13 +44,12 @@ def plot_confusion(confusion: list[list[int]], labels: list[str], path: Path) ->
     ax.set_title("Confusion matrix (colour: share of the true class)")
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
 
 
 def plot_reliability(table: list[dict[str, Any]], ece: float, path: Path) -> None:
     """Reliability diagram: accuracy against confidence per bin, beside the diagonal of perfect calibration."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig = _figure(5, 5)
+    ax = fig.subplots()
     filled = [row for row in table if row["count"]]
     width = table[0]["bin_hi"] - table[0]["bin_lo"]
     ax.bar([r["bin_lo"] for r in filled], [r["accuracy"] for r in filled], width=width, align="edge",
@@ -59,4 +62,3 @@ def plot_reliability(table: list[dict[str, Any]], ece: float, path: Path) -> Non
     ax.set_title(f"Reliability (ECE = {ece:.4f})")
     ax.legend(loc="upper left")
     fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
