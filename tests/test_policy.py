@@ -134,6 +134,9 @@ def test_a_sharded_checkpoint_acts_like_the_single_file_one(run, tmp_path: Path)
     obs, _ = scaled_task(512, seed=13)
     np.testing.assert_array_equal(from_shards.act(obs), from_file.act(obs))
     torch.testing.assert_close(from_shards.logits(obs), from_file.logits(obs), rtol=0, atol=0)
+    # And the sharded directory exports to one file like any checkpoint.
+    assert export_main([str(sharded), str(tmp_path / "agent.ts")]) == 0
+    np.testing.assert_array_equal(Policy.load(tmp_path / "agent.ts").act(obs), from_file.act(obs))
 
 
 def test_a_malicious_pickle_is_refused_by_policy_export_and_training(run, tmp_path: Path) -> None:
