@@ -44,9 +44,10 @@ class Policy:
                 model = model.to(self.device)
         else:  # a runtime outside torch (onnxruntime): it takes and returns CPU tensors
             self.device = torch.device(device or "cpu")
-        if isinstance(model, AgentMLP):
-            obs_dim = model.normalizer.mean.numel() if obs_dim is None else obs_dim
-            n_actions = model.head.out_features if n_actions is None else n_actions
+        base = getattr(model, "_orig_mod", model)  # the AgentMLP inside a torch.compile wrapper
+        if isinstance(base, AgentMLP):
+            obs_dim = base.normalizer.mean.numel() if obs_dim is None else obs_dim
+            n_actions = base.head.out_features if n_actions is None else n_actions
         if obs_dim is None or n_actions is None:
             raise ValueError("Policy needs obs_dim and n_actions for a model that is not an AgentMLP")
         self.model = model
