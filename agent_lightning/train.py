@@ -26,6 +26,7 @@ from agent_lightning.errors import ConfigError, user_facing
 from agent_lightning.launch import launch_ranks, setup_rank_logging
 from agent_lightning.module import AgentModule
 from agent_lightning.parallel import build_strategy, choose_strategy, cpu_processes_per_node
+from agent_lightning.runs.data_resume import DataAwareResume
 from agent_lightning.runs.environment import environment_restored
 from agent_lightning.runs.init_from import load_initial_weights
 from agent_lightning.runs.lock import run_directory_lock
@@ -79,6 +80,7 @@ def build_trainer(cfg: DictConfig, devices: int, world: int, extra_callbacks: Se
         *_instantiate_all(cfg.get("callbacks")),
         FiniteLossGuard(),
         StopOnSignal(),
+        DataAwareResume(),
         *extra_callbacks,
     ]
     callbacks += [LogConfigToTrackers(cfg), *filter(None, [build_progress_bar(cfg)])]
