@@ -28,6 +28,7 @@ from agent_lightning.module import AgentModule
 from agent_lightning.parallel import build_strategy, choose_strategy, cpu_processes_per_node
 from agent_lightning.runs.data_resume import DataAwareResume
 from agent_lightning.runs.environment import environment_restored
+from agent_lightning.runs.in_place import in_place_arguments, resolve_latest
 from agent_lightning.runs.init_from import load_initial_weights
 from agent_lightning.runs.lock import run_directory_lock
 from agent_lightning.runs.stops import StopOnSignal, stopped_by_signal
@@ -137,6 +138,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
 
 def _resolve_and_check(cfg: DictConfig) -> tuple[int, int]:
     # Once per process: the checks read manifests and checkpoints, which can be large.
+    resolve_latest(cfg)
     resolve_data_dims(cfg)
     resolve_auto_strategy(cfg)
     devices, world = validate(cfg)
@@ -231,7 +233,7 @@ def _summary(metrics: dict[str, Any]) -> str:
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
-def main(cfg: DictConfig) -> float | Pruned | None:
+def hydra_main(cfg: DictConfig) -> float | Pruned | None:
     """Hydra entry: one job (or one job of a sweep); returns `cfg.optimized_metric` for sweepers."""
     rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
     if launched_externally() and rank != 0:
@@ -258,6 +260,16 @@ def main(cfg: DictConfig) -> float | Pruned | None:
     except ConfigError as err:
         log.error("%s", err)
         sys.exit(2)
+
+
+def main() -> None:
+    """Command line: a checkpoint of a run directory resumes in it (`ckpt_path=latest`: the newest run's)."""
+    try:
+        sys.argv = in_place_arguments(sys.argv)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
+    hydra_main()
 
 
 if __name__ == "__main__":
