@@ -125,3 +125,14 @@ def test_a_shape_mismatch_or_a_combined_resume_is_refused_in_one_line(yesterday)
         validate(compose_config([*base, f"ckpt_path={yesterday['ckpt']}"]))
     with pytest.raises(ConfigError, match=r"init_from=/no/such.ckpt does not exist"):
         validate(compose_config([*QUICK, f"data.path={yesterday['day1']}", "init_from=/no/such.ckpt"]))
+
+
+def test_a_safetensors_export_gives_the_same_weights(yesterday, tmp_path: Path) -> None:
+    safetensors = pytest.importorskip("safetensors.torch")
+    saved = model_state(torch.load(yesterday["ckpt"], map_location="cpu", weights_only=True))
+    safetensors.save_file({k: v.contiguous() for k, v in saved.items()}, str(tmp_path / "agent.safetensors"))
+    cfg = compose_config([*QUICK, f"data.path={yesterday['day1']}", f"init_from={tmp_path / 'agent.safetensors'}"])
+    validate(cfg)
+    module = build_module(cfg)
+    load_initial_weights(module.model, cfg)
+    assert all(torch.equal(module.model.state_dict()[k], v) for k, v in saved.items())
