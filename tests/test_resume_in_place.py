@@ -55,7 +55,10 @@ class BatchLog(pl.Callback):
         self.batches.append((trainer.current_epoch, idx))
 
 
-def test_a_resume_on_changed_data_runs_the_interrupted_epoch_afresh_and_whole(tmp_path: Path, caplog) -> None:
+@pytest.mark.parametrize("limit", ["trainer.max_epochs=2", "trainer.max_steps=25"], ids=["epochs", "steps"])
+def test_a_resume_on_changed_data_runs_the_interrupted_epoch_afresh_and_whole(
+    limit: str, tmp_path: Path, caplog
+) -> None:
     prepare(_rows(2400), tmp_path / "day1", progress_bar=False)  # 1,920 train rows: 8 batches
     prepare(_rows(4800, 2400), tmp_path / "day2", progress_bar=False)  # 3,840 train rows: 15 batches
     run_dir = tmp_path / "run"
@@ -66,7 +69,8 @@ def test_a_resume_on_changed_data_runs_the_interrupted_epoch_afresh_and_whole(tm
 
     seen = BatchLog()
     with caplog.at_level(logging.WARNING, logger="agent_lightning"):
-        cfg = compose_config([*QUICK, f"data.path={tmp_path / 'day2'}", f"ckpt_path={last}"], tmp_path / "resumed")
+        resume = [*QUICK, f"data.path={tmp_path / 'day2'}", f"ckpt_path={last}", limit]
+        cfg = compose_config([*resume, *(["trainer.max_epochs=-1"] if "steps" in limit else [])], tmp_path / "resumed")
         train(cfg, extra_callbacks=[seen])
     assert seen.batches == [(1, i) for i in range(15)]  # epoch 1 again, all 15 batches of the new data
     assert "epoch 1 starts again from its first batch on the new data (it had run 2 batches" in caplog.text

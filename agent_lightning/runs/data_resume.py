@@ -39,6 +39,9 @@ def _restart_epoch(fit_loop: dict[str, Any]) -> tuple[int, int] | None:
         progress["ready"] = progress["started"] = progress["processed"]
     for key in batches["current"]:
         batches["current"][key] = 0
+    # A checkpoint written at a batch's end has not counted that batch completed yet; count it, so that
+    # a loop that restarts anyway (iteration-based training, max_epochs=-1) does not skip a batch.
+    batches["total"]["completed"] = batches["total"]["processed"]
     batches["is_last_batch"] = False
     fit_loop.get("state_dict", {}).pop("combined_loader", None)  # the loader's saved position
     return int(current["processed"]), done
