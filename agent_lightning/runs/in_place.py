@@ -88,6 +88,7 @@ def in_place_arguments(argv: Sequence[str]) -> list[str]:
         return args
     with run_directory_lock(run):  # refused here, before Hydra writes into it, if another run holds it
         pass
-    resumes = len(list((run / HYDRA_SUBDIR).glob("resume-*")))
-    subdir = f"{HYDRA_SUBDIR}/resume-{resumes + 1}" if global_rank() == 0 else "null"  # one rank saves it
+    names = [path.name.removeprefix("resume-") for path in (run / HYDRA_SUBDIR).glob("resume-*")]
+    number = max((int(n) for n in names if n.isdigit()), default=0) + 1  # after the last, even with gaps
+    subdir = f"{HYDRA_SUBDIR}/resume-{number}" if global_rank() == 0 else "null"  # one rank saves it
     return [*args, f"hydra.run.dir={_quoted(run)}", f"hydra.output_subdir={subdir}"]
