@@ -26,7 +26,10 @@ from agent_lightning.errors import ConfigError, user_facing
 from agent_lightning.launch import launch_ranks, setup_rank_logging
 from agent_lightning.module import AgentModule
 from agent_lightning.parallel import build_strategy, choose_strategy, cpu_processes_per_node
+from agent_lightning.runs.data_resume import DataAwareResume
 from agent_lightning.runs.environment import environment_restored
+from agent_lightning.runs.in_place import in_place_arguments, resolve_latest
+from agent_lightning.runs.init_from import load_initial_weights
 from agent_lightning.runs.lock import run_directory_lock
 from agent_lightning.runs.stops import StopOnSignal, stopped_by_signal
 from agent_lightning.runs.threads import cpu_threads
@@ -78,6 +81,7 @@ def build_trainer(cfg: DictConfig, devices: int, world: int, extra_callbacks: Se
         *_instantiate_all(cfg.get("callbacks")),
         FiniteLossGuard(),
         StopOnSignal(),
+        DataAwareResume(),
         *extra_callbacks,
     ]
     callbacks += [LogConfigToTrackers(cfg), *filter(None, [build_progress_bar(cfg)])]
@@ -134,6 +138,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
 
 def _resolve_and_check(cfg: DictConfig) -> tuple[int, int]:
     # Once per process: the checks read manifests and checkpoints, which can be large.
+    resolve_latest(cfg)
     resolve_data_dims(cfg)
     resolve_auto_strategy(cfg)
     devices, world = validate(cfg)
@@ -157,6 +162,7 @@ def _fit_and_test(cfg: DictConfig, devices: int, world: int, extra_callbacks: Se
     datamodule = hydra.utils.instantiate(cfg.data, augmentations=_instantiate_all(cfg.get("augment")))
     module = build_module(cfg)
     datamodule.group_batches(module.step_options.steps_per_execution)
+    load_initial_weights(module.model, cfg)  # `init_from`, then the data's statistics (they win where it has them)
     apply_data_statistics(module.model, datamodule)  # before any strategy wraps or shards the model
     pruning = _pruning_callback(cfg)
     trainer = build_trainer(cfg, devices, world, [*extra_callbacks, *([pruning] if pruning else [])])
@@ -228,7 +234,7 @@ def _summary(metrics: dict[str, Any]) -> str:
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
-def main(cfg: DictConfig) -> float | Pruned | None:
+def hydra_main(cfg: DictConfig) -> float | Pruned | None:
     """Hydra entry: one job (or one job of a sweep); returns `cfg.optimized_metric` for sweepers."""
     rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
     if launched_externally() and rank != 0:
@@ -255,6 +261,16 @@ def main(cfg: DictConfig) -> float | Pruned | None:
     except ConfigError as err:
         log.error("%s", err)
         sys.exit(2)
+
+
+def main() -> None:
+    """Command line: a checkpoint of a run directory resumes in it (`ckpt_path=latest`: the newest run's)."""
+    try:
+        sys.argv = in_place_arguments(sys.argv)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
+    hydra_main()
 
 
 if __name__ == "__main__":

@@ -47,6 +47,11 @@ class RankBatchesDataModule(pl.LightningDataModule):
         self.steps_per_execution = steps_per_execution
 
     @property
+    def fingerprint(self) -> str | None:
+        """What identifies the training data, so a resume can tell other data from the same (None: unknown)."""
+        return None
+
+    @property
     def local_batch_size(self) -> int:
         """Batch size on each data-parallel rank."""
         return self.batch_size // self._world

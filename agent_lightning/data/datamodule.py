@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -72,6 +74,13 @@ class AgentDataModule(RankBatchesDataModule):
         self.seed = seed
         self.global_order = global_order
         self._splits: dict[str, tuple[Tensor, Tensor]] = {}
+
+    @property
+    def fingerprint(self) -> str | None:
+        """A digest of the source's settings and the split sizes: the same settings generate the same samples."""
+        settings = {k: v for k, v in vars(self.source).items() if isinstance(v, int | float | str | bool)}
+        identity = {"source": type(self.source).__qualname__, **settings, "sizes": self.sizes}
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
     def setup(self, stage: str) -> None:
         """Build this rank's shards of the splits the stage needs."""

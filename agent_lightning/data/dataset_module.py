@@ -45,6 +45,11 @@ class PreparedDataModule(RankBatchesDataModule):
         self.normalize, self.shuffle = normalize, shuffle
         self.block_rows, self.drop_last, self.seed = block_rows, drop_last, seed
 
+    @property
+    def fingerprint(self) -> str | None:
+        """The manifest's checksum of the dataset's shards."""
+        return self.dataset.fingerprint or None
+
     def split_rows(self, split: str) -> int:
         """Rows of a split (0 when the dataset has none)."""
         return self.dataset.rows(split)

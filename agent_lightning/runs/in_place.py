@@ -1,0 +1,94 @@
+"""Resume in place: `ckpt_path=<run>/checkpoints/...` (or `ckpt_path=latest`) continues in that run's directory.
+
+Hydra picks the run directory before `train` sees the config, so the command line is read first:
+when the checkpoint lies in a run directory (`<run>/checkpoints/`, beside `<run>/.hydra/`), the
+run is pointed there (`hydra.run.dir`), and Hydra saves the resumed run's composed config in
+`<run>/.hydra/resume-<n>/` beside the first run's (never over it). Metrics continue in the same
+`csv/metrics.csv`, the checkpoint callbacks continue their best-k tracking in the same
+`checkpoints/`, and `train.log` is appended to. The run-directory lock still refuses a second run
+writing into the directory. `ckpt_path=latest` is the newest `checkpoints/last.ckpt` (by time
+written) under `<paths.output_root>/<name>/`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from omegaconf import DictConfig, open_dict
+
+from agent_lightning.errors import ConfigError
+from agent_lightning.runs.lock import global_rank, run_directory_lock
+
+LATEST = "latest"
+CHECKPOINTS = "checkpoints"
+LAST = "last.ckpt"
+HYDRA_SUBDIR = ".hydra"
+_CKPT = re.compile(r"^\+{0,2}ckpt_path=(.*)$")
+_MULTIRUN = ("-m", "--multirun")
+
+
+def latest_checkpoint(output_root: str | Path, name: str) -> Path:
+    """The most recently written `checkpoints/last.ckpt` of the runs under `<output_root>/<name>/`."""
+    root = Path(output_root) / name
+    found = [path for path in root.glob(f"*/{CHECKPOINTS}/{LAST}") if path.exists()]
+    if not found:
+        raise ConfigError(
+            f"ckpt_path=latest: no run under {root}/ has a {CHECKPOINTS}/{LAST}; train one first (name={name}), or "
+            "give ckpt_path=<path to a checkpoint>"
+        )
+    return max(found, key=lambda path: path.stat().st_mtime)
+
+
+def resolve_latest(cfg: DictConfig) -> None:
+    """Replace `ckpt_path=latest` in `cfg` by the newest run's last checkpoint."""
+    if str(cfg.get("ckpt_path")) == LATEST:
+        with open_dict(cfg):
+            cfg.ckpt_path = str(latest_checkpoint(cfg.paths.output_root, cfg.name))
+
+
+def run_directory_of(checkpoint: Path) -> Path | None:
+    """The run directory a checkpoint was written in (`<run>/checkpoints/<file or dir>`), if it is one."""
+    run = checkpoint.parent.parent
+    if checkpoint.parent.name == CHECKPOINTS and (run / HYDRA_SUBDIR).is_dir():
+        return run
+    return None
+
+
+def _quoted(value: str | Path) -> str:
+    """A path as one Hydra override value, whatever characters it holds."""
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _output_settings(overrides: Sequence[str]) -> tuple[str, str]:
+    """(paths.output_root, name) of the run these overrides compose."""
+    from agent_lightning.config import compose_config
+
+    kept = [arg for arg in overrides if not arg.lstrip("+~").startswith("hydra") and not _CKPT.match(arg)]
+    cfg = compose_config(kept)
+    return str(cfg.paths.output_root), str(cfg.name)
+
+
+def in_place_arguments(argv: Sequence[str]) -> list[str]:
+    """The command line with `ckpt_path=latest` resolved and, for a run directory's checkpoint, the run moved there."""
+    args = list(argv)
+    at = max((i for i, arg in enumerate(args) if _CKPT.match(arg)), default=None)
+    if at is None:
+        return args
+    value = _CKPT.match(args[at]).group(1).strip("'\"")
+    overrides = [arg for arg in args[1:] if not arg.startswith("-")]
+    if value == LATEST:
+        value = str(latest_checkpoint(*_output_settings(overrides)))
+        args[at] = f"ckpt_path={_quoted(value)}"
+    multirun = any(arg in _MULTIRUN for arg in args)
+    chosen_dir = any(arg.startswith(("hydra.run.dir=", "paths.output_dir=")) for arg in overrides)
+    run = run_directory_of(Path(value)) if value and value != "null" else None
+    if run is None or multirun or chosen_dir:
+        return args
+    with run_directory_lock(run):  # refused here, before Hydra writes into it, if another run holds it
+        pass
+    names = [path.name.removeprefix("resume-") for path in (run / HYDRA_SUBDIR).glob("resume-*")]
+    number = max((int(n) for n in names if n.isdigit()), default=0) + 1  # after the last, even with gaps
+    subdir = f"{HYDRA_SUBDIR}/resume-{number}" if global_rank() == 0 else "null"  # one rank saves it
+    return [*args, f"hydra.run.dir={_quoted(run)}", f"hydra.output_subdir={subdir}"]

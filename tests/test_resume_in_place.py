@@ -1,0 +1,149 @@
+"""Resuming: on changed data a fresh epoch; in place (same run directory, metrics, best-k); `ckpt_path=latest`."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from agent_lightning.config import compose_config
+from agent_lightning.data import ClusterTask
+from agent_lightning.errors import ConfigError
+from agent_lightning.prepare import prepare
+from agent_lightning.runs.in_place import in_place_arguments, resolve_latest
+from agent_lightning.runs.lock import HELD_ENV, run_directory_lock
+from agent_lightning.train import train
+
+from .conftest import run_cli
+from .helpers import CrashAtStep, CrashError
+
+QUICK = [
+    "data=dataset",
+    "data.batch_size=256",
+    "data.block_rows=512",
+    "trainer.max_epochs=2",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "trainer.num_sanity_val_steps=0",
+    "logger=none",
+    "test=false",
+    "callbacks.last_checkpoint.every_n_train_steps=5",
+]
+
+
+def _rows(rows: int, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    x, y = ClusterTask(num_features=16, num_classes=4, cluster_std=0.7, seed=3).samples(start, start + rows)
+    return x.numpy(), y.numpy()
+
+
+class BatchLog(pl.Callback):
+    """(epoch, batch index) of every training batch."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[int, int]] = []
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
+        self.batches.append((trainer.current_epoch, idx))
+
+
+@pytest.mark.parametrize("limit", ["trainer.max_epochs=2", "trainer.max_steps=25"], ids=["epochs", "steps"])
+def test_a_resume_on_changed_data_runs_the_interrupted_epoch_afresh_and_whole(
+    limit: str, tmp_path: Path, caplog
+) -> None:
+    prepare(_rows(2400), tmp_path / "day1", progress_bar=False)  # 1,920 train rows: 8 batches
+    prepare(_rows(4800, 2400), tmp_path / "day2", progress_bar=False)  # 3,840 train rows: 15 batches
+    run_dir = tmp_path / "run"
+    with pytest.raises(CrashError):  # step 11 is the fourth batch of epoch 1; last.ckpt holds step 10
+        train(compose_config([*QUICK, f"data.path={tmp_path / 'day1'}"], run_dir), extra_callbacks=[CrashAtStep(11)])
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 10
+
+    seen = BatchLog()
+    with caplog.at_level(logging.WARNING, logger="agent_lightning"):
+        resume = [*QUICK, f"data.path={tmp_path / 'day2'}", f"ckpt_path={last}", limit]
+        cfg = compose_config([*resume, *(["trainer.max_epochs=-1"] if "steps" in limit else [])], tmp_path / "resumed")
+        train(cfg, extra_callbacks=[seen])
+    assert seen.batches == [(1, i) for i in range(15)]  # epoch 1 again, all 15 batches of the new data
+    assert "epoch 1 starts again from its first batch on the new data (it had run 2 batches" in caplog.text
+    resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert resumed["global_step"] == 25 and resumed["epoch"] == 1
+
+
+TINY = [
+    "name=ip",
+    "data.train_size=2048",
+    "data.val_size=512",
+    "data.test_size=512",
+    "data.batch_size=256",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "trainer.num_sanity_val_steps=0",
+    "print_config=false",
+    "test=false",
+]
+
+
+def _metrics(run: Path) -> list[dict[str, str]]:
+    with (run / "csv" / "metrics.csv").open(newline="") as file:
+        return list(csv.DictReader(file))
+
+
+@pytest.mark.timeout(180)
+def test_a_resume_in_place_continues_the_run_directory_its_metrics_and_best_checkpoint(
+    tmp_path: Path, monkeypatch
+) -> None:
+    # The first run as Hydra lays it out: outputs/<name>/<time>/ with its composed config in .hydra/.
+    run = tmp_path / "outputs" / "ip" / "2026-01-01_00-00-00"
+    cfg = compose_config([*TINY, "trainer.max_epochs=1"], output_dir=run)
+    (run / ".hydra").mkdir(parents=True)
+    OmegaConf.save(cfg, run / ".hydra" / "config.yaml")
+    train(cfg)
+    last = run / "checkpoints" / "last.ckpt"
+
+    with run_directory_lock(run):  # another run is writing there: refused before Hydra writes anything
+        monkeypatch.delenv(HELD_ENV)  # as for a process that does not hold it
+        with pytest.raises(ConfigError, match="is in use by another run"):
+            in_place_arguments(["train", f"ckpt_path={last}"])
+
+    resumed = run_cli(*TINY, "ckpt_path=latest", "trainer.max_epochs=2", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert [p.name for p in (tmp_path / "outputs" / "ip").iterdir()] == [run.name]  # no second run directory
+    assert OmegaConf.load(run / ".hydra" / "config.yaml").ckpt_path is None  # the first run's config, untouched
+    saved = OmegaConf.load(run / ".hydra" / "resume-1" / "config.yaml")  # the resumed run's, beside it
+    assert (tmp_path / saved.ckpt_path).resolve() == last.resolve() and saved.trainer.max_epochs == 2
+
+    rows = _metrics(run)
+    validated = [(int(r["epoch"]), float(r["val/acc"])) for r in rows if r.get("val/acc")]
+    assert [epoch for epoch, _ in validated] == [0, 1]  # both parts of the run in one metrics.csv
+    assert [int(r["step"]) for r in rows if r.get("train/loss")] == sorted(
+        int(r["step"]) for r in rows if r.get("train/loss")
+    )
+    # Best-k tracking continued: one best checkpoint in the directory, the best of both epochs.
+    (best,) = (run / "checkpoints").glob("best-*.ckpt")
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    tracked = next(v for k, v in state["callbacks"].items() if k.startswith("ModelCheckpoint{'monitor': 'val/acc'"))
+    assert Path(tracked["best_model_path"]) == best.resolve()
+    assert float(tracked["best_model_score"]) == pytest.approx(max(acc for _, acc in validated), abs=1e-6)
+
+
+def test_latest_is_the_most_recently_written_last_checkpoint(compose_cfg, tmp_path: Path) -> None:
+    for name, age in (("2026-01-02_00-00-00", 100), ("2026-01-01_00-00-00", 10), ("2026-01-03_00-00-00", None)):
+        checkpoints = tmp_path / "outputs" / "ip" / name / "checkpoints"
+        checkpoints.mkdir(parents=True)
+        if age is not None:  # the third run never wrote a checkpoint
+            (checkpoints / "last.ckpt").write_bytes(b"")
+            os.utime(checkpoints / "last.ckpt", (time.time() - age, time.time() - age))
+    cfg = compose_cfg("name=ip", f"paths.output_root={tmp_path / 'outputs'}", "ckpt_path=latest")
+    resolve_latest(cfg)
+    assert cfg.ckpt_path == str(tmp_path / "outputs" / "ip" / "2026-01-01_00-00-00" / "checkpoints" / "last.ckpt")
+    with pytest.raises(ConfigError, match=r"ckpt_path=latest: no run under .*/other/ has a checkpoints/last.ckpt"):
+        resolve_latest(compose_cfg("name=other", f"paths.output_root={tmp_path / 'outputs'}", "ckpt_path=latest"))
