@@ -1,0 +1,337 @@
+"""Online learning: `data=stream data.path=DIR` trains while producers add parts to DIR.
+
+Every training batch samples the newest `window_rows` train rows of the parts visible so far (plus,
+with `replay.fraction`, that share of the batch from the older rows). After `passes` passes' worth
+of rows drawn from an unchanged window the run waits for a new part (polling DIR), or stops once the
+producer's end marker is there; `trainer.max_steps` / `max_time` stop it too. Validation runs every
+`val_every_steps` steps on the newest `val_rows` rows of the parts' val splits.
+
+Ranks never look at DIR on their own: rank 0 looks and broadcasts what it saw, at points every rank
+reaches after the same number of steps, so a part arriving between two ranks' looks cannot make them
+disagree, and all ranks take the same steps and stop together. Rows are drawn by a generator seeded
+with (seed, step), each rank taking its own slice of the global batch: deterministic and disjoint.
+Normalisation: the first part's train statistics, for the whole run (and saved in its checkpoints).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+import torch.distributed as dist
+from lightning.pytorch.callbacks import Timer
+from torch import Tensor
+
+from agent_lightning.data.base import Augmentation, RankBatchesDataModule
+from agent_lightning.data.prepared import PreparedDataset, SplitView
+from agent_lightning.data.replay import check_fraction, replay_rows
+from agent_lightning.data.stream_dir import Look, look, wait_for_first_part
+from agent_lightning.errors import ConfigError
+
+log = logging.getLogger("agent_lightning")
+NORMALIZE = ("standard", "none")
+
+
+def agree(find: Any) -> Any:
+    """`find()` on global rank 0, the same value on every rank (a collective: every rank must call it)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return find()
+    box = [find() if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+class RowSpace:
+    """One split of the visible parts as one sequence of rows (oldest part first), read by index."""
+
+    def __init__(self, views: Sequence[SplitView], names: Sequence[str]) -> None:
+        self.views, self.names = list(views), list(names)
+        self.offsets = np.cumsum([0, *(v.rows for v in self.views)])
+
+    @property
+    def rows(self) -> int:
+        """Rows in all parts together."""
+        return int(self.offsets[-1])
+
+    def part_of(self, index: np.ndarray) -> np.ndarray:
+        """The part each row index falls in."""
+        return np.searchsorted(self.offsets, index, side="right") - 1
+
+    def gather(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of the rows at `index` (in that order), read from the memory-mapped shards."""
+        view = self.views[0] if self.views else None
+        width = view.num_features if view is not None else 0
+        x, y = np.empty((len(index), width), np.float32), np.empty(len(index), np.int64)
+        parts = self.part_of(index)
+        for part in np.unique(parts):
+            where = np.flatnonzero(parts == part)
+            local = index[where] - self.offsets[part]
+            split = self.views[part]
+            shards = np.searchsorted(split.offsets, local, side="right") - 1
+            for shard in np.unique(shards):
+                hit = where[shards == shard]
+                rows = local[shards == shard] - split.offsets[shard]
+                order = np.argsort(rows)  # ascending reads from the memory map
+                features, labels = split.arrays(int(shard))
+                x[hit[order]] = features[rows[order]]
+                y[hit[order]] = labels[rows[order]]
+        return x, y
+
+
+class StreamTrainLoader:
+    """Endless training batches from a growing stream directory (see the module docstring)."""
+
+    batch_sampler = None
+
+    def __init__(self, data: StreamDataModule) -> None:
+        self.data = data
+        self.steps = 0  # batches served, over the whole run
+        self.window_drawn = 0  # window rows drawn since the window last changed
+        self.window_parts: tuple[str, ...] = ()
+        self.drawn_per_part: dict[str, int] = {}
+
+    def _window_rows(self, space: RowSpace) -> int:
+        return min(self.data.window_rows, space.rows)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        data = self.data
+        while True:
+            if self.steps % data.refresh_steps == 0:
+                data.see(agree(data.look_now))
+            space = data.train_space
+            window = self._window_rows(space)
+            if data.view.parts != self.window_parts:
+                self.window_parts, self.window_drawn = data.view.parts, 0
+            if data.view.stop:
+                return
+            if self.window_drawn >= data.passes * window:
+                if data.view.ended:
+                    log.info(
+                        "stream %s ended: %d parts, %d train rows, %d steps; rows drawn per part: %s",
+                        data.path,
+                        len(data.view.parts),
+                        space.rows,
+                        self.steps,
+                        self.drawn_per_part,
+                    )
+                    return
+                data.wait_for_change()
+                continue
+            yield self._batch(space, window)
+
+    def _batch(self, space: RowSpace, window: int) -> tuple[Tensor, Tensor]:
+        data = self.data
+        rng = np.random.default_rng([data.seed, self.steps])
+        older = space.rows - window
+        local_old = data.replay_local_rows if older > 0 else 0
+        local_new = data.local_batch_size - local_old
+        world, rank = data._world, data._rank
+        new = rng.choice(window, size=local_new * world, replace=window < local_new * world) + older
+        old = rng.choice(older, size=local_old * world, replace=older < local_old * world) if local_old else new[:0]
+        # Bookkeeping from the global draw: every rank counts the same.
+        parts, counts = np.unique(space.part_of(new), return_counts=True)
+        for part, count in zip(parts, counts, strict=True):
+            name = space.names[part]
+            self.drawn_per_part[name] = self.drawn_per_part.get(name, 0) + int(count)
+        self.window_drawn += len(new)
+        self.steps += 1
+        mine = np.concatenate(
+            [new[rank * local_new : (rank + 1) * local_new], old[rank * local_old : (rank + 1) * local_old]]
+        )
+        x, y = space.gather(mine)
+        return torch.from_numpy(x), torch.from_numpy(y)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Steps taken, rows drawn from the current window and per part: where a resumed run goes on."""
+        return {
+            "steps": self.steps,
+            "window_drawn": self.window_drawn,
+            "window_parts": list(self.window_parts),
+            "drawn_per_part": dict(self.drawn_per_part),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue the stream's step count (and window use) from a checkpoint."""
+        self.steps = int(state.get("steps", 0))
+        self.window_drawn = int(state.get("window_drawn", 0))
+        self.window_parts = tuple(state.get("window_parts", ()))
+        self.drawn_per_part = dict(state.get("drawn_per_part", {}))
+
+
+class StreamEvalLoader:
+    """The newest `val_rows` rows of a split of the parts visible at this point, each rank an equal part."""
+
+    batch_sampler = None
+
+    def __init__(self, data: StreamDataModule, split: str) -> None:
+        self.data, self.split = data, split
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        space = self.data.space(self.split)
+        rows = min(self.data.val_rows, space.rows)
+        part = rows // self.data._world
+        start = space.rows - rows + self.data._rank * part
+        step = self.data.local_batch_size
+        for lo in range(0, part, step):
+            x, y = space.gather(np.arange(start + lo, start + min(part, lo + step)))
+            yield torch.from_numpy(x), torch.from_numpy(y)
+
+
+class StreamDataModule(RankBatchesDataModule):
+    """Online training from a stream directory that producers add prepared parts to.
+
+    `window_rows`: train rows sampled from, the newest first; `replay.fraction`: share of every
+    batch from older rows; `passes`: window rows drawn (in units of the window) before waiting for
+    new data; `val_rows` / `val_every_steps`: the held-out rows and how often they are evaluated;
+    `poll_seconds`: how often rank 0 looks for new parts while waiting; `refresh_steps`: how often it
+    looks while training.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        batch_size: int = 512,
+        window_rows: int = 65_536,
+        replay: Mapping[str, Any] | None = None,
+        passes: float = 1.0,
+        val_rows: int = 8192,
+        val_every_steps: int = 100,
+        poll_seconds: float = 1.0,
+        refresh_steps: int = 1,
+        normalize: str = "standard",
+        seed: int = 0,
+        augmentations: Sequence[Augmentation] = (),
+    ) -> None:
+        if normalize not in NORMALIZE:
+            raise ConfigError(f"data.normalize={normalize!r} is not one of {', '.join(NORMALIZE)}")
+        for key, value in (
+            ("window_rows", window_rows),
+            ("val_rows", val_rows),
+            ("val_every_steps", val_every_steps),
+            ("refresh_steps", refresh_steps),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"data.{key}={value!r} must be a whole number >= 1")
+        for key, value in (("passes", passes), ("poll_seconds", poll_seconds)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise ConfigError(f"data.{key}={value!r} must be a number > 0")
+        first = wait_for_first_part(path, poll_seconds)
+        super().__init__(batch_size, int(first["num_classes"]), augmentations)
+        self.path, self.first = Path(path), first
+        self.window_rows, self.passes, self.val_rows = window_rows, float(passes), val_rows
+        self.val_every_steps, self.refresh_steps = val_every_steps, refresh_steps
+        self.poll_seconds = float(poll_seconds)
+        self.replay_fraction = check_fraction(dict(replay or {}).get("fraction", 0.0))
+        self.normalize, self.seed = normalize, seed
+        self.view = Look(parts=(), ended=False)
+        self._datasets: dict[str, PreparedDataset] = {}
+        self._spaces: dict[str, RowSpace] = {}
+        self._train_loader: StreamTrainLoader | None = None
+
+    @property
+    def replay_local_rows(self) -> int:
+        """Rows of each rank's batch drawn from older data, when there is any."""
+        return replay_rows(self.local_batch_size, self.replay_fraction)
+
+    # --- what the ranks agree on --------------------------------------------------------------------
+
+    def look_now(self) -> Look:
+        """Rank 0's look at the directory (with a stop request when the run's time is up)."""
+        seen = look(self.path)
+        return Look(seen.parts, seen.ended, stop=self._time_up())
+
+    def see(self, view: Look) -> None:
+        """Adopt a view every rank agreed on; opens the parts that are new in it."""
+        if view.parts != self.view.parts:
+            for name in view.parts:
+                if name not in self._datasets:
+                    self._datasets[name] = PreparedDataset(self.path / name)
+            self._spaces.clear()
+        self.view = view
+
+    def wait_for_change(self) -> None:
+        """Wait (polling, one log line) until the ranks agree on a new part, the end marker, or time up."""
+        before, logged = self.view.parts, False
+        while True:
+            self.see(agree(self._look_after_sleep))
+            if self.view.parts != before or self.view.ended or self.view.stop:
+                return
+            if not logged:
+                log.info(
+                    "stream %s: window used (%d parts seen), waiting for new data (polling every %gs)",
+                    self.path,
+                    len(before),
+                    self.poll_seconds,
+                )
+                logged = True
+
+    def _look_after_sleep(self) -> Look:
+        time.sleep(self.poll_seconds)
+        return self.look_now()
+
+    def _time_up(self) -> bool:
+        trainer = self.trainer
+        if trainer is None:
+            return False
+        if trainer.should_stop:
+            return True
+        timers = [c for c in trainer.callbacks if isinstance(c, Timer)]
+        remaining = timers[0].time_remaining() if timers else None
+        return remaining is not None and remaining <= 0
+
+    def space(self, split: str) -> RowSpace:
+        """A split of the agreed parts as one row sequence."""
+        if split not in self._spaces:
+            names = self.view.parts
+            self._spaces[split] = RowSpace([self._datasets[n].splits[split] for n in names], names)
+        return self._spaces[split]
+
+    @property
+    def train_space(self) -> RowSpace:
+        """The train split of the agreed parts."""
+        return self.space("train")
+
+    # --- Lightning hooks ----------------------------------------------------------------------------
+
+    def setup(self, stage: str) -> None:
+        """Find this rank's place, then agree with the other ranks on the parts visible now."""
+        self._find_rank()
+        self.see(agree(self.look_now))
+
+    def split_rows(self, split: str) -> int:
+        """Rows of a split in the first part: whether the stream has that split at all (all ranks decide alike)."""
+        return int(self.first["splits"][split]["rows"])
+
+    def statistics(self) -> tuple[Tensor, Tensor] | None:
+        """The first part's train statistics for the whole run (or None for `normalize=none`)."""
+        if self.normalize != "standard":
+            return None
+        stats = self.first["statistics"]
+        return torch.tensor(stats["mean"], dtype=torch.float32), torch.tensor(stats["std"], dtype=torch.float32)
+
+    def adapt_trainer(self, trainer: pl.Trainer) -> None:
+        """One endless epoch, validated every `val_every_steps` steps."""
+        trainer.fit_loop.max_epochs = 1
+        trainer.val_check_interval = self.val_every_steps
+        trainer.check_val_every_n_epoch = None  # count steps across the (single) epoch
+
+    def train_dataloader(self) -> StreamTrainLoader:
+        """The endless training batches of this rank, continuing a resumed run's step count."""
+        self._train_loader = StreamTrainLoader(self)
+        if self._train_position is not None:
+            self._train_loader.load_state_dict(self._train_position)
+            self._train_position = None
+        return self._train_loader
+
+    def _loader(self, split: str, train: bool) -> StreamEvalLoader:
+        return StreamEvalLoader(self, split)
+
+    def reachable_accuracy(self, split: str = "val") -> float | None:
+        """Unknown for real data."""
+        return None
