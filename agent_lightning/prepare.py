@@ -27,7 +27,7 @@ from agent_lightning.config import config_dir
 from agent_lightning.data.manifest import FORMAT, SPLITS, VERSION, fingerprint, sha256_of, write_manifest
 from agent_lightning.data.readers import ReadOptions, expand_inputs, input_bytes, read_chunks
 from agent_lightning.data.splits import SplitAssigner, group_codes
-from agent_lightning.data.stream_dir import is_stream, publish_part, stream_num_classes
+from agent_lightning.data.stream_dir import is_stream, publish_part, stream_num_classes, write_end
 from agent_lightning.data.writer import BucketSpill, LabelEncoder, RunningStats, ShardWriter, check_features
 from agent_lightning.errors import ConfigError
 
@@ -68,15 +68,19 @@ def prepare(
     overwrite: bool = False,
     progress_bar: bool = True,
     append: bool = False,
+    end_stream: bool = False,
 ) -> dict[str, Any]:
     """Write the prepared dataset at `output` and return its manifest; ConfigError on any bad input.
 
     `append=True`: add it as the next part of the stream directory `output` (the returned manifest's
-    `part` names it); its classes default to the stream's.
+    `part` names it); its classes default to the stream's. `end_stream=True` then writes the stream's
+    end marker: this was its last part.
     """
     output = Path(output)
     if shard_rows < 1 or chunk_rows < 1:
         raise ConfigError(f"shard_rows={shard_rows} and chunk_rows={chunk_rows} must be >= 1")
+    if end_stream and not append:
+        raise ConfigError("end_stream=true ends a stream: it needs append=true")
     if append:
         if output.is_file() or not is_stream(output):
             raise ConfigError(f"output={output} is not a stream directory (it is a file or a prepared dataset)")
@@ -123,6 +127,8 @@ def prepare(
         write_manifest(work, manifest)
         if append:
             manifest["part"] = publish_part(work, output, manifest).name
+            if end_stream:
+                write_end(output)
             return manifest
         if output.exists():
             shutil.rmtree(output)

@@ -1,16 +1,19 @@
 """Online learning: `data=stream data.path=DIR` trains while producers add parts to DIR.
 
-Every training batch samples the newest `window_rows` train rows of the parts visible so far (plus,
-with `replay.fraction`, that share of the batch from the older rows). After `passes` passes' worth
-of rows drawn from an unchanged window the run waits for a new part (polling DIR), or stops once the
-producer's end marker is there; `trainer.max_steps` / `max_time` stop it too. Validation runs every
-`val_every_steps` steps on the newest `val_rows` rows of the parts' val splits.
+The run takes the stream's parts in order. While part k is the newest it trains on, every batch
+samples the newest `window_rows` train rows of parts 0..k (with `replay.fraction`, that share of the
+batch comes from the older rows, outside the window). Once `passes` x the window's rows have been
+drawn, part k+1 becomes the head; when it has not arrived yet, the run waits for it (rank 0 polls DIR
+every `poll_seconds`), and stops when the producer's end marker says there is none to come.
+`trainer.max_steps` / `max_time` stop it too. A run that falls behind a fast producer works through
+the backlog in order (logged), so the batches a run sees depend on the parts, not on their timing.
+Validation runs every `val_every_steps` steps on the newest `val_rows` rows of those parts' val splits.
 
-Ranks never look at DIR on their own: rank 0 looks and broadcasts what it saw, at points every rank
-reaches after the same number of steps, so a part arriving between two ranks' looks cannot make them
-disagree, and all ranks take the same steps and stop together. Rows are drawn by a generator seeded
-with (seed, step), each rank taking its own slice of the global batch: deterministic and disjoint.
-Normalisation: the first part's train statistics, for the whole run (and saved in its checkpoints).
+Ranks never decide on their own what DIR holds: rank 0 looks and broadcasts what it saw, at points
+every rank reaches after the same number of steps, so a part arriving between two ranks' looks
+cannot make them disagree; all ranks take the same steps and stop together. Rows are drawn by a
+generator seeded with (seed, step), each rank taking its own slice of the global batch.
+Normalisation: the first part's train statistics, for the whole run (saved in its checkpoints).
 """
 
 from __future__ import annotations
@@ -92,38 +95,43 @@ class StreamTrainLoader:
     def __init__(self, data: StreamDataModule) -> None:
         self.data = data
         self.steps = 0  # batches served, over the whole run
-        self.window_drawn = 0  # window rows drawn since the window last changed
-        self.window_parts: tuple[str, ...] = ()
+        self.window_drawn = 0  # window rows drawn since the window's head last moved
         self.drawn_per_part: dict[str, int] = {}
-
-    def _window_rows(self, space: RowSpace) -> int:
-        return min(self.data.window_rows, space.rows)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         data = self.data
         while True:
-            if self.steps % data.refresh_steps == 0:
-                data.see(agree(data.look_now))
             space = data.train_space
-            window = self._window_rows(space)
-            if data.view.parts != self.window_parts:
-                self.window_parts, self.window_drawn = data.view.parts, 0
-            if data.view.stop:
-                return
-            if self.window_drawn >= data.passes * window:
-                if data.view.ended:
-                    log.info(
-                        "stream %s ended: %d parts, %d train rows, %d steps; rows drawn per part: %s",
-                        data.path,
-                        len(data.view.parts),
-                        space.rows,
-                        self.steps,
-                        self.drawn_per_part,
-                    )
+            window = min(data.window_rows, space.rows)
+            if data.head == 0 or self.window_drawn >= data.passes * window:
+                if not self._advance():
                     return
-                data.wait_for_change()
                 continue
             yield self._batch(space, window)
+
+    def _advance(self) -> bool:
+        """Move the window's head to the next part, waiting for one if needed; False when the run should stop."""
+        data = self.data
+        if data.head == len(data.view.parts):
+            data.wait_for_change()
+        if data.view.stop:
+            return False
+        if data.head == len(data.view.parts):  # nothing new, and the stream ended
+            log.info(
+                "stream %s ended: %d parts, %d train rows, %d steps; rows drawn per part: %s",
+                data.path,
+                data.head,
+                data.train_space.rows,
+                self.steps,
+                self.drawn_per_part,
+            )
+            return False
+        data.move_head(data.head + 1)
+        self.window_drawn = 0
+        behind = len(data.view.parts) - data.head
+        waiting = f" ({behind} more parts waiting)" if behind else ""
+        log.info("stream %s: training on %s%s", data.path, data.view.parts[data.head - 1], waiting)
+        return True
 
     def _batch(self, space: RowSpace, window: int) -> tuple[Tensor, Tensor]:
         data = self.data
@@ -148,20 +156,20 @@ class StreamTrainLoader:
         return torch.from_numpy(x), torch.from_numpy(y)
 
     def state_dict(self) -> dict[str, Any]:
-        """Steps taken, rows drawn from the current window and per part: where a resumed run goes on."""
+        """Steps taken, the window's head, rows drawn from it and per part: where a resumed run goes on."""
         return {
             "steps": self.steps,
+            "head": self.data.head,
             "window_drawn": self.window_drawn,
-            "window_parts": list(self.window_parts),
             "drawn_per_part": dict(self.drawn_per_part),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue the stream's step count (and window use) from a checkpoint."""
+        """Continue the stream from a checkpoint: same head part, step count and window use."""
         self.steps = int(state.get("steps", 0))
         self.window_drawn = int(state.get("window_drawn", 0))
-        self.window_parts = tuple(state.get("window_parts", ()))
         self.drawn_per_part = dict(state.get("drawn_per_part", {}))
+        self.data.move_head(int(state.get("head", 0)))
 
 
 class StreamEvalLoader:
@@ -189,8 +197,7 @@ class StreamDataModule(RankBatchesDataModule):
     `window_rows`: train rows sampled from, the newest first; `replay.fraction`: share of every
     batch from older rows; `passes`: window rows drawn (in units of the window) before waiting for
     new data; `val_rows` / `val_every_steps`: the held-out rows and how often they are evaluated;
-    `poll_seconds`: how often rank 0 looks for new parts while waiting; `refresh_steps`: how often it
-    looks while training.
+    `poll_seconds`: how often rank 0 looks for new parts while waiting.
     """
 
     def __init__(
@@ -203,7 +210,6 @@ class StreamDataModule(RankBatchesDataModule):
         val_rows: int = 8192,
         val_every_steps: int = 100,
         poll_seconds: float = 1.0,
-        refresh_steps: int = 1,
         normalize: str = "standard",
         seed: int = 0,
         augmentations: Sequence[Augmentation] = (),
@@ -214,7 +220,6 @@ class StreamDataModule(RankBatchesDataModule):
             ("window_rows", window_rows),
             ("val_rows", val_rows),
             ("val_every_steps", val_every_steps),
-            ("refresh_steps", refresh_steps),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"data.{key}={value!r} must be a whole number >= 1")
@@ -225,11 +230,12 @@ class StreamDataModule(RankBatchesDataModule):
         super().__init__(batch_size, int(first["num_classes"]), augmentations)
         self.path, self.first = Path(path), first
         self.window_rows, self.passes, self.val_rows = window_rows, float(passes), val_rows
-        self.val_every_steps, self.refresh_steps = val_every_steps, refresh_steps
+        self.val_every_steps = val_every_steps
         self.poll_seconds = float(poll_seconds)
         self.replay_fraction = check_fraction(dict(replay or {}).get("fraction", 0.0))
         self.normalize, self.seed = normalize, seed
         self.view = Look(parts=(), ended=False)
+        self.head = 0  # parts trained on so far: the window ends with part `head - 1`
         self._datasets: dict[str, PreparedDataset] = {}
         self._spaces: dict[str, RowSpace] = {}
         self._train_loader: StreamTrainLoader | None = None
@@ -248,23 +254,35 @@ class StreamDataModule(RankBatchesDataModule):
 
     def see(self, view: Look) -> None:
         """Adopt a view every rank agreed on; opens the parts that are new in it."""
-        if view.parts != self.view.parts:
-            for name in view.parts:
-                if name not in self._datasets:
-                    self._datasets[name] = PreparedDataset(self.path / name)
-            self._spaces.clear()
+        for name in view.parts:
+            if name not in self._datasets:
+                self._datasets[name] = PreparedDataset(self.path / name)
+        if view.parts[: self.head] != self.view.parts[: self.head]:
+            raise ConfigError(f"data.path={self.path}: parts trained on have disappeared from the stream")
         self.view = view
+
+    def move_head(self, head: int) -> None:
+        """Train on the parts up to `head` (the window ends with the last of them)."""
+        if head > len(self.view.parts):
+            raise ConfigError(
+                f"data.path={self.path}: the checkpoint trained on {head} parts but the stream has "
+                f"{len(self.view.parts)}: resume on the stream directory the run was following"
+            )
+        if head != self.head:
+            self.head = head
+            self._spaces.clear()
 
     def wait_for_change(self) -> None:
         """Wait (polling, one log line) until the ranks agree on a new part, the end marker, or time up."""
-        before, logged = self.view.parts, False
+        before, logged, first = self.view.parts, False, True
         while True:
-            self.see(agree(self._look_after_sleep))
+            self.see(agree(self.look_now if first else self._look_after_sleep))
+            first = False
             if self.view.parts != before or self.view.ended or self.view.stop:
                 return
             if not logged:
                 log.info(
-                    "stream %s: window used (%d parts seen), waiting for new data (polling every %gs)",
+                    "stream %s: trained on its %d parts, waiting for the next (polling every %gs)",
                     self.path,
                     len(before),
                     self.poll_seconds,
@@ -286,23 +304,24 @@ class StreamDataModule(RankBatchesDataModule):
         return remaining is not None and remaining <= 0
 
     def space(self, split: str) -> RowSpace:
-        """A split of the agreed parts as one row sequence."""
+        """A split of the parts trained on so far as one row sequence."""
         if split not in self._spaces:
-            names = self.view.parts
+            names = self.view.parts[: self.head]
             self._spaces[split] = RowSpace([self._datasets[n].splits[split] for n in names], names)
         return self._spaces[split]
 
     @property
     def train_space(self) -> RowSpace:
-        """The train split of the agreed parts."""
+        """The train split of the parts trained on so far."""
         return self.space("train")
 
     # --- Lightning hooks ----------------------------------------------------------------------------
 
     def setup(self, stage: str) -> None:
-        """Find this rank's place, then agree with the other ranks on the parts visible now."""
+        """Find this rank's place, agree with the other ranks on the parts visible now, start on the first."""
         self._find_rank()
         self.see(agree(self.look_now))
+        self.move_head(max(self.head, 1))
 
     def split_rows(self, split: str) -> int:
         """Rows of a split in the first part: whether the stream has that split at all (all ranks decide alike)."""
@@ -316,7 +335,8 @@ class StreamDataModule(RankBatchesDataModule):
         return torch.tensor(stats["mean"], dtype=torch.float32), torch.tensor(stats["std"], dtype=torch.float32)
 
     def adapt_trainer(self, trainer: pl.Trainer) -> None:
-        """One endless epoch, validated every `val_every_steps` steps."""
+        """One endless epoch, validated every `val_every_steps` steps; the stream's progress logged."""
+        trainer.callbacks.append(StreamProgress(self))
         trainer.fit_loop.max_epochs = 1
         trainer.val_check_interval = self.val_every_steps
         trainer.check_val_every_n_epoch = None  # count steps across the (single) epoch
@@ -335,3 +355,17 @@ class StreamDataModule(RankBatchesDataModule):
     def reachable_accuracy(self, split: str = "val") -> float | None:
         """Unknown for real data."""
         return None
+
+
+class StreamProgress(pl.Callback):
+    """Logs where the run is in the stream: `stream/head_part` (parts trained on) and `stream/train_rows`."""
+
+    def __init__(self, data: StreamDataModule) -> None:
+        self.data = data
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """Log the stream's position with the step's other metrics."""
+        pl_module.log("stream/head_part", float(self.data.head), on_step=True, on_epoch=False)
+        pl_module.log("stream/train_rows", float(self.data.train_space.rows), on_step=True, on_epoch=False)
