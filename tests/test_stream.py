@@ -26,9 +26,9 @@ TRAIN = [
     "data=stream",
     f"data.batch_size={BATCH}",
     f"data.window_rows={WINDOW}",
-    "data.val_every_steps=10",
+    "data.val_every_steps=20",
     "data.poll_seconds=0.1",
-    "trainer.log_every_n_steps=1",
+    "trainer.log_every_n_steps=5",
     "trainer.max_steps=500",
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
@@ -36,12 +36,14 @@ TRAIN = [
     "seed=0",
 ]
 # A producer that writes part k once the trainer has logged its k-th wait (for a first part, then for
-# the next one): every part arrives while the run is running. Part 1 is added by `prepare append=true`.
+# the next one): every part arrives while the run is running. Part 1 is added by `prepare(append=True)`
+# (what `python -m agent_lightning.prepare ... append=true` calls).
 PRODUCER = """
-import subprocess, sys, time
+import sys, time
 from pathlib import Path
 import numpy as np
 from agent_lightning.data import ClusterTask, StreamWriter
+from agent_lightning.prepare import prepare
 stream, log, rows = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 x, y = ClusterTask(num_features=16, num_classes=4, cluster_std=1.0, seed=1).samples(0, 3 * rows)
 x, y = x.numpy(), y.numpy()
@@ -58,9 +60,7 @@ for k in range(3):
     part = (x[k * rows : (k + 1) * rows], y[k * rows : (k + 1) * rows])
     if k == 1:
         np.savez(stream.parent / "part1.npz", x=part[0], y=part[1])
-        command = [sys.executable, "-m", "agent_lightning.prepare", f"input={stream.parent / 'part1.npz'}",
-                   f"output={stream}", "append=true", "progress_bar=false"]
-        subprocess.run(command, check=True)
+        prepare(str(stream.parent / "part1.npz"), stream, append=True, progress_bar=False)
     else:
         writer.write(*part)
 writer.close()
@@ -161,6 +161,8 @@ def test_a_part_of_another_width_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"num_classes=5 but the stream .* has 3 classes"):
         StreamWriter(stream, num_classes=5).write(np.zeros((100, 8), np.float32), np.arange(100) % 3)
     assert part_names(stream) == ["part-00000"]
+    with pytest.raises(ConfigError, match=r"data.window_rows=0 must be a whole number >= 1"):
+        compose_config(["data=stream", f"data.path={stream}", "data.window_rows=0"], tmp_path / "run")
     with pytest.raises(ConfigError, match=r"data.path=.* is a prepared dataset, not a stream directory"):
         compose_config(["data=stream", f"data.path={stream / 'part-00000'}"], tmp_path / "run")
 
@@ -189,6 +191,7 @@ def test_ddp_ranks_take_the_same_steps_on_a_growing_stream(tmp_path):
         [
             *TRAIN,
             f"data.path={stream}",
+            "data.val_every_steps=10",  # the producer below writes after the checkpoints at steps 10 and 20
             "strategy=ddp",
             "devices=2",
             "trainer.accelerator=cpu",

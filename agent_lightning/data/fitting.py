@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from agent_lightning.data.manifest import check_shard_files, read_manifest
-from agent_lightning.data.stream_dir import wait_for_first_part
+from agent_lightning.data.stream_dir import check_stream_options, wait_for_first_part
 from agent_lightning.errors import ConfigError
 
 log = logging.getLogger("agent_lightning")
@@ -21,6 +21,7 @@ def data_dims(data_cfg: DictConfig) -> tuple[int, int] | None:
     """(features, classes) of the configured data: a prepared dataset's manifest or the source's settings."""
     path = data_cfg.get("path") if "path" in data_cfg else None
     if path is not None and str(path) != "???" and is_stream_config(data_cfg):
+        check_stream_options(OmegaConf.to_container(data_cfg, resolve=True))  # type: ignore[arg-type]
         manifest = wait_for_first_part(path, float(data_cfg.get("poll_seconds", 1.0)))  # fixes the stream's dims
         return int(manifest["num_features"]), int(manifest["num_classes"])
     if path is not None and str(path) != "???":

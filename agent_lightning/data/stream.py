@@ -33,12 +33,11 @@ from torch import Tensor
 
 from agent_lightning.data.base import Augmentation, RankBatchesDataModule
 from agent_lightning.data.prepared import PreparedDataset, SplitView
-from agent_lightning.data.replay import check_fraction, replay_rows
-from agent_lightning.data.stream_dir import Look, look, wait_for_first_part
+from agent_lightning.data.replay import replay_rows
+from agent_lightning.data.stream_dir import Look, check_stream_options, look, wait_for_first_part
 from agent_lightning.errors import ConfigError
 
 log = logging.getLogger("agent_lightning")
-NORMALIZE = ("standard", "none")
 
 
 def agree(find: Any) -> Any:
@@ -105,6 +104,7 @@ class StreamTrainLoader:
             window = min(data.window_rows, space.rows)
             if data.head == 0 or self.window_drawn >= data.passes * window:
                 if not self._advance():
+                    data.stop_training()
                     return
                 continue
             yield self._batch(space, window)
@@ -214,25 +214,16 @@ class StreamDataModule(RankBatchesDataModule):
         seed: int = 0,
         augmentations: Sequence[Augmentation] = (),
     ) -> None:
-        if normalize not in NORMALIZE:
-            raise ConfigError(f"data.normalize={normalize!r} is not one of {', '.join(NORMALIZE)}")
-        for key, value in (
-            ("window_rows", window_rows),
-            ("val_rows", val_rows),
-            ("val_every_steps", val_every_steps),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"data.{key}={value!r} must be a whole number >= 1")
-        for key, value in (("passes", passes), ("poll_seconds", poll_seconds)):
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                raise ConfigError(f"data.{key}={value!r} must be a number > 0")
+        options = {"window_rows": window_rows, "val_rows": val_rows, "val_every_steps": val_every_steps}
+        options |= {"batch_size": batch_size, "passes": passes, "poll_seconds": poll_seconds}
+        check_stream_options({**options, "replay": dict(replay or {}), "normalize": normalize})
         first = wait_for_first_part(path, poll_seconds)
         super().__init__(batch_size, int(first["num_classes"]), augmentations)
         self.path, self.first = Path(path), first
         self.window_rows, self.passes, self.val_rows = window_rows, float(passes), val_rows
         self.val_every_steps = val_every_steps
         self.poll_seconds = float(poll_seconds)
-        self.replay_fraction = check_fraction(dict(replay or {}).get("fraction", 0.0))
+        self.replay_fraction = float(dict(replay or {}).get("fraction", 0.0))
         self.normalize, self.seed = normalize, seed
         self.view = Look(parts=(), ended=False)
         self.head = 0  # parts trained on so far: the window ends with part `head - 1`
@@ -260,6 +251,11 @@ class StreamDataModule(RankBatchesDataModule):
         if view.parts[: self.head] != self.view.parts[: self.head]:
             raise ConfigError(f"data.path={self.path}: parts trained on have disappeared from the stream")
         self.view = view
+
+    def stop_training(self) -> None:
+        """The stream is done (every rank decides alike): the batch in flight is the last, then a final validation."""
+        if self.trainer is not None:
+            self.trainer.should_stop = True
 
     def move_head(self, head: int) -> None:
         """Train on the parts up to `head` (the window ends with the last of them)."""
@@ -338,6 +334,7 @@ class StreamDataModule(RankBatchesDataModule):
         """One endless epoch, validated every `val_every_steps` steps; the stream's progress logged."""
         trainer.callbacks.append(StreamProgress(self))
         trainer.fit_loop.max_epochs = 1
+        trainer.fit_loop.min_epochs = 0  # lets the end of the stream stop it with a final validation
         trainer.val_check_interval = self.val_every_steps
         trainer.check_val_every_n_epoch = None  # count steps across the (single) epoch
 

@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,23 @@ def first_manifest(directory: str | Path) -> dict[str, Any] | None:
     """The first part's manifest (it fixes the stream's width, classes and statistics), or None before any part."""
     names = part_names(directory)
     return read_manifest(Path(directory) / names[0]) if names else None
+
+
+def check_stream_options(options: Mapping[str, Any]) -> None:
+    """The `data=stream` settings are usable (checked before any rank starts); ConfigError naming the key."""
+    for key in ("window_rows", "val_rows", "val_every_steps", "batch_size"):
+        value = options.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"data.{key}={value!r} must be a whole number >= 1")
+    for key in ("passes", "poll_seconds"):
+        value = options.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ConfigError(f"data.{key}={value!r} must be a number > 0")
+    fraction = (options.get("replay") or {}).get("fraction", 0.0)
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 <= fraction < 1:
+        raise ConfigError(f"data.replay.fraction={fraction!r} must be a number >= 0 and < 1 (e.g. 0.2)")
+    if options.get("normalize") not in ("standard", "none"):
+        raise ConfigError(f"data.normalize={options.get('normalize')!r} is not one of standard, none")
 
 
 def wait_for_first_part(directory: str | Path, poll_seconds: float, timeout_s: float | None = None) -> dict[str, Any]:
