@@ -102,7 +102,7 @@ def test_online_run_follows_a_producer_to_its_end_marker(tmp_path):
     assert producer.returncode == 0, producer.stderr[-2000:]
     assert trainer.returncode == 0, output[-3000:]
     assert "no data yet, waiting for a first part" in output
-    assert output.count("waiting for the next") == 2  # parts 1 and 2 arrived while it ran
+    assert output.count("waiting for the next part") == 2  # parts 1 and 2 arrived while it ran
     assert "training on part-00001" in output and "training on part-00002" in output
     assert f"stream {stream} ended: 3 parts" in output
 

@@ -278,9 +278,9 @@ class StreamDataModule(RankBatchesDataModule):
                 return
             if not logged:
                 log.info(
-                    "stream %s: trained on its %d parts, waiting for the next (polling every %gs)",
+                    "stream %s: trained up to %s, waiting for the next part (polling every %gs)",
                     self.path,
-                    len(before),
+                    before[-1] if before else "nothing",
                     self.poll_seconds,
                 )
                 logged = True
