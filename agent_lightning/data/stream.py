@@ -96,9 +96,13 @@ class StreamTrainLoader:
         self.steps = 0  # batches served, over the whole run
         self.window_drawn = 0  # window rows drawn since the window's head last moved
         self.drawn_per_part: dict[str, int] = {}
+        # The state after each recent batch: Lightning fetches one batch ahead of the one it trains,
+        # so a checkpoint must hold the state after the last *trained* batch, not the last served.
+        self._after: dict[int, dict[str, Any]] = {}
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         data = self.data
+        self._after = {self.steps: self._state()}
         while True:
             space = data.train_space
             window = min(data.window_rows, space.rows)
@@ -153,10 +157,20 @@ class StreamTrainLoader:
             [new[rank * local_new : (rank + 1) * local_new], old[rank * local_old : (rank + 1) * local_old]]
         )
         x, y = space.gather(mine)
+        self._after[self.steps] = self._state()
+        self._after.pop(self.steps - 4, None)
         return torch.from_numpy(x), torch.from_numpy(y)
 
     def state_dict(self) -> dict[str, Any]:
-        """Steps taken, the window's head, rows drawn from it and per part: where a resumed run goes on."""
+        """Steps trained, the window's head, rows drawn from it and per part: where a resumed run goes on."""
+        trainer = self.data.trainer
+        if trainer is not None:
+            trained = trainer.fit_loop.epoch_loop.batch_progress.total.processed
+            if trained in self._after:
+                return self._after[trained]
+        return self._state()
+
+    def _state(self) -> dict[str, Any]:
         return {
             "steps": self.steps,
             "head": self.data.head,
@@ -331,9 +345,9 @@ class StreamDataModule(RankBatchesDataModule):
         return torch.tensor(stats["mean"], dtype=torch.float32), torch.tensor(stats["std"], dtype=torch.float32)
 
     def adapt_trainer(self, trainer: pl.Trainer) -> None:
-        """One endless epoch, validated every `val_every_steps` steps; the stream's progress logged."""
+        """Epochs mean nothing here: the stream (or max_steps / max_time) ends the run, validated every N steps."""
         trainer.callbacks.append(StreamProgress(self))
-        trainer.fit_loop.max_epochs = 1
+        trainer.fit_loop.max_epochs = -1  # a resumed run goes on whatever epoch count its checkpoint holds
         trainer.fit_loop.min_epochs = 0  # lets the end of the stream stop it with a final validation
         trainer.val_check_interval = self.val_every_steps
         trainer.check_val_every_n_epoch = None  # count steps across the (single) epoch
@@ -363,6 +377,8 @@ class StreamProgress(pl.Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        """Log the stream's position with the step's other metrics."""
+        """Log the stream's position; at `trainer.max_steps`, stop with a final validation."""
+        if 0 <= trainer.max_steps <= trainer.global_step:
+            trainer.should_stop = True
         pl_module.log("stream/head_part", float(self.data.head), on_step=True, on_epoch=False)
         pl_module.log("stream/train_rows", float(self.data.train_space.rows), on_step=True, on_epoch=False)
