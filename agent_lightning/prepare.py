@@ -3,7 +3,8 @@
 Reads CSV, Parquet, `.npy`/`.npz`, `.pt` or in-memory arrays as a stream, checks every row, assigns
 splits, shuffles and writes fixed-size memory-mappable `.npy` shards with a `manifest.json`; then
 `python -m agent_lightning.train data=dataset data.path=<output>` trains on it. From Python:
-`prepare(input="raw/*.csv", output="data/mine", label="label")`.
+`prepare(input="raw/*.csv", output="data/mine", label="label")`. With `append=true`, `output` is a
+stream directory and the input becomes its next part (see `agent_lightning.data.stream_dir`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from agent_lightning.config import config_dir
 from agent_lightning.data.manifest import FORMAT, SPLITS, VERSION, fingerprint, sha256_of, write_manifest
 from agent_lightning.data.readers import ReadOptions, expand_inputs, input_bytes, read_chunks
 from agent_lightning.data.splits import SplitAssigner, group_codes
+from agent_lightning.data.stream_dir import is_stream, publish_part, stream_num_classes, write_end
 from agent_lightning.data.writer import BucketSpill, LabelEncoder, RunningStats, ShardWriter, check_features
 from agent_lightning.errors import ConfigError
 
@@ -65,12 +67,25 @@ def prepare(
     bucket_mb: int = 256,
     overwrite: bool = False,
     progress_bar: bool = True,
+    append: bool = False,
+    end_stream: bool = False,
 ) -> dict[str, Any]:
-    """Write the prepared dataset at `output` and return its manifest; ConfigError on any bad input."""
+    """Write the prepared dataset at `output` and return its manifest; ConfigError on any bad input.
+
+    `append=True`: add it as the next part of the stream directory `output` (the returned manifest's
+    `part` names it); its classes default to the stream's. `end_stream=True` then writes the stream's
+    end marker: this was its last part.
+    """
     output = Path(output)
     if shard_rows < 1 or chunk_rows < 1:
         raise ConfigError(f"shard_rows={shard_rows} and chunk_rows={chunk_rows} must be >= 1")
-    if output.is_file() or (output.exists() and any(output.iterdir()) and not overwrite):
+    if end_stream and not append:
+        raise ConfigError("end_stream=true ends a stream: it needs append=true")
+    if append:
+        if output.is_file() or not is_stream(output):
+            raise ConfigError(f"output={output} is not a stream directory (it is a file or a prepared dataset)")
+        num_classes = stream_num_classes(output, num_classes)
+    elif output.is_file() or (output.exists() and any(output.iterdir()) and not overwrite):
         raise ConfigError(f"output={output} exists and is not empty: choose another or set overwrite=true")
     sources = _sources(input)
     rule = "files" if any(fixed for _, fixed in sources) else split
@@ -89,7 +104,12 @@ def prepare(
 
     output.parent.mkdir(parents=True, exist_ok=True)
     _remove_abandoned_work(output)
-    work = output.parent / f".{output.name}.prepare-{os.getpid()}"
+    if append:  # the part is written inside the stream, under a name readers never list
+        output.mkdir(exist_ok=True)
+        work = output / f".part.prepare-{os.getpid()}"
+        _remove_abandoned_work(output / "part")  # this stream's killed appends
+    else:
+        work = output.parent / f".{output.name}.prepare-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     try:
@@ -105,6 +125,11 @@ def prepare(
         }
         _verify(work, manifest)
         write_manifest(work, manifest)
+        if append:
+            manifest["part"] = publish_part(work, output, manifest).name
+            if end_stream:
+                write_end(output)
+            return manifest
         if output.exists():
             shutil.rmtree(output)
         os.replace(work, output)
@@ -222,6 +247,12 @@ def _verify(directory: Path, manifest: dict[str, Any]) -> None:
 
 def _summary(manifest: dict[str, Any], output: Path) -> str:
     rows = ", ".join(f"{s} {manifest['splits'][s]['rows']:,}" for s in SPLITS)
+    if "part" in manifest:
+        return (
+            f"appended {output}: {rows} rows x {manifest['num_features']} features, {manifest['num_classes']} "
+            f"classes; an online run follows it with: python -m agent_lightning.train data=stream "
+            f"data.path={output.parent}"
+        )
     return (
         f"wrote {output}: {rows} rows x {manifest['num_features']} features, {manifest['num_classes']} classes; "
         f"train with: python -m agent_lightning.train data=dataset data.path={output}"
@@ -238,7 +269,8 @@ def main(cfg: DictConfig) -> None:
     except ConfigError as err:
         log.error("%s", err)
         sys.exit(2)
-    log.info("%s", _summary(manifest, Path(cfg.output)))
+    output = Path(cfg.output) / manifest["part"] if cfg.get("append") else Path(cfg.output)
+    log.info("%s", _summary(manifest, output))
 
 
 if __name__ == "__main__":

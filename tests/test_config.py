@@ -63,14 +63,15 @@ def test_model_options_instantiate(compose_cfg, model: str) -> None:
 
 @pytest.mark.parametrize("data", options("data"))
 def test_data_options_instantiate(compose_cfg, data: str, tmp_path: Path) -> None:
-    from agent_lightning.data import ClusterTask, PreparedDataModule
+    from agent_lightning.data import ClusterTask, PreparedDataModule, StreamDataModule, StreamWriter
     from agent_lightning.prepare import prepare
 
     x, y = ClusterTask().samples(0, 1000)
     prepare((x.numpy(), y.numpy()), tmp_path / "ds", progress_bar=False)
-    extra = [f"data.path={tmp_path / 'ds'}"] if data == "dataset" else []
-    expected = PreparedDataModule if data == "dataset" else AgentDataModule
-    cfg = compose_cfg(f"data={data}", *extra, fast=data != "dataset")  # FAST sets synthetic sizes
+    StreamWriter(tmp_path / "stream").write(x.numpy(), y.numpy())
+    extra = {"dataset": [f"data.path={tmp_path / 'ds'}"], "stream": [f"data.path={tmp_path / 'stream'}"]}
+    expected = {"dataset": PreparedDataModule, "stream": StreamDataModule}.get(data, AgentDataModule)
+    cfg = compose_cfg(f"data={data}", *extra.get(data, []), fast=data not in extra)  # FAST sets synthetic sizes
     assert isinstance(hydra.utils.instantiate(cfg.data), expected)
 
 

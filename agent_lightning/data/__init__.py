@@ -11,7 +11,10 @@ _HOMES = {
     "ClusterTask": "synthetic",
     "PreparedDataModule": "dataset_module",
     "PreparedDataset": "prepared",
+    "ReplayMixLoader": "replay",
     "SliceBatchLoader": "loader",
+    "StreamDataModule": "stream",
+    "StreamWriter": "stream_dir",
 }
 __all__ = sorted(_HOMES)
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from torch import Tensor
 
 from agent_lightning.data.base import Augmentation, RankBatchesDataModule
 from agent_lightning.data.prepared import BlockBatchLoader, PreparedDataset
+from agent_lightning.data.replay import ReplayMixLoader, check_fraction, check_replay_matches, replay_rows
 from agent_lightning.errors import ConfigError
 
 NORMALIZE = ("standard", "none")
@@ -18,7 +20,8 @@ class PreparedDataModule(RankBatchesDataModule):
 
     `batch_size` is the global batch, split across the data-parallel ranks. `normalize=standard`
     standardises observations with the train split's statistics, inside the model (see
-    `statistics`). `verify=True` checks every shard's SHA-256 before training.
+    `statistics`). `verify=True` checks every shard's SHA-256 before training. `replay={path, fraction}`
+    mixes that fraction of every training batch from an older dataset's train split (see `data.replay`).
     """
 
     def __init__(
@@ -32,6 +35,7 @@ class PreparedDataModule(RankBatchesDataModule):
         drop_last: bool = False,
         seed: int = 0,
         augmentations: Sequence[Augmentation] = (),
+        replay: Mapping[str, Any] | None = None,
     ) -> None:
         if normalize not in NORMALIZE:
             raise ConfigError(f"data.normalize={normalize!r} is not one of {', '.join(NORMALIZE)}")
@@ -44,6 +48,12 @@ class PreparedDataModule(RankBatchesDataModule):
             raise ConfigError(f"data.path={path}: the train split is empty")
         self.normalize, self.shuffle = normalize, shuffle
         self.block_rows, self.drop_last, self.seed = block_rows, drop_last, seed
+        replay = dict(replay or {})
+        self.replay_fraction = check_fraction(replay.get("fraction", 0.0)) if replay.get("path") else 0.0
+        self.replay_dataset: PreparedDataset | None = None
+        if replay.get("path") and self.replay_fraction > 0:
+            check_replay_matches(path, replay["path"])
+            self.replay_dataset = PreparedDataset(replay["path"], verify=verify)
 
     @property
     def fingerprint(self) -> str | None:
@@ -58,18 +68,29 @@ class PreparedDataModule(RankBatchesDataModule):
         """(mean, std) the model should standardise observations with, or None for `normalize=none`."""
         return self.dataset.statistics() if self.normalize == "standard" else None
 
-    def _loader(self, split: str, train: bool) -> BlockBatchLoader:
+    def _loader(self, split: str, train: bool) -> BlockBatchLoader | ReplayMixLoader:
+        if not train or self.replay_dataset is None:
+            return self._block_loader(self.dataset, split, self.local_batch_size, self.seed, train)
+        old_rows = replay_rows(self.local_batch_size, self.replay_fraction)
+        current = self._block_loader(self.dataset, "train", self.local_batch_size - old_rows, self.seed, True)
+        # Its own seed stream: the old rows' order does not repeat the new rows' block order.
+        replay = self._block_loader(self.replay_dataset, "train", old_rows, self.seed + 1_000_003, True)
+        return ReplayMixLoader(current, replay)
+
+    def _block_loader(
+        self, dataset: PreparedDataset, split: str, batch_size: int, seed: int, train: bool
+    ) -> BlockBatchLoader:
         return BlockBatchLoader(
-            self.dataset.splits[split],
-            self.local_batch_size,
+            dataset.splits[split],
+            batch_size,
             rank=self._rank,
             world=self._world,
-            seed=self.seed,
+            seed=seed,
             train=train,
             shuffle=self.shuffle,
             block_rows=self.block_rows,
             drop_last=self.drop_last,
-            fingerprint=self.dataset.fingerprint,
+            fingerprint=dataset.fingerprint,
         )
 
     def reachable_accuracy(self, split: str = "val") -> float | None:

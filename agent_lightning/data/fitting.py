@@ -11,6 +11,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from agent_lightning.data.manifest import check_shard_files, read_manifest
+from agent_lightning.data.stream_dir import check_stream_options, wait_for_first_part
 from agent_lightning.errors import ConfigError
 
 log = logging.getLogger("agent_lightning")
@@ -19,6 +20,10 @@ log = logging.getLogger("agent_lightning")
 def data_dims(data_cfg: DictConfig) -> tuple[int, int] | None:
     """(features, classes) of the configured data: a prepared dataset's manifest or the source's settings."""
     path = data_cfg.get("path") if "path" in data_cfg else None
+    if path is not None and str(path) != "???" and is_stream_config(data_cfg):
+        check_stream_options(OmegaConf.to_container(data_cfg, resolve=True))  # type: ignore[arg-type]
+        manifest = wait_for_first_part(path, float(data_cfg.get("poll_seconds", 1.0)))  # fixes the stream's dims
+        return int(manifest["num_features"]), int(manifest["num_classes"])
     if path is not None and str(path) != "???":
         manifest = read_manifest(path)
         return int(manifest["num_features"]), int(manifest["num_classes"])
@@ -26,6 +31,11 @@ def data_dims(data_cfg: DictConfig) -> tuple[int, int] | None:
     if source is not None and "num_features" in source and "num_classes" in source:
         return int(source.num_features), int(source.num_classes)
     return None
+
+
+def is_stream_config(data_cfg: DictConfig) -> bool:
+    """Whether the data config is an online stream (`data=stream`)."""
+    return str(data_cfg.get("_target_", "")).endswith("StreamDataModule")
 
 
 def _missing_path(data_cfg: DictConfig) -> bool:
@@ -70,6 +80,9 @@ def apply_data_statistics(model: Any, datamodule: pl.LightningDataModule) -> Non
 
 def adapt_to_splits(trainer: pl.Trainer, datamodule: pl.LightningDataModule) -> bool:
     """Without a val split: no validation, checkpoints by step, no early stopping. Returns whether to test."""
+    adapt = getattr(datamodule, "adapt_trainer", None)
+    if callable(adapt):  # e.g. a stream: one endless epoch, validated every N steps
+        adapt(trainer)
     rows = getattr(datamodule, "split_rows", None)
     if not callable(rows):
         return True
@@ -95,10 +108,14 @@ def adapt_to_splits(trainer: pl.Trainer, datamodule: pl.LightningDataModule) -> 
 
 def check_data_config(cfg: DictConfig) -> None:
     """Refuse settings that need a split the prepared dataset lacks (before any rank starts)."""
-    if "path" not in cfg.data or _missing_path(cfg.data):
+    if "path" not in cfg.data or _missing_path(cfg.data) or is_stream_config(cfg.data):
         return
     manifest = read_manifest(cfg.data.path)
     check_shard_files(Path(cfg.data.path), manifest, verify=False)  # sizes: cheap; checksums on each rank
     scheduler = str((cfg.get("scheduler") or {}).get("_target_", ""))
     if manifest["splits"]["val"]["rows"] == 0 and "ReduceLROnPlateau" in scheduler:
         raise ConfigError(f"scheduler=plateau follows val/loss, but data.path={cfg.data.path} has no val split")
+    if cfg.data.get("replay"):
+        from agent_lightning.data.replay import check_replay_config
+
+        check_replay_config(cfg.data.path, cfg.data.replay)
