@@ -79,6 +79,11 @@ def check_step_options(cfg: DictConfig) -> StepOptions:
             f"trainer.compile=true is not supported with strategy={strategy} (sharded DTensor parameters): "
             f"use strategy={' or '.join(COMPILE_STRATEGIES)}, or trainer.compile=false"
         )
+    if options.steps_per_execution > 1 and str(cfg.data.get("_target_", "")).endswith("StreamDataModule"):
+        raise ConfigError(
+            f"trainer.steps_per_execution={options.steps_per_execution} is not supported with data=stream "
+            "(it decides between steps which parts are visible): use 1"
+        )
     return options
 
 

@@ -137,3 +137,11 @@ def test_cuda_graph_step_trains_like_the_eager_step(compose_cfg, tmp_path: Path)
     assert eager.steps == graphed.steps == 16
     assert float(graphed.lr) == pytest.approx(float(eager.lr), rel=1e-5)  # the schedule reached the captured step
     _assert_same_weights(eager, graphed, atol=1e-4)
+
+
+def test_grouped_steps_with_a_stream_are_refused_up_front(compose_cfg) -> None:
+    from agent_lightning.step import check_step_options
+
+    with pytest.raises(ConfigError, match=r"trainer.steps_per_execution=4 is not supported with data=stream"):
+        cfg = compose_cfg("data=stream", "data.path=/nonexistent", "trainer.steps_per_execution=4", fast=False)
+        check_step_options(cfg)

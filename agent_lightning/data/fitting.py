@@ -11,18 +11,26 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from agent_lightning.data.manifest import check_shard_files, read_manifest
-from agent_lightning.data.stream_dir import check_stream_options, wait_for_first_part
+from agent_lightning.data.stream_dir import check_stream_options, first_manifest, wait_for_first_part
 from agent_lightning.errors import ConfigError
 
 log = logging.getLogger("agent_lightning")
 
 
-def data_dims(data_cfg: DictConfig) -> tuple[int, int] | None:
-    """(features, classes) of the configured data: a prepared dataset's manifest or the source's settings."""
+def data_dims(data_cfg: DictConfig, wait: bool = True) -> tuple[int, int] | None:
+    """(features, classes) of the configured data: a prepared dataset's manifest or the source's settings.
+
+    A stream's come from its first part: `wait=False` (only composing a config) does not wait for one.
+    """
     path = data_cfg.get("path") if "path" in data_cfg else None
     if path is not None and str(path) != "???" and is_stream_config(data_cfg):
         check_stream_options(OmegaConf.to_container(data_cfg, resolve=True))  # type: ignore[arg-type]
-        manifest = wait_for_first_part(path, float(data_cfg.get("poll_seconds", 1.0)))  # fixes the stream's dims
+        if wait:
+            manifest = wait_for_first_part(path, float(data_cfg.get("poll_seconds", 1.0)))  # fixes the stream's dims
+        else:
+            manifest = first_manifest(path) if Path(str(path)).is_dir() else None
+            if manifest is None:
+                return None
         return int(manifest["num_features"]), int(manifest["num_classes"])
     if path is not None and str(path) != "???":
         manifest = read_manifest(path)
@@ -53,7 +61,7 @@ def resolve_data_dims(cfg: DictConfig, required: bool = True) -> None:
         if required:
             raise ConfigError("data=dataset needs data.path=<a directory written by agent_lightning.prepare>")
         return
-    dims = data_dims(cfg.data)
+    dims = data_dims(cfg.data, wait=required)
     if dims is None:
         return
     where = f"data.path={cfg.data.path}" if "path" in cfg.data else "data.source"
