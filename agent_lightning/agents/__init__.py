@@ -1,0 +1,1 @@
+"""Agents that act: environments, experts, rollouts, evaluation in environments and DAgger."""

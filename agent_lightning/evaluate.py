@@ -1,0 +1,88 @@
+"""Evaluate a trained policy: `python -m agent_lightning.evaluate ckpt_path=... env=lunarlander episodes=20`.
+
+In an environment: greedy actions on seeds 0..N-1, one line `return mean=.. std=.. min=.. max=.. success=..
+length=..`, and `episodes.csv` + `returns.png` in the run directory. On a prepared dataset
+(`data=dataset data.path=DIR`): the classification report of the dataset's test split.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from agent_lightning.config import config_dir
+from agent_lightning.errors import ConfigError
+
+log = logging.getLogger("agent_lightning.evaluate")
+
+
+def evaluate_in_env(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
+    """Roll the checkpoint's greedy policy for `cfg.episodes` episodes; write episodes.csv and returns.png."""
+    from agent_lightning.agents.acting import greedy_batch_actor, load_model
+    from agent_lightning.agents.environments import env_config
+    from agent_lightning.agents.reports import write_episodes_csv, write_returns_histogram
+    from agent_lightning.agents.rollout import evaluate_policy, summarize
+
+    if int(cfg.episodes) < 1:
+        raise ConfigError(f"episodes={cfg.episodes} must be >= 1")
+    env = env_config(cfg.env)
+    model = load_model(cfg.ckpt_path)
+    check_fits(model, env, str(cfg.ckpt_path))
+    episodes = evaluate_policy(
+        greedy_batch_actor(model), env, int(cfg.episodes), int(cfg.first_seed), int(cfg.num_envs), cfg.vectorization
+    )
+    stats = summarize(episodes)
+    write_episodes_csv(episodes, output_dir / "episodes.csv")
+    title = f"{env.id}: {len(episodes)} episodes, mean {stats['return_mean']:.1f}"
+    write_returns_histogram(episodes, output_dir / "returns.png", title, float(env.success_threshold))
+    return stats
+
+
+def check_fits(model: Any, env: DictConfig, where: str) -> None:
+    """ConfigError when the policy's input width or action count is not the environment's."""
+    from agent_lightning.agents.environments import space_sizes
+
+    width, actions = space_sizes(env)
+    first = next(m for m in model.modules() if hasattr(m, "in_features"))
+    if first.in_features != width or model.head.out_features != actions:
+        raise ConfigError(
+            f"ckpt_path={where} maps {first.in_features} observations to {model.head.out_features} actions, but "
+            f"{env.id} has {width} observations and {actions} actions: evaluate it on the environment it was trained for"
+        )
+
+
+def evaluate_on_dataset(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+    """Per-class precision/recall/F1, confusion matrix and calibration of the policy on a prepared dataset."""
+    try:
+        from agent_lightning.agents.policy import Policy
+        from agent_lightning.evaluation.classification import evaluate_dataset
+    except ImportError:
+        raise ConfigError("data=dataset evaluation is not available in this build: use env=<name>") from None
+    return evaluate_dataset(Policy.load(cfg.ckpt_path), cfg.data.path, split=cfg.split, output_dir=output_dir)
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    """Hydra entry: evaluate one checkpoint; a bad input exits 2 with one line."""
+    output_dir = Path(cfg.paths.output_dir)
+    try:
+        if cfg.get("data") is not None:
+            evaluate_on_dataset(cfg, output_dir)
+            return
+        stats = evaluate_in_env(cfg, output_dir)
+    except ConfigError as err:
+        log.error("%s", err)
+        sys.exit(2)
+    from agent_lightning.agents.rollout import summary_line
+
+    print(summary_line(stats), flush=True)
+    log.info("episodes.csv and returns.png in %s", output_dir)
+
+
+if __name__ == "__main__":
+    main()
