@@ -54,7 +54,7 @@ def collect(
         "env": cfg.id,
         "expert": str(expert_name),
         "steps": len(data),
-        "episodes": int(len(set(data.episodes.tolist()))),
+        "episodes": len(set(data.episodes.tolist())),
         "finished_episodes": len(data.returns),
         "expert_return_mean": mean_or_nan(data.returns),
         "random_return_mean": mean_or_nan(randoms),

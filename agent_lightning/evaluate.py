@@ -52,7 +52,7 @@ def check_fits(model: Any, env: DictConfig, where: str) -> None:
     if first.in_features != width or model.head.out_features != actions:
         raise ConfigError(
             f"ckpt_path={where} maps {first.in_features} observations to {model.head.out_features} actions, but "
-            f"{env.id} has {width} observations and {actions} actions: evaluate it on the environment it was trained for"
+            f"{env.id} has {width} observations and {actions} actions: use the env it was trained for"
         )
 
 

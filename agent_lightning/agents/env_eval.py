@@ -25,7 +25,12 @@ class EnvEvaluation(Callback):
     """
 
     def __init__(
-        self, env: str | dict[str, Any], episodes: int = 20, first_seed: int = 0, num_envs: int = 16, output_dir: str = ""
+        self,
+        env: str | dict[str, Any],
+        episodes: int = 20,
+        first_seed: int = 0,
+        num_envs: int = 16,
+        output_dir: str = "",
     ) -> None:
         self.env, self.episodes, self.first_seed, self.num_envs = env, episodes, first_seed, num_envs
         self.output_dir = output_dir

@@ -19,7 +19,7 @@ Expert = Callable[[Any, np.ndarray], int]
 
 
 def lunar_lander_heuristic(env: Any, obs: np.ndarray) -> int:
-    """gymnasium's own LunarLander controller (`gymnasium.envs.box2d.lunar_lander.heuristic`, ~260 return)."""
+    """Gymnasium's own LunarLander controller (`gymnasium.envs.box2d.lunar_lander.heuristic`, ~260 return)."""
     from gymnasium.envs.box2d.lunar_lander import heuristic
 
     return int(heuristic(env, obs))
