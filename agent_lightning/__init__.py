@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["AgentMLP", "AgentModule"]
+__all__ = ["AgentMLP", "AgentModule", "Policy"]
 __version__ = "0.1.0"
 
 
@@ -18,4 +18,8 @@ def __getattr__(name: str) -> Any:
         from agent_lightning.module import AgentModule
 
         return AgentModule
+    if name == "Policy":
+        from agent_lightning.agents.policy import Policy
+
+        return Policy
     raise AttributeError(f"module 'agent_lightning' has no attribute {name!r}")

@@ -1,6 +1,11 @@
 """Load any strategy's checkpoint into a plain single-process `AgentMLP`, or export it to one file.
 
     python -m agent_lightning.export outputs/<run>/checkpoints/last.ckpt agent.pt
+    python -m agent_lightning.export outputs/<run>/checkpoints/last.ckpt agent.onnx   # or format=onnx
+    formats: torch (.pt), safetensors (.safetensors), onnx (.onnx), torchscript (.ts, .torchscript)
+
+Every export is loaded back after writing and its outputs compared with the checkpoint's model on
+random observations; a difference above the tolerance fails the export (and removes the file).
 
 A `fsdp` / `model_parallel` checkpoint is a directory of shards (torch.distributed.checkpoint);
 it is gathered into full tensors here, on one process, without a process group.
@@ -17,10 +22,14 @@ import torch
 
 from agent_lightning import safe_load
 from agent_lightning.errors import EXIT_CONFIG, ConfigError
+from agent_lightning.formats.registry import FORMATS, format_for_path
 from agent_lightning.model import AgentMLP
 
 # Wrappers that sharding options add to parameter names, not part of the model itself.
 _WRAPPER_PREFIXES = ("_checkpoint_wrapped_module.", "_fsdp_wrapped_module.", "_orig_mod.")
+# Float32 logits through another runtime agree to rounding: relative to the logits' scale.
+EXPORT_TOLERANCE = 1e-5
+_SUFFIX = {"torch": ".pt", "safetensors": ".safetensors", "onnx": ".onnx", "torchscript": ".ts"}
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -53,11 +62,18 @@ def model_config(checkpoint: dict[str, Any]) -> dict[str, Any]:
 
 def load_agent(path: str | Path) -> AgentMLP:
     """An `AgentMLP` in eval mode with the weights of any strategy's checkpoint (file or directory)."""
+    return load_agent_and_config(path)[0]
+
+
+def load_agent_and_config(path: str | Path) -> tuple[AgentMLP, dict[str, Any]]:
+    """`load_agent`, with the model config it was built from."""
     checkpoint = load_checkpoint(path)
     if "model_config" in checkpoint:  # a file written by `export`
         config, state = checkpoint["model_config"], checkpoint["state_dict"]
     else:
         config, state = model_config(checkpoint), model_state(checkpoint)
+    if not isinstance(config, dict) or not isinstance(state, dict):
+        raise ConfigError(f"{path}: not a checkpoint or export written by agent_lightning")
     model = AgentMLP(**config)
     try:
         model.load_state_dict({k: v.float() for k, v in state.items()})
@@ -65,30 +81,88 @@ def load_agent(path: str | Path) -> AgentMLP:
         raise ConfigError(
             f"{path}: its weights do not fit its own model config ({str(err).splitlines()[-1].strip()})"
         ) from None
-    return model.eval()
+    return model.eval(), dict(config)
 
 
-def export(checkpoint_path: str | Path, output: str | Path) -> Path:
-    """Write the model of a checkpoint as one small file: {'model_config', 'state_dict'}."""
-    checkpoint = load_checkpoint(checkpoint_path)
+def _write(model: AgentMLP, config: dict[str, Any], output: Path, fmt: str) -> None:
+    if fmt == "torch":
+        torch.save({"model_config": config, "state_dict": model.state_dict()}, output)
+        return
+    from importlib import import_module
+
+    import_module(f"agent_lightning.formats.{fmt}_file").write(model, config, output)
+
+
+def check_export(model: AgentMLP, output: Path, rows: int = 256, seed: int = 0) -> float:
+    """Max abs difference between the export's logits and the model's on random observations; raises above tolerance."""
+    from agent_lightning.agents.policy import Policy
+
+    generator = torch.Generator().manual_seed(seed)
+    normalizer = model.normalizer  # observations on the scale the model was trained on
+    obs = normalizer.mean + normalizer.std * torch.randn(rows, normalizer.mean.numel(), generator=generator)
+    with torch.inference_mode():
+        expected = model(obs)
+    got = Policy.load(output).logits(obs)
+    diff = float((got - expected).abs().max())
+    tolerance = EXPORT_TOLERANCE * max(1.0, float(expected.abs().max()))
+    if not diff <= tolerance:
+        raise ConfigError(f"{output}: the export's logits differ from the model's by {diff:.3g} (> {tolerance:.3g})")
+    return diff
+
+
+def export(checkpoint_path: str | Path, output: str | Path, format: str | None = None) -> Path:
+    """Write the model of a checkpoint (or of another export) as one file in `format` (default: from the suffix)."""
+    return export_checked(checkpoint_path, output, format)[0]
+
+
+def export_checked(checkpoint_path: str | Path, output: str | Path, format: str | None = None) -> tuple[Path, float]:
+    """`export`, and the checked max abs difference of the written file's logits from the model's."""
     output = Path(output)
-    torch.save({"model_config": model_config(checkpoint), "state_dict": model_state(checkpoint)}, output)
-    return output
+    fmt = format_for_path(output, format)
+    model, config = load_agent_and_config(checkpoint_path)
+    if output.is_dir():
+        raise ConfigError(f"{output} is a directory: give a file name, e.g. {output / ('agent' + _SUFFIX[fmt])}")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staged = output.with_name(f".{output.name}.tmp{output.suffix}")  # a failed export never replaces a good one
+    try:
+        _write(model, config, staged, fmt)
+        diff = check_export(model, staged)
+        staged.replace(output)
+    finally:
+        staged.unlink(missing_ok=True)
+    return output, diff
+
+
+def _parse_options(options: list[str]) -> dict[str, str]:
+    parsed = {}
+    for option in options:
+        key, sep, value = option.partition("=")
+        if not sep or key != "format":
+            raise ConfigError(f"unknown option {option!r}: the only option is format=<{'|'.join(FORMATS)}>")
+        parsed[key] = value
+    return parsed
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: export CHECKPOINT OUTPUT."""
+    """Command line: export CHECKPOINT OUTPUT [format=torch|safetensors|onnx|torchscript]."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", help="a .ckpt file or a sharded checkpoint directory")
-    parser.add_argument("output", help="where to write the single-file model")
+    parser.add_argument("checkpoint", help="a .ckpt file, a sharded checkpoint directory, or a .pt export")
+    parser.add_argument("output", help="where to write the model: .pt, .safetensors, .onnx or .ts")
+    parser.add_argument("options", nargs="*", help="format=torch|safetensors|onnx|torchscript (default: from OUTPUT)")
     args = parser.parse_args(argv)
     try:
-        written = export(args.checkpoint, args.output)
-        model = load_agent(written)
+        options = _parse_options(args.options)
+        written, diff = export_checked(args.checkpoint, args.output, options.get("format"))
+        model = load_agent(args.checkpoint)
     except ConfigError as err:
         print(f"error: cannot export {args.checkpoint}: {err}", file=sys.stderr)
         return EXIT_CONFIG
-    print(f"wrote {written}: AgentMLP with {sum(p.numel() for p in model.parameters()):,} parameters")
+    params = sum(p.numel() for p in model.parameters())
+    fmt = format_for_path(written, options.get("format"))
+    print(
+        f"wrote {written} ({fmt}): AgentMLP {model.normalizer.mean.numel()} -> {model.head.out_features} "
+        f"with {params:,} parameters; max abs diff vs the checkpoint {diff:.2g} on 256 random observations"
+    )
     return 0
 
 

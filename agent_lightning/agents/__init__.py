@@ -1,1 +1,5 @@
-"""Agents that act: environments, experts, rollouts, evaluation in environments and DAgger."""
+"""Agents that act: a trained policy network as a function from observations to actions."""
+
+from agent_lightning.agents.policy import Policy
+
+__all__ = ["Policy"]

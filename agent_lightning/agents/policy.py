@@ -1,0 +1,98 @@
+"""A trained agent that acts: observations in (numpy, torch or lists), greedy actions out.
+
+    policy = Policy.load("outputs/<run>/checkpoints/last.ckpt")   # or an export: .pt, .safetensors, .onnx, .ts
+    action = policy.act(obs)            # one observation [obs_dim] -> int
+    actions = policy.act(batch)         # [n, obs_dim] -> np.ndarray[int64]
+
+The model's own normaliser (the training data's mean/std, saved with the weights) is applied inside
+the model. Nothing here imports Lightning or Hydra: a deployed agent needs torch (and onnxruntime for
+an `.onnx` file) only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from agent_lightning.model import AgentMLP
+
+LogitsFn = Callable[[Tensor], Tensor]
+
+
+class Policy:
+    """Greedy actions (argmax of the logits) and action probabilities of a trained policy network."""
+
+    def __init__(
+        self,
+        model: nn.Module | LogitsFn,
+        device: str | torch.device | None = None,
+        *,
+        obs_dim: int | None = None,
+        n_actions: int | None = None,
+        source: str | None = None,
+    ) -> None:
+        if isinstance(model, nn.Module):
+            current = next(iter(model.parameters()), torch.empty(0)).device
+            self.device = torch.device(device) if device is not None else current
+            model = model.to(self.device).eval()
+        else:  # a runtime outside torch (onnxruntime): it takes and returns CPU tensors
+            self.device = torch.device(device or "cpu")
+        if isinstance(model, AgentMLP):
+            obs_dim = model.normalizer.mean.numel() if obs_dim is None else obs_dim
+            n_actions = model.head.out_features if n_actions is None else n_actions
+        if obs_dim is None or n_actions is None:
+            raise ValueError("Policy needs obs_dim and n_actions for a model that is not an AgentMLP")
+        self.model = model
+        self.obs_dim, self.n_actions = int(obs_dim), int(n_actions)
+        self.source = source
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> Policy:
+        """From a Lightning checkpoint (file or sharded directory) or an export (.pt, .safetensors, .onnx, .ts)."""
+        from agent_lightning.formats.loading import load_policy_model
+
+        model, dims = load_policy_model(Path(path), torch.device(device))
+        return cls(model, device, source=str(path), **dims)
+
+    def _batch(self, obs: Any) -> tuple[Tensor, bool]:
+        """Observations as a float32 [n, obs_dim] tensor on the policy's device, and whether one was given."""
+        x = obs if isinstance(obs, Tensor) else torch.as_tensor(np.asarray(obs))
+        single = x.dim() == 1
+        if single:
+            x = x.unsqueeze(0)
+        if x.dim() != 2 or x.shape[-1] != self.obs_dim:
+            shape = list(x.shape[1:] if single else x.shape)
+            raise ValueError(
+                f"observation of shape {shape} does not fit this policy: expected {self.obs_dim} features, "
+                f"[{self.obs_dim}] for one observation or [n, {self.obs_dim}] for a batch"
+            )
+        return x.to(self.device, torch.float32), single
+
+    def logits(self, obs: Any) -> Tensor:
+        """Action logits as a float32 tensor, [n_actions] for one observation or [n, n_actions] for a batch."""
+        x, single = self._batch(obs)
+        with torch.inference_mode():
+            out = self.model(x).float()
+        return out[0] if single else out
+
+    def action_probs(self, obs: Any) -> np.ndarray:
+        """Softmax of the logits: float32 [n_actions] for one observation, [n, n_actions] for a batch."""
+        return torch.softmax(self.logits(obs), dim=-1).cpu().numpy().astype(np.float32, copy=False)
+
+    def act(self, obs: Any) -> int | np.ndarray:
+        """The greedy action: an int for one observation, an int64 array for a batch."""
+        actions = self.logits(obs).argmax(dim=-1).cpu()
+        return int(actions) if actions.dim() == 0 else actions.numpy().astype(np.int64, copy=False)
+
+    def __call__(self, obs: Any) -> int | np.ndarray:
+        """Same as `act`: a policy can be passed where a function obs -> action is expected."""
+        return self.act(obs)
+
+    def __repr__(self) -> str:
+        where = f", from {self.source}" if self.source else ""
+        return f"Policy(obs_dim={self.obs_dim}, n_actions={self.n_actions}, device={self.device}{where})"
