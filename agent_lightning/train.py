@@ -28,6 +28,7 @@ from agent_lightning.launch import launch_ranks, setup_rank_logging
 from agent_lightning.module import AgentModule
 from agent_lightning.parallel import build_strategy, choose_strategy, cpu_processes_per_node
 from agent_lightning.runs.environment import environment_restored
+from agent_lightning.runs.init_from import load_initial_weights
 from agent_lightning.runs.lock import run_directory_lock
 from agent_lightning.runs.stops import StopOnSignal, stopped_by_signal
 from agent_lightning.runs.threads import cpu_threads
@@ -159,6 +160,7 @@ def _fit_and_test(cfg: DictConfig, devices: int, world: int, extra_callbacks: Se
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = hydra.utils.instantiate(cfg.data, augmentations=_instantiate_all(cfg.get("augment")))
     module = build_module(cfg)
+    load_initial_weights(module.model, cfg)  # `init_from`, then the data's statistics (they win where it has them)
     apply_data_statistics(module.model, datamodule)  # before any strategy wraps or shards the model
     pruning = _pruning_callback(cfg)
     trainer = build_trainer(cfg, devices, world, [*extra_callbacks, *([pruning] if pruning else [])])

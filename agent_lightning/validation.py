@@ -25,6 +25,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from agent_lightning import safe_load
 from agent_lightning.errors import ConfigError
 from agent_lightning.parallel import SHARDED, STRATEGIES, check_tensor_parallel, resolve_degrees
+from agent_lightning.runs.init_from import check_init_from
 from agent_lightning.runs.lock import global_rank
 from agent_lightning.tracking import check_run_identity
 
@@ -104,6 +105,7 @@ def validate(cfg: DictConfig) -> tuple[int, int]:
             f"use a multiple of {data_parallel}"
         )
     check_output_dir(cfg)
+    check_init_from(cfg)
     if cfg.get("ckpt_path"):
         check_resume_checkpoint(cfg)
     return devices, world
@@ -261,24 +263,26 @@ def check_output_dir(cfg: DictConfig) -> None:
         ) from None
 
 
-def _model_shapes(cfg: DictConfig) -> dict[str, tuple[int, ...]]:
-    with torch.device("meta"):  # shapes only, no memory
+def model_shapes(cfg: DictConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape in the configured model (built on the meta device: no memory)."""
+    with torch.device("meta"):
         model = hydra.utils.instantiate(cfg.model)
     return {name: tuple(t.shape) for name, t in model.state_dict().items()}
 
 
-def _compare_layers(path: str, stored: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]]) -> None:
+def compare_layers(where: str, stored: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]]) -> None:
+    """Raise ConfigError naming the first layer whose stored shape (at `where`, e.g. 'ckpt_path=...') differs."""
     for name, shape in expected.items():
         if name in stored and stored[name] != shape:
             raise ConfigError(
-                f"ckpt_path={path}: layer {name} is {list(stored[name])} in the checkpoint but {list(shape)} with "
+                f"{where}: layer {name} is {list(stored[name])} in the checkpoint but {list(shape)} with "
                 "this config: use the model.* values of the run that wrote it (e.g. model.hidden_dim)"
             )
     missing, extra = sorted(expected.keys() - stored.keys()), sorted(stored.keys() - expected.keys())
     if missing or extra:
         detail = f"missing {', '.join(missing[:3])}" if missing else f"has extra {', '.join(extra[:3])}"
         raise ConfigError(
-            f"ckpt_path={path}: the checkpoint's model {detail}: use the model.* values of the run that wrote it "
+            f"{where}: the checkpoint's model {detail}: use the model.* values of the run that wrote it "
             "(e.g. model.num_layers, model.norm)"
         )
 
@@ -328,4 +332,4 @@ def check_resume_checkpoint(cfg: DictConfig) -> None:
             for k, v in state.items()
             if k.startswith("model.") and isinstance(v, torch.Tensor)
         }
-    _compare_layers(str(path), stored, _model_shapes(cfg))
+    compare_layers(f"ckpt_path={path}", stored, model_shapes(cfg))

@@ -1,0 +1,107 @@
+"""`init_from=<checkpoint or export>`: a new run that starts from saved weights.
+
+Only the model's weights (and its normalisation buffers) are taken: the optimizer, LR schedule,
+epoch count and data position start fresh, unlike `ckpt_path=` (the exact resume). The weights
+are loaded into the full model before any strategy wraps or shards it, so every strategy works
+from the same file: a single-file checkpoint, a sharded (fsdp / model_parallel) directory, or a
+file written by `python -m agent_lightning.export`.
+
+Normalisation: the checkpoint's `normalizer.mean/std` are loaded with the weights; when the new
+data has statistics of its own (a prepared dataset with `data.normalize=standard`) they replace
+them, exactly as in a run from scratch on that data. The first layer was trained on standardised
+observations, and the new data's own statistics keep today's observations standardised even where
+their raw scale drifted. With data that has no statistics (`data=synthetic`, `data.normalize=none`)
+the checkpoint's are kept.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from agent_lightning import safe_load
+from agent_lightning.errors import ConfigError
+from agent_lightning.runs.lock import global_rank
+
+log = logging.getLogger("agent_lightning")
+KEY = "init_from"
+_STATE_PREFIX = "state_dict.model."
+
+
+def _plain(key: str) -> str:
+    from agent_lightning.export import _plain_name  # wrapper prefixes (fsdp, compile) removed
+
+    return _plain_name(key)
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The model weights of a checkpoint file, sharded directory or export, with plain layer names."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file  # tensors only: nothing to unpickle
+
+        try:
+            return {_plain(k): v for k, v in load_file(str(path)).items()}
+        except Exception as err:
+            raise ConfigError(f"{KEY}={path} is not a readable safetensors file ({err})") from None
+    from agent_lightning.export import model_state
+
+    try:
+        checkpoint = safe_load.load_checkpoint(path)
+    except ConfigError as err:
+        raise ConfigError(f"{KEY}={err}") from None
+    if "model_config" in checkpoint and isinstance(checkpoint.get("state_dict"), dict):  # written by export
+        state = {_plain(k): v for k, v in checkpoint["state_dict"].items()}
+    else:
+        try:
+            state = model_state(checkpoint)
+        except ConfigError:
+            raise ConfigError(
+                f"{KEY}={path} holds no model weights: use a checkpoint written by a run or a file written by "
+                "`python -m agent_lightning.export`"
+            ) from None
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def _stored_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    if path.is_dir():  # a sharded checkpoint: shapes from its (checked) metadata, no tensor read
+        try:
+            shapes = safe_load.distributed_tensor_shapes(path)
+        except ConfigError as err:
+            raise ConfigError(f"{KEY}={path}: {err}") from None
+        return {_plain(k.removeprefix(_STATE_PREFIX)): v for k, v in shapes.items() if k.startswith(_STATE_PREFIX)}
+    return {name: tuple(t.shape) for name, t in _read_weights(path).items()}
+
+
+def check_init_from(cfg: DictConfig) -> None:
+    """`init_from` exists, is read without running code, is not combined with `ckpt_path`, and fits the model."""
+    value = cfg.get(KEY)
+    if not value:
+        return
+    if cfg.get("ckpt_path"):
+        raise ConfigError(
+            f"{KEY}={value} and ckpt_path={cfg.ckpt_path} were both given: use ckpt_path to resume a run exactly, "
+            f"or {KEY} to start a new run from its weights, not both"
+        )
+    path = Path(str(value))
+    if not path.exists():
+        raise ConfigError(f"{KEY}={path} does not exist: give a checkpoint (.ckpt file or sharded directory) or export")
+    if global_rank() != 0:
+        return  # global rank 0 (or the launcher before it) has checked the file
+    from agent_lightning.validation import compare_layers, model_shapes
+
+    compare_layers(f"{KEY}={path}", _stored_shapes(path), model_shapes(cfg))
+
+
+def load_initial_weights(model: nn.Module, cfg: DictConfig) -> None:
+    """Copy `init_from`'s weights into `model` (before any strategy shards it); no-op without `init_from`."""
+    value = cfg.get(KEY)
+    if not value:
+        return
+    state = _read_weights(Path(str(value)))
+    target = model.state_dict()
+    model.load_state_dict({k: v.to(target[k].dtype) if k in target else v for k, v in state.items()})
+    log.info("%s=%s: weights loaded; optimizer, schedule, epochs and data position start fresh", KEY, value)

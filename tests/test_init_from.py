@@ -1,0 +1,127 @@
+"""`init_from=`: a new run from saved weights, with a fresh optimizer, schedule, epoch count and data position."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.nn import functional as F
+
+from agent_lightning.config import compose_config
+from agent_lightning.data import ClusterTask
+from agent_lightning.data.fitting import apply_data_statistics
+from agent_lightning.errors import ConfigError
+from agent_lightning.export import export, load_agent, model_state
+from agent_lightning.prepare import prepare
+from agent_lightning.runs.init_from import load_initial_weights
+from agent_lightning.train import build_module, train
+from agent_lightning.validation import validate
+
+QUICK = [
+    "data=dataset",
+    "data.batch_size=256",
+    "trainer.max_epochs=1",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "trainer.num_sanity_val_steps=0",
+    "logger=none",
+    "test=false",
+]
+
+
+def _day(rows: int, start: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Rows `start:start+rows` of one task, features at a day-specific raw scale (as logs drift)."""
+    x, y = ClusterTask(num_features=32, num_classes=6, cluster_std=0.7, seed=5).samples(start, start + rows)
+    return (x.numpy() * scale + 3.0).astype(np.float32), y.numpy()
+
+
+@pytest.fixture(scope="module")
+def yesterday(tmp_path_factory) -> dict[str, Path]:
+    """Yesterday's dataset and the last checkpoint of one epoch trained on it; today's dataset, not trained on."""
+    root = tmp_path_factory.mktemp("days")
+    prepare(_day(3000, 0, 5.0), root / "day1", progress_bar=False)
+    prepare(_day(3000, 3000, 6.0), root / "day2", progress_bar=False)
+    train(compose_config([*QUICK, f"data.path={root / 'day1'}"], output_dir=root / "run1"))
+    return {"day1": root / "day1", "day2": root / "day2", "ckpt": root / "run1" / "checkpoints" / "last.ckpt"}
+
+
+class FirstStep(pl.Callback):
+    """What the run looks like when it starts, and its first batch and loss."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, Any] = {}
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        optimizer = pl_module.optimizers()
+        state = getattr(optimizer, "optimizer", optimizer).state
+        self.seen.update(epoch=trainer.current_epoch, step=trainer.global_step, optimizer_state=len(state))
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, idx) -> None:
+        if "loss" not in self.seen:
+            self.seen.update(batch=[t.detach().clone() for t in batch], loss=float(outputs["loss"]))
+
+
+def test_init_from_starts_at_epoch_0_from_the_old_weights_with_a_fresh_optimizer(yesterday, tmp_path: Path) -> None:
+    first = FirstStep()
+    cfg = compose_config([*QUICK, f"data.path={yesterday['day2']}", f"init_from={yesterday['ckpt']}"], tmp_path / "r")
+    train(cfg, extra_callbacks=[first])
+    assert first.seen["epoch"] == 0 and first.seen["step"] == 0 and first.seen["optimizer_state"] == 0
+
+    old = load_agent(yesterday["ckpt"])
+    today = hydra.utils.instantiate(cfg.data)
+    apply_data_statistics(old, today)  # today's data has statistics of its own: they win (documented)
+    features, labels = first.seen["batch"]
+    with torch.no_grad():
+        expected = float(F.cross_entropy(old(features), labels))
+    assert first.seen["loss"] == pytest.approx(expected, abs=1e-5)
+    fresh = hydra.utils.instantiate(cfg.model)
+    apply_data_statistics(fresh, today)
+    with torch.no_grad():  # the old weights are what made the first loss low
+        assert float(F.cross_entropy(fresh(features), labels)) > first.seen["loss"] + 0.5
+
+    saved = torch.load(tmp_path / "r" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["epoch"] == 0 and saved["global_step"] == 10  # one fresh epoch of 2,400 rows: 10 steps, not 20
+    assert torch.allclose(saved["state_dict"]["model.normalizer.mean"], today.statistics()[0])
+
+
+def test_without_data_statistics_the_checkpoints_normalisation_is_kept(yesterday) -> None:
+    cfg = compose_config(
+        [*QUICK, f"data.path={yesterday['day2']}", "data.normalize=none", f"init_from={yesterday['ckpt']}"]
+    )
+    module = build_module(cfg)
+    load_initial_weights(module.model, cfg)
+    apply_data_statistics(module.model, hydra.utils.instantiate(cfg.data))
+    saved = model_state(torch.load(yesterday["ckpt"], map_location="cpu", weights_only=True))
+    assert torch.equal(module.model.normalizer.mean, saved["normalizer.mean"]) and module.model.normalizer.active
+
+
+def test_an_export_and_a_sharded_directory_give_the_same_weights(yesterday, tmp_path: Path) -> None:
+    saved = model_state(torch.load(yesterday["ckpt"], map_location="cpu", weights_only=True))
+    exported = export(yesterday["ckpt"], tmp_path / "agent.pt")
+    sharded = tmp_path / "sharded"  # the layout fsdp / model_parallel write: tensors under state_dict.model.*
+    dcp.save({"state_dict": {f"model.{k}": v for k, v in saved.items()}}, checkpoint_id=sharded, no_dist=True)
+    for source in (exported, sharded):
+        cfg = compose_config([*QUICK, f"data.path={yesterday['day1']}", f"init_from={source}"])
+        validate(cfg)
+        module = build_module(cfg)
+        load_initial_weights(module.model, cfg)
+        loaded = module.model.state_dict()
+        assert all(torch.equal(loaded[k], v) for k, v in saved.items()), source
+
+
+def test_a_shape_mismatch_or_a_combined_resume_is_refused_in_one_line(yesterday) -> None:
+    base = [*QUICK, f"data.path={yesterday['day1']}", f"init_from={yesterday['ckpt']}"]
+    with pytest.raises(ConfigError, match=r"init_from=.*: layer hidden.0.0.weight is \[256, 32\] in the checkpoint "):
+        validate(compose_config([*base, "model.hidden_dim=64"]))
+    with pytest.raises(ConfigError, match=r"init_from=.*the checkpoint's model missing hidden.2"):
+        validate(compose_config([*base, "model.num_layers=3"]))
+    with pytest.raises(ConfigError, match=r"init_from=.* and ckpt_path=.* were both given"):
+        validate(compose_config([*base, f"ckpt_path={yesterday['ckpt']}"]))
+    with pytest.raises(ConfigError, match=r"init_from=/no/such.ckpt does not exist"):
+        validate(compose_config([*QUICK, f"data.path={yesterday['day1']}", "init_from=/no/such.ckpt"]))
