@@ -23,18 +23,19 @@ log = logging.getLogger("agent_lightning.evaluate")
 
 def evaluate_in_env(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     """Roll the checkpoint's greedy policy for `cfg.episodes` episodes; write episodes.csv and returns.png."""
-    from agent_lightning.agents.acting import greedy_batch_actor, load_model
+    from agent_lightning.agents.acting import batch_actor
     from agent_lightning.agents.environments import env_config
+    from agent_lightning.agents.policy import Policy
     from agent_lightning.agents.reports import write_episodes_csv, write_returns_histogram
     from agent_lightning.agents.rollout import evaluate_policy, summarize
 
     if int(cfg.episodes) < 1:
         raise ConfigError(f"episodes={cfg.episodes} must be >= 1")
     env = env_config(cfg.env)
-    model = load_model(cfg.ckpt_path)
-    check_fits(model, env, str(cfg.ckpt_path))
+    policy = Policy.load(cfg.ckpt_path)
+    check_fits(policy, env, str(cfg.ckpt_path))
     episodes = evaluate_policy(
-        greedy_batch_actor(model), env, int(cfg.episodes), int(cfg.first_seed), int(cfg.num_envs), cfg.vectorization
+        batch_actor(policy), env, int(cfg.episodes), int(cfg.first_seed), int(cfg.num_envs), cfg.vectorization
     )
     stats = summarize(episodes)
     write_episodes_csv(episodes, output_dir / "episodes.csv")
@@ -43,15 +44,14 @@ def evaluate_in_env(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     return stats
 
 
-def check_fits(model: Any, env: DictConfig, where: str) -> None:
+def check_fits(policy: Any, env: DictConfig, where: str) -> None:
     """ConfigError when the policy's input width or action count is not the environment's."""
     from agent_lightning.agents.environments import space_sizes
 
     width, actions = space_sizes(env)
-    first = next(m for m in model.modules() if hasattr(m, "in_features"))
-    if first.in_features != width or model.head.out_features != actions:
+    if policy.obs_dim != width or policy.n_actions != actions:
         raise ConfigError(
-            f"ckpt_path={where} maps {first.in_features} observations to {model.head.out_features} actions, but "
+            f"ckpt_path={where} maps {policy.obs_dim} observations to {policy.n_actions} actions, but "
             f"{env.id} has {width} observations and {actions} actions: use the env it was trained for"
         )
 

@@ -14,6 +14,8 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig
 
+from agent_lightning.agents.policy import Policy
+
 log = logging.getLogger("agent_lightning")
 
 
@@ -40,14 +42,14 @@ class EnvEvaluation(Callback):
         """Roll out the policy on rank 0 and log `env/*` metrics."""
         if not trainer.is_global_zero or trainer.sanity_checking:
             return
-        from agent_lightning.agents.acting import greedy_batch_actor
+        from agent_lightning.agents.acting import batch_actor
         from agent_lightning.agents.environments import env_config
         from agent_lightning.agents.reports import write_episodes_csv, write_returns_histogram
         from agent_lightning.agents.rollout import evaluate_policy, summarize
 
         cfg = env_config(self.env)
-        model, source = _policy_model(trainer, pl_module)
-        episodes = evaluate_policy(greedy_batch_actor(model), cfg, self.episodes, self.first_seed, self.num_envs)
+        policy, source = _policy(trainer, pl_module)
+        episodes = evaluate_policy(batch_actor(policy), cfg, self.episodes, self.first_seed, self.num_envs)
         self.stats = summarize(episodes)
         metrics = {f"env/{k}": v for k, v in self.stats.items() if k != "episodes"}
         for logger in trainer.loggers:
@@ -67,17 +69,15 @@ class EnvEvaluation(Callback):
         )  # fmt: skip
 
 
-def _policy_model(trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[torch.nn.Module, str]:
+def _policy(trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[Any, str]:
     # The best checkpoint is the model the run tests and hands on; it also gathers a sharded model on one process.
     checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
     if best and Path(best).exists():
-        from agent_lightning.export import load_agent
-
-        return load_agent(best), "best checkpoint"
+        return Policy.load(best), "best checkpoint"
     import copy
 
-    return copy.deepcopy(pl_module.model).cpu().eval(), "final weights"
+    return Policy(copy.deepcopy(pl_module.model).cpu()), "final weights"
 
 
 def env_eval_callbacks(cfg: DictConfig) -> list[Callback]:
