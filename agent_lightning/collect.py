@@ -25,7 +25,7 @@ def collect(
     output: str | Path,
     steps: int = 50_000,
     expert: str | None = None,
-    seed: int = 0,
+    seed: int = 1000,
     val_fraction: float = 0.1,
     test_fraction: float = 0.1,
     random_episodes: int = 20,
