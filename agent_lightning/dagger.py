@@ -55,7 +55,7 @@ def main(cfg: DictConfig) -> None:
         overrides = _train_overrides(cfg, HydraConfig.get().runtime.choices.get("env"))
         results = run_dagger(
             env, expert, expert_name, output_dir, overrides, int(cfg.iterations), int(cfg.demo_steps),
-            int(cfg.rollout_steps), int(cfg.episodes), int(cfg.seed),
+            int(cfg.rollout_steps), int(cfg.episodes), int(cfg.seed), cfg.get("continue_epochs"),
         )  # fmt: skip
     except Exception as err:
         reported = user_facing(err)

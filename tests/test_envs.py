@@ -43,7 +43,6 @@ def test_cartpole_behaviour_cloning_reaches_500(tmp_path, compose_cfg):
     cfg = compose_cfg(
         "experiment=bc_cartpole",
         f"data.path={tmp_path / 'demos'}",
-        "trainer.max_epochs=3",
         "trainer.enable_progress_bar=false",
         "trainer.enable_model_summary=false",
         "trainer.num_sanity_val_steps=0",

@@ -80,6 +80,7 @@ def run_dagger(
     rollout_steps: int = 10_000,
     episodes: int = 20,
     seed: int = 1000,
+    continue_epochs: int | None = None,
 ) -> list[Iteration]:
     """BC on `demo_steps` expert steps, then `iterations` DAgger iterations; one `Iteration` per trained policy."""
     from agent_lightning.agents.acting import batch_actor, single_actor
@@ -113,6 +114,8 @@ def run_dagger(
         overrides = [*train_overrides, "data=dataset", f"data.path={dataset}", "env_eval=null", f"seed={seed + index}"]
         if checkpoint is not None:
             overrides.append(f"init_from={checkpoint}")
+            if continue_epochs:  # fine-tuning from the previous weights needs fewer epochs than starting fresh
+                overrides.append(f"trainer.max_epochs={continue_epochs}")
         result = train_iteration(overrides, work_dir / f"iter_{index:02d}" / "train")
         checkpoint = _checkpoint_of(result)
         stats = summarize(evaluate_policy(batch_actor(Policy.load(checkpoint)), env, episodes))

@@ -28,11 +28,12 @@ def lunar_lander_heuristic(env: Any, obs: np.ndarray) -> int:
 def cartpole_balance(env: Any, obs: np.ndarray) -> int:
     """Push toward the side the pole falls to, steering the cart back to the centre: 500 on every seed.
 
-    The cart terms keep it within 0.25 of the centre (2.4 ends the episode), so the controller still balances
-    with 10% of its actions flipped: a margin that a cloned policy's occasional mistakes need.
+    The cart terms keep it within 0.7 of the centre (2.4 ends the episode), so the controller still balances
+    with 10% of its actions flipped: a margin that a cloned policy's occasional mistakes need. (Stronger cart
+    terms switch the action nearly every step and are harder to clone; measured, this one clones to 500.)
     """
     x, x_dot, theta, theta_dot = (float(v) for v in obs[:4])
-    return int(theta + 0.5 * theta_dot + 0.1 * x + 0.3 * x_dot > 0)
+    return int(theta + 0.5 * theta_dot + 0.05 * x + 0.2 * x_dot > 0)
 
 
 def acrobot_energy_pump(env: Any, obs: np.ndarray) -> int:
