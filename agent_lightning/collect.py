@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from agent_lightning.config import config_dir
 from agent_lightning.errors import ConfigError
@@ -80,6 +80,8 @@ def summary(manifest: dict[str, Any], output: str | Path) -> str:
 def main(cfg: DictConfig) -> None:
     """Hydra entry: collect one dataset; a bad input exits 2 with one line."""
     try:
+        if OmegaConf.is_missing(cfg, "output"):
+            raise ConfigError("output is required: the directory to write the prepared dataset to")
         manifest = collect(
             cfg.get("env"),
             cfg.output,

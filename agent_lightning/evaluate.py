@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from agent_lightning.config import config_dir
 from agent_lightning.errors import ConfigError
@@ -71,6 +71,8 @@ def main(cfg: DictConfig) -> None:
     """Hydra entry: evaluate one checkpoint; a bad input exits 2 with one line."""
     output_dir = Path(cfg.paths.output_dir)
     try:
+        if OmegaConf.is_missing(cfg, "ckpt_path"):
+            raise ConfigError("ckpt_path is required: a checkpoint (file or sharded directory) or an export")
         if cfg.get("data") is not None:
             evaluate_on_dataset(cfg, output_dir)
             return
