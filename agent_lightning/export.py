@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from agent_lightning.model import AgentMLP
 _WRAPPER_PREFIXES = ("_checkpoint_wrapped_module.", "_fsdp_wrapped_module.", "_orig_mod.")
 # Float32 logits through another runtime agree to rounding: relative to the logits' scale.
 EXPORT_TOLERANCE = 1e-5
+CHECK_ROWS = 256  # random observations each export is checked on
 _SUFFIX = {"torch": ".pt", "safetensors": ".safetensors", "onnx": ".onnx", "torchscript": ".ts"}
 
 
@@ -84,7 +86,8 @@ def load_agent_and_config(path: str | Path) -> tuple[AgentMLP, dict[str, Any]]:
     return model.eval(), dict(config)
 
 
-def _write(model: AgentMLP, config: dict[str, Any], output: Path, fmt: str) -> None:
+def write_model(model: AgentMLP, config: dict[str, Any], output: Path, fmt: str) -> None:
+    """Write `model` (built from `config`) to `output` in one of FORMATS, unchecked: `export` checks it."""
     if fmt == "torch":
         torch.save({"model_config": config, "state_dict": model.state_dict()}, output)
         return
@@ -93,7 +96,7 @@ def _write(model: AgentMLP, config: dict[str, Any], output: Path, fmt: str) -> N
     import_module(f"agent_lightning.formats.{fmt}_file").write(model, config, output)
 
 
-def check_export(model: AgentMLP, output: Path, rows: int = 256, seed: int = 0) -> float:
+def check_export(model: AgentMLP, output: Path, rows: int = CHECK_ROWS, seed: int = 0) -> float:
     """Max abs difference between the export's logits and the model's on random observations; raises above tolerance."""
     from agent_lightning.agents.policy import Policy
 
@@ -110,13 +113,32 @@ def check_export(model: AgentMLP, output: Path, rows: int = 256, seed: int = 0) 
     return diff
 
 
+@dataclass(frozen=True)
+class Exported:
+    """What `export_checked` wrote, and how closely the file reproduces the model."""
+
+    path: Path
+    format: str
+    max_abs_diff: float
+    model: AgentMLP
+
+    def summary(self) -> str:
+        """One line for the command's output."""
+        params = sum(p.numel() for p in self.model.parameters())
+        dims = f"{self.model.normalizer.mean.numel()} -> {self.model.head.out_features}"
+        return (
+            f"wrote {self.path} ({self.format}): AgentMLP {dims} with {params:,} parameters; "
+            f"max abs diff vs the checkpoint {self.max_abs_diff:.2g} on {CHECK_ROWS} random observations"
+        )
+
+
 def export(checkpoint_path: str | Path, output: str | Path, format: str | None = None) -> Path:
     """Write the model of a checkpoint (or of another export) as one file in `format` (default: from the suffix)."""
-    return export_checked(checkpoint_path, output, format)[0]
+    return export_checked(checkpoint_path, output, format).path
 
 
-def export_checked(checkpoint_path: str | Path, output: str | Path, format: str | None = None) -> tuple[Path, float]:
-    """`export`, and the checked max abs difference of the written file's logits from the model's."""
+def export_checked(checkpoint_path: str | Path, output: str | Path, format: str | None = None) -> Exported:
+    """`export`, with the checked max abs difference of the written file's logits from the model's."""
     output = Path(output)
     fmt = format_for_path(output, format)
     model, config = load_agent_and_config(checkpoint_path)
@@ -125,12 +147,12 @@ def export_checked(checkpoint_path: str | Path, output: str | Path, format: str 
     output.parent.mkdir(parents=True, exist_ok=True)
     staged = output.with_name(f".{output.name}.tmp{output.suffix}")  # a failed export never replaces a good one
     try:
-        _write(model, config, staged, fmt)
+        write_model(model, config, staged, fmt)
         diff = check_export(model, staged)
         staged.replace(output)
     finally:
         staged.unlink(missing_ok=True)
-    return output, diff
+    return Exported(output, fmt, diff, model)
 
 
 def _parse_options(options: list[str]) -> dict[str, str]:
@@ -151,18 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("options", nargs="*", help="format=torch|safetensors|onnx|torchscript (default: from OUTPUT)")
     args = parser.parse_args(argv)
     try:
-        options = _parse_options(args.options)
-        written, diff = export_checked(args.checkpoint, args.output, options.get("format"))
-        model = load_agent(args.checkpoint)
+        exported = export_checked(args.checkpoint, args.output, _parse_options(args.options).get("format"))
     except ConfigError as err:
         print(f"error: cannot export {args.checkpoint}: {err}", file=sys.stderr)
         return EXIT_CONFIG
-    params = sum(p.numel() for p in model.parameters())
-    fmt = format_for_path(written, options.get("format"))
-    print(
-        f"wrote {written} ({fmt}): AgentMLP {model.normalizer.mean.numel()} -> {model.head.out_features} "
-        f"with {params:,} parameters; max abs diff vs the checkpoint {diff:.2g} on 256 random observations"
-    )
+    print(exported.summary())
     return 0
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from agent_lightning.errors import ConfigError
 from agent_lightning.model import AgentMLP
 
 LogitsFn = Callable[[Tensor], Tensor]
@@ -38,13 +39,15 @@ class Policy:
     ) -> None:
         if isinstance(model, nn.Module):
             current = next(iter(model.parameters()), torch.empty(0)).device
-            self.device = torch.device(device) if device is not None else current
-            model = model.to(self.device).eval()
+            self.device = _checked_device(device) if device is not None else current
+            if self.device != current:
+                model = model.to(self.device)
         else:  # a runtime outside torch (onnxruntime): it takes and returns CPU tensors
             self.device = torch.device(device or "cpu")
-        if isinstance(model, AgentMLP):
-            obs_dim = model.normalizer.mean.numel() if obs_dim is None else obs_dim
-            n_actions = model.head.out_features if n_actions is None else n_actions
+        base = getattr(model, "_orig_mod", model)  # the AgentMLP inside a torch.compile wrapper
+        if isinstance(base, AgentMLP):
+            obs_dim = base.normalizer.mean.numel() if obs_dim is None else obs_dim
+            n_actions = base.head.out_features if n_actions is None else n_actions
         if obs_dim is None or n_actions is None:
             raise ValueError("Policy needs obs_dim and n_actions for a model that is not an AgentMLP")
         self.model = model
@@ -56,7 +59,7 @@ class Policy:
         """From a Lightning checkpoint (file or sharded directory) or an export (.pt, .safetensors, .onnx, .ts)."""
         from agent_lightning.formats.loading import load_policy_model
 
-        model, dims = load_policy_model(Path(path), torch.device(device))
+        model, dims = load_policy_model(Path(path), _checked_device(device))
         return cls(model, device, source=str(path), **dims)
 
     def _batch(self, obs: Any) -> tuple[Tensor, bool]:
@@ -76,8 +79,17 @@ class Policy:
     def logits(self, obs: Any) -> Tensor:
         """Action logits as a float32 tensor, [n_actions] for one observation or [n, n_actions] for a batch."""
         x, single = self._batch(obs)
-        with torch.inference_mode():
-            out = self.model(x).float()
+        # Always the inference behaviour (dropout off, batch norm's running statistics), without changing
+        # the mode of a model that is being trained elsewhere.
+        was_training = isinstance(self.model, nn.Module) and self.model.training
+        try:
+            if was_training:
+                self.model.eval()
+            with torch.inference_mode():
+                out = self.model(x).float()
+        finally:
+            if was_training:
+                self.model.train()
         return out[0] if single else out
 
     def action_probs(self, obs: Any) -> np.ndarray:
@@ -96,3 +108,13 @@ class Policy:
     def __repr__(self) -> str:
         where = f", from {self.source}" if self.source else ""
         return f"Policy(obs_dim={self.obs_dim}, n_actions={self.n_actions}, device={self.device}{where})"
+
+
+def _checked_device(device: str | torch.device) -> torch.device:
+    """`device` as a torch.device; a one-line error when it names an accelerator this machine lacks."""
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device={str(device)!r}: no CUDA device is available here (torch.cuda.is_available() is False)"
+        )
+    return device

@@ -1,12 +1,29 @@
-"""Files an evaluation leaves in its run directory: one CSV row per episode and a histogram of returns."""
+"""Files an evaluation leaves in its run directory: one CSV row per episode and a histogram of returns.
+
+Figures are drawn as `matplotlib.figure.Figure` objects, not through pyplot, so a notebook's backend and
+figures are left alone (as in `agent_lightning.evaluation.plots`).
+"""
 
 from __future__ import annotations
 
 import csv
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from agent_lightning.agents.rollout import Episode
+from agent_lightning.errors import ConfigError
+
+
+def _figure(width: float, height: float) -> Any:
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ConfigError("plots need matplotlib: pip install 'lightning-agent-trainer[plots]'") from None
+    figure = Figure(figsize=(width, height))
+    FigureCanvasAgg(figure)  # rendered to files only
+    return figure
 
 
 def write_episodes_csv(episodes: Sequence[Episode], path: Path) -> Path:
@@ -22,13 +39,9 @@ def write_episodes_csv(episodes: Sequence[Episode], path: Path) -> Path:
 
 def write_returns_histogram(episodes: Sequence[Episode], path: Path, title: str, threshold: float) -> Path:
     """A PNG histogram of the episode returns, with the success threshold marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
     returns = [e.ret for e in episodes]
-    figure, axes = plt.subplots(figsize=(6, 3.5))
+    figure = _figure(6, 3.5)
+    axes = figure.subplots()
     axes.hist(returns, bins=min(20, max(5, len(returns) // 2)), color="tab:blue", edgecolor="white")
     axes.axvline(threshold, color="tab:green", linestyle="--", label=f"success >= {threshold:g}")
     axes.axvline(sum(returns) / len(returns), color="tab:red", label="mean")
@@ -36,23 +49,17 @@ def write_returns_histogram(episodes: Sequence[Episode], path: Path, title: str,
     axes.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)
     return path
 
 
 def write_curve(values: Sequence[float], path: Path, ylabel: str, title: str) -> Path:
     """A PNG line plot of one value per iteration (DAgger's return per iteration)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(6, 3.5))
+    figure = _figure(6, 3.5)
+    axes = figure.subplots()
     axes.plot(range(len(values)), values, marker="o")
     axes.set(xlabel="iteration", ylabel=ylabel, title=title)
     axes.set_xticks(range(len(values)))
     axes.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
-    plt.close(figure)
     return path

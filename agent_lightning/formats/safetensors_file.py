@@ -6,6 +6,7 @@ Reading a safetensors file never runs code, whoever wrote it.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,9 @@ def write(model: AgentMLP, config: dict[str, Any], path: Path) -> None:
     st = require_extra("safetensors.torch", "format=safetensors")
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
     st.save_file(state, str(path), metadata={CONFIG_KEY: json.dumps(config), "format": "pt"})
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)  # safetensors creates the file owner-only; an export is shared like the others
 
 
 def read(path: Path) -> AgentMLP:

@@ -1,0 +1,1 @@
+"""How well a trained policy does: on a prepared dataset's labelled split, and in environments."""
