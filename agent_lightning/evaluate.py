@@ -74,7 +74,10 @@ def main(cfg: DictConfig) -> None:
         if OmegaConf.is_missing(cfg, "ckpt_path"):
             raise ConfigError("ckpt_path is required: a checkpoint (file or sharded directory) or an export")
         if cfg.get("data") is not None:
-            evaluate_on_dataset(cfg, output_dir)
+            from agent_lightning.evaluation.classification import summary_line as dataset_line
+
+            print(dataset_line(evaluate_on_dataset(cfg, output_dir)), flush=True)
+            log.info("metrics.json, per_class.csv and figures in %s", output_dir)
             return
         stats = evaluate_in_env(cfg, output_dir)
     except ConfigError as err:
