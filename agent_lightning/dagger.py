@@ -31,7 +31,7 @@ def _train_overrides(cfg: DictConfig, env_name: str | None) -> list[str]:
         )
     extra = OmegaConf.to_container(cfg.train, resolve=True) if cfg.get("train") else []
     if not isinstance(extra, list):
-        raise ConfigError("train= takes a list of training overrides, e.g. train='[trainer.max_epochs=5]'")
+        raise ConfigError("train= takes a list of training overrides, e.g. 'train=[\"trainer.max_epochs=5\"]'")
     return [*([f"experiment={experiment}"] if experiment else []), *(str(o) for o in extra), "print_config=false"]
 
 

@@ -49,7 +49,7 @@ def jobs_for(out: Path, seeds: list[int], variant: list[str], dagger: bool) -> d
     if dagger:
         jobs["dagger_lunarlander"] = [
             "agent_lightning.dagger", "env=lunarlander", "iterations=5", f"hydra.run.dir={out / 'dagger_lunarlander'}",
-            "train=[trainer.enable_progress_bar=false,trainer.threads=2]",
+            'train=["trainer.enable_progress_bar=false","trainer.threads=2"]',
         ]  # fmt: skip
     return jobs
 
