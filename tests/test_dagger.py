@@ -59,6 +59,8 @@ def test_dagger_aggregates_data_and_continues_from_previous_weights(tmp_path, mo
         iterations=2, demo_steps=800, rollout_steps=300, episodes=3,
     )  # fmt: skip
     assert [r.rows for r in results] == [800, 1100, 1400]
+    assert dagger.best(results).return_mean == max(r.return_mean for r in results)
+    assert dagger.table(results).splitlines()[-1].startswith(f"best: iteration {dagger.best(results).iteration}")
     for r in results:  # each iteration's dataset holds every row so far
         manifest = json.loads((Path(r.dataset) / "manifest.json").read_text())
         assert sum(manifest["splits"][s]["rows"] for s in ("train", "val", "test")) == r.rows

@@ -139,12 +139,19 @@ def run_dagger(
     return results
 
 
+def best(results: Sequence[Iteration]) -> Iteration:
+    """The iteration whose policy returned the most on the evaluation seeds (the first of equals)."""
+    return max(results, key=lambda r: (r.return_mean, -r.iteration))
+
+
 def table(results: Sequence[Iteration]) -> str:
-    """The per-iteration table `dagger` prints."""
+    """The per-iteration table `dagger` prints, and the best iteration's checkpoint."""
     lines = [f"{'iter':>4}  {'rows':>8}  {'new':>7}  {'rollout':>8}  {'return':>8}  {'std':>7}  {'success':>7}"]
     for r in results:
         lines.append(
             f"{r.iteration:>4}  {r.rows:>8,}  {r.new_rows:>7,}  {r.rollout_return:>8.2f}  {r.return_mean:>8.2f}  "
             f"{r.return_std:>7.2f}  {r.success_rate:>7.2f}"
         )
+    top = best(results)
+    lines.append(f"best: iteration {top.iteration}, return mean={top.return_mean:.2f}, checkpoint {top.checkpoint}")
     return "\n".join(lines)
