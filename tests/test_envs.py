@@ -138,3 +138,9 @@ def test_builtin_experts_score_as_documented():
     mountaincar = summarize(evaluate_policy(batched("mountaincar", "mountaincar"), "mountaincar", 20))
     assert cartpole["return_mean"] == 500.0
     assert mountaincar["return_mean"] >= -115 and mountaincar["success_rate"] >= 0.5
+
+
+def test_missing_gymnasium_names_the_env_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "gymnasium", None)  # as if not installed
+    with pytest.raises(ConfigError, match=r"environments need gymnasium: pip install 'lightning-agent-trainer\[env\]'"):
+        make_env("cartpole")
