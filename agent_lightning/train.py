@@ -17,6 +17,7 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelChec
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from agent_lightning.agents.env_eval import check_env_eval, env_eval_callbacks
 from agent_lightning.callbacks import FiniteLossGuard
 from agent_lightning.checkpoint_io import AtomicCheckpointIO
 from agent_lightning.config import config_dir
@@ -82,6 +83,7 @@ def build_trainer(cfg: DictConfig, devices: int, world: int, extra_callbacks: Se
         FiniteLossGuard(),
         StopOnSignal(),
         DataAwareResume(),
+        *env_eval_callbacks(cfg),
         *extra_callbacks,
     ]
     callbacks += [LogConfigToTrackers(cfg), *filter(None, [build_progress_bar(cfg)])]
@@ -143,6 +145,7 @@ def _resolve_and_check(cfg: DictConfig) -> tuple[int, int]:
     resolve_auto_strategy(cfg)
     devices, world = validate(cfg)
     check_step_options(cfg)
+    check_env_eval(cfg)
     return devices, world
 
 

@@ -3,12 +3,14 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import hydra
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 
 from agent_lightning.config import config_dir
 from agent_lightning.data import AgentDataModule
+from agent_lightning.data.base import RankBatchesDataModule
 from agent_lightning.model import AgentMLP
 from agent_lightning.parallel import build_strategy
 from agent_lightning.step import lightning_trainer_config
@@ -149,9 +151,18 @@ def test_installed_wheel_ships_the_config_tree(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("experiment", options("experiment"))
-def test_every_experiment_composes_and_instantiates(compose_cfg, experiment: str) -> None:
-    cfg = compose_cfg(f"experiment={experiment}", fast=False)
-    assert isinstance(hydra.utils.instantiate(cfg.data), AgentDataModule)
+def test_every_experiment_composes_and_instantiates(compose_cfg, tmp_path, experiment: str) -> None:
+    overrides = [f"experiment={experiment}"]
+    if (config_dir() / "experiment" / f"{experiment}.yaml").read_text().count("override /data: dataset"):
+        # A preset that trains on a prepared dataset (bc_*: demonstrations) gets a small one.
+        from agent_lightning.prepare import prepare
+
+        rng = np.random.default_rng(0)
+        arrays = (rng.normal(size=(64, 4)).astype("float32"), rng.integers(0, 2, 64))
+        prepare(arrays, tmp_path / "d", progress_bar=False)
+        overrides.append(f"data.path={tmp_path / 'd'}")
+    cfg = compose_cfg(*overrides, fast=False)
+    assert isinstance(hydra.utils.instantiate(cfg.data), RankBatchesDataModule)  # synthetic or prepared
     assert isinstance(hydra.utils.instantiate(cfg.model), AgentMLP)
 
 

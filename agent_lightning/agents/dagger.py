@@ -1,0 +1,157 @@
+"""DAgger: the learner drives, the expert labels every state it visits, the data grows, training continues.
+
+Iteration 0 is behaviour cloning on expert demonstrations. Each later iteration rolls out the current
+policy, labels the visited states with the expert's actions, writes the aggregate (all rows so far) as a
+new prepared dataset, and trains from the previous iteration's weights (`init_from=`: weights only, fresh
+optimizer and epoch count); every policy is evaluated greedily on seeds 0..episodes-1.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig
+
+from agent_lightning.agents.demonstrations import mean_or_nan, write_demonstrations
+from agent_lightning.agents.environments import space_sizes
+from agent_lightning.agents.experts import Expert
+from agent_lightning.agents.rollout import Rollout, evaluate_policy, rollout, summarize
+
+log = logging.getLogger("agent_lightning.dagger")
+# Rollout episode seeds: far from the evaluation seeds (0..episodes-1) and distinct per iteration.
+SEED_STRIDE = 100_000
+
+
+@dataclass(frozen=True)
+class Iteration:
+    """One DAgger iteration: the data it trained on, where its weights are, and how the policy played."""
+
+    iteration: int
+    rows: int
+    new_rows: int
+    rollout_return: float  # the policy that visited the new states (the expert for iteration 0)
+    dataset: str
+    checkpoint: str
+    return_mean: float
+    return_std: float
+    success_rate: float
+
+
+def _concat(parts: Sequence[Rollout]) -> Rollout:
+    return Rollout(
+        np.concatenate([p.observations for p in parts]),
+        np.concatenate([p.actions for p in parts]),
+        np.concatenate([p.episodes for p in parts]),
+        [r for p in parts for r in p.returns],
+    )
+
+
+def _checkpoint_of(result: dict[str, Any]) -> str:
+    best = result.get("best_model_path") or ""
+    if best and Path(best).exists():
+        return str(best)
+    last = Path(result["run_dir"]) / "checkpoints" / "last.ckpt"
+    if last.exists():
+        return str(last)
+    raise RuntimeError(f"training in {result['run_dir']} left no checkpoint to continue from")
+
+
+def train_iteration(overrides: Sequence[str], output_dir: Path) -> dict[str, Any]:
+    """One training run in this process, as `python -m agent_lightning.train OVERRIDES` would run it."""
+    from agent_lightning.config import compose_config
+    from agent_lightning.train import train
+
+    return train(compose_config(list(overrides), output_dir=output_dir))
+
+
+def run_dagger(
+    env: DictConfig,
+    expert: Expert,
+    expert_name: str,
+    work_dir: Path,
+    train_overrides: Sequence[str],
+    iterations: int = 5,
+    demo_steps: int = 50_000,
+    rollout_steps: int = 10_000,
+    episodes: int = 20,
+    seed: int = 1000,
+    continue_epochs: int | None = None,
+) -> list[Iteration]:
+    """BC on `demo_steps` expert steps, then `iterations` DAgger iterations; one `Iteration` per trained policy."""
+    from agent_lightning.agents.acting import batch_actor, single_actor
+    from agent_lightning.agents.policy import Policy
+
+    _, n_actions = space_sizes(env)
+    parts: list[Rollout] = []
+    results: list[Iteration] = []
+    checkpoint: str | None = None
+    for index in range(iterations + 1):
+        episode_base = index * SEED_STRIDE
+        if checkpoint is None:
+            new = rollout(env, demo_steps, expert, seed=seed, first_episode=episode_base)
+        else:
+            learner = single_actor(Policy.load(checkpoint))
+            new = rollout(
+                env, rollout_steps, learner, label=expert, seed=seed + episode_base, first_episode=episode_base
+            )
+        parts.append(new)
+        data = _concat(parts)
+        dataset = work_dir / f"iter_{index:02d}" / "data"
+        provenance = {
+            "env": env.id,
+            "expert": expert_name,
+            "dagger_iteration": index,
+            "steps": len(data),
+            "new_steps": len(new),
+            "rollout_return_mean": mean_or_nan(new.returns),
+        }
+        write_demonstrations(data, dataset, n_actions, provenance, seed=seed)
+        overrides = [*train_overrides, "data=dataset", f"data.path={dataset}", "env_eval=null", f"seed={seed + index}"]
+        if checkpoint is not None:
+            overrides.append(f"init_from={checkpoint}")
+            if continue_epochs:  # fine-tuning from the previous weights needs fewer epochs than starting fresh
+                overrides.append(f"trainer.max_epochs={continue_epochs}")
+        result = train_iteration(overrides, work_dir / f"iter_{index:02d}" / "train")
+        checkpoint = _checkpoint_of(result)
+        stats = summarize(evaluate_policy(batch_actor(Policy.load(checkpoint)), env, episodes))
+        results.append(
+            Iteration(
+                index,
+                len(data),
+                len(new),
+                mean_or_nan(new.returns),
+                str(dataset),
+                checkpoint,
+                stats["return_mean"],
+                stats["return_std"],
+                stats["success_rate"],
+            )
+        )
+        log.info(
+            "iteration %d: %d rows (+%d), return mean=%.2f std=%.2f success=%.2f",
+            index, len(data), len(new), stats["return_mean"], stats["return_std"], stats["success_rate"],
+        )  # fmt: skip
+    return results
+
+
+def best(results: Sequence[Iteration]) -> Iteration:
+    """The iteration whose policy returned the most on the evaluation seeds (the first of equals)."""
+    return max(results, key=lambda r: (r.return_mean, -r.iteration))
+
+
+def table(results: Sequence[Iteration]) -> str:
+    """The per-iteration table `dagger` prints, and the best iteration's checkpoint."""
+    lines = [f"{'iter':>4}  {'rows':>8}  {'new':>7}  {'rollout':>8}  {'return':>8}  {'std':>7}  {'success':>7}"]
+    for r in results:
+        lines.append(
+            f"{r.iteration:>4}  {r.rows:>8,}  {r.new_rows:>7,}  {r.rollout_return:>8.2f}  {r.return_mean:>8.2f}  "
+            f"{r.return_std:>7.2f}  {r.success_rate:>7.2f}"
+        )
+    top = best(results)
+    lines.append(f"best: iteration {top.iteration}, return mean={top.return_mean:.2f}, checkpoint {top.checkpoint}")
+    return "\n".join(lines)

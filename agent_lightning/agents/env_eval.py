@@ -1,0 +1,118 @@
+"""Evaluate the trained policy in its environment when fitting ends: `env/return_mean` etc. in the run's metrics.
+
+Enabled by `env_eval: {env: lunarlander, episodes: 20}` in the run config (the bc_* experiments set it).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from omegaconf import DictConfig
+
+from agent_lightning.agents.policy import Policy
+
+log = logging.getLogger("agent_lightning")
+
+
+class EnvEvaluation(Callback):
+    """On rank 0 after fit: greedy episodes on seeds first_seed.. with the best checkpoint (else current weights).
+
+    Metrics go to every logger and to `trainer.callback_metrics` (so to summary.json); episodes.csv and
+    returns.png go to `<run>/env_eval/`.
+    """
+
+    def __init__(
+        self,
+        env: str | dict[str, Any],
+        episodes: int = 20,
+        first_seed: int = 0,
+        num_envs: int = 16,
+        output_dir: str = "",
+    ) -> None:
+        self.env, self.episodes, self.first_seed, self.num_envs = env, episodes, first_seed, num_envs
+        self.output_dir = output_dir
+        self.stats: dict[str, float] = {}
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Roll out the policy on rank 0 and log `env/*` metrics."""
+        if not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        from agent_lightning.agents.acting import batch_actor
+        from agent_lightning.agents.environments import env_config
+        from agent_lightning.agents.reports import write_episodes_csv, write_returns_histogram
+        from agent_lightning.agents.rollout import evaluate_policy, summarize
+
+        cfg = env_config(self.env)
+        policy, source = _policy(trainer, pl_module)
+        episodes = evaluate_policy(batch_actor(policy), cfg, self.episodes, self.first_seed, self.num_envs)
+        self.stats = summarize(episodes)
+        metrics = {f"env/{k}": v for k, v in self.stats.items() if k != "episodes"}
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+            logger.save()
+        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
+        if self.output_dir:
+            out = Path(self.output_dir) / "env_eval"
+            out.mkdir(parents=True, exist_ok=True)
+            write_episodes_csv(episodes, out / "episodes.csv")
+            title = f"{cfg.id}: {len(episodes)} episodes ({source})"
+            write_returns_histogram(episodes, out / "returns.png", title, float(cfg.success_threshold))
+        log.info(
+            "env eval (%s, %s, %d episodes): return mean=%.2f std=%.2f success=%.2f",
+            cfg.id, source, len(episodes), self.stats["return_mean"], self.stats["return_std"],
+            self.stats["success_rate"],
+        )  # fmt: skip
+
+
+def _policy(trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[Any, str]:
+    # The best checkpoint is the model the run tests and hands on; it also gathers a sharded model on one process.
+    checkpoint = trainer.checkpoint_callback
+    best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
+    if best and Path(best).exists():
+        return Policy.load(best), "best checkpoint"
+    import copy
+
+    return Policy(copy.deepcopy(pl_module.model).cpu()), "final weights"
+
+
+def env_eval_callbacks(cfg: DictConfig) -> list[Callback]:
+    """The EnvEvaluation callback when `cfg.env_eval` is set, else none."""
+    spec = cfg.get("env_eval")
+    if not spec:
+        return []
+    return [
+        EnvEvaluation(
+            env=spec.env if isinstance(spec.env, str) else dict(spec.env),
+            episodes=int(spec.get("episodes", 20)),
+            first_seed=int(spec.get("first_seed", 0)),
+            num_envs=int(spec.get("num_envs", 16)),
+            output_dir=str(cfg.paths.output_dir),
+        )
+    ]
+
+
+def check_env_eval(cfg: DictConfig) -> None:
+    """ConfigError (before any rank starts) when `env_eval` names an unknown env or one the model does not fit."""
+    spec = cfg.get("env_eval")
+    if not spec:
+        return
+    from agent_lightning.agents.environments import env_config, space_sizes
+    from agent_lightning.errors import ConfigError
+
+    if "env" not in spec:
+        raise ConfigError("env_eval needs env=<name>, e.g. env_eval.env=cartpole")
+    width, actions = space_sizes(env_config(spec.env))
+    model = cfg.get("model") or {}
+    for key, value, what in (("input_dim", width, "observations"), ("output_dim", actions, "actions")):
+        if model.get(key) is not None and int(model[key]) != value:
+            raise ConfigError(
+                f"env_eval.env={spec.env} has {value} {what} but model.{key}={model[key]}: evaluate on the env "
+                "the data came from"
+            )
+    if int(spec.get("episodes", 20)) < 1:
+        raise ConfigError(f"env_eval.episodes={spec.episodes} must be >= 1")

@@ -1,0 +1,103 @@
+"""gymnasium environments from `conf/env/<name>.yaml`: one for rolling an expert, a vector of them for evaluation.
+
+gymnasium (and box2d for LunarLander) come with the optional extra: pip install 'lightning-agent-trainer[env]'.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from agent_lightning.config import config_dir
+from agent_lightning.errors import ConfigError
+
+INSTALL_HINT = "pip install 'lightning-agent-trainer[env]'"
+VECTORIZATIONS = ("sync", "async")
+
+
+def env_names() -> list[str]:
+    """The environments configured under `conf/env/`."""
+    return sorted(p.stem for p in (config_dir() / "env").glob("*.yaml"))
+
+
+def env_config(env: str | Mapping[str, Any] | None) -> DictConfig:
+    """The env config: a name from `conf/env/` or an already composed mapping; ConfigError listing valid names."""
+    if env is None:
+        raise ConfigError(f"env is not set: choose one of {', '.join(env_names())} (e.g. env=cartpole)")
+    if isinstance(env, str):
+        path = config_dir() / "env" / f"{env}.yaml"
+        if not path.is_file():
+            raise ConfigError(f"env={env!r} is unknown: choose one of {', '.join(env_names())}")
+        loaded = OmegaConf.load(path)
+        assert isinstance(loaded, DictConfig)
+        return loaded
+    cfg = env if isinstance(env, DictConfig) else OmegaConf.create(dict(env))
+    if not cfg.get("id"):
+        raise ConfigError("env.id is not set: name a gymnasium environment id, e.g. env.id=CartPole-v1")
+    return cfg
+
+
+def gymnasium() -> Any:
+    """The gymnasium module; ConfigError naming the extra when it is not installed."""
+    try:
+        return importlib.import_module("gymnasium")
+    except ImportError:
+        raise ConfigError(f"environments need gymnasium: {INSTALL_HINT}") from None
+
+
+def _make_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    given = cfg.get("kwargs")
+    kwargs = OmegaConf.to_container(given, resolve=True) if isinstance(given, DictConfig) else dict(given or {})
+    assert isinstance(kwargs, dict)
+    if cfg.get("max_episode_steps"):
+        kwargs["max_episode_steps"] = int(cfg.max_episode_steps)
+    return kwargs
+
+
+def make_env(env: str | Mapping[str, Any]) -> Any:
+    """One gymnasium environment (with its time limit) for the configured id."""
+    cfg = env_config(env)
+    gym = gymnasium()
+    try:
+        made = gym.make(cfg.id, **_make_kwargs(cfg))
+    except gym.error.DependencyNotInstalled as err:
+        raise ConfigError(f"env.id={cfg.id} needs a package that is missing ({err}): {INSTALL_HINT}") from None
+    except gym.error.Error as err:  # unknown id, wrong version, bad kwargs
+        raise ConfigError(f"env.id={cfg.id}: {str(err).splitlines()[0]}") from None
+    except TypeError as err:
+        raise ConfigError(f"env.kwargs for {cfg.id}: {err}") from None
+    _check_discrete(made, cfg.id)
+    return made
+
+
+def make_vector_env(env: str | Mapping[str, Any], num_envs: int, vectorization: str = "sync") -> Any:
+    """`num_envs` copies in one gymnasium vector env: `sync` (one process) or `async` (a process per copy)."""
+    if vectorization not in VECTORIZATIONS:
+        raise ConfigError(f"vectorization={vectorization!r} is not one of {', '.join(VECTORIZATIONS)}")
+    cfg = env_config(env)
+    make_env(cfg).close()  # a bad id or a missing package fails here, as one line, not inside a worker
+    gym = gymnasium()
+    kwargs = _make_kwargs(cfg)
+    return gym.make_vec(cfg.id, num_envs=num_envs, vectorization_mode=vectorization, **kwargs)
+
+
+def _check_discrete(env: Any, env_id: str) -> None:
+    from gymnasium.spaces import Discrete
+
+    if not isinstance(env.action_space, Discrete):
+        raise ConfigError(
+            f"env.id={env_id} has {env.action_space} actions: policies here choose among discrete actions "
+            "(for LunarLander keep env.kwargs.continuous=false)"
+        )
+
+
+def space_sizes(env: str | Mapping[str, Any]) -> tuple[int, int]:
+    """(observation width, number of actions) of the environment."""
+    made = make_env(env)
+    try:
+        return int(made.observation_space.shape[0]), int(made.action_space.n)
+    finally:
+        made.close()

@@ -1,0 +1,93 @@
+"""Evaluate a trained policy: `python -m agent_lightning.evaluate ckpt_path=... env=lunarlander episodes=20`.
+
+In an environment: greedy actions on seeds 0..N-1, one line `return mean=.. std=.. min=.. max=.. success=..
+length=..`, and `episodes.csv` + `returns.png` in the run directory. On a prepared dataset
+(`data=dataset data.path=DIR`): the classification report of the dataset's test split.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from agent_lightning.config import config_dir
+from agent_lightning.errors import ConfigError
+
+log = logging.getLogger("agent_lightning.evaluate")
+
+
+def evaluate_in_env(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
+    """Roll the checkpoint's greedy policy for `cfg.episodes` episodes; write episodes.csv and returns.png."""
+    from agent_lightning.agents.acting import batch_actor
+    from agent_lightning.agents.environments import env_config
+    from agent_lightning.agents.policy import Policy
+    from agent_lightning.agents.reports import write_episodes_csv, write_returns_histogram
+    from agent_lightning.agents.rollout import evaluate_policy, summarize
+
+    if int(cfg.episodes) < 1:
+        raise ConfigError(f"episodes={cfg.episodes} must be >= 1")
+    env = env_config(cfg.env)
+    policy = Policy.load(cfg.ckpt_path)
+    check_fits(policy, env, str(cfg.ckpt_path))
+    episodes = evaluate_policy(
+        batch_actor(policy), env, int(cfg.episodes), int(cfg.first_seed), int(cfg.num_envs), cfg.vectorization
+    )
+    stats = summarize(episodes)
+    write_episodes_csv(episodes, output_dir / "episodes.csv")
+    title = f"{env.id}: {len(episodes)} episodes, mean {stats['return_mean']:.1f}"
+    write_returns_histogram(episodes, output_dir / "returns.png", title, float(env.success_threshold))
+    return stats
+
+
+def check_fits(policy: Any, env: DictConfig, where: str) -> None:
+    """ConfigError when the policy's input width or action count is not the environment's."""
+    from agent_lightning.agents.environments import space_sizes
+
+    width, actions = space_sizes(env)
+    if policy.obs_dim != width or policy.n_actions != actions:
+        raise ConfigError(
+            f"ckpt_path={where} maps {policy.obs_dim} observations to {policy.n_actions} actions, but "
+            f"{env.id} has {width} observations and {actions} actions: use the env it was trained for"
+        )
+
+
+def evaluate_on_dataset(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+    """Per-class precision/recall/F1, confusion matrix and calibration of the policy on a prepared dataset."""
+    try:
+        from agent_lightning.agents.policy import Policy
+        from agent_lightning.evaluation.classification import evaluate_dataset
+    except ImportError:
+        raise ConfigError("data=dataset evaluation is not available in this build: use env=<name>") from None
+    return evaluate_dataset(Policy.load(cfg.ckpt_path), cfg.data.path, split=cfg.split, output_dir=output_dir)
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    """Hydra entry: evaluate one checkpoint; a bad input exits 2 with one line."""
+    output_dir = Path(cfg.paths.output_dir)
+    try:
+        if OmegaConf.is_missing(cfg, "ckpt_path"):
+            raise ConfigError("ckpt_path is required: a checkpoint (file or sharded directory) or an export")
+        if cfg.get("data") is not None:
+            from agent_lightning.evaluation.classification import summary_line as dataset_line
+
+            print(dataset_line(evaluate_on_dataset(cfg, output_dir)), flush=True)
+            log.info("metrics.json, per_class.csv and figures in %s", output_dir)
+            return
+        stats = evaluate_in_env(cfg, output_dir)
+    except ConfigError as err:
+        log.error("%s", err)
+        sys.exit(2)
+    from agent_lightning.agents.rollout import summary_line
+
+    print(summary_line(stats), flush=True)
+    log.info("episodes.csv and returns.png in %s", output_dir)
+
+
+if __name__ == "__main__":
+    main()

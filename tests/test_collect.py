@@ -1,0 +1,69 @@
+"""collect: expert demonstrations as a prepared dataset split by episode, with n_actions from the environment."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("gymnasium")
+
+from agent_lightning.collect import collect
+from agent_lightning.data.manifest import SPLITS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _split_arrays(path: Path, manifest: dict, split: str, key: str) -> np.ndarray:
+    shards = manifest["splits"][split]["shards"]
+    if not shards:
+        return np.zeros(0, dtype=np.int64)
+    return np.concatenate([np.load(path / s["files"][key]["file"], allow_pickle=False) for s in shards])
+
+
+def test_collect_splits_by_episode_and_takes_action_count_from_the_env(tmp_path):
+    out = tmp_path / "mc_demos"
+    manifest = collect("mountaincar", out, steps=3000, random_episodes=3)
+    assert manifest == json.loads((out / "manifest.json").read_text())
+    episodes = {split: _split_arrays(out, manifest, split, "g") for split in SPLITS}
+    sets = {split: set(ids.tolist()) for split, ids in episodes.items()}
+    assert all(sets.values()), "every split holds episodes"
+    assert not (sets["train"] & sets["val"]) and not (sets["train"] & sets["test"]) and not (sets["val"] & sets["test"])
+    assert sum(len(ids) for ids in episodes.values()) == 3000
+    # The momentum expert never coasts (action 1): the dataset still has MountainCar's 3 classes.
+    assert manifest["num_classes"] == 3
+    labels = np.concatenate([_split_arrays(out, manifest, s, "y") for s in SPLITS])
+    assert set(labels.tolist()) == {0, 2}
+    provenance = manifest["provenance"]
+    assert provenance["env"] == "MountainCar-v0" and provenance["expert"] == "mountaincar"
+    assert provenance["expert_return_mean"] > -130 > -190 > provenance["random_return_mean"]
+    assert manifest["group"] == "episode"
+
+
+def test_collect_with_a_user_expert_from_the_command_line(tmp_path):
+    (tmp_path / "my_expert.py").write_text("def always_left(env, obs):\n    return 0\n")
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}", "PYTHONWARNINGS": "ignore"}
+    args = ["env=cartpole", "steps=300", "random_episodes=2", f"output={tmp_path / 'left'}"]
+    done = subprocess.run(
+        [sys.executable, "-m", "agent_lightning.collect", "expert=my_expert:always_left", *args],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "expert my_expert:always_left return mean=" in done.stdout and "random policy mean=" in done.stdout
+    manifest = json.loads((tmp_path / "left" / "manifest.json").read_text())
+    assert manifest["num_classes"] == 2
+    assert [manifest["splits"][s]["class_counts"][1] for s in SPLITS] == [0, 0, 0]
+
+    bad = subprocess.run(
+        [sys.executable, "-m", "agent_lightning.collect", "expert=oracle", *args[:-1], f"output={tmp_path / 'x'}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert bad.returncode == 2
+    lines = [ln for ln in (bad.stdout + bad.stderr).splitlines() if ln.strip()]
+    assert len(lines) == 1 and "expert='oracle' is unknown: use one of acrobot, cartpole, heuristic" in lines[0]
+    assert not (tmp_path / "x").exists()

@@ -1,0 +1,78 @@
+"""DAgger: the aggregated dataset grows each iteration, and each retraining starts from the previous weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+pytest.importorskip("gymnasium")
+
+from agent_lightning.agents import dagger
+from agent_lightning.agents.environments import env_config
+from agent_lightning.agents.experts import resolve_expert
+from agent_lightning.export import load_agent
+
+
+class StartWeights(pl.Callback):
+    """Records the model's layer weights when training starts (after init_from has been applied)."""
+
+    def __init__(self) -> None:
+        self.weights: dict[str, torch.Tensor] = {}
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        state = pl_module.model.state_dict()
+        self.weights = {k: v.detach().clone() for k, v in state.items() if not k.startswith("normalizer.")}
+
+
+def test_dagger_aggregates_data_and_continues_from_previous_weights(tmp_path, monkeypatch):
+    starts: list[dict[str, torch.Tensor]] = []
+    overrides_seen: list[list[str]] = []
+    real_train = dagger.train_iteration
+
+    def recording_train(overrides, output_dir):
+        from agent_lightning.config import compose_config
+        from agent_lightning.train import train
+
+        probe = StartWeights()
+        overrides_seen.append(list(overrides))
+        result = train(compose_config(list(overrides), output_dir=output_dir), extra_callbacks=[probe])
+        starts.append(probe.weights)
+        return result
+
+    assert real_train is not None
+    monkeypatch.setattr(dagger, "train_iteration", recording_train)
+    train_overrides = [
+        "experiment=bc_cartpole",
+        "model.hidden_dim=32",
+        "trainer.max_epochs=1",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        "trainer.num_sanity_val_steps=0",
+        "print_config=false",
+    ]
+    results = dagger.run_dagger(
+        env_config("cartpole"), resolve_expert("cartpole"), "cartpole", tmp_path, train_overrides,
+        iterations=2, demo_steps=800, rollout_steps=300, episodes=3,
+    )  # fmt: skip
+    assert [r.rows for r in results] == [800, 1100, 1400]
+    assert dagger.best(results).return_mean == max(r.return_mean for r in results)
+    assert dagger.table(results).splitlines()[-1].startswith(f"best: iteration {dagger.best(results).iteration}")
+    for r in results:  # each iteration's dataset holds every row so far
+        manifest = json.loads((Path(r.dataset) / "manifest.json").read_text())
+        assert sum(manifest["splits"][s]["rows"] for s in ("train", "val", "test")) == r.rows
+        assert manifest["num_classes"] == 2 and manifest["provenance"]["dagger_iteration"] == r.iteration
+    assert not any(o.startswith("init_from=") for o in overrides_seen[0])
+    for index in (1, 2):
+        previous = results[index - 1].checkpoint
+        assert f"init_from={previous}" in overrides_seen[index]
+        saved = {k: v for k, v in load_agent(previous).state_dict().items() if not k.startswith("normalizer.")}
+        assert saved.keys() == starts[index].keys()
+        for key, value in saved.items():
+            torch.testing.assert_close(starts[index][key], value, msg=f"iteration {index} did not start from {key}")
+        # ... and trained on from there: its own checkpoint differs from where it started.
+        trained = load_agent(results[index].checkpoint).state_dict()
+        assert any(not torch.equal(trained[k], v) for k, v in saved.items())
