@@ -167,6 +167,17 @@ def test_a_part_of_another_width_is_refused(tmp_path):
         compose_config(["data=stream", f"data.path={stream / 'part-00000'}"], tmp_path / "run")
 
 
+def test_a_damaged_end_marker_is_one_error_naming_the_file(tmp_path):
+    stream = tmp_path / "stream"
+    StreamWriter(stream).write(np.zeros((100, 8), np.float32), np.arange(100) % 3)
+    (stream / "END.json").write_text("garbage")
+    with pytest.raises(ConfigError, match=r"END.json is not valid JSON .*StreamWriter.close\(\)"):
+        look(stream)
+    (stream / "END.json").write_text('{"parts": "two"}')
+    with pytest.raises(ConfigError, match=r"END.json holds .*not an end marker"):
+        look(stream)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_ddp_ranks_take_the_same_steps_on_a_growing_stream(tmp_path):
