@@ -19,6 +19,7 @@ from agent_lightning.config import compose_config
 from agent_lightning.data import ClusterTask, PreparedDataset, StreamDataModule, StreamWriter
 from agent_lightning.data.stream_dir import look, part_names
 from agent_lightning.errors import ConfigError
+from agent_lightning.prepare import prepare
 from agent_lightning.train import run
 
 ROWS, BATCH, WINDOW = 1000, 64, 900
@@ -165,6 +166,20 @@ def test_a_part_of_another_width_is_refused(tmp_path):
         compose_config(["data=stream", f"data.path={stream}", "data.window_rows=0"], tmp_path / "run")
     with pytest.raises(ConfigError, match=r"data.path=.* is a prepared dataset, not a stream directory"):
         compose_config(["data=stream", f"data.path={stream / 'part-00000'}"], tmp_path / "run")
+
+
+def test_an_ended_stream_takes_no_more_parts_and_append_must_be_a_bool(tmp_path):
+    stream = tmp_path / "stream"
+    rows = (np.zeros((100, 8), np.float32), np.arange(100) % 3)
+    with StreamWriter(stream) as writer:
+        writer.write(*rows)
+    with pytest.raises(ConfigError, match=r"output=.*stream has ended \(END.json is there\)"):
+        StreamWriter(stream).write(*rows)
+    with pytest.raises(ConfigError, match=r"output=.*stream has ended"):
+        prepare(rows, stream, append=True, progress_bar=False)
+    assert part_names(stream) == ["part-00000"] and look(stream).ended
+    with pytest.raises(ConfigError, match=r"^append='maybe' must be true or false$"):
+        prepare(rows, tmp_path / "other", append="maybe", progress_bar=False)
 
 
 def test_a_damaged_end_marker_is_one_error_naming_the_file(tmp_path):
