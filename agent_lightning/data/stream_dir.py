@@ -93,9 +93,9 @@ def check_stream_options(options: Mapping[str, Any]) -> None:
         value = options.get(key)
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
             raise ConfigError(f"data.{key}={value!r} must be a number > 0")
-    fraction = (options.get("replay") or {}).get("fraction", 0.0)
-    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 <= fraction < 1:
-        raise ConfigError(f"data.replay.fraction={fraction!r} must be a number >= 0 and < 1 (e.g. 0.2)")
+    from agent_lightning.data.replay import check_fraction  # imports torch, which a producer does not need
+
+    check_fraction((options.get("replay") or {}).get("fraction", 0.0))
     if options.get("normalize") not in ("standard", "none"):
         raise ConfigError(f"data.normalize={options.get('normalize')!r} is not one of standard, none")
 
