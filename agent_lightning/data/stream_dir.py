@@ -115,7 +115,11 @@ def wait_for_first_part(directory: str | Path, poll_seconds: float, timeout_s: f
     started = time.monotonic()
     manifest = first_manifest(directory)
     if manifest is None:
-        log.info("stream %s: no data yet, waiting for a first part (polling every %gs)", directory, poll_seconds)
+        # A directory that does not exist is most often a mistyped data.path: say so while waiting.
+        missing = "" if Path(directory).exists() else "; the directory does not exist yet (is data.path right?)"
+        log.info(
+            "stream %s: no data yet, waiting for a first part (polling every %gs)%s", directory, poll_seconds, missing
+        )
     while manifest is None:
         if end_marker(directory) is not None:
             raise ConfigError(f"data.path={directory}: the stream ended (END.json) without any part")
