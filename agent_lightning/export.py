@@ -170,7 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="a .ckpt file, a sharded checkpoint directory, or a .pt export")
     parser.add_argument("output", help="where to write the model: .pt, .safetensors, .onnx or .ts")
-    parser.add_argument("options", nargs="*", help="format=torch|safetensors|onnx|torchscript (default: from OUTPUT)")
+    parser.add_argument(
+        "options", nargs="*", default=[], help="format=torch|safetensors|onnx|torchscript (default: from OUTPUT)"
+    )
     args = parser.parse_args(argv)
     try:
         exported = export_checked(args.checkpoint, args.output, _parse_options(args.options).get("format"))

@@ -27,7 +27,14 @@ from agent_lightning.config import config_dir
 from agent_lightning.data.manifest import FORMAT, SPLITS, VERSION, fingerprint, sha256_of, write_manifest
 from agent_lightning.data.readers import ReadOptions, expand_inputs, input_bytes, read_chunks
 from agent_lightning.data.splits import SplitAssigner, group_codes
-from agent_lightning.data.stream_dir import is_stream, publish_part, stream_num_classes, write_end
+from agent_lightning.data.stream_dir import (
+    END,
+    end_marker,
+    is_stream,
+    publish_part,
+    stream_num_classes,
+    write_end,
+)
 from agent_lightning.data.writer import BucketSpill, LabelEncoder, RunningStats, ShardWriter, check_features
 from agent_lightning.errors import ConfigError
 
@@ -77,6 +84,9 @@ def prepare(
     end marker: this was its last part.
     """
     output = Path(output)
+    for key, value in (("overwrite", overwrite), ("append", append), ("end_stream", end_stream)):
+        if not isinstance(value, bool):  # `append=maybe` on the command line is a non-empty string: truthy
+            raise ConfigError(f"{key}={value!r} must be true or false")
     if shard_rows < 1 or chunk_rows < 1:
         raise ConfigError(f"shard_rows={shard_rows} and chunk_rows={chunk_rows} must be >= 1")
     if end_stream and not append:
@@ -84,6 +94,11 @@ def prepare(
     if append:
         if output.is_file() or not is_stream(output):
             raise ConfigError(f"output={output} is not a stream directory (it is a file or a prepared dataset)")
+        if end_marker(output) is not None:  # a run following the stream has stopped: a new part would go unseen
+            raise ConfigError(
+                f"output={output} has ended ({END} is there): its runs stop at its last part; start a new stream "
+                "directory for more data"
+            )
         num_classes = stream_num_classes(output, num_classes)
     elif output.is_file() or (output.exists() and any(output.iterdir()) and not overwrite):
         raise ConfigError(f"output={output} exists and is not empty: choose another or set overwrite=true")

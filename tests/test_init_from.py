@@ -115,7 +115,7 @@ def test_an_export_and_a_sharded_directory_give_the_same_weights(yesterday, tmp_
         assert all(torch.equal(loaded[k], v) for k, v in saved.items()), source
 
 
-def test_a_shape_mismatch_or_a_combined_resume_is_refused_in_one_line(yesterday) -> None:
+def test_a_shape_mismatch_or_a_combined_resume_is_refused_in_one_line(yesterday, tmp_path: Path) -> None:
     base = [*QUICK, f"data.path={yesterday['day1']}", f"init_from={yesterday['ckpt']}"]
     with pytest.raises(ConfigError, match=r"init_from=.*: layer hidden.0.0.weight is \[256, 32\] in the checkpoint "):
         validate(compose_config([*base, "model.hidden_dim=64"]))
@@ -125,6 +125,10 @@ def test_a_shape_mismatch_or_a_combined_resume_is_refused_in_one_line(yesterday)
         validate(compose_config([*base, f"ckpt_path={yesterday['ckpt']}"]))
     with pytest.raises(ConfigError, match=r"init_from=/no/such.ckpt does not exist"):
         validate(compose_config([*QUICK, f"data.path={yesterday['day1']}", "init_from=/no/such.ckpt"]))
+    graph = tmp_path / "agent.onnx"
+    graph.write_bytes(b"\x08\x07")  # what a deployment graph starts with: not a weights file
+    with pytest.raises(ConfigError, match=r"init_from=.*agent.onnx is an ONNX export, which init_from cannot read"):
+        validate(compose_config([*QUICK, f"data.path={yesterday['day1']}", f"init_from={graph}"]))
 
 
 def test_a_safetensors_export_gives_the_same_weights(yesterday, tmp_path: Path) -> None:

@@ -88,6 +88,18 @@ def test_a_wrong_observation_width_names_expected_and_got(run) -> None:
         policy.act(np.zeros((3, 9)))
 
 
+def test_a_nan_inf_or_complex_observation_is_refused_not_acted_on(run) -> None:
+    policy = Policy.load(run["ckpt"])
+    batch = np.zeros((4, 8))
+    batch[2, 5] = np.nan
+    for bad in (batch, np.full(8, np.inf), torch.full((8,), -float("inf"))):
+        with pytest.raises(ValueError, match=r"observation holds NaN or inf values"):
+            policy.act(bad)
+    with pytest.raises(ValueError, match=r"complex: give real numbers"):
+        policy.act(np.ones(8, np.complex64))
+    assert policy.act(np.zeros((4, 8), np.int32)).shape == (4,)  # finite ints are still fine
+
+
 def test_acting_imports_neither_lightning_nor_hydra(run) -> None:
     code = (
         "import sys, numpy as np\n"

@@ -115,3 +115,6 @@ def test_replay_of_another_width_is_refused(tasks, tmp_path):
         compose_config([*QUICK, f"data.path={tasks[1]}", f"data.replay.path={tasks[0]}", "data.replay.fraction=1.5"])
     with pytest.raises(ConfigError, match=r"data.replay.fraction=0.2 needs data.replay.path"):
         compose_config([*QUICK, f"data.path={tasks[1]}", "data.replay.fraction=0.2"])
+    missing = tmp_path / "nope"
+    with pytest.raises(ConfigError, match=r"^data.replay.path=.*nope is not a prepared dataset"):
+        compose_config([*QUICK, f"data.path={tasks[1]}", f"data.replay.path={missing}", "data.replay.fraction=0.2"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import subprocess
@@ -17,8 +18,9 @@ import torch
 
 from agent_lightning.config import compose_config
 from agent_lightning.data import ClusterTask, PreparedDataset, StreamDataModule, StreamWriter
-from agent_lightning.data.stream_dir import look, part_names
+from agent_lightning.data.stream_dir import look, part_names, wait_for_first_part
 from agent_lightning.errors import ConfigError
+from agent_lightning.prepare import prepare
 from agent_lightning.train import run
 
 ROWS, BATCH, WINDOW = 1000, 64, 900
@@ -165,6 +167,38 @@ def test_a_part_of_another_width_is_refused(tmp_path):
         compose_config(["data=stream", f"data.path={stream}", "data.window_rows=0"], tmp_path / "run")
     with pytest.raises(ConfigError, match=r"data.path=.* is a prepared dataset, not a stream directory"):
         compose_config(["data=stream", f"data.path={stream / 'part-00000'}"], tmp_path / "run")
+
+
+def test_an_ended_stream_takes_no_more_parts_and_append_must_be_a_bool(tmp_path):
+    stream = tmp_path / "stream"
+    rows = (np.zeros((100, 8), np.float32), np.arange(100) % 3)
+    with StreamWriter(stream) as writer:
+        writer.write(*rows)
+    with pytest.raises(ConfigError, match=r"output=.*stream has ended \(END.json is there\)"):
+        StreamWriter(stream).write(*rows)
+    with pytest.raises(ConfigError, match=r"output=.*stream has ended"):
+        prepare(rows, stream, append=True, progress_bar=False)
+    assert part_names(stream) == ["part-00000"] and look(stream).ended
+    with pytest.raises(ConfigError, match=r"^append='maybe' must be true or false$"):
+        prepare(rows, tmp_path / "other", append="maybe", progress_bar=False)
+
+
+def test_waiting_on_a_directory_that_does_not_exist_says_so(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="agent_lightning")
+    with pytest.raises(ConfigError, match=r"no part arrived within 0.05s"):
+        wait_for_first_part(tmp_path / "lvie", poll_seconds=0.01, timeout_s=0.05)
+    assert "the directory does not exist yet (is data.path right?)" in caplog.text
+
+
+def test_a_damaged_end_marker_is_one_error_naming_the_file(tmp_path):
+    stream = tmp_path / "stream"
+    StreamWriter(stream).write(np.zeros((100, 8), np.float32), np.arange(100) % 3)
+    (stream / "END.json").write_text("garbage")
+    with pytest.raises(ConfigError, match=r"END.json is not valid JSON .*StreamWriter.close\(\)"):
+        look(stream)
+    (stream / "END.json").write_text('{"parts": "two"}')
+    with pytest.raises(ConfigError, match=r"END.json holds .*not an end marker"):
+        look(stream)
 
 
 @pytest.mark.slow

@@ -74,7 +74,13 @@ class Policy:
                 f"observation of shape {shape} does not fit this policy: expected {self.obs_dim} features, "
                 f"[{self.obs_dim}] for one observation or [n, {self.obs_dim}] for a batch"
             )
-        return x.to(self.device, torch.float32), single
+        if x.is_complex():  # casting to float32 would silently drop the imaginary part
+            raise ValueError(f"observation of dtype {x.dtype} is complex: give real numbers (any float or int dtype)")
+        x = x.to(self.device, torch.float32)
+        # NaN or inf logits still have an argmax (action 0): refuse the observation rather than act on it.
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("observation holds NaN or inf values: every feature must be a finite number")
+        return x, single
 
     def logits(self, obs: Any) -> Tensor:
         """Action logits as a float32 tensor, [n_actions] for one observation or [n, n_actions] for a batch."""

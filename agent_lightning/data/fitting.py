@@ -11,7 +11,12 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from agent_lightning.data.manifest import check_shard_files, read_manifest
-from agent_lightning.data.stream_dir import check_stream_options, first_manifest, wait_for_first_part
+from agent_lightning.data.stream_dir import (
+    check_is_stream,
+    check_stream_options,
+    first_manifest,
+    wait_for_first_part,
+)
 from agent_lightning.errors import ConfigError
 
 log = logging.getLogger("agent_lightning")
@@ -28,6 +33,7 @@ def data_dims(data_cfg: DictConfig, wait: bool = True) -> tuple[int, int] | None
         if wait:
             manifest = wait_for_first_part(path, float(data_cfg.get("poll_seconds", 1.0)))  # fixes the stream's dims
         else:
+            check_is_stream(path)  # composing a config still refuses a prepared dataset given as a stream
             manifest = first_manifest(path) if Path(str(path)).is_dir() else None
             if manifest is None:
                 return None

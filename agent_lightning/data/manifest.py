@@ -50,12 +50,12 @@ def write_manifest(directory: Path, manifest: dict[str, Any]) -> Path:
     return path
 
 
-def read_manifest(directory: str | Path) -> dict[str, Any]:
-    """The manifest of a prepared dataset directory; ConfigError naming the path when it is not one."""
+def read_manifest(directory: str | Path, key: str = "data.path") -> dict[str, Any]:
+    """The manifest of a prepared dataset directory; ConfigError naming `key` and the path when it is not one."""
     path = Path(directory) / MANIFEST
     if not path.is_file():
         raise ConfigError(
-            f"data.path={directory} is not a prepared dataset (no {MANIFEST}): create one with "
+            f"{key}={directory} is not a prepared dataset (no {MANIFEST}): create one with "
             "`python -m agent_lightning.prepare input=... output=...`"
         )
     try:

@@ -48,7 +48,7 @@ def check_replay_config(path: str | Path, replay: Any) -> None:
 
 def check_replay_matches(path: str | Path, replay_path: str | Path) -> None:
     """The replay dataset has the same feature width and classes as the dataset; ConfigError naming both."""
-    current, old = read_manifest(path), read_manifest(replay_path)
+    current, old = read_manifest(path), read_manifest(replay_path, key="data.replay.path")
     for key, what in (("num_features", "features"), ("num_classes", "classes")):
         if current[key] != old[key]:
             raise ConfigError(

@@ -44,9 +44,15 @@ def end_marker(directory: str | Path) -> dict[str, Any] | None:
     """The end marker's contents (`{"parts": n}`), or None while the producer has not finished."""
     path = Path(directory) / END
     try:
-        return json.loads(path.read_text())
+        marker = json.loads(path.read_text())
     except FileNotFoundError:
         return None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path} is not valid JSON ({err}): a producer writes it with StreamWriter.close()") from None
+    parts = marker.get("parts") if isinstance(marker, dict) else None
+    if isinstance(parts, bool) or not isinstance(parts, int) or parts < 0:
+        raise ConfigError(f'{path} holds {marker!r}, not an end marker {{"parts": <number of parts>}}')
+    return marker
 
 
 @dataclass(frozen=True)
@@ -87,24 +93,33 @@ def check_stream_options(options: Mapping[str, Any]) -> None:
         value = options.get(key)
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
             raise ConfigError(f"data.{key}={value!r} must be a number > 0")
-    fraction = (options.get("replay") or {}).get("fraction", 0.0)
-    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 <= fraction < 1:
-        raise ConfigError(f"data.replay.fraction={fraction!r} must be a number >= 0 and < 1 (e.g. 0.2)")
+    from agent_lightning.data.replay import check_fraction  # imports torch, which a producer does not need
+
+    check_fraction((options.get("replay") or {}).get("fraction", 0.0))
     if options.get("normalize") not in ("standard", "none"):
         raise ConfigError(f"data.normalize={options.get('normalize')!r} is not one of standard, none")
 
 
-def wait_for_first_part(directory: str | Path, poll_seconds: float, timeout_s: float | None = None) -> dict[str, Any]:
-    """The first part's manifest, polling every `poll_seconds` (one log line) until it arrives."""
+def check_is_stream(directory: str | Path) -> None:
+    """ConfigError when `data.path` of a `data=stream` run is a prepared dataset rather than a stream directory."""
     if not is_stream(directory):
         raise ConfigError(
             f"data.path={directory} is a prepared dataset, not a stream directory: use data=dataset, or give "
             "data=stream a directory that producers add parts to"
         )
+
+
+def wait_for_first_part(directory: str | Path, poll_seconds: float, timeout_s: float | None = None) -> dict[str, Any]:
+    """The first part's manifest, polling every `poll_seconds` (one log line) until it arrives."""
+    check_is_stream(directory)
     started = time.monotonic()
     manifest = first_manifest(directory)
     if manifest is None:
-        log.info("stream %s: no data yet, waiting for a first part (polling every %gs)", directory, poll_seconds)
+        # A directory that does not exist is most often a mistyped data.path: say so while waiting.
+        missing = "" if Path(directory).exists() else "; the directory does not exist yet (is data.path right?)"
+        log.info(
+            "stream %s: no data yet, waiting for a first part (polling every %gs)%s", directory, poll_seconds, missing
+        )
     while manifest is None:
         if end_marker(directory) is not None:
             raise ConfigError(f"data.path={directory}: the stream ended (END.json) without any part")

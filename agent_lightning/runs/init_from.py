@@ -30,6 +30,7 @@ from agent_lightning.runs.lock import global_rank
 log = logging.getLogger("agent_lightning")
 KEY = "init_from"
 _STATE_PREFIX = "state_dict.model."
+_GRAPH_SUFFIXES = {".onnx": "ONNX", ".ts": "TorchScript", ".torchscript": "TorchScript"}
 
 
 def _plain(key: str) -> str:
@@ -40,6 +41,11 @@ def _plain(key: str) -> str:
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     """The model weights of a checkpoint file, sharded directory or export, with plain layer names."""
+    if path.suffix.lower() in _GRAPH_SUFFIXES:  # a deployment graph, not a weights file: say so, not "unpickling"
+        raise ConfigError(
+            f"{KEY}={path} is an {_GRAPH_SUFFIXES[path.suffix.lower()]} export, which init_from cannot read: give "
+            "the run's checkpoint (.ckpt or sharded directory) or an export to .pt or .safetensors"
+        )
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file  # tensors only: nothing to unpickle
 
