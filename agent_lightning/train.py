@@ -262,8 +262,18 @@ def hydra_main(cfg: DictConfig) -> float | Pruned | None:
     try:
         return optimized_value(cfg, metrics)
     except ConfigError as err:
+        if not _in_sweep():  # nothing reads the value of a single run: a short run without validation is fine
+            log.warning("%s", err)
+            return None
         log.error("%s", err)
         sys.exit(2)
+
+
+def _in_sweep() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def main() -> None:

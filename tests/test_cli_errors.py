@@ -41,3 +41,13 @@ def test_bad_input_exits_nonzero_with_one_clear_message(case: str, tmp_path: Pat
     assert message in output
     assert "Traceback" not in output
     assert not (tmp_path / "run" / "checkpoints").exists()  # nothing started
+
+
+def test_a_short_run_without_validation_succeeds(tmp_path: Path) -> None:
+    # No sweeper reads optimized_metric (val/acc_best) of a single run: never logging it is not an error.
+    result = run_cli(
+        "trainer.max_steps=5", "data.train_size=4096", "test=false", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "optimized_metric='val/acc_best' was never logged" in result.stdout + result.stderr
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
