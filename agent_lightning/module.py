@@ -314,11 +314,12 @@ class AgentModule(pl.LightningModule):
             return optimizer
         trainer = self.trainer
         total_steps = trainer.estimated_stepping_batches  # also sets up the training data, which counts batches
-        batches = trainer.num_training_batches
-        loader = trainer.train_dataloader
-        if isinstance(loader, ExecutionBatches):  # Lightning counts groups of batches: count the batches
-            batches = min(len(loader.loader), batches * loader.k)
-        if self.step_options.accumulate_grad_batches > 1 or isinstance(loader, ExecutionBatches):
+        loader = getattr(trainer, "train_dataloader", None)
+        grouped = isinstance(loader, ExecutionBatches)
+        if self.step_options.accumulate_grad_batches > 1 or grouped:
+            batches = trainer.num_training_batches
+            if grouped:  # Lightning counts groups of batches: count the batches
+                batches = min(len(loader.loader), batches * loader.k)
             total_steps = estimated_optimizer_steps(
                 batches, self.step_options.accumulate_grad_batches, trainer.max_epochs, trainer.max_steps
             )

@@ -1,8 +1,8 @@
 """Forgetting, and replay against it: train on task A, then on task B with replay 0, 0.1, 0.3.
 
 Task A holds classes 0-4 and task B classes 5-9 of one synthetic task (10 classes of clusters, each
-split prepared with `num_classes=10`). Stage A trains on A; stage B continues from A's last
-checkpoint (`ckpt_path=`, epochs counted on) on B, with `data.replay.path=A data.replay.fraction=f`.
+split prepared with `num_classes=10`). Stage A trains on A; stage B starts from A's weights
+(`init_from=`: fresh optimizer and epoch count) on B, with `data.replay.path=A data.replay.fraction=f`.
 After each stage the model's accuracy on A's and B's test splits is printed, then a table; last line:
 `acc_A_after_B: replay=0 <a0> replay=0.1 <a1> replay=0.3 <a3>`.
 
@@ -87,8 +87,8 @@ def main() -> None:
                 [
                     "data=dataset",
                     f"data.path={task_b}",
-                    f"ckpt_path={after_a}",
-                    f"trainer.max_epochs={2 * args.epochs}",  # a resumed run counts A's epochs too
+                    f"init_from={after_a}",
+                    f"trainer.max_epochs={args.epochs}",
                     *replay,
                 ],
                 work / f"stage_b_replay{fraction}",

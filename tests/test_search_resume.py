@@ -126,6 +126,7 @@ def test_a_killed_search_resumes_with_no_running_trial_and_no_repeated_values(tm
     args = [
         "hparams_search=optuna",
         *TINY,
+        "trainer.max_epochs=3",  # trials long enough to be caught running on a busy machine
         f"hydra.sweeper.storage={storage}",
         "hydra.sweeper.study_name=resumable",
         "hydra.sweeper.n_trials=3",
