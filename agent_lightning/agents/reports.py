@@ -9,21 +9,9 @@ from __future__ import annotations
 import csv
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from agent_lightning.agents.rollout import Episode
-from agent_lightning.errors import ConfigError
-
-
-def _figure(width: float, height: float) -> Any:
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise ConfigError("plots need matplotlib: pip install 'lightning-agent-trainer[plots]'") from None
-    figure = Figure(figsize=(width, height))
-    FigureCanvasAgg(figure)  # rendered to files only
-    return figure
+from agent_lightning.evaluation.plots import new_figure
 
 
 def write_episodes_csv(episodes: Sequence[Episode], path: Path) -> Path:
@@ -40,7 +28,7 @@ def write_episodes_csv(episodes: Sequence[Episode], path: Path) -> Path:
 def write_returns_histogram(episodes: Sequence[Episode], path: Path, title: str, threshold: float) -> Path:
     """A PNG histogram of the episode returns, with the success threshold marked."""
     returns = [e.ret for e in episodes]
-    figure = _figure(6, 3.5)
+    figure = new_figure(6, 3.5)
     axes = figure.subplots()
     axes.hist(returns, bins=min(20, max(5, len(returns) // 2)), color="tab:blue", edgecolor="white")
     axes.axvline(threshold, color="tab:green", linestyle="--", label=f"success >= {threshold:g}")
@@ -54,7 +42,7 @@ def write_returns_histogram(episodes: Sequence[Episode], path: Path, title: str,
 
 def write_curve(values: Sequence[float], path: Path, ylabel: str, title: str) -> Path:
     """A PNG line plot of one value per iteration (DAgger's return per iteration)."""
-    figure = _figure(6, 3.5)
+    figure = new_figure(6, 3.5)
     axes = figure.subplots()
     axes.plot(range(len(values)), values, marker="o")
     axes.set(xlabel="iteration", ylabel=ylabel, title=title)

@@ -12,7 +12,8 @@ from typing import Any
 from agent_lightning.errors import ConfigError
 
 
-def _figure(width: float, height: float) -> Any:
+def new_figure(width: float, height: float) -> Any:
+    """A matplotlib figure drawn to files only (no pyplot: a notebook's backend is left alone)."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -27,7 +28,7 @@ def plot_confusion(confusion: list[list[int]], labels: list[str], path: Path) ->
     """Confusion matrix (rows: true class, columns: predicted), each row normalised, counts written in."""
     n = len(confusion)
     size = min(4 + 0.5 * n, 20)
-    fig = _figure(size, size * 0.85)
+    fig = new_figure(size, size * 0.85)
     ax = fig.subplots()
     totals = [max(sum(row), 1) for row in confusion]
     shares = [[c / t for c in row] for row, t in zip(confusion, totals, strict=True)]
@@ -48,7 +49,7 @@ def plot_confusion(confusion: list[list[int]], labels: list[str], path: Path) ->
 
 def plot_reliability(table: list[dict[str, Any]], ece: float, path: Path) -> None:
     """Reliability diagram: accuracy against confidence per bin, beside the diagonal of perfect calibration."""
-    fig = _figure(5, 5)
+    fig = new_figure(5, 5)
     ax = fig.subplots()
     filled = [row for row in table if row["count"]]
     width = table[0]["bin_hi"] - table[0]["bin_lo"]
