@@ -98,7 +98,7 @@ def test_bad_checkpoints_and_directories_are_refused_with_one_line(compose_cfg, 
     (tmp_path / "truncated.ckpt").write_bytes(last.read_bytes()[:5000])
     cases = {
         "empty.ckpt": "is empty",
-        "random.ckpt": "was refused without running it",
+        "random.ckpt": "(was refused without running it|is not a readable checkpoint)",  # depends on the bytes
         "truncated.ckpt": "is not a readable checkpoint",
     }
     for name, message in cases.items():
