@@ -27,6 +27,11 @@ def step_loss(outputs: Any) -> Tensor | None:
     return outputs["loss"] if isinstance(outputs, dict) else outputs
 
 
+def crossed_multiple(before: int, now: int, every: int) -> bool:
+    """Whether a multiple of `every` lies in (before, now]: a Lightning step may take several optimizer steps."""
+    return every >= 1 and now // every > before // every
+
+
 class NonFiniteLossError(RuntimeError):
     """The training loss or the weights became NaN or infinite (or exploded: see `DivergenceGuard`)."""
 
@@ -65,8 +70,7 @@ class LastCheckpoint(ModelCheckpoint):
         if self._train_time_interval is not None:
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
             return
-        every, step = self._every_n_train_steps, trainer.global_step
-        if every >= 1 and step // every > self._last_global_step_saved // every:
+        if crossed_multiple(self._last_global_step_saved, trainer.global_step, self._every_n_train_steps):
             self._save_if_behind(trainer)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -112,8 +116,7 @@ class FiniteLossGuard(pl.Callback):
         # One add per step: a NaN or inf anywhere makes the running sum non-finite.
         loss = loss.detach().float()
         self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
-        # Crossing a multiple, not landing on it: a Lightning step may take several optimizer steps.
-        if trainer.global_step // self.check_every_n_steps > self._checked_at // self.check_every_n_steps:
+        if crossed_multiple(self._checked_at, trainer.global_step, self.check_every_n_steps):
             self._checked_at = trainer.global_step
             self._check(trainer, weights_finite=True)
 
@@ -157,6 +160,7 @@ class DivergenceGuard(pl.Callback):
         self.check_every_n_steps = check_every_n_steps
         self.history: list[float] = []
         self._latest: Tensor | None = None
+        self._previous_step: int | None = None  # the global step at the last batch end
 
     def state_dict(self) -> dict[str, Any]:
         """The checked losses, so a resumed run keeps its baseline."""
@@ -174,7 +178,10 @@ class DivergenceGuard(pl.Callback):
         if loss is None:
             return
         self._latest = loss.detach()
-        if trainer.global_step == 1 or trainer.global_step % self.check_every_n_steps == 0:
+        step = trainer.global_step
+        before = step - 1 if self._previous_step is None else self._previous_step  # a resumed run: one step
+        self._previous_step = step
+        if step == 1 or crossed_multiple(before, step, self.check_every_n_steps):
             self._check(trainer, record=True)
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:

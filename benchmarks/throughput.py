@@ -56,6 +56,25 @@ def hand_written(epochs: int, device: torch.device, batch: int, compile_mode: st
         return F.cross_entropy(model(x), y)
 
     step_loss = torch.compile(forward_loss, mode=compile_mode) if compile_mode else forward_loss
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        loss = step_loss(x, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return _timed_epochs(features, labels, batch, epochs, device, step)
+
+
+def _timed_epochs(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    batch: int,
+    epochs: int,
+    device: torch.device,
+    step: Callable[[torch.Tensor, torch.Tensor], None],
+) -> float:
+    """Steady samples/s of `step` over shuffled, sliced batches (as the framework's loader serves them)."""
     loader = SliceBatchLoader(features, labels, batch, shuffle=True, drop_last=True)
     rates = []
     for epoch in range(epochs):
@@ -63,10 +82,7 @@ def hand_written(epochs: int, device: torch.device, batch: int, compile_mode: st
         _sync(device)
         start = time.perf_counter()
         for x, y in loader:
-            loss = step_loss(x, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            step(x, y)
         _sync(device)
         rates.append(len(loader) * batch / (time.perf_counter() - start))
     return _steady(rates)
@@ -97,19 +113,13 @@ def hand_written_cuda_graph(epochs: int, device: torch.device, batch: int) -> fl
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         step()
-    loader = SliceBatchLoader(features, labels, batch, shuffle=True, drop_last=True)
-    rates = []
-    for epoch in range(epochs):
-        loader.sampler.set_epoch(epoch)
-        _sync(device)
-        start = time.perf_counter()
-        for x, y in loader:
-            static_x.copy_(x)
-            static_y.copy_(y)
-            graph.replay()
-        _sync(device)
-        rates.append(len(loader) * batch / (time.perf_counter() - start))
-    return _steady(rates)
+
+    def replay(x: torch.Tensor, y: torch.Tensor) -> None:
+        static_x.copy_(x)
+        static_y.copy_(y)
+        graph.replay()
+
+    return _timed_epochs(features, labels, batch, epochs, device, replay)
 
 
 def _sync(device: torch.device) -> None:

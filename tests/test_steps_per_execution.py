@@ -145,3 +145,10 @@ def test_grouped_steps_with_a_stream_are_refused_up_front(compose_cfg) -> None:
     with pytest.raises(ConfigError, match=r"trainer.steps_per_execution=4 is not supported with data=stream"):
         cfg = compose_cfg("data=stream", "data.path=/nonexistent", "trainer.steps_per_execution=4", fast=False)
         check_step_options(cfg)
+
+
+def test_step_intervals_fire_when_a_group_crosses_a_multiple() -> None:
+    from agent_lightning.callbacks import crossed_multiple
+
+    assert crossed_multiple(48, 56, 50) and crossed_multiple(49, 50, 50)  # a group of 8 passes step 50
+    assert not crossed_multiple(50, 56, 50) and not crossed_multiple(0, 1, 50) and not crossed_multiple(0, 9, 0)
