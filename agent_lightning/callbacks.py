@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import LearningRateMonitor as LightningLearningRateMonitor
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -14,6 +15,7 @@ from torch import Tensor
 from torch.distributed.tensor import DTensor
 
 from agent_lightning.checkpoint_io import clean_stale_writes
+from agent_lightning.data.executions import batches_of
 from agent_lightning.errors import EXIT_CONFIG
 
 
@@ -47,6 +49,8 @@ class LastCheckpoint(ModelCheckpoint):
     training (each time unless already written at this step) and when a signal stops the run.
     Stale `.tmp` files a killed write left behind are removed when the run starts.
     """
+
+    handles_grouped_steps = True  # counts optimizer steps (see agent_lightning/step_groups.py)
 
     def __init__(self, dirpath: str, every_n_train_steps: int = 500, **kwargs: Any) -> None:
         kwargs = {"save_top_k": 0, "enable_version_counter": False, **kwargs, "save_last": True}
@@ -101,6 +105,8 @@ class FiniteLossGuard(pl.Callback):
     too, since the last step can break them before its loss shows it.
     """
 
+    handles_grouped_steps = True  # counts optimizer steps (see agent_lightning/step_groups.py)
+
     def __init__(self, check_every_n_steps: int = 50) -> None:
         self.check_every_n_steps = check_every_n_steps
         self._loss_sum: Tensor | None = None
@@ -150,6 +156,8 @@ class DivergenceGuard(pl.Callback):
     The median is never taken below the first checked loss (the untrained model's): a converged
     run's tiny, noisy losses must not count as divergence.
     """
+
+    handles_grouped_steps = True  # counts optimizer steps (see agent_lightning/step_groups.py)
 
     def __init__(
         self, factor: float | None = 10.0, window: int = 20, patience: int | None = None, check_every_n_steps: int = 50
@@ -232,6 +240,8 @@ class TrainingStateMemory(pl.Callback):
     sum `mem/state_mib`; the largest rank is reported. On CUDA also `mem/cuda_peak_mib`.
     """
 
+    handles_grouped_steps = True  # counts optimizer steps (see agent_lightning/step_groups.py)
+
     def __init__(self) -> None:
         self._measured = False
 
@@ -255,3 +265,27 @@ class TrainingStateMemory(pl.Callback):
         for name, nbytes in sizes.items():
             value = torch.tensor(nbytes / 2**20, device=pl_module.device)
             pl_module.log(f"mem/{name}_mib", value, on_step=False, on_epoch=True, sync_dist=True, reduce_fx="max")
+
+
+class LearningRateMonitor(LightningLearningRateMonitor):
+    """Lightning's `LearningRateMonitor`, also every `log_every_n_steps` batches when a Lightning step runs several.
+
+    Lightning's logs the rate at a step's start when that step's number is due; a group of batches
+    (`trainer.steps_per_execution`) is logged at its start when a due batch lies inside it, at the
+    group's first step, with the rate of that step.
+    """
+
+    handles_grouped_steps = True
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
+        """The rate of the step about to run, at its number, when a due batch starts in this group."""
+        size = len(batches_of(batch))
+        if size == 1 or self.logging_interval == "epoch":
+            super().on_train_batch_start(trainer, pl_module, batch, idx)
+            return
+        first = trainer.fit_loop.epoch_loop._batches_that_stepped  # the loggers' step, counted in batches
+        if not crossed_multiple(first, first + size, trainer.log_every_n_steps):
+            return
+        stats = self._extract_stats(trainer, "step" if self.logging_interval is None else "any")
+        for logger in trainer.loggers if stats else ():
+            logger.log_metrics(stats, step=first)

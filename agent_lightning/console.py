@@ -17,7 +17,33 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger("agent_lightning")
 
 
-class LineProgressBar(TQDMProgressBar):
+class BatchTQDMProgressBar(TQDMProgressBar):
+    """Lightning's tqdm bar, counting batches when a Lightning step runs several (`trainer.steps_per_execution`)."""
+
+    def _group(self) -> int:
+        return getattr(self.trainer.train_dataloader, "k", 1)  # `ExecutionBatches` groups k batches
+
+    @property
+    def total_train_batches(self) -> int | float:
+        """The epoch's batches (Lightning counts its steps, each a group of batches)."""
+        total = super().total_train_batches
+        group = self._group()
+        if group == 1 or total == float("inf"):
+            return total
+        return min(self.trainer.num_training_batches * group, len(self.trainer.train_dataloader.loader))
+
+    def _batches_done(self, batch_idx: int) -> int:
+        done, total = (batch_idx + 1) * self._group(), self.total_train_batches
+        return done if total == float("inf") else min(done, int(total))
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """Advance the bar to the batches done in this epoch."""
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, self._batches_done(batch_idx) - 1)
+
+
+class LineProgressBar(BatchTQDMProgressBar):
     """Progress for logs that are not a terminal (CI, `nohup`, cluster jobs): whole lines, never redraws.
 
     A line at the end of each epoch and after each validation; inside an epoch, a line every
@@ -68,7 +94,7 @@ class LineProgressBar(TQDMProgressBar):
         total = self.total_train_batches
         if not self._speaks(trainer) or not total or total == float("inf"):
             return
-        done = batch_idx + 1
+        done = self._batches_done(batch_idx)
         percent = 100.0 * done / total
         now = time.monotonic()
         since = now - self._last_line
@@ -105,7 +131,7 @@ def auto_progress_bar(
 ) -> ProgressBar:
     """Lightning's live tqdm bar in a terminal; `LineProgressBar` when the output is a file or a pipe."""
     if sys.stdout.isatty():  # Lightning's bars draw on stdout
-        return TQDMProgressBar(refresh_rate=refresh_rate)
+        return BatchTQDMProgressBar(refresh_rate=refresh_rate)
     return LineProgressBar(every_percent=every_percent, every_seconds=every_seconds, min_seconds=min_seconds)
 
 

@@ -105,18 +105,32 @@ class AgentModule(pl.LightningModule):
         """An optimizer step per batch of the item (`trainer.steps_per_execution` groups them); no host sync."""
         group = batches_of(batch)
         last_item = batch_idx + 1 >= self._batches_per_epoch
-        loss = None
+        loop = self.trainer.fit_loop.epoch_loop
+        done = loop._batches_that_stepped  # the run's batches before this item: the loggers' step axis
+        loss, due, taken = None, None, 0
         for index, (features, targets) in enumerate(group):
             if self._max_steps >= 0 and self.trainer.global_step >= self._max_steps:
                 break  # a group may hold more batches than the run has steps left
             loss = self._train_batch(features, targets, last_item and index + 1 == len(group))
+            taken += 1
+            if self._captured is not None:
+                loss = loss.clone()  # a graph output buffer: the next step would overwrite it
+            if (done + index + 1) % self._log_every == 0:
+                due = (done + index, loss)
         assert loss is not None  # Lightning stops before an item once max_steps is reached
-        if self._captured is not None:
-            loss = loss.clone()  # a graph output buffer: the next step would overwrite it
-        # `self.log` costs about as much as this model's forward pass, so the step loss is logged
-        # only on the batches the loggers write (Lightning's own count of them).
-        if (self.trainer.fit_loop.epoch_loop._batches_that_stepped + 1) % self._log_every == 0:
-            self.log("train/loss", loss, prog_bar=True)
+        if len(group) == 1:
+            # `self.log` costs about as much as this model's forward pass, so the step loss is logged
+            # only on the batches the loggers write (Lightning's own count of them).
+            if due is not None:
+                self.log("train/loss", loss, prog_bar=True)
+            return loss
+        # Lightning counts one step per item: count every batch, so that logged steps, `log_every_n_steps`
+        # and a resumed run's count are the same as at one batch per item.
+        loop._batches_that_stepped += taken - 1
+        if due is not None:
+            step, value = due  # the loss of the due batch, at its own step, to every logger (as Lightning writes it)
+            self.trainer._logger_connector.log_metrics({"train/loss": value, "epoch": self.current_epoch}, step=step)
+            self.log("train/loss", value, prog_bar=True, logger=False)  # the bar and callback_metrics
         return loss
 
     def _count(self, hits: Tensor, samples: int) -> None:

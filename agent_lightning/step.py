@@ -25,6 +25,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 CLIP_ALGORITHMS = ("norm", "value")
 # torch.compile of the step runs with these strategies; the sharded ones (DTensor parameters) are refused.
 COMPILE_STRATEGIES = ("single", "ddp")
+AUTO = "auto"  # trainer.steps_per_execution: chosen per run (see agent_lightning/step_groups.py)
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class StepOptions:
     gradient_clip_algorithm: str = "norm"
     compile: bool = False
     compile_mode: str = "default"
-    steps_per_execution: int = 1
+    steps_per_execution: int | str = 1  # "auto" until `resolve_steps_per_execution` picks a number
 
     def as_dict(self) -> dict[str, Any]:
         """Plain values, for the module's hyperparameters."""
@@ -51,8 +52,11 @@ def step_options(trainer_cfg: DictConfig) -> StepOptions:
     values = {key: trainer_cfg[key] for key in STEP_KEYS if trainer_cfg.get(key) is not None}
     for key in ("accumulate_grad_batches", "steps_per_execution"):
         count = values.get(key, 1)
+        if key == "steps_per_execution" and count == AUTO:
+            continue
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise ConfigError(f"trainer.{key}={count!r} is invalid: use a whole number >= 1")
+            also = " or auto" if key == "steps_per_execution" else ""
+            raise ConfigError(f"trainer.{key}={count!r} is invalid: use a whole number >= 1{also}")
     clip = values.get("gradient_clip_val")
     if clip is not None:
         if isinstance(clip, bool) or not isinstance(clip, int | float) or not math.isfinite(clip) or clip < 0:
@@ -79,7 +83,8 @@ def check_step_options(cfg: DictConfig) -> StepOptions:
             f"trainer.compile=true is not supported with strategy={strategy} (sharded DTensor parameters): "
             f"use strategy={' or '.join(COMPILE_STRATEGIES)}, or trainer.compile=false"
         )
-    if options.steps_per_execution > 1 and str(cfg.data.get("_target_", "")).endswith("StreamDataModule"):
+    grouped = options.steps_per_execution != AUTO and options.steps_per_execution > 1
+    if grouped and str(cfg.data.get("_target_", "")).endswith("StreamDataModule"):
         raise ConfigError(
             f"trainer.steps_per_execution={options.steps_per_execution} is not supported with data=stream "
             "(it decides between steps which parts are visible): use 1"

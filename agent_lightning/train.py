@@ -35,6 +35,7 @@ from agent_lightning.runs.lock import run_directory_lock
 from agent_lightning.runs.stops import StopOnSignal, stopped_by_signal
 from agent_lightning.runs.threads import cpu_threads
 from agent_lightning.step import check_step_options, lightning_trainer_config, step_options
+from agent_lightning.step_groups import check_resume_grouping, resolve_steps_per_execution
 from agent_lightning.tracking import LogConfigToTrackers, build_loggers, finish_run
 from agent_lightning.validation import available_devices, launched_externally, resolve_devices, validate
 
@@ -75,9 +76,8 @@ def build_module(cfg: DictConfig) -> AgentModule:
     )
 
 
-def build_trainer(cfg: DictConfig, devices: int, world: int, extra_callbacks: Sequence[Callback] = ()) -> pl.Trainer:
-    """The Lightning Trainer with strategy, callbacks, loggers and atomic checkpoint writes."""
-    loggers = build_loggers(cfg)
+def build_callbacks(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> list[Callback]:
+    """The run's callbacks: the `callbacks` group, the guards every run has, `extra_callbacks`, the progress bar."""
     callbacks: list[Callback] = [
         *_instantiate_all(cfg.get("callbacks")),
         FiniteLossGuard(),
@@ -86,7 +86,12 @@ def build_trainer(cfg: DictConfig, devices: int, world: int, extra_callbacks: Se
         *env_eval_callbacks(cfg),
         *extra_callbacks,
     ]
-    callbacks += [LogConfigToTrackers(cfg), *filter(None, [build_progress_bar(cfg)])]
+    return [*callbacks, LogConfigToTrackers(cfg), *filter(None, [build_progress_bar(cfg)])]
+
+
+def build_trainer(cfg: DictConfig, devices: int, world: int, callbacks: Sequence[Callback]) -> pl.Trainer:
+    """The Lightning Trainer with strategy, `callbacks`, loggers and atomic checkpoint writes."""
+    loggers = build_loggers(cfg)
     if not loggers:  # LearningRateMonitor refuses to run without a logger to write to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     return hydra.utils.instantiate(
@@ -94,7 +99,7 @@ def build_trainer(cfg: DictConfig, devices: int, world: int, extra_callbacks: Se
         devices=devices,
         num_nodes=cfg.num_nodes,
         strategy=build_strategy(cfg.strategy, world),
-        callbacks=callbacks,
+        callbacks=list(callbacks),
         # Lightning would add a checkpoint callback of its own; `callbacks=none` means none.
         enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
         logger=loggers or False,
@@ -145,6 +150,7 @@ def _resolve_and_check(cfg: DictConfig) -> tuple[int, int]:
     resolve_auto_strategy(cfg)
     devices, world = validate(cfg)
     check_step_options(cfg)
+    check_resume_grouping(cfg)
     check_env_eval(cfg)
     return devices, world
 
@@ -163,15 +169,20 @@ def _train_checked(cfg: DictConfig, devices: int, world: int, extra_callbacks: S
 def _fit_and_test(cfg: DictConfig, devices: int, world: int, extra_callbacks: Sequence[Callback]) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = hydra.utils.instantiate(cfg.data, augmentations=_instantiate_all(cfg.get("augment")))
+    pruning = _pruning_callback(cfg)
+    callbacks = build_callbacks(cfg, [*extra_callbacks, *([pruning] if pruning else [])])
+    steps = resolve_steps_per_execution(cfg, callbacks)  # before the module and the loaders see it
     module = build_module(cfg)
-    datamodule.group_batches(module.step_options.steps_per_execution)
+    datamodule.group_batches(steps)
     load_initial_weights(module.model, cfg)  # `init_from`, then the data's statistics (they win where it has them)
     apply_data_statistics(module.model, datamodule)  # before any strategy wraps or shards the model
-    pruning = _pruning_callback(cfg)
-    trainer = build_trainer(cfg, devices, world, [*extra_callbacks, *([pruning] if pruning else [])])
+    trainer = build_trainer(cfg, devices, world, callbacks)
     has_test_split = adapt_to_splits(trainer, datamodule)
     try:  # a checkpoint is read without running code from it (its contents were checked by `validate`)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+        with warnings.catch_warnings():
+            if steps > 1:  # Lightning would compare its count of groups with log_every_n_steps (in batches)
+                warnings.filterwarnings("ignore", message=r"The number of training batches .* logging interval")
+            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     except SIGTERMException:
         raise stopped_by_signal(trainer) from None
     metrics: dict[str, Any] = {key: float(value) for key, value in trainer.callback_metrics.items()}

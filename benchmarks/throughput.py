@@ -3,13 +3,15 @@
 Both train the reference model (MLP 128-256-256-10, Adam 1e-3 with its fused kernel, batch 512) on
 the same 100,000 synthetic samples, in this one process, alternating so drift affects both alike.
 Each round runs, per batch size: the hand-written loop (eager, and torch.compile'd), a minimal
-LightningModule, and `train(cfg)` eager and with `trainer.compile=true`. Prints samples/s (best
-round) of each and, last, `ratio=<framework / hand-written>` for the eager pair at the first batch
+LightningModule, and `train(cfg)` as configured by default (`trainer.steps_per_execution=auto`),
+with one batch per Lightning step, and with `trainer.compile=true`. Prints samples/s (best round) of
+each and, last, `ratio=<framework / hand-written>` for the default eager pair at the first batch
 size. With --reference it also runs the reference experiment from the command line at devices=1
 and devices=2.
 
     python benchmarks/throughput.py [--epochs 4] [--rounds 2] [--batch 512 2048 8192]
         [--accelerator cpu|gpu] [--compile-mode default] [--no-compile] [--reference]
+        [--steps-per-execution K]
 """
 
 from __future__ import annotations
@@ -180,7 +182,7 @@ class EpochRates(Callback):
 
 
 def framework(
-    epochs: int, accelerator: str, batch: int, compile_mode: str | None = None, steps_per_execution: int = 1
+    epochs: int, accelerator: str, batch: int, compile_mode: str | None = None, steps_per_execution: int | str = "auto"
 ) -> float:
     """`train(cfg)` on the same workload; the module measures samples/s of each epoch's steps."""
     compiled = ["trainer.compile=true", f"trainer.compile_mode={compile_mode}"] if compile_mode else []
@@ -240,8 +242,8 @@ def main() -> None:
     parser.add_argument(
         "--steps-per-execution",
         type=int,
-        default=8,
-        help="trainer.steps_per_execution of the extra framework path and of the compiled one (1: no extra path)",
+        default=None,
+        help="trainer.steps_per_execution of an extra framework path and of the compiled one (default: auto's)",
     )
     args = parser.parse_args()
     device = torch.device("cuda" if args.accelerator == "gpu" else "cpu")
@@ -252,19 +254,23 @@ def main() -> None:
         f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} samples={TRAIN_SIZE} "
         f"batch={args.batch} epochs={args.epochs} rounds={args.rounds} compile_mode={mode}"
     )
+    grouped = args.steps_per_execution or "auto"
     paths: dict[str, Callable[[int], float]] = {
         "hand-written loop": lambda batch: hand_written(args.epochs, device, batch),
         "minimal Lightning": lambda batch: lightning_minimal(args.epochs, device, batch),
         "framework (train)": lambda batch: framework(args.epochs, args.accelerator, batch),
+        "framework, steps_per_execution=1": lambda batch: framework(
+            args.epochs, args.accelerator, batch, steps_per_execution=1
+        ),
     }
-    if args.steps_per_execution > 1:
-        paths[f"framework, steps_per_execution={args.steps_per_execution}"] = lambda batch: framework(
-            args.epochs, args.accelerator, batch, steps_per_execution=args.steps_per_execution
+    if args.steps_per_execution:
+        paths[f"framework, steps_per_execution={grouped}"] = lambda batch: framework(
+            args.epochs, args.accelerator, batch, steps_per_execution=grouped
         )
     if mode:
         paths["hand-written, compiled"] = lambda batch: hand_written(args.epochs, device, batch, mode)
         paths["framework, trainer.compile"] = lambda batch: framework(
-            args.epochs, args.accelerator, batch, mode, steps_per_execution=args.steps_per_execution
+            args.epochs, args.accelerator, batch, mode, steps_per_execution=grouped
         )
     if device.type == "cuda":
         paths["hand-written, whole-step CUDA graph"] = lambda batch: hand_written_cuda_graph(args.epochs, device, batch)
@@ -285,9 +291,11 @@ def main() -> None:
             print(f"{name}: {best[name, batch]:,.0f} samples/s  (rounds: {rounds})")
         hand = best["hand-written loop", batch]
         print(f"minimal Lightning / hand-written = {best['minimal Lightning', batch] / hand:.3f}")
-        if args.steps_per_execution > 1:
-            grouped = best[f"framework, steps_per_execution={args.steps_per_execution}", batch]
-            print(f"framework steps_per_execution={args.steps_per_execution} / hand-written = {grouped / hand:.3f}")
+        ungrouped = best["framework, steps_per_execution=1", batch]
+        print(f"framework steps_per_execution=1 / hand-written = {ungrouped / hand:.3f}")
+        if args.steps_per_execution:
+            extra = best[f"framework, steps_per_execution={grouped}", batch]
+            print(f"framework steps_per_execution={grouped} / hand-written = {extra / hand:.3f}")
         if device.type == "cuda":
             graph = best["hand-written, whole-step CUDA graph", batch]
             compiled = best.get(("framework, trainer.compile", batch), 0.0)

@@ -1,12 +1,16 @@
 """Several optimizer steps per Lightning step (`trainer.steps_per_execution`), and the whole-step CUDA graph."""
 
+import csv
+import logging
 from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch import Callback
 
 from agent_lightning.errors import ConfigError
 from agent_lightning.step import step_options
+from agent_lightning.step_groups import AUTO_STEPS, resolve_steps_per_execution
 from agent_lightning.train import train
 
 from .helpers import CrashAtStep, CrashError
@@ -152,3 +156,83 @@ def test_step_intervals_fire_when_a_group_crosses_a_multiple() -> None:
 
     assert crossed_multiple(48, 56, 50) and crossed_multiple(49, 50, 50)  # a group of 8 passes step 50
     assert not crossed_multiple(50, 56, 50) and not crossed_multiple(0, 1, 50) and not crossed_multiple(0, 9, 0)
+
+
+class GroupSize(Callback):
+    """Records the batches per Lightning step the run chose (`trainer.steps_per_execution=auto`)."""
+
+    handles_grouped_steps = True
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.steps_per_execution = pl_module.step_options.steps_per_execution
+
+
+class CountsLightningSteps(Callback):
+    """A user's per-batch callback: it sees Lightning's steps, so `auto` must not group them."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        pass
+
+
+def _logged(run_dir: Path) -> dict[str, list[tuple[int, str]]]:
+    rows = list(csv.DictReader((run_dir / "csv" / "metrics.csv").open()))
+    columns = {c for row in rows for c in row if row[c] and c not in ("step", "epoch")}
+    return {c: [(int(row["step"]), row[c]) for row in rows if row[c]] for c in sorted(columns)}
+
+
+def test_auto_groups_a_default_run_and_logs_every_batch_step_as_one_at_a_time(
+    compose_cfg, tmp_path: Path, caplog
+) -> None:
+    # The default callbacks and CSV logger, a per-step schedule: 64 batches per epoch, 2 epochs, a log every 50.
+    common = ["trainer.deterministic=true", "scheduler=warmup_cosine", "logger=csv", "test=false", "callbacks=default"]
+    single, grouped, size = FinalState(), FinalState(), GroupSize()
+    one = ["trainer.steps_per_execution=1"]
+    train(compose_cfg(*common, *one, output_dir=tmp_path / "single"), extra_callbacks=[single])
+    lines = ["progress=lines", "trainer.enable_progress_bar=true"]
+    with caplog.at_level(logging.INFO, logger="agent_lightning"):
+        train(compose_cfg(*common, *lines, output_dir=tmp_path / "auto"), extra_callbacks=[grouped, size])
+    assert size.steps_per_execution == AUTO_STEPS
+    assert single.steps == grouped.steps == 128
+    _assert_same_weights(single, grouped)
+    one_at_a_time, auto = _logged(tmp_path / "single"), _logged(tmp_path / "auto")
+    # The step loss of the same batches at the same steps; epoch metrics at the same steps.
+    assert auto["train/loss"] == one_at_a_time["train/loss"]
+    assert [step for step, _ in auto["train/loss"]] == [49, 99]
+    assert [step for step, _ in auto["val/acc"]] == [step for step, _ in one_at_a_time["val/acc"]] == [63, 127]
+    # The learning rate from the group holding the due batch, at that group's first step.
+    lr = next(c for c in auto if c.startswith("lr-"))
+    assert [step for step, _ in one_at_a_time[lr]] == [49, 99]
+    assert [step for step, _ in auto[lr]] == [48, 96]
+    assert "(64/64 batches" in caplog.text  # the progress lines count batches, not groups
+
+
+def test_auto_takes_one_batch_per_step_where_lightning_steps_are_counted(compose_cfg) -> None:
+    from agent_lightning.train import build_callbacks
+
+    def resolved(*overrides: str, extra: tuple = (), fast: bool = True) -> int:
+        cfg = compose_cfg("callbacks=default", *overrides, fast=fast)
+        return resolve_steps_per_execution(cfg, build_callbacks(cfg, extra))
+
+    assert resolved() == AUTO_STEPS
+    assert resolved("trainer.steps_per_execution=3") == 3  # an explicit choice stands
+    assert resolved(extra=(CountsLightningSteps(),)) == 1
+    assert resolved("trainer.limit_train_batches=10") == 1
+    assert resolved("+trainer.val_check_interval=20") == 1
+    assert resolved("trainer.fast_dev_run=true") == 1
+    assert resolved("trainer.max_steps=100") == 1
+    assert resolved("trainer.log_every_n_steps=1") == 1
+    assert resolved("+callbacks.best_checkpoint.every_n_train_steps=100") == 1
+    assert resolved("data=stream", "data.path=/nonexistent", fast=False) == 1
+
+
+def test_a_resumed_run_keeps_the_grouping_of_its_checkpoint(compose_cfg, tmp_path: Path) -> None:
+    from agent_lightning.train import build_callbacks
+
+    small = ["data.train_size=4096", "logger=none", "test=false"]
+    # Written one batch per Lightning step (a per-batch callback made auto choose 1).
+    train(compose_cfg(*small, "trainer.max_epochs=1", output_dir=tmp_path / "first"), [CountsLightningSteps()])
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    cfg = compose_cfg(*small, "trainer.max_epochs=2", f"ckpt_path={last}")
+    assert resolve_steps_per_execution(cfg, build_callbacks(cfg)) == 1
+    with pytest.raises(ConfigError, match=r"written with trainer.steps_per_execution=1 .*: resume with"):
+        train(compose_cfg(*small, "trainer.steps_per_execution=4", f"ckpt_path={last}"))

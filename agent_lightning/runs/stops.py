@@ -25,6 +25,8 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 class StopOnSignal(pl.Callback):
     """Turns SIGTERM / SIGINT / SIGUSR1 during training into Lightning's clean stop on every rank at once."""
 
+    handles_grouped_steps = True  # checks at Lightning steps; a group only delays the stop a little
+
     def __init__(self, check_every_n_steps: int | None = None) -> None:
         self.check_every_n_steps = check_every_n_steps
         self.signum: int | None = None  # the signal that stopped the run, agreed by all ranks

@@ -1,0 +1,111 @@
+"""`trainer.steps_per_execution=auto`: several optimizer steps per Lightning step, when nothing can tell.
+
+Lightning's loop costs a fixed slice of every step it drives (hooks, progress, logging). Grouping
+K batches per Lightning step pays it once per K optimizer steps (`data/executions.py`). The module
+keeps what counts batches exact inside a group (step counts, the logged step loss and its step, the
+loggers' step axis); what Lightning counts in its own steps would change, so `auto` groups only when
+none of those is in use, and otherwise takes one batch per Lightning step.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import Callback
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
+from omegaconf import DictConfig, open_dict
+
+from agent_lightning import safe_load
+from agent_lightning.errors import ConfigError
+from agent_lightning.step import AUTO, step_options
+
+# Batches per Lightning step that `auto` picks: the loop's cost per optimizer step falls to an eighth,
+# while a group (held at once on the device) stays small next to the model and its optimizer state.
+AUTO_STEPS = 8
+log = logging.getLogger("agent_lightning")
+_BATCH_HOOKS = ("on_train_batch_start", "on_train_batch_end")
+
+
+def handles_grouped_steps(callback: Callback) -> bool:
+    """Whether `callback` is right when one Lightning step runs several optimizer steps.
+
+    True when it has no per-batch hook, declares `handles_grouped_steps = True` (this package's own
+    callbacks count optimizer steps, not Lightning steps), is a progress bar, or is a ModelCheckpoint
+    without a per-step interval.
+    """
+    if getattr(callback, "handles_grouped_steps", False) or isinstance(callback, ProgressBar):
+        return True
+    if isinstance(callback, ModelCheckpoint):
+        return not callback._every_n_train_steps
+    return all(getattr(type(callback), hook) is getattr(Callback, hook) for hook in _BATCH_HOOKS)
+
+
+def _step_interval(callback: Callback) -> int:
+    # How often a group-aware callback acts, in steps (0: not per step).
+    if isinstance(callback, ModelCheckpoint):
+        return callback._every_n_train_steps or 0
+    return getattr(callback, "check_every_n_steps", None) or 0
+
+
+def _why_one_batch(cfg: DictConfig, callbacks: Sequence[Callback]) -> str:
+    trainer = cfg.trainer
+    if str(cfg.data.get("_target_", "")).endswith("StreamDataModule"):
+        return "data=stream decides between steps which parts are visible"
+    for key in ("fast_dev_run", "overfit_batches", "profiler"):
+        if trainer.get(key):
+            return f"trainer.{key} is set"
+    for key in ("limit_train_batches", "val_check_interval"):  # Lightning counts these in its own steps
+        value = trainer.get(key)
+        if value is not None and not (isinstance(value, float) and value == 1.0):
+            return f"trainer.{key}={value} counts Lightning steps"
+    if (trainer.get("max_steps") or -1) >= 0:  # a Lightning step cut short would end its epoch for Lightning
+        return f"trainer.max_steps={trainer.max_steps} can stop the run inside a group"
+    if 0 < (trainer.get("log_every_n_steps") or 0) < AUTO_STEPS:
+        return f"trainer.log_every_n_steps={trainer.log_every_n_steps} is shorter than a group"
+    for callback in callbacks:
+        if not handles_grouped_steps(callback):
+            return f"callback {type(callback).__name__} has per-batch hooks"
+        if 0 < _step_interval(callback) < AUTO_STEPS:
+            return f"callback {type(callback).__name__} acts every {_step_interval(callback)} steps"
+    return ""
+
+
+def checkpoint_steps_per_execution(path: str | Path) -> int:
+    """The batches per Lightning step a training checkpoint was written with (1 for one from before `auto`)."""
+    path = Path(path)
+    checkpoint = safe_load.load_file(path / safe_load.LIGHTNING_META if path.is_dir() else path, mmap=True)
+    step = (checkpoint.get("hyper_parameters") or {}).get("step") or {}
+    return int(step.get("steps_per_execution", 1))
+
+
+def check_resume_grouping(cfg: DictConfig) -> None:
+    """A run resumes with the grouping its checkpoint was written with: Lightning counts its position in groups."""
+    requested: Any = step_options(cfg.trainer).steps_per_execution
+    if not cfg.get("ckpt_path") or requested == AUTO:
+        return
+    written = checkpoint_steps_per_execution(cfg.ckpt_path)
+    if written != requested:
+        raise ConfigError(
+            f"ckpt_path={cfg.ckpt_path} was written with trainer.steps_per_execution={written} (its position in "
+            f"the epoch counts groups of that many batches): resume with trainer.steps_per_execution={written} or auto"
+        )
+
+
+def resolve_steps_per_execution(cfg: DictConfig, callbacks: Sequence[Callback]) -> int:
+    """Replace `trainer.steps_per_execution=auto` in `cfg` by the number of batches per Lightning step; return it."""
+    requested: Any = step_options(cfg.trainer).steps_per_execution
+    if requested != AUTO:
+        return int(requested)
+    if cfg.get("ckpt_path"):  # a resumed run keeps its checkpoint's groups
+        steps, why = checkpoint_steps_per_execution(cfg.ckpt_path), "as ckpt_path was written"
+    else:
+        why = _why_one_batch(cfg, callbacks)
+        steps = 1 if why else AUTO_STEPS
+    batches = "1 batch" if steps == 1 else f"{steps} batches"
+    log.info("trainer.steps_per_execution=auto: %s per Lightning step%s", batches, f" ({why})" if why else "")
+    with open_dict(cfg):
+        cfg.trainer.steps_per_execution = steps
+    return steps
