@@ -5,9 +5,10 @@ the same 100,000 synthetic samples, in this one process, alternating so drift af
 Each round runs, per batch size: the hand-written loop (eager, and torch.compile'd), a minimal
 LightningModule, and `train(cfg)` as configured by default (`trainer.steps_per_execution=auto`),
 with one batch per Lightning step, and with `trainer.compile=true`. Prints samples/s (best round) of
-each and, last, `ratio=<framework / hand-written>` for the default eager pair at the first batch
-size. With --reference it also runs the reference experiment from the command line at devices=1
-and devices=2.
+each, ratios as the median over rounds of the ratio within a round (this host's speed drifts between
+rounds), and, last, `ratio=<framework / hand-written>` for the default eager pair at the first batch
+size. With --reference it also runs the reference experiment from the command line at devices=1,
+devices=2 (strategy=auto) and strategy=ddp devices=2.
 
     python benchmarks/throughput.py [--epochs 4] [--rounds 2] [--batch 512 2048 8192]
         [--accelerator cpu|gpu] [--compile-mode default] [--no-compile] [--reference]
@@ -208,7 +209,7 @@ def framework(
     return _steady(recorder.rates)
 
 
-def reference_cli(devices: int) -> float:
+def reference_cli(*overrides: str) -> float:
     """The reference experiment as a user runs it; samples/s from its final report."""
     with tempfile.TemporaryDirectory() as out:
         result = subprocess.run(
@@ -217,7 +218,7 @@ def reference_cli(devices: int) -> float:
                 "-m",
                 "agent_lightning.train",
                 "experiment=reference",
-                f"devices={devices}",
+                *overrides,
                 "trainer.enable_progress_bar=false",
                 f"hydra.run.dir={out}",
             ],
@@ -280,34 +281,38 @@ def main() -> None:
             for name, run_path in paths.items():
                 rates[name, batch].append(run_path(batch))
                 print(f"  {name} (batch {batch}): {rates[name, batch][-1]:,.0f} samples/s", flush=True)
-    if args.reference:
-        for devices in (1, 2):
-            print(f"reference experiment devices={devices}: {reference_cli(devices):,.0f} samples/s")
+    if args.reference:  # as configured (strategy=auto), then two DDP ranks as asked for explicitly
+        for overrides in (["devices=1"], ["devices=2"], ["strategy=ddp", "devices=2"]):
+            print(f"experiment=reference {' '.join(overrides)}: {reference_cli(*overrides):,.0f} samples/s")
     best = {key: max(values) for key, values in rates.items()}
+
+    def ratio(path: str, baseline: str, batch: int) -> float:
+        # The median over rounds of the two paths' ratio within a round: drift between rounds cancels.
+        pairs = zip(rates[path, batch], rates[baseline, batch], strict=True)
+        return statistics.median(mine / theirs for mine, theirs in pairs)
+
+    hand = "hand-written loop"
     for batch in args.batch:
-        print(f"-- batch {batch}")
+        print(f"-- batch {batch} (samples/s: best round; ratios: median over rounds of the ratio within a round)")
         for name in paths:
             rounds = ", ".join(f"{r:,.0f}" for r in rates[name, batch])
             print(f"{name}: {best[name, batch]:,.0f} samples/s  (rounds: {rounds})")
-        hand = best["hand-written loop", batch]
-        print(f"minimal Lightning / hand-written = {best['minimal Lightning', batch] / hand:.3f}")
-        ungrouped = best["framework, steps_per_execution=1", batch]
-        print(f"framework steps_per_execution=1 / hand-written = {ungrouped / hand:.3f}")
+        print(f"minimal Lightning / hand-written = {ratio('minimal Lightning', hand, batch):.3f}")
+        ungrouped = ratio("framework, steps_per_execution=1", hand, batch)
+        print(f"framework steps_per_execution=1 / hand-written = {ungrouped:.3f}")
         if args.steps_per_execution:
-            extra = best[f"framework, steps_per_execution={grouped}", batch]
-            print(f"framework steps_per_execution={grouped} / hand-written = {extra / hand:.3f}")
+            extra = ratio(f"framework, steps_per_execution={grouped}", hand, batch)
+            print(f"framework steps_per_execution={grouped} / hand-written = {extra:.3f}")
         if device.type == "cuda":
-            graph = best["hand-written, whole-step CUDA graph", batch]
-            compiled = best.get(("framework, trainer.compile", batch), 0.0)
-            print(f"framework compiled / hand-written CUDA graph = {compiled / graph:.3f}")
+            graphed = ratio("framework, trainer.compile", "hand-written, whole-step CUDA graph", batch)
+            print(f"framework compiled / hand-written CUDA graph = {graphed:.3f}")
         if mode:
-            compiled = best["framework, trainer.compile", batch]
-            print(f"framework compiled / hand-written eager = {compiled / hand:.3f}")
-            hand_compiled = best["hand-written, compiled", batch]
-            print(f"framework compiled / hand-written compiled = {compiled / hand_compiled:.3f}")
-        print(f"framework / hand-written = {best['framework (train)', batch] / hand:.3f}")
-    first = args.batch[0]
-    print(f"ratio={best['framework (train)', first] / best['hand-written loop', first]:.3f}")
+            print(f"hand-written compiled / hand-written eager = {ratio('hand-written, compiled', hand, batch):.3f}")
+            print(f"framework compiled / hand-written eager = {ratio('framework, trainer.compile', hand, batch):.3f}")
+            compiled = ratio("framework, trainer.compile", "hand-written, compiled", batch)
+            print(f"framework compiled / hand-written compiled = {compiled:.3f}")
+        print(f"framework / hand-written = {ratio('framework (train)', hand, batch):.3f}")
+    print(f"ratio={ratio('framework (train)', hand, args.batch[0]):.3f}")
 
 
 if __name__ == "__main__":

@@ -103,7 +103,7 @@ def test_logger_callback_and_trainer_options_instantiate(compose_cfg, logger: st
 
 def test_reference_experiment_matches_the_design(compose_cfg) -> None:
     cfg = compose_cfg("experiment=reference", fast=False)
-    assert (cfg.strategy.name, cfg.devices) == ("ddp", 2)
+    assert (cfg.strategy.name, cfg.devices) == ("auto", 2)  # DDP on GPUs; one process per CPU host
     assert (cfg.data.source.num_features, cfg.data.source.num_classes) == (128, 10)
     assert (cfg.data.train_size, cfg.data.batch_size, cfg.trainer.max_epochs) == (100_000, 512, 5)
     assert cfg.optimizer._target_ == "torch.optim.Adam" and cfg.optimizer.lr == pytest.approx(1e-3)
@@ -147,7 +147,7 @@ def test_installed_wheel_ships_the_config_tree(tmp_path: Path) -> None:
         [sys.executable, "-c", probe], cwd=tmp_path, env={"PYTHONPATH": str(target)}, capture_output=True, text=True
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == [str(target / "agent_lightning" / "conf"), "ddp"]
+    assert out.stdout.split() == [str(target / "agent_lightning" / "conf"), "auto"]
 
 
 @pytest.mark.parametrize("experiment", options("experiment"))
