@@ -54,9 +54,9 @@ def cpu_processes_per_node(devices: int) -> tuple[int, str]:
     """How many processes `strategy=auto` starts per CPU node, and why: one, using every core.
 
     Ranks on one host split its cores, so each rank's GEMMs shrink while the gradient all-reduce
-    (gloo) and a second copy of the per-step Python work are added to every step: on the 2-core
-    reference host, `experiment=reference` ran 83k samples/s as one process and 47k as two DDP
-    ranks (docs/speed.md). Ranks across nodes still add cores, so nodes stay data-parallel.
+    (gloo) and a second copy of the per-step Python work are added to every step: on a 2-core host
+    a DDP step of the reference model took 2.6x as long as one process's (`benchmarks/ddp_cpu.py`,
+    docs/speed.md). Ranks across nodes still add cores, so nodes stay data-parallel.
     """
     if devices <= 1:
         return devices, ""
