@@ -187,9 +187,10 @@ class DivergenceGuard(pl.Callback):
             return
         self._latest = loss.detach()
         step = trainer.global_step
+        first = self._previous_step is None and not self.history  # the baseline: a group's first end counts
         before = step - 1 if self._previous_step is None else self._previous_step  # a resumed run: one step
         self._previous_step = step
-        if step == 1 or crossed_multiple(before, step, self.check_every_n_steps):
+        if first or crossed_multiple(before, step, self.check_every_n_steps):
             self._check(trainer, record=True)
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
@@ -270,12 +271,12 @@ class TrainingStateMemory(pl.Callback):
 class LearningRateMonitor(LightningLearningRateMonitor):
     """Lightning's `LearningRateMonitor`, also every `log_every_n_steps` batches when a Lightning step runs several.
 
-    Lightning's logs the rate at a step's start when that step's number is due; a group of batches
+    Lightning's monitor logs the rate at a step's start when that step's number is due; a group of batches
     (`trainer.steps_per_execution`) is logged at its start when a due batch lies inside it, at the
     group's first step, with the rate of that step.
     """
 
-    handles_grouped_steps = True
+    handles_grouped_steps = True  # see above and agent_lightning/step_groups.py
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
         """The rate of the step about to run, at its number, when a due batch starts in this group."""

@@ -20,6 +20,8 @@ log = logging.getLogger("agent_lightning")
 class BatchTQDMProgressBar(TQDMProgressBar):
     """Lightning's tqdm bar, counting batches when a Lightning step runs several (`trainer.steps_per_execution`)."""
 
+    handles_grouped_steps = True  # see agent_lightning/step_groups.py
+
     def _group(self) -> int:
         return getattr(self.trainer.train_dataloader, "k", 1)  # `ExecutionBatches` groups k batches
 

@@ -11,6 +11,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.strategies import SingleDeviceStrategy
+from lightning.pytorch.utilities import rank_zero_warn
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -104,10 +105,11 @@ class AgentModule(pl.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         """An optimizer step per batch of the item (`trainer.steps_per_execution` groups them); no host sync."""
         group = batches_of(batch)
+        grouped = not isinstance(batch[0], Tensor)  # steps_per_execution > 1, even for a group of one batch
         last_item = batch_idx + 1 >= self._batches_per_epoch
         loop = self.trainer.fit_loop.epoch_loop
         done = loop._batches_that_stepped  # the run's batches before this item: the loggers' step axis
-        loss, due, taken = None, None, 0
+        loss, due, taken = None, [], 0
         for index, (features, targets) in enumerate(group):
             if self._max_steps >= 0 and self.trainer.global_step >= self._max_steps:
                 break  # a group may hold more batches than the run has steps left
@@ -116,21 +118,21 @@ class AgentModule(pl.LightningModule):
             if self._captured is not None:
                 loss = loss.clone()  # a graph output buffer: the next step would overwrite it
             if (done + index + 1) % self._log_every == 0:
-                due = (done + index, loss)
+                due.append((done + index, loss))
         assert loss is not None  # Lightning stops before an item once max_steps is reached
-        if len(group) == 1:
+        if not grouped:
             # `self.log` costs about as much as this model's forward pass, so the step loss is logged
             # only on the batches the loggers write (Lightning's own count of them).
-            if due is not None:
+            if due:
                 self.log("train/loss", loss, prog_bar=True)
             return loss
         # Lightning counts one step per item: count every batch, so that logged steps, `log_every_n_steps`
         # and a resumed run's count are the same as at one batch per item.
         loop._batches_that_stepped += taken - 1
-        if due is not None:
-            step, value = due  # the loss of the due batch, at its own step, to every logger (as Lightning writes it)
+        for step, value in due:  # the loss of each due batch, at its own step, to every logger (as Lightning would)
             self.trainer._logger_connector.log_metrics({"train/loss": value, "epoch": self.current_epoch}, step=step)
-            self.log("train/loss", value, prog_bar=True, logger=False)  # the bar and callback_metrics
+        if due:
+            self.log("train/loss", due[-1][1], prog_bar=True, logger=False)  # the bar and callback_metrics
         return loss
 
     def _count(self, hits: Tensor, samples: int) -> None:
@@ -222,6 +224,13 @@ class AgentModule(pl.LightningModule):
         configs = self.trainer.lr_scheduler_configs
         self._step_schedulers = [c.scheduler for c in configs if c.interval == "step" and not _is_plateau(c.scheduler)]
         self._log_every = self.trainer.log_every_n_steps or 1 << 62
+        loader = getattr(self.trainer, "train_dataloader", None)
+        if isinstance(loader, ExecutionBatches) and self.trainer.loggers and len(loader.loader) < self._log_every:
+            # Lightning's own warning compares its count of groups with the interval, so it is silenced (train.py).
+            rank_zero_warn(
+                f"An epoch has {len(loader.loader)} training batches, fewer than trainer.log_every_n_steps="
+                f"{self._log_every}: lower it to see the step loss within an epoch"
+            )
         self._batches_per_epoch = self.trainer.num_training_batches
         self._micro_batches = 0
         self._no_sync = getattr(self.trainer.strategy, "block_backward_sync", contextlib.nullcontext)

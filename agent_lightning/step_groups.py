@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Callback
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, open_dict
 
 from agent_lightning import safe_load
@@ -33,10 +33,10 @@ def handles_grouped_steps(callback: Callback) -> bool:
     """Whether `callback` is right when one Lightning step runs several optimizer steps.
 
     True when it has no per-batch hook, declares `handles_grouped_steps = True` (this package's own
-    callbacks count optimizer steps, not Lightning steps), is a progress bar, or is a ModelCheckpoint
-    without a per-step interval.
+    callbacks and progress bars count optimizer steps or batches, not Lightning steps), or is a
+    ModelCheckpoint without a per-step interval.
     """
-    if getattr(callback, "handles_grouped_steps", False) or isinstance(callback, ProgressBar):
+    if getattr(callback, "handles_grouped_steps", False):
         return True
     if isinstance(callback, ModelCheckpoint):
         return not callback._every_n_train_steps
@@ -94,16 +94,28 @@ def check_resume_grouping(cfg: DictConfig) -> None:
         )
 
 
+def _resumed_grouping(cfg: DictConfig, why_one: str) -> tuple[int, str]:
+    # A resumed run keeps its checkpoint's groups: Lightning counted its position in the epoch in them.
+    written = checkpoint_steps_per_execution(cfg.ckpt_path)
+    if written > 1 and why_one:
+        if str(cfg.data.get("_target_", "")).endswith("StreamDataModule"):
+            raise ConfigError(
+                f"ckpt_path={cfg.ckpt_path} was written with trainer.steps_per_execution={written}, which "
+                "data=stream refuses (it decides between steps which parts are visible)"
+            )
+        log.warning("resuming with %d batches per Lightning step as ckpt_path was written, though %s", written, why_one)
+    return written, "as ckpt_path was written" if written == 1 else ""
+
+
 def resolve_steps_per_execution(cfg: DictConfig, callbacks: Sequence[Callback]) -> int:
     """Replace `trainer.steps_per_execution=auto` in `cfg` by the number of batches per Lightning step; return it."""
     requested: Any = step_options(cfg.trainer).steps_per_execution
     if requested != AUTO:
         return int(requested)
-    if cfg.get("ckpt_path"):  # a resumed run keeps its checkpoint's groups
-        steps, why = checkpoint_steps_per_execution(cfg.ckpt_path), "as ckpt_path was written"
-    else:
-        why = _why_one_batch(cfg, callbacks)
-        steps = 1 if why else AUTO_STEPS
+    why = _why_one_batch(cfg, callbacks)
+    steps = 1 if why else AUTO_STEPS
+    if cfg.get("ckpt_path"):
+        steps, why = _resumed_grouping(cfg, why)
     batches = "1 batch" if steps == 1 else f"{steps} batches"
     log.info("trainer.steps_per_execution=auto: %s per Lightning step%s", batches, f" ({why})" if why else "")
     with open_dict(cfg):

@@ -142,15 +142,16 @@ class LogConfigToTrackers(pl.Callback):
     """
 
     def __init__(self, cfg: DictConfig) -> None:
-        self.params = flatten_config(cfg)
+        self.cfg = cfg  # flattened when fitting starts: values resolved per run (e.g. steps_per_execution) are set
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Log the config to every tracker but TensorBoard."""
         if not trainer.is_global_zero:
             return
+        params = flatten_config(self.cfg)
         for logger in trainer.loggers:
             if not isinstance(logger, TensorBoardLogger):
-                logger.log_hyperparams(self.params)
+                logger.log_hyperparams(params)
                 logger.save()
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from lightning.pytorch import Callback
 
 from agent_lightning.errors import ConfigError
@@ -236,3 +237,24 @@ def test_a_resumed_run_keeps_the_grouping_of_its_checkpoint(compose_cfg, tmp_pat
     assert resolve_steps_per_execution(cfg, build_callbacks(cfg)) == 1
     with pytest.raises(ConfigError, match=r"written with trainer.steps_per_execution=1 .*: resume with"):
         train(compose_cfg(*small, "trainer.steps_per_execution=4", f"ckpt_path={last}"))
+
+
+def test_groups_of_one_batch_at_epoch_ends_log_like_the_others(compose_cfg, tmp_path: Path) -> None:
+    # 17 batches per epoch in groups of 8: every epoch ends in a group of one; batch 135 (due) is one.
+    run = tmp_path / "run"
+    cfg = compose_cfg(
+        "data.train_size=4352", "trainer.max_epochs=8", "trainer.log_every_n_steps=8", "logger=csv", "test=false"
+    )
+    train(cfg)
+    steps = [step for step, _ in _logged(run)["train/loss"]]
+    assert steps == list(range(7, 136, 8))
+    hparams = yaml.safe_load((run / "csv" / "hparams.yaml").read_text())
+    assert hparams["trainer.steps_per_execution"] == AUTO_STEPS  # the trackers get the resolved number
+
+
+def test_the_divergence_baseline_is_the_first_group_s_loss(compose_cfg) -> None:
+    from agent_lightning.callbacks import DivergenceGuard
+
+    guard = DivergenceGuard(check_every_n_steps=50)
+    train(compose_cfg(*QUIET), extra_callbacks=[guard])  # 16 steps in 2 groups
+    assert len(guard.history) == 1 and guard.history[0] > 1.0  # the untrained model's loss, at step 8

@@ -17,6 +17,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from agent_lightning.callbacks import crossed_multiple
 from agent_lightning.errors import StoppedBySignalError
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
@@ -25,13 +26,14 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 class StopOnSignal(pl.Callback):
     """Turns SIGTERM / SIGINT / SIGUSR1 during training into Lightning's clean stop on every rank at once."""
 
-    handles_grouped_steps = True  # checks at Lightning steps; a group only delays the stop a little
+    handles_grouped_steps = True  # checks when a group crosses a multiple of check_every_n_steps
 
     def __init__(self, check_every_n_steps: int | None = None) -> None:
         self.check_every_n_steps = check_every_n_steps
         self.signum: int | None = None  # the signal that stopped the run, agreed by all ranks
         self._received: int | None = None
         self._previous: dict[int, Any] = {}
+        self._checked_before: int | None = None  # the global step at the last batch end
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self._received is not None and signum == signal.SIGINT:
@@ -55,7 +57,10 @@ class StopOnSignal(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         """Every few steps, agree across ranks whether any rank was asked to stop."""
-        if trainer.global_step % (self.check_every_n_steps or 1):
+        before, self._checked_before = self._checked_before, trainer.global_step
+        if not crossed_multiple(
+            trainer.global_step - 1 if before is None else before, trainer.global_step, self.check_every_n_steps or 1
+        ):
             return
         local = self._received or 0
         if trainer.world_size > 1:
