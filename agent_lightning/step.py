@@ -19,6 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from agent_lightning.data.fitting import is_stream_config
 from agent_lightning.errors import ConfigError
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -84,7 +85,7 @@ def check_step_options(cfg: DictConfig) -> StepOptions:
             f"use strategy={' or '.join(COMPILE_STRATEGIES)}, or trainer.compile=false"
         )
     grouped = options.steps_per_execution != AUTO and options.steps_per_execution > 1
-    if grouped and str(cfg.data.get("_target_", "")).endswith("StreamDataModule"):
+    if grouped and is_stream_config(cfg.data):
         raise ConfigError(
             f"trainer.steps_per_execution={options.steps_per_execution} is not supported with data=stream "
             "(it decides between steps which parts are visible): use 1"

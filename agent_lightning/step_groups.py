@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, open_dict
 
 from agent_lightning import safe_load
+from agent_lightning.data.fitting import is_stream_config
 from agent_lightning.errors import ConfigError
 from agent_lightning.step import AUTO, step_options
 
@@ -52,7 +53,7 @@ def _step_interval(callback: Callback) -> int:
 
 def _why_one_batch(cfg: DictConfig, callbacks: Sequence[Callback]) -> str:
     trainer = cfg.trainer
-    if str(cfg.data.get("_target_", "")).endswith("StreamDataModule"):
+    if is_stream_config(cfg.data):
         return "data=stream decides between steps which parts are visible"
     for key in ("fast_dev_run", "overfit_batches", "profiler"):
         if trainer.get(key):
@@ -98,7 +99,7 @@ def _resumed_grouping(cfg: DictConfig, why_one: str) -> tuple[int, str]:
     # A resumed run keeps its checkpoint's groups: Lightning counted its position in the epoch in them.
     written = checkpoint_steps_per_execution(cfg.ckpt_path)
     if written > 1 and why_one:
-        if str(cfg.data.get("_target_", "")).endswith("StreamDataModule"):
+        if is_stream_config(cfg.data):
             raise ConfigError(
                 f"ckpt_path={cfg.ckpt_path} was written with trainer.steps_per_execution={written}, which "
                 "data=stream refuses (it decides between steps which parts are visible)"
