@@ -224,15 +224,9 @@ class AgentModule(pl.LightningModule):
         configs = self.trainer.lr_scheduler_configs
         self._step_schedulers = [c.scheduler for c in configs if c.interval == "step" and not _is_plateau(c.scheduler)]
         self._log_every = self.trainer.log_every_n_steps or 1 << 62
-        loader = getattr(self.trainer, "train_dataloader", None)
-        if isinstance(loader, ExecutionBatches) and self.trainer.loggers and len(loader.loader) < self._log_every:
-            # Lightning's own warning compares its count of groups with the interval, so it is silenced (train.py).
-            rank_zero_warn(
-                f"An epoch has {len(loader.loader)} training batches, fewer than trainer.log_every_n_steps="
-                f"{self._log_every}: lower it to see the step loss within an epoch"
-            )
         self._batches_per_epoch = self.trainer.num_training_batches
         self._micro_batches = 0
+        self._warn_if_an_epoch_logs_no_step_loss()
         self._no_sync = getattr(self.trainer.strategy, "block_backward_sync", contextlib.nullcontext)
         self._max_steps = self.trainer.max_steps
         self._plain_step = plain_step_possible(self.trainer)
@@ -244,6 +238,18 @@ class AgentModule(pl.LightningModule):
             # Model and loss in one graph; the optimizer already runs one fused kernel.
             self._train_forward = torch.compile(self._forward_loss, mode=options.compile_mode)
         self._epoch_started = time.perf_counter()
+
+    def _warn_if_an_epoch_logs_no_step_loss(self) -> None:
+        # Lightning's own warning compares its count of groups with the interval, so it is silenced (train.py).
+        loader = getattr(self.trainer, "train_dataloader", None)
+        if not isinstance(loader, ExecutionBatches) or not self.trainer.loggers:
+            return
+        batches = min(len(loader.loader), self._batches_per_epoch * loader.k)  # limit_train_batches counts groups
+        if batches < self._log_every:
+            rank_zero_warn(
+                f"An epoch has {batches} training batches, fewer than trainer.log_every_n_steps={self._log_every}: "
+                "lower it to see the step loss within an epoch"
+            )
 
     def _graph_step_wanted(self) -> bool:
         """Whether the step runs as one captured CUDA graph: `trainer.compile_mode=reduce-overhead` on one GPU.

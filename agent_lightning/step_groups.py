@@ -104,7 +104,11 @@ def _resumed_grouping(cfg: DictConfig, why_one: str) -> tuple[int, str]:
                 f"ckpt_path={cfg.ckpt_path} was written with trainer.steps_per_execution={written}, which "
                 "data=stream refuses (it decides between steps which parts are visible)"
             )
-        log.warning("resuming with %d batches per Lightning step as ckpt_path was written, though %s", written, why_one)
+        log.warning(
+            "resuming with %d batches per Lightning step as ckpt_path was written (auto would take 1: %s)",
+            written,
+            why_one,
+        )
     return written, "as ckpt_path was written" if written == 1 else ""
 
 
