@@ -15,7 +15,7 @@ from torch import Tensor
 from torch.distributed.tensor import DTensor
 
 from agent_lightning.checkpoint_io import clean_stale_writes
-from agent_lightning.data.executions import batches_of
+from agent_lightning.data.executions import is_group
 from agent_lightning.errors import EXIT_CONFIG
 
 
@@ -280,12 +280,11 @@ class LearningRateMonitor(LightningLearningRateMonitor):
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
         """The rate of the step about to run, at its number, when a due batch starts in this group."""
-        size = len(batches_of(batch))
-        if size == 1 or self.logging_interval == "epoch":
+        if not is_group(batch) or self.logging_interval == "epoch":
             super().on_train_batch_start(trainer, pl_module, batch, idx)
             return
         first = trainer.fit_loop.epoch_loop._batches_that_stepped  # the loggers' step, counted in batches
-        if not crossed_multiple(first, first + size, trainer.log_every_n_steps):
+        if not crossed_multiple(first, first + len(batch), trainer.log_every_n_steps):
             return
         stats = self._extract_stats(trainer, "step" if self.logging_interval is None else "any")
         for logger in trainer.loggers if stats else ():

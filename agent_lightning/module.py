@@ -18,7 +18,7 @@ from torch.nn import functional as F
 from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from agent_lightning.data.executions import ExecutionBatches, batches_of
+from agent_lightning.data.executions import ExecutionBatches, batches_of, is_group
 from agent_lightning.optim import build_optimizer, build_scheduler
 from agent_lightning.parallel import apply_parallelism, data_parallel_coords, is_parallelized
 from agent_lightning.step import StepOptions, estimated_optimizer_steps, plain_step_possible, with_fast_kernel
@@ -105,7 +105,7 @@ class AgentModule(pl.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         """An optimizer step per batch of the item (`trainer.steps_per_execution` groups them); no host sync."""
         group = batches_of(batch)
-        grouped = not isinstance(batch[0], Tensor)  # steps_per_execution > 1, even for a group of one batch
+        grouped = is_group(batch)
         last_item = batch_idx + 1 >= self._batches_per_epoch
         loop = self.trainer.fit_loop.epoch_loop
         done = loop._batches_that_stepped  # the run's batches before this item: the loggers' step axis

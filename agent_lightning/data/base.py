@@ -9,7 +9,7 @@ import lightning.pytorch as pl
 from torch import Tensor
 from torch.nn import functional as F
 
-from agent_lightning.data.executions import ExecutionBatches
+from agent_lightning.data.executions import ExecutionBatches, is_group
 from agent_lightning.errors import ConfigError
 from agent_lightning.parallel import data_parallel_coords
 
@@ -106,7 +106,7 @@ class RankBatchesDataModule(pl.LightningDataModule):
         """Augment training batches on the device (targets become class probabilities); never val/test."""
         if not self.augmentations or self.trainer is None or not self.trainer.training:
             return batch
-        if not isinstance(batch[0], Tensor):  # a group of batches (`trainer.steps_per_execution`)
+        if is_group(batch):
             return tuple(self._augment(*one) for one in batch)
         return self._augment(*batch)
 

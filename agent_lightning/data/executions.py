@@ -55,6 +55,11 @@ class ExecutionBatches:
         self.loader.load_state_dict(state)
 
 
+def is_group(item: Batch | tuple[Batch, ...]) -> bool:
+    """Whether a loader item is a group of batches (`trainer.steps_per_execution` > 1), even a group of one."""
+    return not isinstance(item[0], Tensor)
+
+
 def batches_of(item: Batch | tuple[Batch, ...]) -> tuple[Batch, ...]:
     """The batches in one loader item: a plain (features, targets) batch, or a group of them."""
-    return (item,) if isinstance(item[0], Tensor) else item  # type: ignore[return-value]
+    return item if is_group(item) else (item,)  # type: ignore[return-value]
