@@ -29,7 +29,7 @@ from agent_lightning.module import AgentModule
 from agent_lightning.parallel import build_strategy, choose_strategy, cpu_processes_per_node
 from agent_lightning.runs.data_resume import DataAwareResume
 from agent_lightning.runs.environment import environment_restored
-from agent_lightning.runs.in_place import in_place_arguments, resolve_latest
+from agent_lightning.runs.in_place import discard_resume_record, in_place_arguments, resolve_latest
 from agent_lightning.runs.init_from import load_initial_weights
 from agent_lightning.runs.lock import run_directory_lock
 from agent_lightning.runs.stops import StopOnSignal, stopped_by_signal
@@ -233,7 +233,10 @@ def optimized_value(cfg: DictConfig, metrics: dict[str, Any]) -> float | Pruned 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train in this process, or start one process per rank when the job needs several."""
-    devices, world = _resolve_and_check(cfg)
+    return _run_checked(cfg, *_resolve_and_check(cfg))
+
+
+def _run_checked(cfg: DictConfig, devices: int, world: int) -> dict[str, Any]:
     if world > 1 and not launched_externally():
         # One node: its ranks run under this process's lock. Several: every node's launcher shares the
         # run directory, so global rank 0 takes the lock, wherever it runs.
@@ -254,16 +257,19 @@ def hydra_main(cfg: DictConfig) -> float | Pruned | None:
     if launched_externally() and rank != 0:
         setup_rank_logging(rank, log_file=None)  # torchrun/SLURM ran Hydra on every rank: keep rank 0's log
     log.info("Run directory: %s", cfg.paths.output_dir)
+    try:
+        devices, world = _resolve_and_check(cfg)  # a bad value is one line, not a config tree and then the line
+    except Exception as err:
+        discard_resume_record()  # a refused resume leaves no `.hydra/resume-<n>/` of a run that never ran
+        _exit_if_reported(err)
+        raise  # a bug: keep its traceback
     if cfg.get("print_config", True):
         log.info("Composed config (saved in .hydra/config.yaml):\n%s", config_tree(cfg, hydra_choices()))
     try:
-        metrics = run(cfg)
+        metrics = _run_checked(cfg, devices, world)
     except Exception as err:
-        reported = user_facing(err)  # a bad value, a diverged run, a crashed rank, a requested stop
-        if reported is None:
-            raise  # a bug: keep its traceback
-        log.error("%s", reported[1])
-        sys.exit(reported[0])
+        _exit_if_reported(err)  # a bad value, a diverged run, a crashed rank, a requested stop
+        raise  # a bug: keep its traceback
     if metrics:
         log.info("Final: %s", _summary(metrics))
         log.info(
@@ -278,6 +284,14 @@ def hydra_main(cfg: DictConfig) -> float | Pruned | None:
             return None
         log.error("%s", err)
         sys.exit(2)
+
+
+def _exit_if_reported(err: Exception) -> None:
+    """Log an error the user can act on as one line and exit with its code; return for a bug."""
+    reported = user_facing(err)
+    if reported is not None:
+        log.error("%s", reported[1])
+        sys.exit(reported[0])
 
 
 def _in_sweep() -> bool:

@@ -40,6 +40,7 @@ def test_bad_input_exits_nonzero_with_one_clear_message(case: str, tmp_path: Pat
     assert result.returncode != 0
     assert message in output
     assert "Traceback" not in output
+    assert "Composed config" not in output  # checked before the config tree is printed: the message stands alone
     assert not (tmp_path / "run" / "checkpoints").exists()  # nothing started
 
 

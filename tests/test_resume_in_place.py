@@ -121,6 +121,14 @@ def test_a_resume_in_place_continues_the_run_directory_its_metrics_and_best_chec
     saved = OmegaConf.load(run / ".hydra" / "resume-1" / "config.yaml")  # the resumed run's, beside it
     assert (tmp_path / saved.ckpt_path).resolve() == last.resolve() and saved.trainer.max_epochs == 2
 
+    # A resume its checkpoint refuses (another model) is one line, and leaves no record of a run that never ran.
+    written = last.read_bytes()
+    refused = run_cli(*TINY, "ckpt_path=latest", "trainer.max_epochs=3", "model.hidden_dim=16", cwd=tmp_path)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert "model.hidden_dim" in refused.stdout and "Composed config" not in refused.stdout, refused.stdout
+    assert sorted(p.name for p in (run / ".hydra").glob("resume-*")) == ["resume-1"]
+    assert last.read_bytes() == written
+
     rows = _metrics(run)
     validated = [(int(r["epoch"]), float(r["val/acc"])) for r in rows if r.get("val/acc")]
     assert [epoch for epoch, _ in validated] == [0, 1]  # both parts of the run in one metrics.csv

@@ -13,6 +13,7 @@ written) under `<paths.output_root>/<name>/`.
 from __future__ import annotations
 
 import re
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -92,3 +93,15 @@ def in_place_arguments(argv: Sequence[str]) -> list[str]:
     number = max((int(n) for n in names if n.isdigit()), default=0) + 1  # after the last, even with gaps
     subdir = f"{HYDRA_SUBDIR}/resume-{number}" if global_rank() == 0 else "null"  # one rank saves it
     return [*args, f"hydra.run.dir={_quoted(run)}", f"hydra.output_subdir={subdir}"]
+
+
+def discard_resume_record() -> None:
+    """Remove the `.hydra/resume-<n>/` Hydra saved for this job: its resume was refused before it ran."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    subdir = hydra_cfg.output_subdir
+    if subdir and re.fullmatch(rf"{re.escape(HYDRA_SUBDIR)}/resume-\d+", str(subdir)):
+        shutil.rmtree(Path(hydra_cfg.runtime.output_dir) / subdir, ignore_errors=True)
