@@ -23,6 +23,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoa
 from omegaconf import DictConfig, OmegaConf
 
 from agent_lightning.errors import ConfigError
+from agent_lightning.runs.continued_mlflow import RUN_DIR_TAG, run_dir_tag
 
 log = logging.getLogger("agent_lightning")
 SUMMARY_FILE = "summary.json"
@@ -42,6 +43,7 @@ def run_tags(cfg: DictConfig) -> list[str]:
 _NEEDS = {
     "TensorBoardLogger": (("tensorboard", "tensorboardX"), "tensorboard"),
     "MLFlowLogger": (("mlflow",), "mlflow"),
+    "ContinuingMLFlowLogger": (("mlflow",), "mlflow"),
     "WandbLogger": (("wandb",), "wandb"),
     "RichProgressBar": (("rich",), "rich"),
 }
@@ -117,17 +119,18 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
     for item in (cfg.get("logger") or {}).values():
         if not item or "_target_" not in item:
             continue
-        target = str(item._target_).rsplit(".", 1)[-1]
-        if target in ("MLFlowLogger", "WandbLogger") and _global_rank() != 0:
+        kind = hydra.utils.get_class(str(item._target_))
+        if issubclass(kind, MLFlowLogger | WandbLogger) and _global_rank() != 0:
             # Only rank 0 writes to a tracker; these two connect to their store when built, and
             # several ranks creating one SQLite store at once fail.
             continue
         extra: dict[str, Any] = {}
-        if target == "MLFlowLogger":
+        if issubclass(kind, MLFlowLogger):
             user_tags = OmegaConf.to_container(item.tags) if item.get("tags") else {}
-            extra["tags"] = {**dict.fromkeys(tags, "true"), "run_dir": str(cfg.paths.output_dir), **user_tags}
+            run_dir = {RUN_DIR_TAG: run_dir_tag(cfg.paths.output_dir)}  # how a resumed run finds its MLflow run
+            extra["tags"] = {**dict.fromkeys(tags, "true"), **run_dir, **user_tags}
             extra["run_name"] = item.get("run_name") or run_label(cfg)
-        elif target == "WandbLogger":
+        elif issubclass(kind, WandbLogger):
             extra["tags"] = [*tags, *(item.get("tags") or [])]
             extra["name"] = item.get("name") or run_label(cfg)
         loggers.append(hydra.utils.instantiate(item, **extra))

@@ -148,3 +148,31 @@ def test_flatten_config_uses_dotted_keys_and_joins_lists(compose_cfg) -> None:
     flat = flatten_config(compose_cfg("tags=[a,b]"))
     assert flat["tags"] == "a,b" and flat["optimizer.betas"] == "0.9,0.999" and flat["ckpt_path"] == "null"
     assert flat["data.source.num_classes"] == 10 and not any(isinstance(v, dict | list) for v in flat.values())
+
+
+def test_a_run_resumed_in_its_directory_continues_its_mlflow_run(compose_cfg, tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    run_dir = tmp_path / "probe" / "t0"
+    common = ["logger=mlflow", "name=probe", f"paths.output_root={tmp_path}", *ONE_EPOCH, "test=false"]
+    train(compose_cfg(*common, output_dir=run_dir))
+    first = json.loads((run_dir / "summary.json").read_text())["trackers"]["mlflow"]
+    # This run's own store, not an earlier run's in this process (MLflow sets MLFLOW_TRACKING_URI).
+    assert first["tracking_uri"] == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    train(compose_cfg(*common, f"ckpt_path={last}", "trainer.max_epochs=2", output_dir=run_dir))
+    resumed = json.loads((run_dir / "summary.json").read_text())["trackers"]["mlflow"]
+    assert resumed["run_id"] == first["run_id"]
+
+    client = MlflowClient(first["tracking_uri"])
+    (only,) = client.search_runs([first["experiment_id"]])  # one MLflow run for the run directory
+    assert only.info.status == "FINISHED"
+    # Both parts in one history: each epoch's validation, then the final value (at the part's last step).
+    steps = [metric.step for metric in client.get_metric_history(only.info.run_id, "val/acc")]
+    assert len(steps) == 4 and steps == sorted(steps) and steps[1] < steps[2], steps
+    # The first part's param stays (MLflow refuses to change one); the resumed value is a tag beside it.
+    assert only.data.params["trainer.max_epochs"] == "1" and only.data.tags["resumed.trainer.max_epochs"] == "2"
+
+    # A checkpoint continued in another directory is another run: a new MLflow run.
+    train(compose_cfg(*common, f"ckpt_path={last}", "trainer.max_epochs=3", output_dir=tmp_path / "probe" / "t1"))
+    assert len(client.search_runs([first["experiment_id"]])) == 2

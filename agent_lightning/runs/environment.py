@@ -3,7 +3,9 @@
 Lightning writes the distributed settings of a run (MASTER_ADDR/PORT, LOCAL_RANK, NODE_RANK, and
 OMP_NUM_THREADS when it starts a process group) into `os.environ` and leaves them there. In a
 notebook or a test that calls `train(cfg)` twice, or then starts a command line, those leftovers
-would read as "already launched by torchrun" or as a user's thread setting.
+would read as "already launched by torchrun" or as a user's thread setting. MLflow's client writes
+its tracking URI into `MLFLOW_TRACKING_URI`, which `logger.mlflow.tracking_uri` reads: left there, the
+next run would log to the previous run's store.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ RUN_VARIABLES = (
     "OMP_NUM_THREADS",
     "PL_GLOBAL_SEED",
     "PL_SEED_WORKERS",
+    "MLFLOW_TRACKING_URI",  # set by mlflow.set_tracking_uri, which Lightning's MLFlowLogger calls
 )
 
 
