@@ -174,14 +174,39 @@ class Rule:
 
 POSITIVE = between(0, math.inf, low_open=True)
 FRACTION_OPEN = between(0, 1, low_open=True, high_open=True)
+BOOLEAN = one_of(True, False)
+# Switches read as truthy or falsy (`data.shuffle=no` is the string "no": true); each must be a boolean.
+SWITCHES = (
+    "test",
+    "print_config",
+    "data.shuffle",
+    "data.on_device",
+    "data.global_order",
+    "data.drop_last",
+    "data.verify",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.use_distributed_sampler",
+    "trainer.detect_anomaly",
+    "strategy.find_unused_parameters",
+    "strategy.gradient_as_bucket_view",
+    "strategy.static_graph",
+    "strategy.offload",
+    "strategy.reshard_after_forward",
+    "strategy.activation_checkpointing",
+)
 RULES: tuple[Rule, ...] = (
+    *(Rule(key, BOOLEAN, "true or false") for key in SWITCHES),
+    Rule("trainer.deterministic", one_of(True, False, "warn"), "true, false or warn"),
+    Rule("trainer.benchmark", one_of(True, False, None), "true, false or null (keep torch's setting)"),
+    Rule("trainer.fast_dev_run", lambda v: v is True or v is False or whole_at_least(1)(v), "true, false or n >= 1"),
     Rule("seed", lambda v: _whole(v) and 0 <= v < 2**32, "a whole number in [0, 4294967295]"),
     Rule("optimizer.lr", POSITIVE, "a positive number"),
     Rule("optimizer.weight_decay", between(0, math.inf), "a number >= 0"),
     Rule("optimizer.betas", _betas, "two numbers in [0, 1), e.g. [0.9, 0.999]"),
     Rule("optimizer.momentum", between(0, 1, high_open=True), "a number in [0, 1)"),
     Rule("optimizer.eps", POSITIVE, "a positive number"),
-    Rule("optimizer.nesterov", one_of(True, False), "true or false"),
+    Rule("optimizer.nesterov", BOOLEAN, "true or false"),
     Rule("loss.label_smoothing", between(0, 1), "a number in [0, 1]"),
     Rule("model.hidden_dim", whole_at_least(1), "a whole number >= 1"),
     Rule("model.num_layers", whole_at_least(1), "a whole number >= 1"),
@@ -217,8 +242,6 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule("strategy.param_dtype", one_of(None, "float32", "bfloat16", "float16"), "null, float32, bfloat16 or float16"),
     Rule("strategy.memory_fraction", between(0, 1, low_open=True), "a number in (0, 1]"),
-    Rule("strategy.reshard_after_forward", one_of(True, False), "true or false"),
-    Rule("strategy.activation_checkpointing", one_of(True, False), "true or false"),
     Rule("callbacks.last_checkpoint.every_n_train_steps", whole_at_least(0), "a whole number of steps >= 0 (0: off)"),
     Rule("callbacks.early_stopping.patience", whole_at_least(0), "a whole number of validations >= 0"),
     Rule("callbacks.divergence.factor", _optional(between(1, math.inf, low_open=True)), "a number > 1 (or null: off)"),

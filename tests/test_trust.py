@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -114,6 +115,22 @@ def test_bad_checkpoints_and_directories_are_refused_with_one_line(compose_cfg, 
             validate(compose_cfg(output_dir=tmp_path / "readonly" / "run"))
     with pytest.raises(ConfigError, match=r"paths.output_dir=/proc/.* cannot be written"):
         validate(compose_cfg(output_dir="/proc/agent_lightning_run"))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.shuffle=no", "data.shuffle='no' is invalid: use true or false"),  # a string: truthy
+        ("data.on_device=2", "data.on_device=2 is invalid: use true or false"),
+        ("test=maybe", "test='maybe' is invalid: use true or false"),
+        ("strategy=ddp strategy.static_graph=1", "strategy.static_graph=1 is invalid: use true or false"),
+        ("trainer.deterministic=sometimes", "trainer.deterministic='sometimes' is invalid: use true, false or warn"),
+        ("trainer.fast_dev_run=0", "trainer.fast_dev_run=0 is invalid: use true, false or n >= 1"),
+    ],
+)
+def test_a_switch_that_is_not_a_boolean_is_refused_with_its_key(compose_cfg, override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate(compose_cfg(*override.split()))
 
 
 def test_a_constructor_value_error_is_one_line_naming_the_key(compose_cfg) -> None:
