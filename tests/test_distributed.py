@@ -69,3 +69,16 @@ def test_multirun_with_ddp_gives_one_directory_and_one_log_per_job(tmp_path: Pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep"]  # ranks made no stray run directories
     assert output.count("Final:") == 2  # rank 0 reports once per job
     assert "GLOBAL_RANK: 1" not in output
+
+
+def test_env_eval_after_sharded_training_plays_the_gathered_final_weights(compose_cfg, tmp_path: Path) -> None:
+    pytest.importorskip("gymnasium")
+    from agent_lightning.collect import collect
+
+    collect("cartpole", tmp_path / "demos", steps=5000, random_episodes=5)
+    common = ["experiment=bc_cartpole", f"data.path={tmp_path / 'demos'}", "trainer.max_epochs=2", "callbacks=none"]
+    # No checkpoint to read the policy from: the FSDP shards are gathered (on every rank) for rank 0 to play.
+    cfg = compose_cfg(*common, "strategy=fsdp", "devices=2", "test=false", fast=False, output_dir=tmp_path / "fsdp")
+    metrics = run(cfg)
+    assert metrics["env/return_mean"] == 500.0 and metrics["env/success_rate"] == 1.0
+    assert (tmp_path / "fsdp" / "env_eval" / "episodes.csv").is_file()

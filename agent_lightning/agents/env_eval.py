@@ -5,6 +5,7 @@ Enabled by `env_eval: {env: lunarlander, episodes: 20}` in the run config (the b
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,11 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig
+from torch import Tensor, nn
 
 from agent_lightning.agents.policy import Policy
+from agent_lightning.model import AgentMLP
+from agent_lightning.parallel import is_parallelized
 
 log = logging.getLogger("agent_lightning")
 
@@ -40,7 +44,12 @@ class EnvEvaluation(Callback):
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Roll out the policy on rank 0 and log `env/*` metrics."""
-        if not trainer.is_global_zero or trainer.sanity_checking:
+        if trainer.sanity_checking:
+            return
+        best = _best_checkpoint(trainer)
+        # Without a best checkpoint a sharded model's weights are gathered: a collective, so on every rank.
+        gathered = _full_weights(pl_module.model) if not best and is_parallelized(pl_module.model) else None
+        if not trainer.is_global_zero:
             return
         from agent_lightning.agents.acting import batch_actor
         from agent_lightning.agents.environments import env_config
@@ -48,7 +57,7 @@ class EnvEvaluation(Callback):
         from agent_lightning.agents.rollout import evaluate_policy, summarize
 
         cfg = env_config(self.env)
-        policy, source = _policy(trainer, pl_module)
+        policy, source = _policy(best, pl_module, gathered)
         episodes = evaluate_policy(batch_actor(policy), cfg, self.episodes, self.first_seed, self.num_envs)
         self.stats = summarize(episodes)
         metrics = {f"env/{k}": v for k, v in self.stats.items() if k != "episodes"}
@@ -69,15 +78,28 @@ class EnvEvaluation(Callback):
         )  # fmt: skip
 
 
-def _policy(trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[Any, str]:
-    # The best checkpoint is the model the run tests and hands on; it also gathers a sharded model on one process.
+def _best_checkpoint(trainer: pl.Trainer) -> str:
+    # The model the run tests and hands on; the same path on every rank (Lightning broadcasts it).
     checkpoint = trainer.checkpoint_callback
-    best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
-    if best and Path(best).exists():
-        return Policy.load(best), "best checkpoint"
-    import copy
+    return checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
 
-    return Policy(copy.deepcopy(pl_module.model).cpu()), "final weights"
+
+def _full_weights(model: nn.Module) -> dict[str, Tensor]:
+    """A sharded (DTensor) model's whole weights, on CPU on rank 0 (an empty dict elsewhere)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def _policy(best: str, pl_module: pl.LightningModule, gathered: dict[str, Tensor] | None) -> tuple[Any, str]:
+    if best and Path(best).exists():
+        return Policy.load(best), "best checkpoint"  # a sharded checkpoint is gathered on this process
+    if gathered is None:
+        return Policy(copy.deepcopy(pl_module.model).cpu()), "final weights"
+    config = {k: v for k, v in pl_module.hparams.config["model"].items() if not k.startswith("_")}
+    model = AgentMLP(**config)
+    model.load_state_dict(gathered)
+    return Policy(model.eval()), "final weights"
 
 
 def env_eval_callbacks(cfg: DictConfig) -> list[Callback]:
