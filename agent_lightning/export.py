@@ -67,23 +67,47 @@ def load_agent(path: str | Path) -> AgentMLP:
     return load_agent_and_config(path)[0]
 
 
-def load_agent_and_config(path: str | Path) -> tuple[AgentMLP, dict[str, Any]]:
-    """`load_agent`, with the model config it was built from."""
+def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """The model weights (plain layer names) of a checkpoint (file or directory) or `.pt` export.
+
+    Also the model config stored with them (None if the checkpoint holds none). Nothing in the file is run.
+    """
     checkpoint = load_checkpoint(path)
     if "model_config" in checkpoint:  # a file written by `export`
         config, state = checkpoint["model_config"], checkpoint["state_dict"]
     else:
-        config, state = model_config(checkpoint), model_state(checkpoint)
-    if not isinstance(config, dict) or not isinstance(state, dict):
+        try:
+            state = model_state(checkpoint)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
+        config = model_config(checkpoint) if _has_run_config(checkpoint) else None
+    if not isinstance(config, dict | None) or not isinstance(state, dict):
         raise ConfigError(f"{path}: not a checkpoint or export written by agent_lightning")
+    return {_plain_name(k): v for k, v in state.items() if isinstance(v, torch.Tensor)}, config
+
+
+def _has_run_config(checkpoint: dict[str, Any]) -> bool:
+    hyper_parameters = checkpoint.get("hyper_parameters")
+    return isinstance(hyper_parameters, dict) and isinstance(hyper_parameters.get("config"), dict)
+
+
+def load_agent_and_config(path: str | Path) -> tuple[AgentMLP, dict[str, Any]]:
+    """`load_agent`, with the model config it was built from."""
+    state, config = read_weights(path)
+    if config is None:
+        raise ConfigError(f"{path}: the checkpoint holds no run config: not a checkpoint written by agent_lightning")
+    return build_agent(config, state, path), dict(config)
+
+
+def build_agent(config: dict[str, Any], state: dict[str, torch.Tensor], path: str | Path) -> AgentMLP:
+    """An `AgentMLP` in eval mode built from `config` with the weights `state`, both read from `path`."""
     model = AgentMLP(**config)
     try:
         model.load_state_dict({k: v.float() for k, v in state.items()})
     except RuntimeError as err:  # shapes or names that do not fit the stored config
-        raise ConfigError(
-            f"{path}: its weights do not fit its own model config ({str(err).splitlines()[-1].strip()})"
-        ) from None
-    return model.eval(), dict(config)
+        reason = str(err).splitlines()[-1].strip()
+        raise ConfigError(f"{path}: its weights do not fit its own model config ({reason})") from None
+    return model.eval()
 
 
 def write_model(model: AgentMLP, config: dict[str, Any], output: Path, fmt: str) -> None:

@@ -10,6 +10,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from torch import Tensor
+
 from agent_lightning.errors import ConfigError
 from agent_lightning.formats.registry import require_extra
 from agent_lightning.model import AgentMLP
@@ -27,8 +29,8 @@ def write(model: AgentMLP, config: dict[str, Any], path: Path) -> None:
     path.chmod(0o666 & ~umask)  # safetensors creates the file owner-only; an export is shared like the others
 
 
-def read(path: Path) -> AgentMLP:
-    """The `AgentMLP` stored in a safetensors file written by `write`, in eval mode on the CPU."""
+def read_state(path: Path) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
+    """The weights in a safetensors file, and the model config `write` stores with them (else None)."""
     safetensors = require_extra("safetensors", "reading a .safetensors file")
     try:
         with safetensors.safe_open(str(path), framework="pt") as stored:
@@ -37,13 +39,14 @@ def read(path: Path) -> AgentMLP:
     except Exception as err:  # truncated or not a safetensors file
         reason = str(err).strip() or type(err).__name__
         raise ConfigError(f"{path} is not a readable safetensors file ({reason})") from None
-    if CONFIG_KEY not in metadata:
+    return state, json.loads(metadata[CONFIG_KEY]) if CONFIG_KEY in metadata else None
+
+
+def read(path: Path) -> AgentMLP:
+    """The `AgentMLP` stored in a safetensors file written by `write`, in eval mode on the CPU."""
+    state, config = read_state(path)
+    if config is None:
         raise ConfigError(f"{path} has no {CONFIG_KEY!r} in its metadata: export it with `agent_lightning.export`")
-    config = json.loads(metadata[CONFIG_KEY])
-    model = AgentMLP(**config)
-    try:
-        model.load_state_dict({name: tensor.float() for name, tensor in state.items()})
-    except RuntimeError as err:
-        reason = str(err).splitlines()[-1].strip()
-        raise ConfigError(f"{path}: its weights do not fit its model config ({reason})") from None
-    return model.eval()
+    from agent_lightning.export import build_agent
+
+    return build_agent(config, state, path)

@@ -46,30 +46,15 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
             f"{KEY}={path} is an {_GRAPH_SUFFIXES[path.suffix.lower()]} export, which init_from cannot read: give "
             "the run's checkpoint (.ckpt or sharded directory) or an export to .pt or .safetensors"
         )
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file  # tensors only: nothing to unpickle
+    from agent_lightning.export import read_weights
+    from agent_lightning.formats import safetensors_file
 
-        try:
-            return {_plain(k): v for k, v in load_file(str(path)).items()}
-        except Exception as err:
-            raise ConfigError(f"{KEY}={path} is not a readable safetensors file ({err})") from None
-    from agent_lightning.export import model_state
-
+    read = safetensors_file.read_state if path.suffix.lower() == ".safetensors" else read_weights
     try:
-        checkpoint = safe_load.load_checkpoint(path)
+        state, _ = read(path)  # the model config is this run's: only the weights are taken
     except ConfigError as err:
         raise ConfigError(f"{KEY}={err}") from None
-    if "model_config" in checkpoint and isinstance(checkpoint.get("state_dict"), dict):  # written by export
-        state = {_plain(k): v for k, v in checkpoint["state_dict"].items()}
-    else:
-        try:
-            state = model_state(checkpoint)
-        except ConfigError:
-            raise ConfigError(
-                f"{KEY}={path} holds no model weights: use a checkpoint written by a run or a file written by "
-                "`python -m agent_lightning.export`"
-            ) from None
-    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    return {_plain(k): v for k, v in state.items()}
 
 
 def _stored_shapes(path: Path) -> dict[str, tuple[int, ...]]:
