@@ -29,6 +29,14 @@ def step_loss(outputs: Any) -> Tensor | None:
     return outputs["loss"] if isinstance(outputs, dict) else outputs
 
 
+def step_losses(outputs: Any) -> Tensor | None:
+    """The loss of every batch a loader item trained on, as a 1-d tensor (a group's "losses"), or None."""
+    if isinstance(outputs, dict) and "losses" in outputs:
+        return outputs["losses"]
+    loss = step_loss(outputs)
+    return None if loss is None else loss.reshape(1)
+
+
 def crossed_multiple(before: int, now: int, every: int) -> bool:
     """Whether a multiple of `every` lies in (before, now]: a Lightning step may take several optimizer steps."""
     return every >= 1 and now // every > before // every
@@ -115,12 +123,12 @@ class FiniteLossGuard(pl.Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        """Add this step's loss to the running sum (on the device)."""
-        loss = step_loss(outputs)
-        if loss is None:
+        """Add this step's loss (each loss of a group) to the running sum (on the device)."""
+        losses = step_losses(outputs)
+        if losses is None:
             return
         # One add per step: a NaN or inf anywhere makes the running sum non-finite.
-        loss = loss.detach().float()
+        loss = losses.detach().float().sum()
         self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
         if crossed_multiple(self._checked_at, trainer.global_step, self.check_every_n_steps):
             self._checked_at = trainer.global_step
@@ -181,17 +189,26 @@ class DivergenceGuard(pl.Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        """Record the step's loss; check it at the first step and every `check_every_n_steps`."""
-        loss = step_loss(outputs)
-        if loss is None:
+        """Record the step's loss; check it at the first step and every `check_every_n_steps`.
+
+        A group of batches (`trainer.steps_per_execution`) brings the loss of each of its steps: the
+        baseline is the run's first step's and each check reads the step it is due at, as without groups.
+        """
+        losses = step_losses(outputs)
+        if losses is None:
             return
-        self._latest = loss.detach()
+        losses = losses.detach()
+        self._latest = losses[-1]
         step = trainer.global_step
-        first = self._previous_step is None and not self.history  # the baseline: a group's first end counts
-        before = step - 1 if self._previous_step is None else self._previous_step  # a resumed run: one step
+        before = step - len(losses) if self._previous_step is None else self._previous_step  # resumed: this item
         self._previous_step = step
-        if first or crossed_multiple(before, step, self.check_every_n_steps):
-            self._check(trainer, record=True)
+        if not self.history:  # the baseline: the untrained model's loss, the first of a group
+            self._check_value(trainer, losses[0], record=True)
+        if crossed_multiple(before, step, self.check_every_n_steps):
+            due = step // self.check_every_n_steps * self.check_every_n_steps
+            # The due step's batch (optimizer steps and batches differ under gradient accumulation).
+            index = min(max((due - before) * len(losses) // max(step - before, 1) - 1, 0), len(losses) - 1)
+            self._check_value(trainer, losses[index], record=True)
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         """Refuse to write a checkpoint of a run whose latest loss already exploded."""
@@ -218,7 +235,10 @@ class DivergenceGuard(pl.Callback):
         return None
 
     def _check(self, trainer: pl.Trainer, record: bool) -> None:
-        value = float(self._latest) if self._latest is not None else float("nan")
+        self._check_value(trainer, self._latest, record)
+
+    def _check_value(self, trainer: pl.Trainer, loss: Tensor | None, record: bool) -> None:
+        value = float(loss) if loss is not None else float("nan")
         reason = self._reason(value)
         if trainer.strategy.reduce_boolean_decision(reason is not None, all=False):
             raise NonFiniteLossError(

@@ -102,14 +102,14 @@ class AgentModule(pl.LightningModule):
         logits = self.model(features)
         return logits, self._loss(logits, targets)
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor | dict[str, Tensor]:
         """An optimizer step per batch of the item (`trainer.steps_per_execution` groups them); no host sync."""
         group = batches_of(batch)
         grouped = is_group(batch)
         last_item = batch_idx + 1 >= self._batches_per_epoch
         loop = self.trainer.fit_loop.epoch_loop
         done = loop._batches_that_stepped  # the run's batches before this item: the loggers' step axis
-        loss, due, taken = None, [], 0
+        loss, due, taken, losses = None, [], 0, []
         for index, (features, targets) in enumerate(group):
             if self._max_steps >= 0 and self.trainer.global_step >= self._max_steps:
                 break  # a group may hold more batches than the run has steps left
@@ -119,6 +119,8 @@ class AgentModule(pl.LightningModule):
                 loss = loss.clone()  # a graph output buffer: the next step would overwrite it
             if (done + index + 1) % self._log_every == 0:
                 due.append((done + index, loss))
+            if grouped:
+                losses.append(loss.detach())
         assert loss is not None  # Lightning stops before an item once max_steps is reached
         if not grouped:
             # `self.log` costs about as much as this model's forward pass, so the step loss is logged
@@ -133,7 +135,7 @@ class AgentModule(pl.LightningModule):
             self.trainer._logger_connector.log_metrics({"train/loss": value, "epoch": self.current_epoch}, step=step)
         if due:
             self.log("train/loss", due[-1][1], prog_bar=True, logger=False)  # the bar and callback_metrics
-        return loss
+        return {"loss": loss, "losses": torch.stack(losses)}  # each step's loss, for the guards
 
     def _count(self, hits: Tensor, samples: int) -> None:
         self._train_correct = hits.clone() if self._train_correct is None else self._train_correct + hits
