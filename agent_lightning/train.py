@@ -279,8 +279,8 @@ def hydra_main(cfg: DictConfig) -> float | Pruned | None:
     try:
         return optimized_value(cfg, metrics)
     except ConfigError as err:
-        if not _in_sweep():  # nothing reads the value of a single run: a short run without validation is fine
-            log.warning("%s", err)
+        if not _in_search():  # nothing reads the value of a single run or a grid's job: not logging it is fine
+            log.debug("%s", err)
             return None
         log.error("%s", err)
         sys.exit(2)
@@ -294,11 +294,19 @@ def _exit_if_reported(err: Exception) -> None:
         sys.exit(reported[0])
 
 
-def _in_sweep() -> bool:
+# Sweepers that only run their jobs: they never read a job's returned value.
+_GRID_SWEEPERS = ("GridSweeper", "BasicSweeper")
+
+
+def _in_search() -> bool:
+    """Whether this job belongs to a search (Optuna, Ray Tune, ...) that optimises the value it returns."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return False
+    sweeper = str(HydraConfig.get().sweeper.get("_target_", ""))
+    return sweeper.rsplit(".", 1)[-1] not in _GRID_SWEEPERS
 
 
 def main() -> None:

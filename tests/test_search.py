@@ -150,7 +150,10 @@ def test_parallel_searches_share_one_study(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["-m", "optimized_metric=val/nope", "trainer.max_epochs=1"], "optimized_metric='val/nope' was never logged"),
+        (
+            ["-m", "hparams_search=optuna", "hydra.sweeper.n_trials=1", "optimized_metric=val/nope"],
+            "optimized_metric='val/nope' was never logged",
+        ),
         (["-m", "optimizer.lr=range(1,1)"], "empty grid: optimizer.lr=range(1,1)"),
         (["hparams_search=optuna", "+hydra.sweeper.params.lr='interval(1)'"], "malformed search space"),
         (["optimizer=adamax"], "Could not find 'optimizer/adamax'"),
