@@ -121,8 +121,6 @@ def test_a_shape_mismatch_or_a_combined_resume_is_refused_in_one_line(yesterday,
         validate(compose_config([*base, "model.hidden_dim=64"]))
     with pytest.raises(ConfigError, match=r"init_from=.*the checkpoint's model missing hidden.2"):
         validate(compose_config([*base, "model.num_layers=3"]))
-    with pytest.raises(ConfigError, match=r"init_from=.* and ckpt_path=.* were both given"):
-        validate(compose_config([*base, f"ckpt_path={yesterday['ckpt']}"]))
     with pytest.raises(ConfigError, match=r"init_from=/no/such.ckpt does not exist"):
         validate(compose_config([*QUICK, f"data.path={yesterday['day1']}", "init_from=/no/such.ckpt"]))
     graph = tmp_path / "agent.onnx"
@@ -140,3 +138,15 @@ def test_a_safetensors_export_gives_the_same_weights(yesterday, tmp_path: Path) 
     module = build_module(cfg)
     load_initial_weights(module.model, cfg)
     assert all(torch.equal(module.model.state_dict()[k], v) for k, v in saved.items())
+
+
+def test_the_stop_message_command_resumes_a_run_started_from_init_from(yesterday) -> None:
+    # A stopped or requeued run is resumed by its own command plus ckpt_path: the checkpoint wins, init_from is unread.
+    cfg = compose_config(
+        [*QUICK, f"data.path={yesterday['day1']}", "init_from=/gone/since.ckpt", f"ckpt_path={yesterday['ckpt']}"]
+    )
+    validate(cfg)
+    module = build_module(cfg)
+    before = {k: v.clone() for k, v in module.model.state_dict().items()}
+    load_initial_weights(module.model, cfg)
+    assert all(torch.equal(v, before[k]) for k, v in module.model.state_dict().items())

@@ -68,15 +68,10 @@ def _stored_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 
 
 def check_init_from(cfg: DictConfig) -> None:
-    """`init_from` exists, is read without running code, is not combined with `ckpt_path`, and fits the model."""
+    """`init_from` exists, is read without running code, and fits the model (unless `ckpt_path` resumes the run)."""
     value = cfg.get(KEY)
-    if not value:
+    if not value or cfg.get("ckpt_path"):  # a resume reads its checkpoint only (see `load_initial_weights`)
         return
-    if cfg.get("ckpt_path"):
-        raise ConfigError(
-            f"{KEY}={value} and ckpt_path={cfg.ckpt_path} were both given: use ckpt_path to resume a run exactly, "
-            f"or {KEY} to start a new run from its weights, not both"
-        )
     path = Path(str(value))
     if not path.exists():
         raise ConfigError(f"{KEY}={path} does not exist: give a checkpoint (.ckpt file or sharded directory) or export")
@@ -91,6 +86,11 @@ def load_initial_weights(model: nn.Module, cfg: DictConfig) -> None:
     """Copy `init_from`'s weights into `model` (before any strategy shards it); no-op without `init_from`."""
     value = cfg.get(KEY)
     if not value:
+        return
+    if cfg.get("ckpt_path"):
+        # The command that started a run from init_from, plus ckpt_path (how a stopped or requeued run resumes):
+        # the checkpoint holds the weights, which already started from init_from.
+        log.info("%s=%s is not read: ckpt_path=%s resumes the run exactly", KEY, value, cfg.ckpt_path)
         return
     state = _read_weights(Path(str(value)))
     target = model.state_dict()
