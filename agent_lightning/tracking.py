@@ -28,7 +28,7 @@ from agent_lightning.runs.continued_mlflow import RUN_DIR_TAG, run_dir_tag
 log = logging.getLogger("agent_lightning")
 SUMMARY_FILE = "summary.json"
 # Safe as one path component and as a tag in every tracker (MLflow keys allow little more).
-_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+SAFE_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 
 
 def run_tags(cfg: DictConfig) -> list[str]:
@@ -60,7 +60,7 @@ def _check_installed(key: str, target: str) -> None:
 def check_run_identity(cfg: DictConfig) -> None:
     """Raise ConfigError unless `name` is one safe path component, every tag a plain word, and trackers installed."""
     name = cfg.get("name")
-    if not isinstance(name, str) or not _WORD.fullmatch(name):
+    if not isinstance(name, str) or not SAFE_WORD.fullmatch(name):
         raise ConfigError(
             f"name={name!r} is invalid: use letters, digits, '_', '.' or '-' (it names the run's directory)"
         )
@@ -68,7 +68,7 @@ def check_run_identity(cfg: DictConfig) -> None:
     if tags is not None and not isinstance(tags, str) and not OmegaConf.is_list(tags):
         raise ConfigError(f"tags={tags!r} is invalid: use a list, e.g. tags=[baseline,adam]")
     for tag in run_tags(cfg):
-        if not _WORD.fullmatch(tag):
+        if not SAFE_WORD.fullmatch(tag):
             raise ConfigError(f"tags: {tag!r} is invalid: use letters, digits, '_', '.' or '-'")
     for key, item in (cfg.get("logger") or {}).items():
         if item and "_target_" in item:

@@ -155,3 +155,25 @@ def test_latest_is_the_most_recently_written_last_checkpoint(compose_cfg, tmp_pa
     assert cfg.ckpt_path == str(tmp_path / "outputs" / "ip" / "2026-01-01_00-00-00" / "checkpoints" / "last.ckpt")
     with pytest.raises(ConfigError, match=r"ckpt_path=latest: no run under .*/other/ has a checkpoints/last.ckpt"):
         resolve_latest(compose_cfg("name=other", f"paths.output_root={tmp_path / 'outputs'}", "ckpt_path=latest"))
+
+
+def test_a_resume_by_path_keeps_the_runs_name_tags_and_directory(tmp_path: Path) -> None:
+    run = tmp_path / "outputs" / "probe" / "2026-01-01_00-00-00"
+    (run / ".hydra").mkdir(parents=True)
+    (run / "checkpoints").mkdir()
+    (run / ".hydra" / "config.yaml").write_text("name: probe\ntags: [nightly, adam]\n")
+    last = run / "checkpoints" / "last.ckpt"
+    last.write_bytes(b"")
+
+    # By path alone: the run's directory, a resume-<n> record beside its config, and its name and tags.
+    args = in_place_arguments(["train", f"ckpt_path={last}"])
+    assert f"hydra.run.dir='{run}'" in args and "hydra.output_subdir=.hydra/resume-1" in args
+    assert "name=probe" in args and "tags=[nightly,adam]" in args
+    # What the command line gives wins.
+    assert "name=probe" not in in_place_arguments(["train", f"ckpt_path={last}", "name=other"])
+    # hydra.run.dir= naming the run itself is still a resume in place: its first config is not overwritten.
+    same = in_place_arguments(["train", f"hydra.run.dir={run}", f"ckpt_path={last}"])
+    assert "hydra.output_subdir=.hydra/resume-1" in same and not any(a.startswith("hydra.run.dir='") for a in same)
+    # Another directory: a new run there, from this checkpoint.
+    elsewhere = ["train", f"hydra.run.dir={tmp_path / 'new'}", f"ckpt_path={last}"]
+    assert in_place_arguments(elsewhere) == elsewhere

@@ -83,16 +83,42 @@ def in_place_arguments(argv: Sequence[str]) -> list[str]:
         value = str(latest_checkpoint(*_output_settings(overrides)))
         args[at] = f"ckpt_path={_quoted(value)}"
     multirun = any(arg in _MULTIRUN for arg in args)
-    chosen_dir = any(arg.startswith(("hydra.run.dir=", "paths.output_dir=")) for arg in overrides)
     run = run_directory_of(Path(value)) if value and value != "null" else None
-    if run is None or multirun or chosen_dir:
+    if run is None or multirun or any(arg.startswith("paths.output_dir=") for arg in overrides):
         return args
+    chosen = [arg.split("=", 1)[1].strip("'\"") for arg in overrides if arg.startswith("hydra.run.dir=")]
+    if chosen and Path(chosen[-1]).resolve() != run.resolve():
+        return args  # another directory asked for: a new run there, from this checkpoint
     with run_directory_lock(run):  # refused here, before Hydra writes into it, if another run holds it
         pass
     names = [path.name.removeprefix("resume-") for path in (run / HYDRA_SUBDIR).glob("resume-*")]
     number = max((int(n) for n in names if n.isdigit()), default=0) + 1  # after the last, even with gaps
     subdir = f"{HYDRA_SUBDIR}/resume-{number}" if global_rank() == 0 else "null"  # one rank saves it
-    return [*args, f"hydra.run.dir={_quoted(run)}", f"hydra.output_subdir={subdir}"]
+    placed = [] if chosen else [f"hydra.run.dir={_quoted(run)}"]
+    return [*args, *placed, f"hydra.output_subdir={subdir}", *_identity_of(run, overrides)]
+
+
+def _identity_of(run: Path, overrides: Sequence[str]) -> list[str]:
+    """`name=` and `tags=` of the run being resumed, where the command line does not give them.
+
+    The run keeps its identity (its trackers' experiment, summary.json) when resumed by checkpoint path alone.
+    """
+    from omegaconf import OmegaConf
+
+    from agent_lightning.tracking import SAFE_WORD
+
+    try:
+        first = OmegaConf.load(run / HYDRA_SUBDIR / "config.yaml")  # YAML: nothing in it runs
+        name, tags = first.get("name"), first.get("tags")
+    except Exception:  # no readable config: the command line's identity stands
+        return []
+    given = {arg.lstrip("+~").split("=", 1)[0] for arg in overrides}
+    identity = []
+    if "name" not in given and isinstance(name, str) and SAFE_WORD.fullmatch(name):
+        identity.append(f"name={name}")
+    if "tags" not in given and OmegaConf.is_list(tags) and tags and all(SAFE_WORD.fullmatch(str(t)) for t in tags):
+        identity.append(f"tags=[{','.join(str(t) for t in tags)}]")
+    return identity
 
 
 def discard_resume_record() -> None:
