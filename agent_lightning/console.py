@@ -82,6 +82,11 @@ class LineProgressBar(BatchTQDMProgressBar):
         metrics = {k: v for k, v in self.get_metrics(trainer, pl_module).items() if k != "v_num"}
         return "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
 
+    def on_train_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        """Start the clock: a run resumed inside an epoch gets no epoch start."""
+        super().on_train_start(trainer, *args)
+        self._epoch_started = self._last_line = time.monotonic()
+
     def on_train_epoch_start(self, trainer: pl.Trainer, *args: Any) -> None:
         """Restart the epoch's percent and clock."""
         super().on_train_epoch_start(trainer, *args)

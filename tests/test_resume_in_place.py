@@ -73,9 +73,32 @@ def test_a_resume_on_changed_data_runs_the_interrupted_epoch_afresh_and_whole(
         cfg = compose_config([*resume, *(["trainer.max_epochs=-1"] if "steps" in limit else [])], tmp_path / "resumed")
         train(cfg, extra_callbacks=[seen])
     assert seen.batches == [(1, i) for i in range(15)]  # epoch 1 again, all 15 batches of the new data
-    assert "epoch 1 starts again from its first batch on the new data (it had run 2 batches" in caplog.text
+    assert "resuming with other data than the checkpoint's" in caplog.text
+    assert "epoch 1 starts again from its first batch (it had run about 2 batches)" in caplog.text
     resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert resumed["global_step"] == 25 and resumed["epoch"] == 1
+
+
+def test_a_resume_with_another_batch_size_runs_the_interrupted_epoch_afresh(tmp_path: Path, caplog) -> None:
+    prepare(_rows(2400), tmp_path / "day1", progress_bar=False)  # 1,920 train rows
+    run_dir = tmp_path / "run"
+    with pytest.raises(CrashError):  # 2 batches of 256 into epoch 1
+        train(compose_config([*QUICK, f"data.path={tmp_path / 'day1'}"], run_dir), extra_callbacks=[CrashAtStep(11)])
+    seen = BatchLog()
+    with caplog.at_level(logging.WARNING, logger="agent_lightning"):
+        resume = [
+            *QUICK,
+            f"data.path={tmp_path / 'day1'}",
+            "data.batch_size=128",
+            f"ckpt_path={run_dir}/checkpoints/last.ckpt",
+        ]
+        train(compose_config(resume, tmp_path / "resumed"), extra_callbacks=[seen])
+    # Its position counted batches of 256: the same rows, batched by 128, run epoch 1 whole again.
+    assert seen.batches == [(1, i) for i in range(15)]
+    assert (
+        "resuming with data.batch_size=128 (the checkpoint's position counts batches of 256 over 1 ranks)"
+        in caplog.text
+    )
 
 
 TINY = [

@@ -5,8 +5,10 @@ served) and Lightning's own fit-loop progress (batches ready/completed in the ep
 make sense against the same rows. Every checkpoint therefore carries the data's fingerprint (a
 prepared dataset's manifest checksum, or a digest of the synthetic source's settings); resuming on
 data with another fingerprint drops both positions, so the interrupted epoch runs again from its
-first batch over the new data, for its full length. Weights, optimizer, schedule, the epoch number
-and the step count are restored as usual. The same data resumes exactly.
+first batch over the new data, for its full length. A position counted in batches of another size, or
+over another number of data-parallel ranks, means other rows too: such a resume restarts the epoch the
+same way. Weights, optimizer, schedule, the epoch number and the step count are restored as usual. The
+same data and batching resume exactly.
 """
 
 from __future__ import annotations
@@ -18,11 +20,35 @@ import lightning.pytorch as pl
 
 log = logging.getLogger("agent_lightning")
 FINGERPRINT_KEY = "data_fingerprint"
+BATCHING_KEY = "data_batching"  # the global batch size and data-parallel ranks the position was counted in
 
 
 def data_fingerprint(datamodule: Any) -> str | None:
     """The data's fingerprint, where the datamodule has one."""
     return getattr(datamodule, "fingerprint", None) if datamodule is not None else None
+
+
+def data_batching(datamodule: Any) -> dict[str, int] | None:
+    """The global batch size and the number of data-parallel ranks the datamodule serves."""
+    batch_size, ranks = getattr(datamodule, "batch_size", None), getattr(datamodule, "_world", None)
+    if not isinstance(batch_size, int) or not isinstance(ranks, int):
+        return None
+    return {"batch_size": batch_size, "ranks": ranks}
+
+
+def _what_changed(checkpoint: dict[str, Any], datamodule: Any) -> str | None:
+    saved, now = checkpoint.get(FINGERPRINT_KEY), data_fingerprint(datamodule)
+    if saved is not None and now is not None and saved != now:
+        return f"other data than the checkpoint's (fingerprint {saved}, now {now})"
+    batching, current = checkpoint.get(BATCHING_KEY), data_batching(datamodule)
+    if not batching or not current:
+        return None
+    was = f"the checkpoint's position counts batches of {batching.get('batch_size')} over {batching.get('ranks')} ranks"
+    if batching.get("batch_size") != current["batch_size"]:
+        return f"data.batch_size={current['batch_size']} ({was})"
+    if batching.get("ranks") != current["ranks"]:
+        return f"{current['ranks']} data-parallel ranks ({was})"
+    return None
 
 
 def _restart_epoch(fit_loop: dict[str, Any]) -> tuple[int, int] | None:
@@ -53,26 +79,29 @@ class DataAwareResume(pl.Callback):
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        """Record which data this position belongs to."""
-        fingerprint = data_fingerprint(trainer.datamodule)
+        """Record which data, and which batching of it, this position belongs to."""
+        fingerprint, batching = data_fingerprint(trainer.datamodule), data_batching(trainer.datamodule)
         if fingerprint is not None:
             checkpoint[FINGERPRINT_KEY] = fingerprint
+        if batching is not None:
+            checkpoint[BATCHING_KEY] = batching
 
     def on_load_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        """Drop the saved position in the epoch when the data has changed since the checkpoint."""
-        saved, now = checkpoint.get(FINGERPRINT_KEY), data_fingerprint(trainer.datamodule)
-        if saved is None or now is None or saved == now:
-            return  # the same data, or a checkpoint that cannot tell: resume exactly
+        """Drop the saved position in the epoch when the data or its batching has changed since the checkpoint."""
+        changed = _what_changed(checkpoint, trainer.datamodule)
+        if changed is None:
+            return  # the same data and batching, or a checkpoint that cannot tell: resume exactly
         # Lightning restores the datamodule before callbacks and the loops after them.
         if hasattr(trainer.datamodule, "load_state_dict"):
             trainer.datamodule.load_state_dict({})
         restarted = _restart_epoch(checkpoint.get("loops", {}).get("fit_loop", {}))
-        where = (
-            f"epoch {restarted[0]} starts again from its first batch on the new data (it had run {restarted[1]} "
-            "batches on the old)"
-            if restarted
-            else "the next epoch starts on the new data"
-        )
-        log.warning("resuming on other data than the checkpoint's (fingerprint %s, now %s): %s", saved, now, where)
+        if restarted:
+            # Lightning counted groups of `steps_per_execution` batches (the last group of an epoch may hold fewer).
+            grouped = ((checkpoint.get("hyper_parameters") or {}).get("step") or {}).get("steps_per_execution", 1)
+            batches = restarted[1] * int(grouped)
+            where = f"epoch {restarted[0]} starts again from its first batch (it had run about {batches} batches)"
+        else:
+            where = "the next epoch starts as usual"
+        log.warning("resuming with %s: %s", changed, where)
