@@ -69,7 +69,11 @@ def make_env(env: str | Mapping[str, Any]) -> Any:
         raise ConfigError(f"env.id={cfg.id}: {str(err).splitlines()[0]}") from None
     except TypeError as err:
         raise ConfigError(f"env.kwargs for {cfg.id}: {err}") from None
-    _check_discrete(made, cfg.id)
+    try:
+        _check_spaces(made, cfg.id)
+    except ConfigError:
+        made.close()
+        raise
     return made
 
 
@@ -84,13 +88,20 @@ def make_vector_env(env: str | Mapping[str, Any], num_envs: int, vectorization: 
     return gym.make_vec(cfg.id, num_envs=num_envs, vectorization_mode=vectorization, **kwargs)
 
 
-def _check_discrete(env: Any, env_id: str) -> None:
-    from gymnasium.spaces import Discrete
+def _check_spaces(env: Any, env_id: str) -> None:
+    """Policies here map an observation vector (a 1-d Box) to one of n discrete actions."""
+    from gymnasium.spaces import Box, Discrete
 
     if not isinstance(env.action_space, Discrete):
         raise ConfigError(
             f"env.id={env_id} has {env.action_space} actions: policies here choose among discrete actions "
             "(for LunarLander keep env.kwargs.continuous=false)"
+        )
+    space = env.observation_space
+    if not isinstance(space, Box) or len(space.shape) != 1:
+        raise ConfigError(
+            f"env.id={env_id} has {space} observations: policies here read a vector of numbers (a 1-d Box), e.g. "
+            "CartPole-v1; wrap the env to flatten or one-hot its observations"
         )
 
 
