@@ -126,7 +126,7 @@ def test_unknown_names_give_one_line_with_the_valid_ones(compose_cfg):
     with pytest.raises(ConfigError, match=r"env_eval.env=cartpole has 4 observations but model.input_dim=128"):
         check_env_eval(compose_cfg("env_eval={env: cartpole, episodes: 5}"))
     # Observations that are not a vector (Taxi's are one integer of 500 states) are named, not an IndexError.
-    with pytest.raises(ConfigError, match=r"env.id=Taxi-v4 has Discrete\(500\) observations: .* a 1-d Box"):
+    with pytest.raises(ConfigError, match=r"env.id=Taxi-v4 has Discrete\(500\) observations: .*\(a 1-d Box\)"):
         make_env({"id": "Taxi-v4"})
 
 
