@@ -296,6 +296,11 @@ def model_shapes(cfg: DictConfig) -> dict[str, tuple[int, ...]]:
 def compare_layers(where: str, stored: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]]) -> None:
     """Raise ConfigError naming the first layer whose stored shape (at `where`, e.g. 'ckpt_path=...') differs."""
     for name, shape in expected.items():
+        if name in stored and stored[name] != shape and name.startswith("normalizer."):
+            raise ConfigError(  # the observation width: set by the data (model.input_dim follows it)
+                f"{where}: its model reads {stored[name][0]} features per observation but this run's has "
+                f"{shape[0]} (model.input_dim, from the data): train on data with the checkpoint's features"
+            )
         if name in stored and stored[name] != shape:
             raise ConfigError(
                 f"{where}: layer {name} is {list(stored[name])} in the checkpoint but {list(shape)} with "

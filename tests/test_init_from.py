@@ -121,6 +121,8 @@ def test_a_shape_mismatch_or_a_combined_resume_is_refused_in_one_line(yesterday,
         validate(compose_config([*base, "model.hidden_dim=64"]))
     with pytest.raises(ConfigError, match=r"init_from=.*the checkpoint's model missing hidden.2"):
         validate(compose_config([*base, "model.num_layers=3"]))
+    with pytest.raises(ConfigError, match=r"init_from=.*: its model reads 32 features per observation but this run's"):
+        validate(compose_config([f"init_from={yesterday['ckpt']}"]))  # the synthetic data's 128 features
     with pytest.raises(ConfigError, match=r"init_from=/no/such.ckpt does not exist"):
         validate(compose_config([*QUICK, f"data.path={yesterday['day1']}", "init_from=/no/such.ckpt"]))
     graph = tmp_path / "agent.onnx"
