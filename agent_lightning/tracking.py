@@ -116,7 +116,7 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
     """Instantiate each `logger` entry, giving the trackers that support it the run's name and tags."""
     tags = run_tags(cfg)
     loggers: list[Logger] = []
-    for item in (cfg.get("logger") or {}).values():
+    for key, item in (cfg.get("logger") or {}).items():
         if not item or "_target_" not in item:
             continue
         kind = hydra.utils.get_class(str(item._target_))
@@ -133,7 +133,14 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
         elif issubclass(kind, WandbLogger):
             extra["tags"] = [*tags, *(item.get("tags") or [])]
             extra["name"] = item.get("name") or run_label(cfg)
-        loggers.append(hydra.utils.instantiate(item, **extra))
+        try:
+            loggers.append(hydra.utils.instantiate(item, **extra))
+        except Exception as err:  # a store or URI the tracker refuses: its own words, naming the key
+            cause = err
+            while cause.__cause__ is not None:
+                cause = cause.__cause__
+            reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+            raise ConfigError(f"logger.{key} could not start: {type(cause).__name__}: {reason}") from None
     return loggers
 
 

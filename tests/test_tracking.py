@@ -176,3 +176,10 @@ def test_a_run_resumed_in_its_directory_continues_its_mlflow_run(compose_cfg, tm
     # A checkpoint continued in another directory is another run: a new MLflow run.
     train(compose_cfg(*common, f"ckpt_path={last}", "trainer.max_epochs=3", output_dir=tmp_path / "probe" / "t1"))
     assert len(client.search_runs([first["experiment_id"]])) == 2
+
+
+def test_a_tracker_that_refuses_its_store_is_one_line_naming_the_key(compose_cfg, tmp_path: Path) -> None:
+    pytest.importorskip("mlflow")
+    cfg = compose_cfg("logger=mlflow", f"logger.mlflow.tracking_uri=file://{tmp_path}/mlruns")  # MLflow 3: refused
+    with pytest.raises(ConfigError, match=r"^logger.mlflow could not start: MlflowException: "):
+        build_loggers(cfg)
