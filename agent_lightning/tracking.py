@@ -57,13 +57,26 @@ def _check_installed(key: str, target: str) -> None:
         )
 
 
+def _refuse_name(name: Any) -> ConfigError:
+    return ConfigError(f"name={name!r} is invalid: use letters, digits, '_', '.' or '-' (it names the run's directory)")
+
+
+def check_name_override(argv: list[str]) -> None:
+    """Raise ConfigError for a `name=` on the command line that `check_run_identity` would refuse."""
+    for arg in argv[1:]:
+        key, _, value = arg.lstrip("+").partition("=")
+        if key != "name" or "${" in value:  # an interpolation is checked once resolved
+            continue
+        for each in value.strip("'\"").split(","):  # a sweep over names: name=a,b
+            if not SAFE_WORD.fullmatch(each):
+                raise _refuse_name(value)
+
+
 def check_run_identity(cfg: DictConfig) -> None:
     """Raise ConfigError unless `name` is one safe path component, every tag a plain word, and trackers installed."""
     name = cfg.get("name")
     if not isinstance(name, str) or not SAFE_WORD.fullmatch(name):
-        raise ConfigError(
-            f"name={name!r} is invalid: use letters, digits, '_', '.' or '-' (it names the run's directory)"
-        )
+        raise _refuse_name(name)
     tags = cfg.get("tags")
     if tags is not None and not isinstance(tags, str) and not OmegaConf.is_list(tags):
         raise ConfigError(f"tags={tags!r} is invalid: use a list, e.g. tags=[baseline,adam]")

@@ -8,6 +8,7 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import hydra
@@ -36,7 +37,7 @@ from agent_lightning.runs.stops import StopOnSignal, stopped_by_signal
 from agent_lightning.runs.threads import cpu_threads
 from agent_lightning.step import check_step_options, lightning_trainer_config, step_options
 from agent_lightning.step_groups import check_resume_grouping, resolve_steps_per_execution
-from agent_lightning.tracking import LogConfigToTrackers, build_loggers, finish_run
+from agent_lightning.tracking import LogConfigToTrackers, build_loggers, check_name_override, finish_run
 from agent_lightning.validation import available_devices, launched_externally, resolve_devices, validate
 
 if TYPE_CHECKING:
@@ -182,6 +183,8 @@ def _fit_and_test(cfg: DictConfig, devices: int, world: int, extra_callbacks: Se
         with warnings.catch_warnings():
             if steps > 1:  # Lightning would compare its count of groups with log_every_n_steps (in batches)
                 warnings.filterwarnings("ignore", message=r"The number of training batches .* logging interval")
+            if cfg.get("ckpt_path"):  # a resume in place continues its own checkpoints/ on purpose
+                warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
             trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     except SIGTERMException:
         raise stopped_by_signal(trainer) from None
@@ -264,7 +267,9 @@ def hydra_main(cfg: DictConfig) -> float | Pruned | None:
         _exit_if_reported(err)
         raise  # a bug: keep its traceback
     if cfg.get("print_config", True):
-        log.info("Composed config (saved in .hydra/config.yaml):\n%s", config_tree(cfg, hydra_choices()))
+        log.info(
+            "Composed config (saved in %s/config.yaml):\n%s", _saved_config_dir(), config_tree(cfg, hydra_choices())
+        )
     try:
         metrics = _run_checked(cfg, devices, world)
     except Exception as err:
@@ -272,10 +277,7 @@ def hydra_main(cfg: DictConfig) -> float | Pruned | None:
         raise  # a bug: keep its traceback
     if metrics:
         log.info("Final: %s", _summary(metrics))
-        log.info(
-            "Run directory: %s (config in .hydra/, metrics in csv/, checkpoints in checkpoints/, summary.json)",
-            cfg.paths.output_dir,
-        )
+        log.info("Run directory: %s (%s)", cfg.paths.output_dir, _run_contents(Path(str(cfg.paths.output_dir))))
     try:
         return optimized_value(cfg, metrics)
     except ConfigError as err:
@@ -284,6 +286,21 @@ def hydra_main(cfg: DictConfig) -> float | Pruned | None:
             return None
         log.error("%s", err)
         sys.exit(2)
+
+
+def _saved_config_dir() -> str:
+    """Where Hydra saved this job's composed config: `.hydra`, or `.hydra/resume-<n>` for a resume in place."""
+    from hydra.core.hydra_config import HydraConfig
+
+    subdir = HydraConfig.get().output_subdir if HydraConfig.initialized() else None
+    return str(subdir or ".hydra")
+
+
+def _run_contents(run_dir: Path) -> str:
+    """What a finished run left in its directory, for the last line of its log."""
+    places = {".hydra": "config in .hydra/", "csv": "metrics in csv/", "checkpoints": "checkpoints in checkpoints/"}
+    found = [what for name, what in places.items() if (run_dir / name).is_dir()]
+    return ", ".join([*found, *(["summary.json"] if (run_dir / "summary.json").is_file() else [])])
 
 
 def _exit_if_reported(err: Exception) -> None:
@@ -312,6 +329,7 @@ def _in_search() -> bool:
 def main() -> None:
     """Command line: a checkpoint of a run directory resumes in it (`ckpt_path=latest`: the newest run's)."""
     try:
+        check_name_override(sys.argv)  # before Hydra makes outputs/<name>/ of a name the run refuses
         sys.argv = in_place_arguments(sys.argv)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from agent_lightning.errors import ConfigError
-from agent_lightning.tracking import build_loggers, check_run_identity, flatten_config
+from agent_lightning.tracking import build_loggers, check_name_override, check_run_identity, flatten_config
 from agent_lightning.train import train
 
 from .conftest import run_cli
@@ -118,6 +118,13 @@ def test_multirun_goes_to_name_time_job_and_every_job_has_a_summary(tmp_path: Pa
 def test_bad_names_and_tags_are_refused_with_the_key(compose_cfg, override: str, key: str) -> None:
     with pytest.raises(ConfigError, match=key):
         check_run_identity(compose_cfg(override))
+
+
+def test_a_refused_name_on_the_command_line_makes_no_directory(tmp_path: Path) -> None:
+    result = run_cli("name=a/b", cwd=tmp_path)
+    assert result.returncode == 2 and "name='a/b' is invalid" in result.stderr
+    assert not (tmp_path / "outputs").exists()  # refused before Hydra made outputs/a/b/<time>/
+    check_name_override(["train", "-m", "name=a,b", "name=${oc.env:USER}"])  # a sweep, an interpolation: fine
 
 
 def test_a_tracker_that_is_not_installed_is_named_with_its_extra(compose_cfg, monkeypatch) -> None:
