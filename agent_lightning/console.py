@@ -7,6 +7,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -194,3 +195,18 @@ def hydra_choices() -> dict[str, Any]:
     if not HydraConfig.initialized():
         return {}
     return dict(HydraConfig.get().runtime.choices)
+
+
+def saved_config_dir() -> str:
+    """Where Hydra saved this job's composed config: `.hydra`, or `.hydra/resume-<n>` for a resume in place."""
+    from hydra.core.hydra_config import HydraConfig
+
+    subdir = HydraConfig.get().output_subdir if HydraConfig.initialized() else None
+    return str(subdir or ".hydra")
+
+
+def run_contents(run_dir: Path) -> str:
+    """What a finished run left in its directory, for the last line of its log."""
+    places = {".hydra": "config in .hydra/", "csv": "metrics in csv/", "checkpoints": "checkpoints in checkpoints/"}
+    found = [what for name, what in places.items() if (run_dir / name).is_dir()]
+    return ", ".join([*found, *(["summary.json"] if (run_dir / "summary.json").is_file() else [])])

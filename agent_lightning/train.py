@@ -22,7 +22,7 @@ from agent_lightning.agents.env_eval import check_env_eval, env_eval_callbacks
 from agent_lightning.callbacks import FiniteLossGuard
 from agent_lightning.checkpoint_io import AtomicCheckpointIO
 from agent_lightning.config import config_dir
-from agent_lightning.console import build_progress_bar, config_tree, hydra_choices
+from agent_lightning.console import build_progress_bar, config_tree, hydra_choices, run_contents, saved_config_dir
 from agent_lightning.data.fitting import adapt_to_splits, apply_data_statistics, resolve_data_dims
 from agent_lightning.errors import ConfigError, user_facing
 from agent_lightning.launch import launch_ranks, setup_rank_logging
@@ -268,7 +268,7 @@ def hydra_main(cfg: DictConfig) -> float | Pruned | None:
         raise  # a bug: keep its traceback
     if cfg.get("print_config", True):
         log.info(
-            "Composed config (saved in %s/config.yaml):\n%s", _saved_config_dir(), config_tree(cfg, hydra_choices())
+            "Composed config (saved in %s/config.yaml):\n%s", saved_config_dir(), config_tree(cfg, hydra_choices())
         )
     try:
         metrics = _run_checked(cfg, devices, world)
@@ -277,7 +277,7 @@ def hydra_main(cfg: DictConfig) -> float | Pruned | None:
         raise  # a bug: keep its traceback
     if metrics:
         log.info("Final: %s", _summary(metrics))
-        log.info("Run directory: %s (%s)", cfg.paths.output_dir, _run_contents(Path(str(cfg.paths.output_dir))))
+        log.info("Run directory: %s (%s)", cfg.paths.output_dir, run_contents(Path(str(cfg.paths.output_dir))))
     try:
         return optimized_value(cfg, metrics)
     except ConfigError as err:
@@ -286,21 +286,6 @@ def hydra_main(cfg: DictConfig) -> float | Pruned | None:
             return None
         log.error("%s", err)
         sys.exit(2)
-
-
-def _saved_config_dir() -> str:
-    """Where Hydra saved this job's composed config: `.hydra`, or `.hydra/resume-<n>` for a resume in place."""
-    from hydra.core.hydra_config import HydraConfig
-
-    subdir = HydraConfig.get().output_subdir if HydraConfig.initialized() else None
-    return str(subdir or ".hydra")
-
-
-def _run_contents(run_dir: Path) -> str:
-    """What a finished run left in its directory, for the last line of its log."""
-    places = {".hydra": "config in .hydra/", "csv": "metrics in csv/", "checkpoints": "checkpoints in checkpoints/"}
-    found = [what for name, what in places.items() if (run_dir / name).is_dir()]
-    return ", ".join([*found, *(["summary.json"] if (run_dir / "summary.json").is_file() else [])])
 
 
 def _exit_if_reported(err: Exception) -> None:
