@@ -70,6 +70,12 @@ class LastCheckpoint(ModelCheckpoint):
         if trainer.is_global_zero and self.dirpath:
             clean_stale_writes(self.dirpath)
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """A resumed run's checkpoint already holds this step: never rewrite it before training moves on."""
+        super().on_train_start(trainer, pl_module)
+        if trainer.ckpt_path:
+            self._last_global_step_saved = max(self._last_global_step_saved, trainer.global_step)
+
     def _save_if_behind(self, trainer: pl.Trainer) -> None:
         # Skips sanity checks, fast_dev_run, non-fitting stages and a step already saved.
         if not self._should_skip_saving_checkpoint(trainer):

@@ -338,6 +338,9 @@ def check_resume_checkpoint(cfg: DictConfig) -> None:
             for k, v in shapes.items()
             if k.startswith("state_dict.model.")
         }
+        meta = path / safe_load.LIGHTNING_META
+        if meta.is_file():
+            _check_same_training_setup(cfg, path, safe_load.load_file(meta, mmap=True))
     else:
         if sharded:
             raise ConfigError(
@@ -360,4 +363,21 @@ def check_resume_checkpoint(cfg: DictConfig) -> None:
             for k, v in state.items()
             if k.startswith("model.") and isinstance(v, torch.Tensor)
         }
+        _check_same_training_setup(cfg, path, checkpoint)
     compare_layers(f"ckpt_path={path}", stored, model_shapes(cfg))
+
+
+def _check_same_training_setup(cfg: DictConfig, path: Path, checkpoint: dict[str, Any]) -> None:
+    """An exact resume restores the optimizer's and the LR schedule's state: they must be of the same kind."""
+    saved = (checkpoint.get("hyper_parameters") or {}).get("config")
+    if not isinstance(saved, dict):
+        return  # a checkpoint without its run config: Lightning's own checks remain
+    for group in ("optimizer", "scheduler"):
+        before = str((saved.get(group) or {}).get("_target_") or "none")
+        now = str((cfg.get(group) or {}).get("_target_") or "none")
+        if before != now:
+            raise ConfigError(
+                f"ckpt_path={path} holds the state of {group} {before.rsplit('.', 1)[-1]} but this run's {group} is "
+                f"{now.rsplit('.', 1)[-1]}: resume with the {group} that wrote it, or start a new run from its "
+                f"weights with init_from={path}"
+            )

@@ -234,3 +234,20 @@ def test_stale_writes_are_cleaned_and_a_directory_swap_keeps_the_old_one_until_t
     replace_directory(staged, tmp_path / "dir.ckpt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.ckpt"]
     assert (tmp_path / "dir.ckpt" / ".metadata").read_bytes() == b"new"
+
+
+def test_a_resume_with_another_optimizer_is_refused_and_a_resume_does_not_rewrite_its_checkpoint(
+    compose_cfg, tmp_path: Path
+) -> None:
+    first = ["trainer.max_epochs=1", "test=false"]
+    train(compose_cfg(*first, output_dir=tmp_path / "run"))
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    written = last.read_bytes()
+    # Its optimizer state is Adam's: SGD cannot take it (Lightning would crash at the first step, after a save).
+    with pytest.raises(ConfigError, match=r"holds the state of optimizer Adam but this run's optimizer is SGD"):
+        validate(compose_cfg(*first, "optimizer=sgd", f"ckpt_path={last}", output_dir=tmp_path / "run"))
+    with pytest.raises(ConfigError, match=r"holds the state of scheduler none but this run's scheduler is"):
+        validate(compose_cfg(*first, "scheduler=cosine", f"ckpt_path={last}", output_dir=tmp_path / "run"))
+    # A resume that has nothing left to train leaves the checkpoint it resumed from as it was.
+    train(compose_cfg(*first, f"ckpt_path={last}", output_dir=tmp_path / "run"))
+    assert last.read_bytes() == written
