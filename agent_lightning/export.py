@@ -165,10 +165,15 @@ def export_checked(checkpoint_path: str | Path, output: str | Path, format: str 
     """`export`, with the checked max abs difference of the written file's logits from the model's."""
     output = Path(output)
     fmt = format_for_path(output, format)
+    if output.resolve() == Path(checkpoint_path).resolve():  # a training checkpoint replaced by weights alone
+        raise ConfigError(f"{output} is the file being exported: give another output file")
     model, config = load_agent_and_config(checkpoint_path)
     if output.is_dir():
         raise ConfigError(f"{output} is a directory: give a file name, e.g. {output / ('agent' + _SUFFIX[fmt])}")
-    output.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"{output} cannot be written ({err.strerror or err}): give a writable place") from None
     staged = output.with_name(f".{output.name}.tmp{output.suffix}")  # a failed export never replaces a good one
     try:
         write_model(model, config, staged, fmt)

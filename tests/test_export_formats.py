@@ -96,6 +96,10 @@ def test_bad_formats_and_a_failed_check_leave_the_previous_export_intact(run, tm
     assert "cannot tell the format from its suffix" in capsys.readouterr().err
     assert export_main([str(run["ckpt"]), str(out), "format=tflite"]) == 2
     assert "format='tflite' is not one of torch, safetensors, onnx, torchscript" in capsys.readouterr().err
+    checkpoint = Path(run["ckpt"]).read_bytes()  # exporting a checkpoint over itself would lose its training state
+    assert export_main([str(run["ckpt"]), str(run["ckpt"]), "format=torch"]) == 2
+    assert "is the file being exported: give another output file" in capsys.readouterr().err
+    assert Path(run["ckpt"]).read_bytes() == checkpoint
     with pytest.raises(SystemExit):  # argparse: OUTPUT is missing; the optional format= is not asked for
         export_main([str(run["ckpt"])])
     assert "required: output\n" in capsys.readouterr().err
