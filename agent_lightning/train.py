@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
 import warnings
 from collections.abc import Sequence
@@ -24,7 +25,7 @@ from agent_lightning.checkpoint_io import AtomicCheckpointIO
 from agent_lightning.config import config_dir
 from agent_lightning.console import build_progress_bar, config_tree, hydra_choices, run_contents, saved_config_dir
 from agent_lightning.data.fitting import adapt_to_splits, apply_data_statistics, resolve_data_dims
-from agent_lightning.errors import ConfigError, user_facing
+from agent_lightning.errors import ConfigError, signal_exit_code, user_facing
 from agent_lightning.launch import launch_ranks, setup_rank_logging
 from agent_lightning.module import AgentModule
 from agent_lightning.parallel import build_strategy, choose_strategy, cpu_processes_per_node
@@ -319,7 +320,11 @@ def main() -> None:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
-    hydra_main()
+    try:
+        hydra_main()
+    except KeyboardInterrupt:  # a second Ctrl+C while the run saves (see `runs/stops.py`)
+        print("interrupted (SIGINT): stopped without saving", file=sys.stderr)
+        sys.exit(signal_exit_code(signal.SIGINT))
 
 
 if __name__ == "__main__":

@@ -251,3 +251,34 @@ def test_a_resume_with_another_optimizer_is_refused_and_a_resume_does_not_rewrit
     # A resume that has nothing left to train leaves the checkpoint it resumed from as it was.
     train(compose_cfg(*first, f"ckpt_path={last}", output_dir=tmp_path / "run"))
     assert last.read_bytes() == written
+
+
+def test_one_ctrl_c_delivered_twice_is_one_stop_and_a_later_second_one_interrupts(monkeypatch) -> None:
+    from agent_lightning.runs import stops
+
+    clock = [100.0]
+    monkeypatch.setattr(stops.time, "monotonic", lambda: clock[0])
+    stop = stops.StopOnSignal()
+    stop._handle(signal.SIGINT, None)  # from the terminal's process group
+    stop._handle(signal.SIGINT, None)  # the same press, forwarded by the launcher: still a clean stop
+    assert stop._received == signal.SIGINT
+    clock[0] += 5  # a second press, seconds later: the user does not want to wait for the save
+    with pytest.raises(KeyboardInterrupt):
+        stop._handle(signal.SIGINT, None)
+
+
+def test_ctrl_c_while_the_command_starts_exits_130_in_one_line(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent_lightning.train", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as from a terminal
+    )
+    time.sleep(1.5)  # the libraries are loading (or, on a fast machine, the config is being composed)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last == "interrupted (SIGINT): stopped without saving" or "stopped by SIGINT at step" in last, last

@@ -10,6 +10,7 @@ first cannot leave the others waiting in a collective. The handler itself only r
 from __future__ import annotations
 
 import signal
+import time
 from types import FrameType
 from typing import Any
 
@@ -21,6 +22,8 @@ from agent_lightning.callbacks import crossed_multiple
 from agent_lightning.errors import StoppedBySignalError
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+# One Ctrl+C reaches a rank twice: from the terminal (its process group) and forwarded by the launcher.
+SAME_PRESS_SECONDS = 1.0
 
 
 class StopOnSignal(pl.Callback):
@@ -32,13 +35,16 @@ class StopOnSignal(pl.Callback):
         self.check_every_n_steps = check_every_n_steps
         self.signum: int | None = None  # the signal that stopped the run, agreed by all ranks
         self._received: int | None = None
+        self._received_at = 0.0
         self._previous: dict[int, Any] = {}
         self._checked_before: int | None = None  # the global step at the last batch end
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self._received is not None and signum == signal.SIGINT:
+        now = time.monotonic()
+        if self._received is not None and signum == signal.SIGINT and now - self._received_at > SAME_PRESS_SECONDS:
             raise KeyboardInterrupt  # a second Ctrl+C: the user does not want to wait for the save
-        self._received = self._received or signum
+        if self._received is None:
+            self._received, self._received_at = signum, now
         previous = self._previous.get(signum)
         if signum == signal.SIGUSR1 and callable(previous):
             previous(signum, frame)  # e.g. Lightning's SLURM auto-requeue handler
