@@ -278,7 +278,7 @@ def test_ctrl_c_while_the_command_starts_exits_130_in_one_line(tmp_path: Path) -
     )
     time.sleep(1.5)  # the libraries are loading (or, on a fast machine, the config is being composed)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    err, _ = proc.communicate(timeout=60)  # stdout and stderr together
     assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
     last = err.strip().splitlines()[-1]
     assert last == "interrupted (SIGINT): stopped without saving" or "stopped by SIGINT at step" in last, last
