@@ -156,7 +156,9 @@ class FiniteLossGuard(pl.Callback):
         if trainer.strategy.reduce_boolean_decision(local_bad, all=False):
             raise NonFiniteLossError(
                 f"training diverged (NaN/inf loss or weights) by step {trainer.global_step}; lower optimizer.lr "
-                "or set trainer.gradient_clip_val. Checkpoints saved before this point are untouched."
+                "or set trainer.gradient_clip_val, or, if it happens from the first steps, check the data "
+                "(data.verify=true re-checks a prepared dataset's shards). Checkpoints saved before this point are "
+                "untouched."
             )
 
 

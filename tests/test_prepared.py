@@ -129,3 +129,21 @@ def test_truncated_altered_and_mismatched_shards_are_named(dataset: Path) -> Non
     (dataset / "manifest.json").write_text("{not json")
     with pytest.raises(ConfigError, match=r"manifest\.json is not valid JSON"):
         PreparedDataset(dataset)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda m: m["splits"]["train"]["shards"][0]["files"]["x"].update(file="../elsewhere.x.npy"), "not a file of"),
+        (lambda m: m["splits"]["val"]["shards"][0]["files"]["y"].update(file="/etc/passwd"), "not a file of"),
+        (lambda m: m.update(num_classes=m["num_classes"] - 1), "counts 5 classes, not 4"),  # its labels reach 4
+        (lambda m: m.update(num_features=m["num_features"] + 1), "statistics.mean must hold num_features=5"),
+        (lambda m: m["splits"].pop("train"), "split 'train' lacks its rows or shards"),
+    ],
+)
+def test_an_edited_manifest_is_named_before_any_shard_is_read(dataset: Path, edit, message: str) -> None:
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    edit(manifest)
+    (dataset / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match=rf"manifest\.json: .*{message}.*: altered or damaged; re-run prepare"):
+        PreparedDataset(dataset)

@@ -69,7 +69,54 @@ def read_manifest(directory: str | Path, key: str = "data.path") -> dict[str, An
     for key in ("num_features", "num_classes", "splits", "statistics"):
         if key not in manifest:
             raise ConfigError(f"{path} lacks the key {key!r}: re-run prepare")
+    problem = _structure_problem(manifest)
+    if problem:
+        raise ConfigError(f"{path}: {problem}: altered or damaged; re-run prepare")
     return manifest
+
+
+def _whole(value: Any, low: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _plain_file_name(name: Any) -> bool:
+    # A shard is a file in the dataset's own directory: no path that leads elsewhere.
+    return isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name and "\\" not in name
+
+
+def _structure_problem(manifest: dict[str, Any]) -> str | None:
+    """What is inconsistent in a manifest's counts, statistics and shard entries (None: nothing)."""
+    features, classes = manifest["num_features"], manifest["num_classes"]
+    if not _whole(features, 1) or not _whole(classes, 1):
+        return f"num_features={features!r} and num_classes={classes!r} must be whole numbers >= 1"
+    statistics = manifest["statistics"]
+    for key in ("mean", "std"):
+        values = statistics.get(key) if isinstance(statistics, dict) else None
+        if not isinstance(values, list) or len(values) != features:
+            return f"statistics.{key} must hold num_features={features} values"
+    splits = manifest["splits"]
+    for split in SPLITS:
+        entry = splits.get(split) if isinstance(splits, dict) else None
+        if not isinstance(entry, dict) or not _whole(entry.get("rows")) or not isinstance(entry.get("shards"), list):
+            return f"split {split!r} lacks its rows or shards"
+        counts = entry.get("class_counts")
+        if counts is not None and (not isinstance(counts, list) or len(counts) != classes):
+            return (
+                f"split {split!r} counts {len(counts) if isinstance(counts, list) else counts} classes, not {classes}"
+            )
+        for shard in entry["shards"]:
+            files = shard.get("files") if isinstance(shard, dict) else None
+            if not isinstance(files, dict) or not {"x", "y"} <= set(files) or not _whole(shard.get("rows")):
+                return f"a shard of split {split!r} lacks its rows or its x and y files"
+            for item in files.values():
+                if (
+                    not isinstance(item, dict)
+                    or not _plain_file_name(item.get("file"))
+                    or not _whole(item.get("bytes"))
+                ):
+                    name = item.get("file") if isinstance(item, dict) else item
+                    return f"shard file {name!r} is not a file of the dataset"
+    return None
 
 
 def check_shard_files(directory: Path, manifest: dict[str, Any], verify: bool) -> None:
