@@ -10,6 +10,7 @@ check as data: key, test, and what is valid.
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import tempfile
@@ -86,6 +87,12 @@ def validate(cfg: DictConfig) -> tuple[int, int]:
         raise ConfigError(
             "strategy.offload=true keeps parameters in host memory and streams them to the GPU: it needs CUDA, "
             "and this run is on CPU"
+        )
+    precision = str(cfg.trainer.get("precision"))
+    if name in SHARDED and precision in ("16-mixed", "16"):  # Lightning's ModelParallelStrategy refuses it
+        raise ConfigError(
+            f"trainer.precision={precision} does not work with strategy={name}: use bf16-mixed (or 32-true), or "
+            "strategy=ddp for 16-mixed"
         )
     if name == "single" and world > 1:
         raise ConfigError(
@@ -234,6 +241,7 @@ RULES: tuple[Rule, ...] = (
     Rule("trainer.limit_train_batches", _limit, "a fraction in [0.0, 1.0] or a whole number of batches"),
     Rule("trainer.limit_test_batches", _limit, "a fraction in [0.0, 1.0] or a whole number of batches"),
     Rule("trainer.num_sanity_val_steps", whole_at_least(-1), "a whole number >= -1 (-1: all)"),
+    Rule("trainer.accelerator", one_of("auto", "cpu", "gpu", "cuda", "mps"), "auto, cpu, gpu (cuda) or mps"),
     Rule("trainer.threads", whole_at_least(1, also=(None,)), "a whole number >= 1 (or null: decide from the cores)"),
     Rule(
         "trainer.precision",
@@ -271,6 +279,25 @@ def check_values(cfg: DictConfig) -> None:
     optimizer = cfg.get("optimizer") or {}
     if optimizer.get("nesterov") and not optimizer.get("momentum"):
         raise ConfigError("optimizer.nesterov=true needs optimizer.momentum > 0")
+    for group, built_with in (("optimizer", {"params"}), ("scheduler", {"optimizer", "interval"})):
+        _check_arguments(group, cfg.get(group) or {}, built_with)
+
+
+def _check_arguments(group: str, node: Any, built_with: set[str]) -> None:
+    """Every key of an optimizer or scheduler config is an argument of its `_target_` (checked before a rank starts)."""
+    target = node.get("_target_")
+    if not target:
+        return
+    try:
+        parameters = inspect.signature(hydra.utils.get_object(str(target))).parameters
+    except Exception:  # a target that cannot be looked at here: Hydra names it when it is built
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    unknown = sorted(str(k) for k in node if not str(k).startswith("_") and k not in parameters and k not in built_with)
+    if unknown:
+        valid = ", ".join(n for n in parameters if n not in built_with and n != "self")
+        raise ConfigError(f"{group}.{unknown[0]} is not an argument of {target}: use one of {valid}")
 
 
 def check_output_dir(cfg: DictConfig) -> None:

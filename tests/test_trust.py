@@ -126,9 +126,19 @@ def test_bad_checkpoints_and_directories_are_refused_with_one_line(compose_cfg, 
         ("strategy=ddp strategy.static_graph=1", "strategy.static_graph=1 is invalid: use true or false"),
         ("trainer.deterministic=sometimes", "trainer.deterministic='sometimes' is invalid: use true, false or warn"),
         ("trainer.fast_dev_run=0", "trainer.fast_dev_run=0 is invalid: use true, false or n >= 1"),
+        ("trainer.accelerator=tpu", "trainer.accelerator='tpu' is invalid: use auto, cpu, gpu (cuda) or mps"),
+        ("+optimizer.foo=1", "optimizer.foo is not an argument of torch.optim.Adam: use one of lr, betas"),
+        (
+            "scheduler=warmup_cosine +scheduler.bar=2",
+            "scheduler.bar is not an argument of agent_lightning.optim.warmup_cosine: use one of warmup_steps",
+        ),
+        (
+            "strategy=fsdp devices=2 trainer.precision=16-mixed",
+            "trainer.precision=16-mixed does not work with strategy=fsdp: use bf16-mixed",
+        ),
     ],
 )
-def test_a_switch_that_is_not_a_boolean_is_refused_with_its_key(compose_cfg, override: str, message: str) -> None:
+def test_a_value_that_cannot_work_is_refused_with_its_key(compose_cfg, override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         validate(compose_cfg(*override.split()))
 
