@@ -395,7 +395,18 @@ def check_resume_checkpoint(cfg: DictConfig) -> None:
 
 
 def _check_same_training_setup(cfg: DictConfig, path: Path, checkpoint: dict[str, Any]) -> None:
-    """An exact resume restores the optimizer's and the LR schedule's state: they must be of the same kind."""
+    """An exact resume restores the optimizer's and the LR schedule's state: they must be of the same kind.
+
+    Its `trainer.max_epochs` counts the run's epochs in all, so it cannot be below those already done.
+    """
+    progress = ((checkpoint.get("loops") or {}).get("fit_loop") or {}).get("epoch_progress") or {}
+    done = (progress.get("current") or {}).get("processed")
+    max_epochs = cfg.trainer.get("max_epochs")
+    if isinstance(done, int) and isinstance(max_epochs, int) and max_epochs != -1 and done > max_epochs:
+        raise ConfigError(
+            f"ckpt_path={path} is at epoch {done} but trainer.max_epochs={max_epochs}: on resume it counts the run's "
+            f"epochs in all, so give more than {done}"
+        )
     saved = (checkpoint.get("hyper_parameters") or {}).get("config")
     if not isinstance(saved, dict):
         return  # a checkpoint without its run config: Lightning's own checks remain

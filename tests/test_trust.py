@@ -249,7 +249,7 @@ def test_stale_writes_are_cleaned_and_a_directory_swap_keeps_the_old_one_until_t
 def test_a_resume_with_another_optimizer_is_refused_and_a_resume_does_not_rewrite_its_checkpoint(
     compose_cfg, tmp_path: Path
 ) -> None:
-    first = ["trainer.max_epochs=1", "test=false"]
+    first = ["trainer.max_epochs=3", "data.train_size=4096", "test=false"]
     train(compose_cfg(*first, output_dir=tmp_path / "run"))
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     written = last.read_bytes()
@@ -258,6 +258,8 @@ def test_a_resume_with_another_optimizer_is_refused_and_a_resume_does_not_rewrit
         validate(compose_cfg(*first, "optimizer=sgd", f"ckpt_path={last}", output_dir=tmp_path / "run"))
     with pytest.raises(ConfigError, match=r"holds the state of scheduler none but this run's scheduler is"):
         validate(compose_cfg(*first, "scheduler=cosine", f"ckpt_path={last}", output_dir=tmp_path / "run"))
+    with pytest.raises(ConfigError, match=r"is at epoch 2 but trainer.max_epochs=1: .* give more than 2"):
+        validate(compose_cfg("trainer.max_epochs=1", f"ckpt_path={last}", output_dir=tmp_path / "run"))
     # A resume that has nothing left to train leaves the checkpoint it resumed from as it was.
     train(compose_cfg(*first, f"ckpt_path={last}", output_dir=tmp_path / "run"))
     assert last.read_bytes() == written
