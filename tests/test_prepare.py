@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -224,3 +225,94 @@ def test_command_line_prepares_and_reports_bad_input_in_one_line(tmp_path: Path)
     output = (bad.stdout + bad.stderr).strip()
     assert bad.returncode == 2 and "Traceback" not in output
     assert len(output.splitlines()) == 1 and "nan.csv, row 17: feature f2 is nan" in output
+
+
+def _snapshot(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_overwrite_replaces_only_a_prepared_dataset_and_never_the_input(tmp_path: Path, monkeypatch) -> None:
+    inputs = tmp_path / "raw"
+    inputs.mkdir()
+    _table(rows=60).to_csv(inputs / "good.csv", index=False)
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "notes.txt").write_text("keep me")
+    monkeypatch.chdir(tmp_path / "work")
+    before = _snapshot(tmp_path)
+    refusals = {
+        "cwd": (dict(output="."), r"output=\. is the working directory or one above it"),
+        "parent": (dict(output=".."), r"output=\.\. is the working directory or one above it"),
+        "holds input": (dict(output=str(inputs)), rf"output={inputs} holds the input {inputs}/good.csv"),
+        "empty": (dict(output=""), r"output='' is invalid: use the directory to write the dataset to"),
+        "null": (dict(output=None), r"output=None is invalid"),
+    }
+    for name, (extra, message) in refusals.items():
+        with pytest.raises(ConfigError, match=message):
+            prepare(inputs / "good.csv", overwrite=True, progress_bar=False, **extra)
+        assert _snapshot(tmp_path) == before, name
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "thesis.tex").write_text("years of work")
+    with pytest.raises(ConfigError, match=r"holds files but no manifest.json: overwrite=true replaces only a prepared"):
+        prepare(inputs / "good.csv", other, overwrite=True, progress_bar=False)
+    assert (other / "thesis.tex").read_text() == "years of work"
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    np.save(inputs / "x.npy", np.zeros((4, 2), dtype=np.float32))
+    np.save(labels / "y.npy", np.zeros(4, dtype=np.int64))
+    with pytest.raises(ConfigError, match=r"holds the input .*y\.npy"):  # the labels' file is an input too
+        prepare(inputs / "x.npy", labels, label=str(labels / "y.npy"), overwrite=True, progress_bar=False)
+    assert (labels / "y.npy").is_file()
+    # A prepared dataset and an empty directory are replaced.
+    for target in (tmp_path / "ds", tmp_path / "empty"):
+        target.mkdir()
+        if target.name == "ds":
+            prepare(inputs / "good.csv", target, progress_bar=False, seed=1)
+        manifest = prepare(inputs / "good.csv", target, overwrite=True, progress_bar=False, seed=2)
+        assert json.loads((target / "manifest.json").read_text())["source"]["seed"] == manifest["source"]["seed"] == 2
+    assert (inputs / "good.csv").is_file() and (tmp_path / "work" / "notes.txt").read_text() == "keep me"
+
+
+def test_each_bad_value_is_refused_naming_its_key(tmp_path: Path) -> None:
+    _table(rows=60).to_csv(tmp_path / "good.csv", index=False)
+    cases = {
+        "val_fraction": ("abc", "a number in [0, 1)"),
+        "test_fraction": (1.5, "a number in [0, 1)"),
+        "seed": (-1, "a whole number in [0, 4294967295]"),
+        "shard_rows": ("abc", "a whole number of rows >= 1"),
+        "bucket_mb": (0, "a whole number of MiB >= 1"),
+        "num_classes": ("abc", "a whole number >= 1"),
+        "split": ("diagonal", "random, stratified, group, column, files"),
+        "overwrite": ("yes", "true or false"),
+        "input": (123, "a file, a glob, a directory"),
+    }
+    for key, (value, valid) in cases.items():
+        arguments = {"input": tmp_path / "good.csv", "output": tmp_path / "out", key: value}
+        with pytest.raises(ConfigError, match=rf"^{key}={value!r} is invalid: use .*{re.escape(valid)}"):
+            prepare(progress_bar=False, **arguments)
+    with pytest.raises(ConfigError, match="output=/proc/x cannot be written"):
+        prepare(tmp_path / "good.csv", "/proc/x", progress_bar=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.csv"]
+
+
+@pytest.mark.timeout(120)
+def test_command_line_refuses_unsafe_outputs_and_bad_values_in_one_line(tmp_path: Path) -> None:
+    _table(rows=60).to_csv(tmp_path / "good.csv", index=False)
+    before = _snapshot(tmp_path)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    out = f"output={tmp_path / 'out'}"
+    cases = {
+        ("output=.", "overwrite=true"): "output=. is the working directory or one above it",
+        (out, "overwrite=no"): "overwrite='no' is invalid: use true or false",
+        ("output=",): "output='' is invalid: use the directory to write the dataset to",
+        (out, "bucket_mb=0"): "bucket_mb=0 is invalid: use a whole number of MiB >= 1",
+        (): "output is required: the directory to write the dataset to",
+    }
+    for extra, message in cases.items():
+        done = subprocess.run(
+            [sys.executable, "-m", "agent_lightning.prepare", "progress_bar=false", "input=good.csv", *extra],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=100,
+        )  # fmt: skip
+        output = (done.stdout + done.stderr).strip()
+        assert done.returncode == 2 and len(output.splitlines()) == 1 and message in output, (extra, output)
+        assert _snapshot(tmp_path) == before and not (tmp_path / "out").exists(), extra
