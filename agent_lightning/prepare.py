@@ -135,7 +135,8 @@ def prepare(
         features = [features]
     sources = _sources(input)
     if not append:
-        _refuse_unsafe_output(output, [s for s, _ in sources if isinstance(s, Path)], label, group)
+        named = [Path(p) for p in (label, group) if p and str(p).endswith(".npy")]  # a bare .npy's labels/groups
+        check_output(output, overwrite, [*(s for s, _ in sources if isinstance(s, Path)), *named])
     if end_stream and not append:
         raise ConfigError("end_stream=true ends a stream: it needs append=true")
     if append:
@@ -147,13 +148,6 @@ def prepare(
                 "directory for more data"
             )
         num_classes = stream_num_classes(output, num_classes)
-    elif output.is_file() or (output.exists() and any(output.iterdir()) and not overwrite):
-        raise ConfigError(f"output={output} exists and is not empty: choose another or set overwrite=true")
-    elif not _replaceable(output):
-        raise ConfigError(
-            f"output={output} holds files but no {MANIFEST}: overwrite=true replaces only a prepared dataset (or "
-            "an empty directory); choose another output"
-        )
     _check_writable(output)
     rule = "files" if any(fixed for _, fixed in sources) else split
     assigner = SplitAssigner(rule, val_fraction, test_fraction, seed)
@@ -212,9 +206,12 @@ def _replaceable(output: Path) -> bool:
     return not output.exists() or (output.is_dir() and ((output / MANIFEST).is_file() or not any(output.iterdir())))
 
 
-def _refuse_unsafe_output(output: Path, inputs: list[Path], label: str | None, group: str | None) -> None:
-    # The output directory is replaced as a whole: it must not be the working directory, one above
-    # it, or hold any input (a bare .npy's labels / groups files are inputs too).
+def check_output(output: Path, overwrite: bool, inputs: Sequence[Path] = ()) -> None:
+    """ConfigError unless `output` may be written: new, empty, or (with `overwrite`) a prepared dataset.
+
+    The output directory is replaced as a whole, so it is never the working directory, one above it,
+    a directory of other files, or one holding any of `inputs`.
+    """
     here = Path.cwd().resolve()
     target = output.resolve()
     if target == here or target in here.parents:
@@ -222,11 +219,17 @@ def _refuse_unsafe_output(output: Path, inputs: list[Path], label: str | None, g
             f"output={output} is the working directory or one above it: name a directory of its own, e.g. "
             "output=data/mine"
         )
-    named = [Path(p) for p in (label, group) if p and str(p).endswith(".npy")]
-    for file in [*inputs, *named]:
-        source = file.resolve()
+    for file in inputs:
+        source = Path(file).resolve()
         if source == target or target in source.parents:
             raise ConfigError(f"output={output} holds the input {file}: write the dataset to another directory")
+    if output.is_file() or (output.exists() and any(output.iterdir()) and not overwrite):
+        raise ConfigError(f"output={output} exists and is not empty: choose another or set overwrite=true")
+    if not _replaceable(output):
+        raise ConfigError(
+            f"output={output} holds files but no {MANIFEST}: overwrite=true replaces only a prepared dataset (or "
+            "an empty directory); choose another output"
+        )
 
 
 def _check_writable(output: Path) -> None:
