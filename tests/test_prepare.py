@@ -176,6 +176,22 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[Path, dict, str]]:
     cases["empty"] = (tmp / "empty.csv", {}, r"empty.csv has no rows")
     np.save(tmp / "objects.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
     cases["object npy"] = (tmp / "objects.npy", {"label": str(tmp / "objects.npy")}, "refused, it holds Python objects")
+    x, y = frame[["f0", "f1"]].to_numpy(np.float32), frame["label"].to_numpy()
+    np.save(tmp / "x.npy", x)
+    np.save(tmp / "y.npy", y)
+    whole = (tmp / "x.npy").read_bytes()
+    (tmp / "cut.npy").write_bytes(whole[: len(whole) // 2])
+    cases["truncated npy"] = (
+        tmp / "cut.npy",
+        {"label": str(tmp / "y.npy")},
+        r"cut.npy is truncated: its header promises 528 bytes \(\(50, 2\) float32\), the file has 264",
+    )
+    np.savez(tmp / "full.npz", x=x, y=y)
+    whole = (tmp / "full.npz").read_bytes()
+    (tmp / "cut.npz").write_bytes(whole[: len(whole) // 2])
+    cases["truncated npz"] = (tmp / "cut.npz", {}, r"cut.npz cannot be read as .npz \(truncated or not an archive\)")
+    torch.save({"features": x.tolist(), "labels": y.tolist()}, tmp / "lists.pt")
+    cases["lists pt"] = (tmp / "lists.pt", {}, r"lists.pt: 'features' is a list, not an array of numbers: save tensors")
     return cases
 
 

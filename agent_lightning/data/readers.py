@@ -9,6 +9,9 @@ needs code to load is refused); in-memory arrays are sliced. Array names are det
 from __future__ import annotations
 
 import glob
+import math
+import zipfile
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,12 +104,34 @@ def read_chunks(source: Path | Mapping[str, Any] | tuple, options: ReadOptions) 
 
 
 def _load_npy(path: Path) -> np.ndarray:
+    # The header says what the file holds: objects (refused: they need pickle), or how many bytes of
+    # numbers, which a truncated file lacks; only then is it memory-mapped.
+    from numpy.lib import format as npy_format
+
+    try:
+        with open(path, "rb") as file:
+            version = npy_format.read_magic(file)
+            read_header = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+            shape, _, dtype = read_header(file)
+            offset = file.tell()
+    except OSError as err:
+        raise ConfigError(f"input file {path} cannot be read: {err.strerror or err}") from None
+    except (ValueError, EOFError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"input file {path} is not a .npy array (unreadable NumPy header: {first})") from None
+    if dtype.hasobject:
+        raise ConfigError(f"input file {path}: refused, it holds Python objects ({dtype}), not numbers")
+    expected = offset + math.prod(shape) * dtype.itemsize
+    size = path.stat().st_size
+    if size < expected:
+        raise ConfigError(
+            f"input file {path} is truncated: its header promises {expected:,} bytes ({shape} {dtype}), the file "
+            f"has {size:,}"
+        )
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as err:  # object arrays need pickle: refused
-        raise ConfigError(f"input file {path}: refused, it holds Python objects, not numbers ({err})") from None
-    except OSError as err:
-        raise ConfigError(f"input file {path} cannot be read as .npy: {err}") from None
+    except (ValueError, OSError) as err:
+        raise ConfigError(f"input file {path} cannot be read as .npy: {str(err).splitlines()[0]}") from None
 
 
 def _npy_arrays(path: Path, options: ReadOptions) -> dict[str, Any]:
@@ -123,8 +148,10 @@ def _load_archive(path: Path) -> dict[str, Any]:
     if path.suffix.lower() == ".npz":
         try:
             archive = np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as err:
-            raise ConfigError(f"input file {path} cannot be read as .npz: {err}") from None
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:  # a truncated .npz is no zip file
+            raise ConfigError(
+                f"input file {path} cannot be read as .npz (truncated or not an archive): {err}"
+            ) from None
         return _LazyNpz(path, archive)
     import pickle
 
@@ -155,9 +182,13 @@ class _LazyNpz(dict):
         try:
             return self.archive[name]
         except ValueError as err:
+            if "pickle" not in str(err):
+                raise ConfigError(f"input file {self.path}: array {name!r} cannot be read ({err})") from None
             raise ConfigError(
                 f"input file {self.path}: refused array {name!r}, it holds Python objects ({err})"
             ) from None
+        except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:  # a damaged member
+            raise ConfigError(f"input file {self.path}: array {name!r} cannot be read ({err})") from None
 
 
 def _pick(arrays: Mapping[str, Any], wanted: str | None, candidates: Sequence[str], what: str, where: str) -> str:
@@ -176,14 +207,33 @@ def _named_arrays(source: Mapping[str, Any] | tuple, where: str, options: ReadOp
         if len(source) not in (2, 3):
             raise ConfigError("input arrays: give (features, labels) or (features, labels, groups)")
         return dict(zip(("features", "labels", "groups"), source, strict=False))
-    feature_name = _pick(source, options.features_key, FEATURE_KEYS, "features", where)
-    label_name = _pick(source, options.label, LABEL_KEYS, "labels", where)
-    arrays = {"features": source[feature_name], "labels": source[label_name]}
+    names = {"features": _pick(source, options.features_key, FEATURE_KEYS, "features", where)}
+    names["labels"] = _pick(source, options.label, LABEL_KEYS, "labels", where)
     if options.group:
-        arrays["groups"] = source[_pick(source, options.group, (), "group", where)]
+        names["groups"] = _pick(source, options.group, (), "group", where)
     if options.split_column:
-        arrays["splits"] = source[_pick(source, options.split_column, (), "split", where)]
-    return arrays
+        names["splits"] = _pick(source, options.split_column, (), "split", where)
+    return {role: _array(source[name], name, where) for role, name in names.items()}
+
+
+def _array(value: Any, name: str, where: str) -> Any:
+    # Arrays and tensors are sliced as they are (memory-mapped ones stay on disk). Python lists given in
+    # memory become arrays; in a .pt file they are refused: tensors are what it is read for.
+    if hasattr(value, "shape") and hasattr(value, "__getitem__"):
+        return value
+    if where == "input arrays" and isinstance(value, list | tuple):
+        try:
+            array = np.asarray(value)
+        except ValueError as err:  # ragged
+            raise ConfigError(f"input arrays: {name!r} is not a rectangular array ({err})") from None
+        if array.dtype.kind in "fiubUS":
+            return array
+    if where == "input arrays":
+        raise ConfigError(f"input arrays: {name!r} is a {type(value).__name__}, not an array of numbers")
+    raise ConfigError(
+        f"input file {where}: {name!r} is a {type(value).__name__}, not an array of numbers: save tensors, e.g. "
+        f"torch.save({{{name!r}: torch.tensor(...)}}, ...)"
+    )
 
 
 def _as_numpy(value: Any) -> np.ndarray:
