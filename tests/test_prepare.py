@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -190,6 +191,19 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[Path, dict, str]]:
     whole = (tmp / "full.npz").read_bytes()
     (tmp / "cut.npz").write_bytes(whole[: len(whole) // 2])
     cases["truncated npz"] = (tmp / "cut.npz", {}, r"cut.npz cannot be read as .npz \(truncated or not an archive\)")
+    names = frame.assign(label=np.array(["left", "right", "up"])[frame["label"]])
+    names.loc[7, "label"] = ""
+    names.to_csv(tmp / "blank.csv", index=False)
+    cases["empty name label"] = (tmp / "blank.csv", {}, r"blank.csv, row 7: label 'label' is empty")
+    cases["label as feature"] = (
+        tmp / "ok.csv",
+        {"features": ["label", "f0"]},
+        r"features lists 'label', the label column of .*ok.csv: list only feature columns",
+    )
+    huge = frame.copy().astype({"label": float})
+    huge.loc[4, "label"] = 1e20
+    huge.to_csv(tmp / "huge.csv", index=False)
+    cases["huge label"] = (tmp / "huge.csv", {}, r"huge.csv, row 4: label 1e\+20 is out of range")
     torch.save({"features": x.tolist(), "labels": y.tolist()}, tmp / "lists.pt")
     cases["lists pt"] = (tmp / "lists.pt", {}, r"lists.pt: 'features' is a list, not an array of numbers: save tensors")
     return cases
@@ -202,7 +216,8 @@ class _Payload:
 
 def test_each_bad_input_is_refused_naming_the_file(tmp_path: Path) -> None:
     for name, (path, extra, message) in _bad_inputs(tmp_path).items():
-        with pytest.raises(ConfigError, match=message) as caught:
+        with pytest.raises(ConfigError, match=message) as caught, warnings.catch_warnings():
+            warnings.simplefilter("error")  # no RuntimeWarning from a cast on the way
             prepare(path, tmp_path / f"out-{name.replace(' ', '-')}", progress_bar=False, **extra)
         assert "\n" not in str(caught.value), name
         assert not (tmp_path / f"out-{name.replace(' ', '-')}").exists(), name  # nothing half-written left
@@ -332,3 +347,9 @@ def test_command_line_refuses_unsafe_outputs_and_bad_values_in_one_line(tmp_path
         output = (done.stdout + done.stderr).strip()
         assert done.returncode == 2 and len(output.splitlines()) == 1 and message in output, (extra, output)
         assert _snapshot(tmp_path) == before and not (tmp_path / "out").exists(), extra
+
+
+def test_a_single_feature_column_may_be_named_without_a_list(tmp_path: Path) -> None:
+    _table(rows=40).to_csv(tmp_path / "in.csv", index=False)
+    manifest = prepare(tmp_path / "in.csv", tmp_path / "out", features="f3", progress_bar=False)
+    assert manifest["num_features"] == 1 and manifest["feature_names"] == ["f3"]

@@ -255,6 +255,7 @@ def _array_chunks(arrays: dict[str, Any], where: str, options: ReadOptions) -> I
         part = {name: _as_numpy(value[start:stop]) for name, value in arrays.items()}
         if part["features"].dtype.kind not in "fiub":
             raise ConfigError(f"{where}: features have dtype {part['features'].dtype}; expected numbers")
+        check_labels(part["labels"].reshape(-1), where if where == "input arrays" else f"input file {where}", start)
         yield Chunk(
             features=np.ascontiguousarray(part["features"], dtype=np.float32),
             labels=part["labels"].reshape(-1),
@@ -263,6 +264,24 @@ def _array_chunks(arrays: dict[str, Any], where: str, options: ReadOptions) -> I
             source=where,
             first_row=start,
         )
+
+
+def check_labels(labels: np.ndarray, source: str, first_row: int, name: str = "labels") -> None:
+    """ConfigError naming the first empty name label, or numeric label too large for a class index (int64)."""
+    if not len(labels):
+        return
+    if labels.dtype.kind in "OUS":  # names: a CSV's empty cell reads as '', not as a missing value
+        blank = np.char.strip(labels.astype(str)) == ""
+        if blank.any():
+            raise ConfigError(f"{source}, row {first_row + int(np.flatnonzero(blank)[0])}: label {name!r} is empty")
+    elif labels.dtype.kind in "fu":  # ints fit; a fraction, NaN or negative is named when the labels are encoded
+        with np.errstate(invalid="ignore"):
+            huge = np.abs(labels.astype(np.float64)) >= 2.0**63
+        if huge.any():
+            row = int(np.flatnonzero(huge)[0])
+            raise ConfigError(
+                f"{source}, row {first_row + row}: label {labels[row]} is out of range: use class indices >= 0"
+            )
 
 
 # --- tables: CSV / Parquet through pyarrow ---------------------------------------------------------------
@@ -351,12 +370,18 @@ def _table_chunks(batches: Iterator[Any], path: Path, options: ReadOptions) -> I
                 if name is not None and name not in names:
                     raise ConfigError(f"input file {path} has no {key} {name!r}; its columns are {names}")
             special = {label, options.group, options.split_column}
-            columns = list(options.features) if options.features else [c for c in names if c not in special]
+            given = [options.features] if isinstance(options.features, str) else options.features  # one column
+            columns = list(given) if given else [c for c in names if c not in special]
             if not columns:
                 raise ConfigError(f"input file {path}: no feature columns besides {sorted(special - {None})}")
             for name in columns:
                 if name not in names:
                     raise ConfigError(f"input file {path} has no feature column {name!r}")
+                for role, taken in (("label", label), ("group", options.group), ("split", options.split_column)):
+                    if name == taken:
+                        raise ConfigError(
+                            f"features lists {name!r}, the {role} column of {path}: list only feature columns"
+                        )
                 kind = batch.schema.field(name).type
                 if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)):
                     raise ConfigError(f"input file {path}: feature column {name!r} holds {kind}, not numbers")
@@ -371,9 +396,11 @@ def _table_chunks(batches: Iterator[Any], path: Path, options: ReadOptions) -> I
         if labels.null_count:
             null_at = first_row + int(np.flatnonzero(np.asarray(labels.is_null()))[0])
             raise ConfigError(f"input file {path}, row {null_at}: label {label!r} is empty")
+        label_values = labels.to_numpy(zero_copy_only=False)
+        check_labels(label_values, f"input file {path}", first_row, label)
         yield Chunk(
             features=features,
-            labels=labels.to_numpy(zero_copy_only=False),
+            labels=label_values,
             groups=batch.column(options.group).to_numpy(zero_copy_only=False) if options.group else None,
             splits=batch.column(options.split_column).to_numpy(zero_copy_only=False) if options.split_column else None,
             source=str(path),
