@@ -74,5 +74,7 @@ def check_arguments(values: Mapping[str, Any], rules: Sequence[Rule]) -> None:
         value = values[rule.key]
         if isinstance(value, ListConfig | DictConfig):
             value = OmegaConf.to_container(value)
+        if not rule.check(value) and rule.check is boolean:
+            raise ConfigError(f"{rule.key}={value!r} must be true or false")
         if not rule.check(value):
             raise ConfigError(f"{rule.key}={value!r} is invalid: use {rule.valid}")

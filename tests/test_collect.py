@@ -77,7 +77,7 @@ def test_bad_values_and_an_expert_for_another_env_are_refused_before_rolling_out
     cases = {
         "steps": ({"steps": "abc"}, "steps='abc' is invalid: use a whole number of steps >= 1"),
         "seed": ({"seed": "abc"}, "seed='abc' is invalid: use a whole number in [0, 4294967295]"),
-        "overwrite": ({"overwrite": "no"}, "overwrite='no' is invalid: use true or false"),
+        "overwrite": ({"overwrite": "no"}, "overwrite='no' must be true or false"),
         "expert": (
             {"expert": "heuristic"},
             "expert=heuristic suits LunarLander (env=lunarlander) only, not CartPole-v1: use expert=cartpole",
@@ -101,5 +101,5 @@ def test_command_line_overwrite_no_keeps_the_existing_dataset(tmp_path):
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     lines = [ln for ln in (done.stdout + done.stderr).splitlines() if ln.strip()]
-    assert done.returncode == 2 and lines == ["overwrite='no' is invalid: use true or false"], lines
+    assert done.returncode == 2 and lines == ["overwrite='no' must be true or false"], lines
     assert json.loads((existing / "manifest.json").read_text()) == {"kept": True}

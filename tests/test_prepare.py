@@ -314,13 +314,14 @@ def test_each_bad_value_is_refused_naming_its_key(tmp_path: Path) -> None:
         "bucket_mb": (0, "a whole number of MiB >= 1"),
         "num_classes": ("abc", "a whole number >= 1"),
         "split": ("diagonal", "random, stratified, group, column, files"),
-        "overwrite": ("yes", "true or false"),
         "input": (123, "a file, a glob, a directory"),
     }
     for key, (value, valid) in cases.items():
         arguments = {"input": tmp_path / "good.csv", "output": tmp_path / "out", key: value}
         with pytest.raises(ConfigError, match=rf"^{key}={value!r} is invalid: use .*{re.escape(valid)}"):
             prepare(progress_bar=False, **arguments)
+    with pytest.raises(ConfigError, match=r"^overwrite='yes' must be true or false$"):
+        prepare(tmp_path / "good.csv", tmp_path / "out", overwrite="yes", progress_bar=False)
     with pytest.raises(ConfigError, match="output=/proc/x cannot be written"):
         prepare(tmp_path / "good.csv", "/proc/x", progress_bar=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["good.csv"]
@@ -334,7 +335,7 @@ def test_command_line_refuses_unsafe_outputs_and_bad_values_in_one_line(tmp_path
     out = f"output={tmp_path / 'out'}"
     cases = {
         ("output=.", "overwrite=true"): "output=. is the working directory or one above it",
-        (out, "overwrite=no"): "overwrite='no' is invalid: use true or false",
+        (out, "overwrite=no"): "overwrite='no' must be true or false",
         ("output=",): "output='' is invalid: use the directory to write the dataset to",
         (out, "bucket_mb=0"): "bucket_mb=0 is invalid: use a whole number of MiB >= 1",
         (): "output is required: the directory to write the dataset to",
