@@ -7,6 +7,7 @@ The same shape as `validation.RULES` for training (key, test, what is valid), ke
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ def whole(low: int, high: float = math.inf, also: tuple[Any, ...] = ()) -> Calla
     """A whole number in [low, high) (not a bool), or one of `also` (e.g. None)."""
 
     def check(value: Any) -> bool:
-        if isinstance(value, int) and not isinstance(value, bool):
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):  # numpy integers too
             return low <= value < high or value in also
         return any(value is a for a in also)
 
@@ -39,7 +40,7 @@ def whole(low: int, high: float = math.inf, also: tuple[Any, ...] = ()) -> Calla
 
 def fraction(value: Any) -> bool:
     """A number in [0, 1)."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 <= value < 1  # NaN fails
 
 
 def boolean(value: Any) -> bool:
