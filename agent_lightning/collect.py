@@ -14,10 +14,32 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from agent_lightning.arguments import (
+    SEED,
+    SEED_VALID,
+    Rule,
+    boolean,
+    check_arguments,
+    fraction,
+    name_or_none,
+    path,
+    whole,
+)
 from agent_lightning.config import config_dir
 from agent_lightning.errors import ConfigError
 
 log = logging.getLogger("agent_lightning.collect")
+
+RULES: tuple[Rule, ...] = (
+    Rule("output", path, "the directory to write the dataset to, e.g. output=data/demos"),
+    Rule("steps", whole(1), "a whole number of steps >= 1"),
+    Rule("expert", name_or_none, "a built-in expert or module:function (or null: the env's own)"),
+    Rule("seed", SEED, SEED_VALID),
+    Rule("val_fraction", fraction, "a number in [0, 1)"),
+    Rule("test_fraction", fraction, "a number in [0, 1)"),
+    Rule("random_episodes", whole(0), "a whole number of episodes >= 0"),
+    Rule("overwrite", boolean, "true or false"),
+)
 
 
 def collect(
@@ -36,17 +58,16 @@ def collect(
     from agent_lightning.agents.environments import env_config, space_sizes
     from agent_lightning.agents.experts import resolve_expert
     from agent_lightning.agents.rollout import random_returns, rollout
+    from agent_lightning.prepare import check_output
 
-    if steps < 1:
-        raise ConfigError(f"steps={steps} must be >= 1")
+    check_arguments(locals(), RULES)
     cfg = env_config(env)
     expert_name = expert or cfg.get("expert")
     if not expert_name:
         raise ConfigError(f"env {cfg.id} names no default expert: give expert=<name or module:function>")
-    actor = resolve_expert(str(expert_name))
+    actor = resolve_expert(str(expert_name), env_id=str(cfg.id))
     output = Path(output)
-    if output.exists() and any(output.iterdir()) and not overwrite:  # before minutes of rolling out
-        raise ConfigError(f"output={output} exists and is not empty: choose another or set overwrite=true")
+    check_output(output, overwrite)  # before minutes of rolling out
     _, n_actions = space_sizes(cfg)
     data = rollout(cfg, steps, actor, seed=seed)
     randoms = random_returns(cfg, random_episodes, seed=seed) if random_episodes > 0 else []
@@ -82,16 +103,17 @@ def main(cfg: DictConfig) -> None:
     try:
         if OmegaConf.is_missing(cfg, "output"):
             raise ConfigError("output is required: the directory to write the prepared dataset to")
+        # The values go in as given (no int()/bool()): `steps=abc` and `overwrite=no` are refused by RULES.
         manifest = collect(
             cfg.get("env"),
             cfg.output,
-            int(cfg.steps),
+            cfg.steps,
             cfg.expert,
-            int(cfg.seed),
-            float(cfg.val_fraction),
-            float(cfg.test_fraction),
-            int(cfg.random_episodes),
-            bool(cfg.overwrite),
+            cfg.seed,
+            cfg.val_fraction,
+            cfg.test_fraction,
+            cfg.random_episodes,
+            cfg.overwrite,
         )
     except ConfigError as err:
         log.error("%s", err)

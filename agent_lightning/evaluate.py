@@ -15,10 +15,20 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from agent_lightning.agents.environments import VECTORIZATIONS, env_names
+from agent_lightning.arguments import SEED, SEED_VALID, Rule, check_arguments, choice, whole
 from agent_lightning.config import config_dir
 from agent_lightning.errors import ConfigError
 
 log = logging.getLogger("agent_lightning.evaluate")
+
+RULES: tuple[Rule, ...] = (
+    Rule("episodes", whole(1), "a whole number of episodes >= 1"),
+    Rule("first_seed", SEED, SEED_VALID),
+    Rule("num_envs", whole(1), "a whole number of environments >= 1"),
+    Rule("vectorization", choice(*VECTORIZATIONS), " or ".join(VECTORIZATIONS)),
+    Rule("split", choice("train", "val", "test"), "train, val or test"),
+)
 
 
 def evaluate_in_env(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
@@ -29,14 +39,10 @@ def evaluate_in_env(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     from agent_lightning.agents.reports import write_episodes_csv, write_returns_histogram
     from agent_lightning.agents.rollout import evaluate_policy, summarize
 
-    if int(cfg.episodes) < 1:
-        raise ConfigError(f"episodes={cfg.episodes} must be >= 1")
     env = env_config(cfg.env)
     policy = Policy.load(cfg.ckpt_path)
     check_fits(policy, env, str(cfg.ckpt_path))
-    episodes = evaluate_policy(
-        batch_actor(policy), env, int(cfg.episodes), int(cfg.first_seed), int(cfg.num_envs), cfg.vectorization
-    )
+    episodes = evaluate_policy(batch_actor(policy), env, cfg.episodes, cfg.first_seed, cfg.num_envs, cfg.vectorization)
     stats = summarize(episodes)
     write_episodes_csv(episodes, output_dir / "episodes.csv")
     title = f"{env.id}: {len(episodes)} episodes, mean {stats['return_mean']:.1f}"
@@ -66,13 +72,23 @@ def evaluate_on_dataset(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     return evaluate_dataset(Policy.load(cfg.ckpt_path), cfg.data.path, split=cfg.split, output_dir=output_dir)
 
 
+def check_request(cfg: DictConfig) -> None:
+    """ConfigError naming the first missing or invalid key, before any checkpoint is read."""
+    if OmegaConf.is_missing(cfg, "ckpt_path"):
+        raise ConfigError("ckpt_path is required: a checkpoint (file or sharded directory) or an export")
+    check_arguments(cfg, RULES)
+    if cfg.get("data") is None and cfg.get("env") is None:
+        raise ConfigError(
+            f"nothing to evaluate on: give env=<name> (one of {', '.join(env_names())}) or data=dataset data.path=DIR"
+        )
+
+
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     """Hydra entry: evaluate one checkpoint; a bad input exits 2 with one line."""
     output_dir = Path(cfg.paths.output_dir)
     try:
-        if OmegaConf.is_missing(cfg, "ckpt_path"):
-            raise ConfigError("ckpt_path is required: a checkpoint (file or sharded directory) or an export")
+        check_request(cfg)
         if cfg.get("data") is not None:
             from agent_lightning.evaluation.classification import summary_line as dataset_line
 

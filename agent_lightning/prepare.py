@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,22 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from agent_lightning.arguments import (
+    SEED,
+    SEED_VALID,
+    Rule,
+    boolean,
+    check_arguments,
+    choice,
+    fraction,
+    name_or_none,
+    path,
+    whole,
+)
 from agent_lightning.config import config_dir
-from agent_lightning.data.manifest import FORMAT, SPLITS, VERSION, fingerprint, sha256_of, write_manifest
+from agent_lightning.data.manifest import FORMAT, MANIFEST, SPLITS, VERSION, fingerprint, sha256_of, write_manifest
 from agent_lightning.data.readers import ReadOptions, expand_inputs, input_bytes, read_chunks
+from agent_lightning.data.splits import RULES as SPLIT_RULES
 from agent_lightning.data.splits import SplitAssigner, group_codes
 from agent_lightning.data.stream_dir import (
     END,
@@ -40,6 +54,38 @@ from agent_lightning.errors import ConfigError
 
 log = logging.getLogger("agent_lightning.prepare")
 Arrays = Mapping[str, Any] | tuple
+
+
+def _input(value: Any) -> bool:
+    if isinstance(value, list):
+        return bool(value) and all(path(v) for v in value)
+    return path(value) or isinstance(value, Mapping | tuple)
+
+
+def _features(value: Any) -> bool:
+    if isinstance(value, list | tuple):
+        return bool(value) and all(isinstance(v, str) and v for v in value)
+    return name_or_none(value)
+
+
+RULES: tuple[Rule, ...] = (
+    Rule("input", _input, "a file, a glob, a directory or a list of them (or input.train=... per split)"),
+    Rule("output", path, "the directory to write the dataset to, e.g. output=data/mine"),
+    Rule("label", name_or_none, "a column or array name (or null: detected)"),
+    Rule("group", name_or_none, "a column or array name (or null)"),
+    Rule("split", choice(*SPLIT_RULES), ", ".join(SPLIT_RULES)),
+    Rule("val_fraction", fraction, "a number in [0, 1)"),
+    Rule("test_fraction", fraction, "a number in [0, 1)"),
+    Rule("split_column", name_or_none, "a column or array name"),
+    Rule("features", _features, "a column name or a list of them, e.g. features=[f0,f1] (or null: every column)"),
+    Rule("features_key", name_or_none, "an array name (or null: detected)"),
+    Rule("num_classes", whole(1, also=(None,)), "a whole number >= 1 (or null: from the labels)"),
+    Rule("seed", SEED, SEED_VALID),
+    Rule("shard_rows", whole(1), "a whole number of rows >= 1"),
+    Rule("chunk_rows", whole(1), "a whole number of rows >= 1"),
+    Rule("bucket_mb", whole(1), "a whole number of MiB >= 1"),
+    *(Rule(key, boolean, "true or false") for key in ("overwrite", "progress_bar", "append", "end_stream")),
+)
 
 
 def _sources(input: Any) -> list[tuple[Path | Arrays, str | None]]:
@@ -83,12 +129,14 @@ def prepare(
     `part` names it); its classes default to the stream's. `end_stream=True` then writes the stream's
     end marker: this was its last part.
     """
+    check_arguments(locals(), RULES)
     output = Path(output)
-    for key, value in (("overwrite", overwrite), ("append", append), ("end_stream", end_stream)):
-        if not isinstance(value, bool):  # `append=maybe` on the command line is a non-empty string: truthy
-            raise ConfigError(f"{key}={value!r} must be true or false")
-    if shard_rows < 1 or chunk_rows < 1:
-        raise ConfigError(f"shard_rows={shard_rows} and chunk_rows={chunk_rows} must be >= 1")
+    if isinstance(features, str):  # `features=f0`: one column, not its letters
+        features = [features]
+    sources = _sources(input)
+    if not append:
+        named = [Path(p) for p in (label, group) if p and str(p).endswith(".npy")]  # a bare .npy's labels/groups
+        check_output(output, overwrite, [*(s for s, _ in sources if isinstance(s, Path)), *named])
     if end_stream and not append:
         raise ConfigError("end_stream=true ends a stream: it needs append=true")
     if append:
@@ -100,9 +148,7 @@ def prepare(
                 "directory for more data"
             )
         num_classes = stream_num_classes(output, num_classes)
-    elif output.is_file() or (output.exists() and any(output.iterdir()) and not overwrite):
-        raise ConfigError(f"output={output} exists and is not empty: choose another or set overwrite=true")
-    sources = _sources(input)
+    _check_writable(output)
     rule = "files" if any(fixed for _, fixed in sources) else split
     assigner = SplitAssigner(rule, val_fraction, test_fraction, seed)
     options = ReadOptions(
@@ -146,11 +192,54 @@ def prepare(
                 write_end(output)
             return manifest
         if output.exists():
+            if not _replaceable(output):  # filled by someone else while this ran: keep their files
+                raise ConfigError(f"output={output} was filled while preparing: choose another output")
             shutil.rmtree(output)
         os.replace(work, output)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return manifest
+
+
+def _replaceable(output: Path) -> bool:
+    # Only what prepare itself wrote (its manifest is there) or an empty directory may be replaced.
+    return not output.exists() or (output.is_dir() and ((output / MANIFEST).is_file() or not any(output.iterdir())))
+
+
+def check_output(output: Path, overwrite: bool, inputs: Sequence[Path] = ()) -> None:
+    """ConfigError unless `output` may be written: new, empty, or (with `overwrite`) a prepared dataset.
+
+    The output directory is replaced as a whole, so it is never the working directory, one above it,
+    a directory of other files, or one holding any of `inputs`.
+    """
+    here = Path.cwd().resolve()
+    target = output.resolve()
+    if target == here or target in here.parents:
+        raise ConfigError(
+            f"output={output} is the working directory or one above it: name a directory of its own, e.g. "
+            "output=data/mine"
+        )
+    for file in inputs:
+        source = Path(file).resolve()
+        if source == target or target in source.parents:
+            raise ConfigError(f"output={output} holds the input {file}: write the dataset to another directory")
+    if output.is_file() or (output.exists() and any(output.iterdir()) and not overwrite):
+        raise ConfigError(f"output={output} exists and is not empty: choose another or set overwrite=true")
+    if not _replaceable(output):
+        raise ConfigError(
+            f"output={output} holds files but no {MANIFEST}: overwrite=true replaces only a prepared dataset (or "
+            "an empty directory); choose another output"
+        )
+
+
+def _check_writable(output: Path) -> None:
+    # Refused before reading any input; the parent is where the work directory is made.
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output.parent, prefix=f".{output.name}.write-check-"):
+            pass
+    except OSError as err:
+        raise ConfigError(f"output={output} cannot be written ({err.strerror or err}): choose another") from None
 
 
 def _remove_abandoned_work(output: Path) -> None:
@@ -277,9 +366,14 @@ def _summary(manifest: dict[str, Any], output: Path) -> str:
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="prepare")
 def main(cfg: DictConfig) -> None:
     """Hydra entry: prepare one dataset from `cfg`; a bad input exits 2 with one line."""
-    options = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(options, dict)
     try:
+        for key, what in (("input", "the file(s) to read"), ("output", "the directory to write the dataset to")):
+            if OmegaConf.is_missing(cfg, key):  # else the placeholder '???' is taken as a path
+                raise ConfigError(
+                    f"{key} is required: {what}, e.g. {key}={'raw/*.csv' if key == 'input' else 'data/mine'}"
+                )
+        options = OmegaConf.to_container(cfg, resolve=True)
+        assert isinstance(options, dict)
         manifest = prepare(**options)
     except ConfigError as err:
         log.error("%s", err)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -67,3 +68,38 @@ def test_collect_with_a_user_expert_from_the_command_line(tmp_path):
     lines = [ln for ln in (bad.stdout + bad.stderr).splitlines() if ln.strip()]
     assert len(lines) == 1 and "expert='oracle' is unknown: use one of acrobot, cartpole, heuristic" in lines[0]
     assert not (tmp_path / "x").exists()
+
+
+def test_bad_values_and_an_expert_for_another_env_are_refused_before_rolling_out(tmp_path, monkeypatch):
+    from agent_lightning.errors import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    cases = {
+        "steps": ({"steps": "abc"}, "steps='abc' is invalid: use a whole number of steps >= 1"),
+        "seed": ({"seed": "abc"}, "seed='abc' is invalid: use a whole number in [0, 4294967295]"),
+        "overwrite": ({"overwrite": "no"}, "overwrite='no' must be true or false"),
+        "expert": (
+            {"expert": "heuristic"},
+            "expert=heuristic suits LunarLander (env=lunarlander) only, not CartPole-v1: use expert=cartpole",
+        ),
+        "cwd": ({"output": "."}, "output=. is the working directory or one above it"),
+    }
+    for name, (extra, message) in cases.items():
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            collect("cartpole", **{"output": tmp_path / "out", "steps": 50, "random_episodes": 0, **extra})
+        assert sorted(p.name for p in tmp_path.iterdir()) == [], name
+
+
+def test_command_line_overwrite_no_keeps_the_existing_dataset(tmp_path):
+    existing = tmp_path / "demos"
+    existing.mkdir()
+    (existing / "manifest.json").write_text('{"kept": true}')
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    args = ["env=cartpole", "steps=400", f"output={existing}", "overwrite=no"]
+    done = subprocess.run(
+        [sys.executable, "-m", "agent_lightning.collect", *args],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    lines = [ln for ln in (done.stdout + done.stderr).splitlines() if ln.strip()]
+    assert done.returncode == 2 and lines == ["overwrite='no' must be true or false"], lines
+    assert json.loads((existing / "manifest.json").read_text()) == {"kept": True}

@@ -147,3 +147,26 @@ def test_missing_gymnasium_names_the_env_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "gymnasium", None)  # as if not installed
     with pytest.raises(ConfigError, match=r"environments need gymnasium: pip install 'lightning-agent-trainer\[env\]'"):
         make_env("cartpole")
+
+
+def test_evaluate_refuses_bad_values_and_a_missing_env_in_one_line(tmp_path):
+    from omegaconf import OmegaConf
+
+    from agent_lightning.evaluate import check_request
+
+    good = {"ckpt_path": "x.ckpt", "env": "cartpole", "episodes": 3, "first_seed": 0, "num_envs": 2, "split": "test"}
+    check_request(OmegaConf.create(good))
+    cases = {
+        "episodes": ("abc", "a whole number of episodes >= 1"),
+        "first_seed": (-1, "a whole number in [0, 4294967295]"),
+        "num_envs": (0, "a whole number of environments >= 1"),
+        "vectorization": ("threads", "sync or async"),
+    }
+    for key, (value, valid) in cases.items():
+        with pytest.raises(ConfigError, match=re.escape(f"{key}={value!r} is invalid: use {valid}")):
+            check_request(OmegaConf.create({**good, key: value}))
+    done = run_module("agent_lightning.evaluate", "ckpt_path=missing.ckpt", cwd=tmp_path)
+    lines = [ln for ln in done.stderr.splitlines() + done.stdout.splitlines() if ln.strip()]
+    assert done.returncode == 2 and len(lines) == 1 and "Traceback" not in done.stderr
+    assert "nothing to evaluate on: give env=<name> (one of acrobot, cartpole" in lines[0]
+    assert "or data=dataset data.path=DIR" in lines[0]

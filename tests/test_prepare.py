@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -175,6 +177,35 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[Path, dict, str]]:
     cases["empty"] = (tmp / "empty.csv", {}, r"empty.csv has no rows")
     np.save(tmp / "objects.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
     cases["object npy"] = (tmp / "objects.npy", {"label": str(tmp / "objects.npy")}, "refused, it holds Python objects")
+    x, y = frame[["f0", "f1"]].to_numpy(np.float32), frame["label"].to_numpy()
+    np.save(tmp / "x.npy", x)
+    np.save(tmp / "y.npy", y)
+    whole = (tmp / "x.npy").read_bytes()
+    (tmp / "cut.npy").write_bytes(whole[: len(whole) // 2])
+    cases["truncated npy"] = (
+        tmp / "cut.npy",
+        {"label": str(tmp / "y.npy")},
+        r"cut.npy is truncated: its header promises 528 bytes \(\(50, 2\) float32\), the file has 264",
+    )
+    np.savez(tmp / "full.npz", x=x, y=y)
+    whole = (tmp / "full.npz").read_bytes()
+    (tmp / "cut.npz").write_bytes(whole[: len(whole) // 2])
+    cases["truncated npz"] = (tmp / "cut.npz", {}, r"cut.npz cannot be read as .npz \(truncated or not an archive\)")
+    names = frame.assign(label=np.array(["left", "right", "up"])[frame["label"]])
+    names.loc[7, "label"] = ""
+    names.to_csv(tmp / "blank.csv", index=False)
+    cases["empty name label"] = (tmp / "blank.csv", {}, r"blank.csv, row 7: label 'label' is empty")
+    cases["label as feature"] = (
+        tmp / "ok.csv",
+        {"features": ["label", "f0"]},
+        r"features lists 'label', the label column of .*ok.csv: list only feature columns",
+    )
+    huge = frame.copy().astype({"label": float})
+    huge.loc[4, "label"] = 1e20
+    huge.to_csv(tmp / "huge.csv", index=False)
+    cases["huge label"] = (tmp / "huge.csv", {}, r"huge.csv, row 4: label 1e\+20 is out of range")
+    torch.save({"features": x.tolist(), "labels": y.tolist()}, tmp / "lists.pt")
+    cases["lists pt"] = (tmp / "lists.pt", {}, r"lists.pt: 'features' is a list, not an array of numbers: save tensors")
     return cases
 
 
@@ -185,7 +216,8 @@ class _Payload:
 
 def test_each_bad_input_is_refused_naming_the_file(tmp_path: Path) -> None:
     for name, (path, extra, message) in _bad_inputs(tmp_path).items():
-        with pytest.raises(ConfigError, match=message) as caught:
+        with pytest.raises(ConfigError, match=message) as caught, warnings.catch_warnings():
+            warnings.simplefilter("error")  # no RuntimeWarning from a cast on the way
             prepare(path, tmp_path / f"out-{name.replace(' ', '-')}", progress_bar=False, **extra)
         assert "\n" not in str(caught.value), name
         assert not (tmp_path / f"out-{name.replace(' ', '-')}").exists(), name  # nothing half-written left
@@ -224,3 +256,101 @@ def test_command_line_prepares_and_reports_bad_input_in_one_line(tmp_path: Path)
     output = (bad.stdout + bad.stderr).strip()
     assert bad.returncode == 2 and "Traceback" not in output
     assert len(output.splitlines()) == 1 and "nan.csv, row 17: feature f2 is nan" in output
+
+
+def _snapshot(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_overwrite_replaces_only_a_prepared_dataset_and_never_the_input(tmp_path: Path, monkeypatch) -> None:
+    inputs = tmp_path / "raw"
+    inputs.mkdir()
+    _table(rows=60).to_csv(inputs / "good.csv", index=False)
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "notes.txt").write_text("keep me")
+    monkeypatch.chdir(tmp_path / "work")
+    before = _snapshot(tmp_path)
+    refusals = {
+        "cwd": (dict(output="."), r"output=\. is the working directory or one above it"),
+        "parent": (dict(output=".."), r"output=\.\. is the working directory or one above it"),
+        "holds input": (dict(output=str(inputs)), rf"output={inputs} holds the input {inputs}/good.csv"),
+        "empty": (dict(output=""), r"output='' is invalid: use the directory to write the dataset to"),
+        "null": (dict(output=None), r"output=None is invalid"),
+    }
+    for name, (extra, message) in refusals.items():
+        with pytest.raises(ConfigError, match=message):
+            prepare(inputs / "good.csv", overwrite=True, progress_bar=False, **extra)
+        assert _snapshot(tmp_path) == before, name
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "thesis.tex").write_text("years of work")
+    with pytest.raises(ConfigError, match=r"holds files but no manifest.json: overwrite=true replaces only a prepared"):
+        prepare(inputs / "good.csv", other, overwrite=True, progress_bar=False)
+    assert (other / "thesis.tex").read_text() == "years of work"
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    np.save(inputs / "x.npy", np.zeros((4, 2), dtype=np.float32))
+    np.save(labels / "y.npy", np.zeros(4, dtype=np.int64))
+    with pytest.raises(ConfigError, match=r"holds the input .*y\.npy"):  # the labels' file is an input too
+        prepare(inputs / "x.npy", labels, label=str(labels / "y.npy"), overwrite=True, progress_bar=False)
+    assert (labels / "y.npy").is_file()
+    # A prepared dataset and an empty directory are replaced.
+    for target in (tmp_path / "ds", tmp_path / "empty"):
+        target.mkdir()
+        if target.name == "ds":
+            prepare(inputs / "good.csv", target, progress_bar=False, seed=1)
+        manifest = prepare(inputs / "good.csv", target, overwrite=True, progress_bar=False, seed=2)
+        assert json.loads((target / "manifest.json").read_text())["source"]["seed"] == manifest["source"]["seed"] == 2
+    assert (inputs / "good.csv").is_file() and (tmp_path / "work" / "notes.txt").read_text() == "keep me"
+
+
+def test_each_bad_value_is_refused_naming_its_key(tmp_path: Path) -> None:
+    _table(rows=60).to_csv(tmp_path / "good.csv", index=False)
+    cases = {
+        "val_fraction": ("abc", "a number in [0, 1)"),
+        "test_fraction": (1.5, "a number in [0, 1)"),
+        "seed": (-1, "a whole number in [0, 4294967295]"),
+        "shard_rows": ("abc", "a whole number of rows >= 1"),
+        "bucket_mb": (0, "a whole number of MiB >= 1"),
+        "num_classes": ("abc", "a whole number >= 1"),
+        "split": ("diagonal", "random, stratified, group, column, files"),
+        "input": (123, "a file, a glob, a directory"),
+    }
+    for key, (value, valid) in cases.items():
+        arguments = {"input": tmp_path / "good.csv", "output": tmp_path / "out", key: value}
+        with pytest.raises(ConfigError, match=rf"^{key}={value!r} is invalid: use .*{re.escape(valid)}"):
+            prepare(progress_bar=False, **arguments)
+    with pytest.raises(ConfigError, match=r"^overwrite='yes' must be true or false$"):
+        prepare(tmp_path / "good.csv", tmp_path / "out", overwrite="yes", progress_bar=False)
+    with pytest.raises(ConfigError, match="output=/proc/x cannot be written"):
+        prepare(tmp_path / "good.csv", "/proc/x", progress_bar=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.csv"]
+
+
+@pytest.mark.timeout(120)
+def test_command_line_refuses_unsafe_outputs_and_bad_values_in_one_line(tmp_path: Path) -> None:
+    _table(rows=60).to_csv(tmp_path / "good.csv", index=False)
+    before = _snapshot(tmp_path)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    out = f"output={tmp_path / 'out'}"
+    cases = {
+        ("output=.", "overwrite=true"): "output=. is the working directory or one above it",
+        (out, "overwrite=no"): "overwrite='no' must be true or false",
+        ("output=",): "output='' is invalid: use the directory to write the dataset to",
+        (out, "bucket_mb=0"): "bucket_mb=0 is invalid: use a whole number of MiB >= 1",
+        (): "output is required: the directory to write the dataset to",
+    }
+    for extra, message in cases.items():
+        done = subprocess.run(
+            [sys.executable, "-m", "agent_lightning.prepare", "progress_bar=false", "input=good.csv", *extra],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=100,
+        )  # fmt: skip
+        output = (done.stdout + done.stderr).strip()
+        assert done.returncode == 2 and len(output.splitlines()) == 1 and message in output, (extra, output)
+        assert _snapshot(tmp_path) == before and not (tmp_path / "out").exists(), extra
+
+
+def test_a_single_feature_column_may_be_named_without_a_list(tmp_path: Path) -> None:
+    _table(rows=40).to_csv(tmp_path / "in.csv", index=False)
+    manifest = prepare(tmp_path / "in.csv", tmp_path / "out", features="f3", progress_bar=False)
+    assert manifest["num_features"] == 1 and manifest["feature_names"] == ["f3"]

@@ -61,9 +61,26 @@ BUILTIN: dict[str, Expert] = {
 }
 
 
-def resolve_expert(name: str) -> Expert:
-    """The expert called `name` (built-in or `module:function`); ConfigError listing the valid names."""
+# The environment each built-in expert reads the observations of (gymnasium id without its version).
+SUITS: dict[str, tuple[str, str]] = {
+    "heuristic": ("LunarLander", "lunarlander"),
+    "cartpole": ("CartPole", "cartpole"),
+    "acrobot": ("Acrobot", "acrobot"),
+    "mountaincar": ("MountainCar", "mountaincar"),
+}
+
+
+def resolve_expert(name: str, env_id: str | None = None) -> Expert:
+    """The expert called `name` (built-in or `module:function`); ConfigError listing the valid names.
+
+    With `env_id`, a built-in expert made for another environment is refused (it would index another
+    observation layout, or act on meaningless numbers).
+    """
     if name in BUILTIN:
+        if env_id is not None and env_id.partition("-v")[0] != SUITS[name][0]:
+            own = [n for n, (family, _) in SUITS.items() if env_id.partition("-v")[0] == family]
+            hint = f"use expert={own[0]} (its own) or module:function" if own else "give expert=module:function"
+            raise ConfigError(f"expert={name} suits {SUITS[name][0]} (env={SUITS[name][1]}) only, not {env_id}: {hint}")
         return BUILTIN[name]
     valid = f"use one of {', '.join(sorted(BUILTIN))} or module:function"
     if ":" not in name:

@@ -9,6 +9,9 @@ needs code to load is refused); in-memory arrays are sliced. Array names are det
 from __future__ import annotations
 
 import glob
+import math
+import zipfile
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,12 +104,34 @@ def read_chunks(source: Path | Mapping[str, Any] | tuple, options: ReadOptions) 
 
 
 def _load_npy(path: Path) -> np.ndarray:
+    # The header says what the file holds: objects (refused: they need pickle), or how many bytes of
+    # numbers, which a truncated file lacks; only then is it memory-mapped.
+    from numpy.lib import format as npy_format
+
+    try:
+        with open(path, "rb") as file:
+            version = npy_format.read_magic(file)
+            read_header = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+            shape, _, dtype = read_header(file)
+            offset = file.tell()
+    except OSError as err:
+        raise ConfigError(f"input file {path} cannot be read: {err.strerror or err}") from None
+    except (ValueError, EOFError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"input file {path} is not a .npy array (unreadable NumPy header: {first})") from None
+    if dtype.hasobject:
+        raise ConfigError(f"input file {path}: refused, it holds Python objects ({dtype}), not numbers")
+    expected = offset + math.prod(shape) * dtype.itemsize
+    size = path.stat().st_size
+    if size < expected:
+        raise ConfigError(
+            f"input file {path} is truncated: its header promises {expected:,} bytes ({shape} {dtype}), the file "
+            f"has {size:,}"
+        )
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as err:  # object arrays need pickle: refused
-        raise ConfigError(f"input file {path}: refused, it holds Python objects, not numbers ({err})") from None
-    except OSError as err:
-        raise ConfigError(f"input file {path} cannot be read as .npy: {err}") from None
+    except (ValueError, OSError) as err:
+        raise ConfigError(f"input file {path} cannot be read as .npy: {str(err).splitlines()[0]}") from None
 
 
 def _npy_arrays(path: Path, options: ReadOptions) -> dict[str, Any]:
@@ -123,8 +148,10 @@ def _load_archive(path: Path) -> dict[str, Any]:
     if path.suffix.lower() == ".npz":
         try:
             archive = np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as err:
-            raise ConfigError(f"input file {path} cannot be read as .npz: {err}") from None
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:  # a truncated .npz is no zip file
+            raise ConfigError(
+                f"input file {path} cannot be read as .npz (truncated or not an archive): {err}"
+            ) from None
         return _LazyNpz(path, archive)
     import pickle
 
@@ -155,9 +182,13 @@ class _LazyNpz(dict):
         try:
             return self.archive[name]
         except ValueError as err:
+            if "pickle" not in str(err):
+                raise ConfigError(f"input file {self.path}: array {name!r} cannot be read ({err})") from None
             raise ConfigError(
                 f"input file {self.path}: refused array {name!r}, it holds Python objects ({err})"
             ) from None
+        except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:  # a damaged member
+            raise ConfigError(f"input file {self.path}: array {name!r} cannot be read ({err})") from None
 
 
 def _pick(arrays: Mapping[str, Any], wanted: str | None, candidates: Sequence[str], what: str, where: str) -> str:
@@ -176,14 +207,33 @@ def _named_arrays(source: Mapping[str, Any] | tuple, where: str, options: ReadOp
         if len(source) not in (2, 3):
             raise ConfigError("input arrays: give (features, labels) or (features, labels, groups)")
         return dict(zip(("features", "labels", "groups"), source, strict=False))
-    feature_name = _pick(source, options.features_key, FEATURE_KEYS, "features", where)
-    label_name = _pick(source, options.label, LABEL_KEYS, "labels", where)
-    arrays = {"features": source[feature_name], "labels": source[label_name]}
+    names = {"features": _pick(source, options.features_key, FEATURE_KEYS, "features", where)}
+    names["labels"] = _pick(source, options.label, LABEL_KEYS, "labels", where)
     if options.group:
-        arrays["groups"] = source[_pick(source, options.group, (), "group", where)]
+        names["groups"] = _pick(source, options.group, (), "group", where)
     if options.split_column:
-        arrays["splits"] = source[_pick(source, options.split_column, (), "split", where)]
-    return arrays
+        names["splits"] = _pick(source, options.split_column, (), "split", where)
+    return {role: _array(source[name], name, where) for role, name in names.items()}
+
+
+def _array(value: Any, name: str, where: str) -> Any:
+    # Arrays and tensors are sliced as they are (memory-mapped ones stay on disk). Python lists given in
+    # memory become arrays; in a .pt file they are refused: tensors are what it is read for.
+    if hasattr(value, "shape") and hasattr(value, "__getitem__"):
+        return value
+    if where == "input arrays" and isinstance(value, list | tuple):
+        try:
+            array = np.asarray(value)
+        except ValueError as err:  # ragged
+            raise ConfigError(f"input arrays: {name!r} is not a rectangular array ({err})") from None
+        if array.dtype.kind in "fiubUS":
+            return array
+    if where == "input arrays":
+        raise ConfigError(f"input arrays: {name!r} is a {type(value).__name__}, not an array of numbers")
+    raise ConfigError(
+        f"input file {where}: {name!r} is a {type(value).__name__}, not an array of numbers: save tensors, e.g. "
+        f"torch.save({{{name!r}: torch.tensor(...)}}, ...)"
+    )
 
 
 def _as_numpy(value: Any) -> np.ndarray:
@@ -205,6 +255,7 @@ def _array_chunks(arrays: dict[str, Any], where: str, options: ReadOptions) -> I
         part = {name: _as_numpy(value[start:stop]) for name, value in arrays.items()}
         if part["features"].dtype.kind not in "fiub":
             raise ConfigError(f"{where}: features have dtype {part['features'].dtype}; expected numbers")
+        check_labels(part["labels"].reshape(-1), where if where == "input arrays" else f"input file {where}", start)
         yield Chunk(
             features=np.ascontiguousarray(part["features"], dtype=np.float32),
             labels=part["labels"].reshape(-1),
@@ -213,6 +264,24 @@ def _array_chunks(arrays: dict[str, Any], where: str, options: ReadOptions) -> I
             source=where,
             first_row=start,
         )
+
+
+def check_labels(labels: np.ndarray, source: str, first_row: int, name: str = "labels") -> None:
+    """ConfigError naming the first empty name label, or numeric label too large for a class index (int64)."""
+    if not len(labels):
+        return
+    if labels.dtype.kind in "OUS":  # names: a CSV's empty cell reads as '', not as a missing value
+        blank = np.char.strip(labels.astype(str)) == ""
+        if blank.any():
+            raise ConfigError(f"{source}, row {first_row + int(np.flatnonzero(blank)[0])}: label {name!r} is empty")
+    elif labels.dtype.kind in "fu":  # ints fit; a fraction, NaN or negative is named when the labels are encoded
+        with np.errstate(invalid="ignore"):
+            huge = np.abs(labels.astype(np.float64)) >= 2.0**63
+        if huge.any():
+            row = int(np.flatnonzero(huge)[0])
+            raise ConfigError(
+                f"{source}, row {first_row + row}: label {labels[row]} is out of range: use class indices >= 0"
+            )
 
 
 # --- tables: CSV / Parquet through pyarrow ---------------------------------------------------------------
@@ -301,12 +370,18 @@ def _table_chunks(batches: Iterator[Any], path: Path, options: ReadOptions) -> I
                 if name is not None and name not in names:
                     raise ConfigError(f"input file {path} has no {key} {name!r}; its columns are {names}")
             special = {label, options.group, options.split_column}
-            columns = list(options.features) if options.features else [c for c in names if c not in special]
+            given = [options.features] if isinstance(options.features, str) else options.features  # one column
+            columns = list(given) if given else [c for c in names if c not in special]
             if not columns:
                 raise ConfigError(f"input file {path}: no feature columns besides {sorted(special - {None})}")
             for name in columns:
                 if name not in names:
                     raise ConfigError(f"input file {path} has no feature column {name!r}")
+                for role, taken in (("label", label), ("group", options.group), ("split", options.split_column)):
+                    if name == taken:
+                        raise ConfigError(
+                            f"features lists {name!r}, the {role} column of {path}: list only feature columns"
+                        )
                 kind = batch.schema.field(name).type
                 if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)):
                     raise ConfigError(f"input file {path}: feature column {name!r} holds {kind}, not numbers")
@@ -321,9 +396,11 @@ def _table_chunks(batches: Iterator[Any], path: Path, options: ReadOptions) -> I
         if labels.null_count:
             null_at = first_row + int(np.flatnonzero(np.asarray(labels.is_null()))[0])
             raise ConfigError(f"input file {path}, row {null_at}: label {label!r} is empty")
+        label_values = labels.to_numpy(zero_copy_only=False)
+        check_labels(label_values, f"input file {path}", first_row, label)
         yield Chunk(
             features=features,
-            labels=labels.to_numpy(zero_copy_only=False),
+            labels=label_values,
             groups=batch.column(options.group).to_numpy(zero_copy_only=False) if options.group else None,
             splits=batch.column(options.split_column).to_numpy(zero_copy_only=False) if options.split_column else None,
             source=str(path),
