@@ -51,7 +51,7 @@ def main(cfg: DictConfig) -> None:
         expert_name = str(cfg.expert or env.get("expert") or "")
         if not expert_name:
             raise ConfigError(f"env {env.id} names no default expert: give expert=<name or module:function>")
-        expert = resolve_expert(expert_name)
+        expert = resolve_expert(expert_name, env.id)
         overrides = _train_overrides(cfg, HydraConfig.get().runtime.choices.get("env"))
         results = run_dagger(
             env, expert, expert_name, output_dir, overrides, int(cfg.iterations), int(cfg.demo_steps),

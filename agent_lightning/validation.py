@@ -15,7 +15,6 @@ import math
 import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from agent_lightning import safe_load
+from agent_lightning.arguments import Rule
 from agent_lightning.errors import ConfigError
 from agent_lightning.parallel import SHARDED, STRATEGIES, check_tensor_parallel, resolve_degrees
 from agent_lightning.runs.init_from import check_init_from
@@ -168,15 +168,6 @@ def _limit(value: Any) -> bool:  # Lightning: a fraction of the batches, or a wh
     if value is None:
         return True
     return between(0, 1)(value) if isinstance(value, float) else whole_at_least(0)(value)
-
-
-@dataclass(frozen=True)
-class Rule:
-    """A config key, the test its value must pass, and what is valid (for the message)."""
-
-    key: str
-    check: Callable[[Any], bool]
-    valid: str
 
 
 POSITIVE = between(0, math.inf, low_open=True)
