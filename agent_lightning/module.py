@@ -77,7 +77,7 @@ class AgentModule(pl.LightningModule):
         self._epoch_samples = 0
         self.step_options = StepOptions(**(step or {}))
         # Set per run in `on_train_start`, so the step itself does no lookups.
-        self._train_forward: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] = self._forward_loss
+        self._train_forward: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] = self._forward_loss_hits
         self._step_schedulers: list[Any] = []
         self._micro_batches = 0  # batches whose gradients are accumulated but not yet stepped
         self._captured: CapturedStep | None = None  # the whole step as a CUDA graph (see `_graph_step_wanted`)
@@ -101,6 +101,12 @@ class AgentModule(pl.LightningModule):
     def _forward_loss(self, features: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         logits = self.model(features)
         return logits, self._loss(logits, targets)
+
+    def _forward_loss_hits(self, features: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        # The loss and the count of right predictions: one graph under trainer.compile (no extra kernels).
+        logits, loss = self._forward_loss(features, targets)  # targets: class indices, or probabilities
+        labels = targets if targets.ndim == 1 else targets.argmax(dim=-1)
+        return loss, (logits.detach().argmax(dim=-1) == labels).sum()
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor | dict[str, Tensor]:
         """An optimizer step per batch of the item (`trainer.steps_per_execution` groups them); no host sync."""
@@ -152,9 +158,8 @@ class AgentModule(pl.LightningModule):
             for scheduler in self._step_schedulers:
                 scheduler.step()
             return loss
-        logits, loss = self._train_forward(features, targets)  # targets: class indices, or probabilities
-        labels = targets if targets.ndim == 1 else targets.argmax(dim=-1)
-        self._count((logits.detach().argmax(dim=-1) == labels).sum(), len(targets))
+        loss, hits = self._train_forward(features, targets)
+        self._count(hits, len(targets))
 
         accumulate = self.step_options.accumulate_grad_batches
         optimizer = self._optimizer
@@ -236,9 +241,9 @@ class AgentModule(pl.LightningModule):
         if self._graph_step_wanted() and self._optimizer.optimizer.defaults.get("capturable"):
             if self._captured is None:
                 self._captured = CapturedStep(self._forward_loss, self._optimizer.optimizer, self._clip_for_graph())
-        elif options.compile and self._train_forward == self._forward_loss:
-            # Model and loss in one graph; the optimizer already runs one fused kernel.
-            self._train_forward = torch.compile(self._forward_loss, mode=options.compile_mode)
+        elif options.compile and self._train_forward == self._forward_loss_hits:
+            # Model, loss and accuracy count in one graph; the optimizer already runs one fused kernel.
+            self._train_forward = torch.compile(self._forward_loss_hits, mode=options.compile_mode)
         self._epoch_started = time.perf_counter()
 
     def _warn_if_an_epoch_logs_no_step_loss(self) -> None:
