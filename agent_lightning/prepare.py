@@ -130,6 +130,10 @@ def prepare(
     end marker: this was its last part.
     """
     check_arguments(locals(), RULES)
+    # Plain Python numbers from here on (a numpy integer would not go into the manifest's JSON).
+    val_fraction, test_fraction, seed = float(val_fraction), float(test_fraction), int(seed)
+    shard_rows, chunk_rows, bucket_mb = int(shard_rows), int(chunk_rows), int(bucket_mb)
+    num_classes = None if num_classes is None else int(num_classes)
     output = Path(output)
     if isinstance(features, str):  # `features=f0`: one column, not its letters
         features = [features]

@@ -65,7 +65,7 @@ def check_name_override(argv: list[str]) -> None:
     """Raise ConfigError for a `name=` on the command line that `check_run_identity` would refuse."""
     for arg in argv[1:]:
         key, _, value = arg.lstrip("+").partition("=")
-        if key != "name" or "${" in value:  # an interpolation is checked once resolved
+        if key != "name" or "${" in value or re.match(r"\w+\(", value):  # interpolation, choice(...): resolved later
             continue
         for each in value.strip("'\"").split(","):  # a sweep over names: name=a,b
             if not SAFE_WORD.fullmatch(each):

@@ -385,18 +385,28 @@ def check_resume_checkpoint(cfg: DictConfig) -> None:
     compare_layers(f"ckpt_path={path}", stored, model_shapes(cfg))
 
 
+def _epochs_done(checkpoint: dict[str, Any]) -> int | None:
+    """Whole epochs a checkpoint's run has trained (Lightning counts an epoch whose last batch ran as not yet done)."""
+    loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+    current = (loop.get("epoch_progress") or {}).get("current") or {}
+    processed, started = current.get("processed"), current.get("started")
+    if not isinstance(processed, int) or not isinstance(started, int):
+        return None
+    finishing = started > processed and bool((loop.get("epoch_loop.batch_progress") or {}).get("is_last_batch"))
+    return processed + int(finishing)
+
+
 def _check_same_training_setup(cfg: DictConfig, path: Path, checkpoint: dict[str, Any]) -> None:
     """An exact resume restores the optimizer's and the LR schedule's state: they must be of the same kind.
 
     Its `trainer.max_epochs` counts the run's epochs in all, so it cannot be below those already done.
     """
-    progress = ((checkpoint.get("loops") or {}).get("fit_loop") or {}).get("epoch_progress") or {}
-    done = (progress.get("current") or {}).get("processed")
+    done = _epochs_done(checkpoint)
     max_epochs = cfg.trainer.get("max_epochs")
-    if isinstance(done, int) and isinstance(max_epochs, int) and max_epochs != -1 and done > max_epochs:
+    if done is not None and isinstance(max_epochs, int) and max_epochs != -1 and done > max_epochs:
         raise ConfigError(
-            f"ckpt_path={path} is at epoch {done} but trainer.max_epochs={max_epochs}: on resume it counts the run's "
-            f"epochs in all, so give more than {done}"
+            f"ckpt_path={path} has run {done} epochs but trainer.max_epochs={max_epochs}: on resume it counts the "
+            f"run's epochs in all, so give more than {done} to train on"
         )
     saved = (checkpoint.get("hyper_parameters") or {}).get("config")
     if not isinstance(saved, dict):

@@ -81,9 +81,10 @@ def test_rows_are_shuffled_and_sharded_at_fixed_size(tmp_path: Path) -> None:
     y = np.repeat(np.arange(10), 1000)  # class-sorted
     abandoned = tmp_path / ".out.prepare-999999999"  # left by a killed prepare (no such process)
     (abandoned / "bucket-0-0.x").parent.mkdir()
-    manifest = prepare(
-        (x, y), tmp_path / "out", shard_rows=1000, val_fraction=0.0, test_fraction=0.0, progress_bar=False
-    )
+    manifest = prepare(  # numpy numbers (as a script computes them) are plain numbers in the manifest
+        (x, y), tmp_path / "out", shard_rows=np.int64(1000), val_fraction=0.0, test_fraction=np.float32(0.0),
+        seed=np.int64(0), progress_bar=False,
+    )  # fmt: skip
     assert [s["rows"] for s in manifest["splits"]["train"]["shards"]] == [1000] * 10
     rows, labels = _all_rows(tmp_path / "out", "train")
     assert sorted(rows[:, 0].tolist()) == list(range(10_000))  # every row once

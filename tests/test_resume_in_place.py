@@ -100,6 +100,13 @@ def test_a_resume_with_another_batch_size_runs_the_interrupted_epoch_afresh(tmp_
         in caplog.text
     )
 
+    # From a checkpoint written at an epoch's end, the next epoch simply starts: nothing finished is trained again.
+    more = BatchLog()
+    resumed_last = f"ckpt_path={tmp_path}/resumed/checkpoints/last.ckpt"
+    again = [*QUICK, f"data.path={tmp_path / 'day1'}", "data.batch_size=64", "trainer.max_epochs=3", resumed_last]
+    train(compose_config(again, tmp_path / "resumed"), extra_callbacks=[more])
+    assert more.batches == [(2, i) for i in range(30)]
+
 
 TINY = [
     "name=ip",

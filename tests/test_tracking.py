@@ -124,7 +124,7 @@ def test_a_refused_name_on_the_command_line_makes_no_directory(tmp_path: Path) -
     result = run_cli("name=a/b", cwd=tmp_path)
     assert result.returncode == 2 and "name='a/b' is invalid" in result.stderr
     assert not (tmp_path / "outputs").exists()  # refused before Hydra made outputs/a/b/<time>/
-    check_name_override(["train", "-m", "name=a,b", "name=${oc.env:USER}"])  # a sweep, an interpolation: fine
+    check_name_override(["train", "-m", "name=a,b", "name=choice(a,b)", "name=${oc.env:USER}"])  # sweeps, interpolation
 
 
 def test_a_tracker_that_is_not_installed_is_named_with_its_extra(compose_cfg, monkeypatch) -> None:

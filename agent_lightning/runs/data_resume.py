@@ -53,6 +53,7 @@ def _what_changed(checkpoint: dict[str, Any], datamodule: Any) -> str | None:
 
 def _restart_epoch(fit_loop: dict[str, Any]) -> tuple[int, int] | None:
     """Make a mid-epoch fit-loop state one that starts its epoch afresh; return (epoch, batches done) or None."""
+    fit_loop.get("state_dict", {}).pop("combined_loader", None)  # the loader's saved position: other rows now
     epochs = fit_loop.get("epoch_progress")
     batches = fit_loop.get("epoch_loop.batch_progress")
     if not epochs or not batches:
@@ -60,17 +61,27 @@ def _restart_epoch(fit_loop: dict[str, Any]) -> tuple[int, int] | None:
     current, total = epochs["current"], epochs["total"]
     if current["started"] <= current["processed"]:
         return None  # saved between epochs: the next one starts from its first batch anyway
+    if batches.get("is_last_batch"):
+        # Saved after the epoch's last batch (at its validation or end): it is finished. Counted as done, so
+        # that Lightning does not continue it with the batches a loader of other rows or sizes has left.
+        for progress in (current, total):
+            progress["ready"] = progress["processed"] = progress["completed"] = progress["started"]
+        _clear_batches(batches)
+        return None
     done = int(batches["current"]["processed"])
     for progress in (current, total):  # the interrupted epoch was never started, as far as Lightning knows
         progress["ready"] = progress["started"] = progress["processed"]
+    _clear_batches(batches)
+    return int(current["processed"]), done
+
+
+def _clear_batches(batches: dict[str, Any]) -> None:
     for key in batches["current"]:
         batches["current"][key] = 0
     # A checkpoint written at a batch's end has not counted that batch completed yet; count it, so that
     # a loop that restarts anyway (iteration-based training, max_epochs=-1) does not skip a batch.
     batches["total"]["completed"] = batches["total"]["processed"]
     batches["is_last_batch"] = False
-    fit_loop.get("state_dict", {}).pop("combined_loader", None)  # the loader's saved position
-    return int(current["processed"]), done
 
 
 class DataAwareResume(pl.Callback):
