@@ -208,7 +208,7 @@ class DivergenceGuard(pl.Callback):
         losses = losses.detach()
         self._latest = losses[-1]
         step = trainer.global_step
-        before = step - len(losses) if self._previous_step is None else self._previous_step  # resumed: this item
+        before = step - len(losses) if self._previous_step is None else self._previous_step
         self._previous_step = step
         if not self.history:  # the baseline: the untrained model's loss, the first of a group
             self._check_value(trainer, losses[0], record=True)
@@ -217,6 +217,10 @@ class DivergenceGuard(pl.Callback):
             # The due step's batch (optimizer steps and batches differ under gradient accumulation).
             index = min(max((due - before) * len(losses) // max(step - before, 1) - 1, 0), len(losses) - 1)
             self._check_value(trainer, losses[index], record=True)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Count steps from where this run starts (0, or a resumed checkpoint's step)."""
+        self._previous_step = trainer.global_step
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         """Refuse to write a checkpoint of a run whose latest loss already exploded."""
