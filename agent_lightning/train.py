@@ -322,7 +322,7 @@ def main() -> None:
         sys.exit(err.exit_code)
     try:
         hydra_main()
-    except KeyboardInterrupt:  # a second Ctrl+C while the run saves (see `runs/stops.py`)
+    except KeyboardInterrupt:  # outside training (where `runs/stops.py` handles it)
         print("interrupted (SIGINT): stopped without saving", file=sys.stderr)
         sys.exit(signal_exit_code(signal.SIGINT))
 

@@ -276,8 +276,9 @@ def test_one_ctrl_c_delivered_twice_is_one_stop_and_a_later_second_one_interrupt
     stop._handle(signal.SIGINT, None)  # the same press, forwarded by the launcher: still a clean stop
     assert stop._received == signal.SIGINT
     clock[0] += 5  # a second press, seconds later: the user does not want to wait for the save
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(StoppedBySignalError, match="second Ctrl\\+C: stopped without saving") as second:
         stop._handle(signal.SIGINT, None)
+    assert second.value.exit_code == 130
 
 
 def test_ctrl_c_while_the_command_starts_exits_130_in_one_line(tmp_path: Path) -> None:

@@ -42,7 +42,9 @@ class StopOnSignal(pl.Callback):
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         now = time.monotonic()
         if self._received is not None and signum == signal.SIGINT and now - self._received_at > SAME_PRESS_SECONDS:
-            raise KeyboardInterrupt  # a second Ctrl+C: the user does not want to wait for the save
+            # A second Ctrl+C: the user does not want to wait for the save. Not a KeyboardInterrupt, which
+            # Lightning would turn into exit code 1.
+            raise StoppedBySignalError(signum, "interrupted by a second Ctrl+C: stopped without saving")
         if self._received is None:
             self._received, self._received_at = signum, now
         previous = self._previous.get(signum)
