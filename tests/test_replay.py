@@ -96,7 +96,8 @@ def test_replay_keeps_task_a_accuracy(tasks, tmp_path):
     kept = {}
     for fraction in (0.0, 0.3):
         out = tmp_path / f"b{fraction}"
-        overrides = [f"data.path={task_b}", f"ckpt_path={after_a}", "trainer.max_epochs=3"]
+        # max_epochs is the run's total: A's finished epoch, then 3 on B.
+        overrides = [f"data.path={task_b}", f"ckpt_path={after_a}", "trainer.max_epochs=4"]
         overrides += [f"data.replay.path={task_a}", f"data.replay.fraction={fraction}"]
         train(compose_config([*QUICK, *overrides], out))
         assert _accuracy(out / "checkpoints" / "last.ckpt", task_b) > 0.8
