@@ -134,7 +134,9 @@ class FiniteLossGuard(pl.Callback):
         if losses is None:
             return
         # One add per step: a NaN or inf anywhere makes the running sum non-finite.
-        loss = losses.detach().float().sum()
+        loss = losses.detach().float()
+        if len(loss) > 1:  # a group's losses; one step's stays as it is (no extra kernel per step)
+            loss = loss.sum()
         self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
         if crossed_multiple(self._checked_at, trainer.global_step, self.check_every_n_steps):
             self._checked_at = trainer.global_step

@@ -17,7 +17,6 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from agent_lightning.agents.policy import Policy
-from agent_lightning.model import AgentMLP
 from agent_lightning.parallel import is_parallelized
 
 log = logging.getLogger("agent_lightning")
@@ -96,10 +95,10 @@ def _policy(best: str, pl_module: pl.LightningModule, gathered: dict[str, Tensor
         return Policy.load(best), "best checkpoint"  # a sharded checkpoint is gathered on this process
     if gathered is None:
         return Policy(copy.deepcopy(pl_module.model).cpu()), "final weights"
+    from agent_lightning.export import build_agent
+
     config = {k: v for k, v in pl_module.hparams.config["model"].items() if not k.startswith("_")}
-    model = AgentMLP(**config)
-    model.load_state_dict(gathered)
-    return Policy(model.eval()), "final weights"
+    return Policy(build_agent(config, gathered, "the gathered final weights")), "final weights"
 
 
 def env_eval_callbacks(cfg: DictConfig) -> list[Callback]:
