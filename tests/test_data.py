@@ -75,6 +75,7 @@ def test_loader_serves_slices_shuffled_per_epoch_and_in_order_for_eval() -> None
     train.sampler.set_epoch(1)
     epoch1 = torch.cat([b for b, _ in train])
     assert not torch.equal(epoch0, epoch1) and len(epoch1) == 9
+    assert torch.equal(epoch1, x[train.sampler.order()][:9])  # the batches walk the epoch's permutation
     for fx, fy in train:
         assert torch.equal(fx[:, 0].long(), fy)  # features stay paired with labels
     val = SliceBatchLoader(x, y, batch_size=4)
