@@ -230,6 +230,7 @@ def finish_run(trainer: pl.Trainer, cfg: DictConfig, result: Mapping[str, Any], 
         "status": status,
         "run_dir": str(cfg.paths.output_dir),
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "global_step": step,  # the weights these metrics describe (a resume that trains nothing keeps them)
         "metrics": finals,
         "best_model_path": result.get("best_model_path", ""),
         "trackers": trackers,
