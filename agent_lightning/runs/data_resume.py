@@ -30,7 +30,7 @@ def data_fingerprint(datamodule: Any) -> str | None:
 
 def data_batching(datamodule: Any) -> dict[str, int] | None:
     """The global batch size and the number of data-parallel ranks the datamodule serves."""
-    batch_size, ranks = getattr(datamodule, "batch_size", None), getattr(datamodule, "_world", None)
+    batch_size, ranks = getattr(datamodule, "batch_size", None), getattr(datamodule, "data_parallel_size", None)
     if not isinstance(batch_size, int) or not isinstance(ranks, int):
         return None
     return {"batch_size": batch_size, "ranks": ranks}
