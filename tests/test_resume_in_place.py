@@ -21,6 +21,7 @@ from agent_lightning.errors import ConfigError
 from agent_lightning.prepare import prepare
 from agent_lightning.runs.in_place import in_place_arguments, resolve_latest
 from agent_lightning.runs.lock import HELD_ENV, run_directory_lock
+from agent_lightning.runs.loop_progress import epochs_done, fit_loop_state, last_batch_ran, saved_within_epoch
 from agent_lightning.train import train
 
 from .conftest import run_cli
@@ -120,6 +121,27 @@ TINY = [
     "print_config=false",
     "test=false",
 ]
+
+
+def _fit_loop(started: int, processed: int, last_batch: bool) -> dict[str, Any]:
+    return {
+        "epoch_progress": {"current": {"started": started, "processed": processed}},
+        "epoch_loop.batch_progress": {"is_last_batch": last_batch},
+    }
+
+
+@pytest.mark.parametrize(
+    ("fit_loop", "within", "finished", "done"),
+    [
+        (_fit_loop(2, 2, False), False, False, 2),  # between epochs
+        (_fit_loop(2, 1, True), True, True, 2),  # at the second epoch's validation: last.ckpt of a finished run
+        (_fit_loop(2, 1, False), True, False, 1),  # part-way through the second epoch
+        ({}, False, False, None),  # no progress recorded
+    ],
+)
+def test_loop_progress_tells_a_finished_epoch_from_an_interrupted_one(fit_loop, within, finished, done) -> None:
+    assert saved_within_epoch(fit_loop) is within and last_batch_ran(fit_loop) is finished
+    assert epochs_done(fit_loop) == done == epochs_done(fit_loop_state({"loops": {"fit_loop": fit_loop}}))
 
 
 def _metrics(run: Path) -> list[dict[str, str]]:
