@@ -86,6 +86,7 @@ def build_callbacks(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -
         FiniteLossGuard(),
         StopOnSignal(),
         DataAwareResume(),
+        TrainingBatchCount(),
         *env_eval_callbacks(cfg),
         *extra_callbacks,
     ]
@@ -173,8 +174,7 @@ def _fit_and_test(cfg: DictConfig, devices: int, world: int, extra_callbacks: Se
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = hydra.utils.instantiate(cfg.data, augmentations=_instantiate_all(cfg.get("augment")))
     pruning = _pruning_callback(cfg)
-    trained = TrainingBatchCount()
-    callbacks = build_callbacks(cfg, [*extra_callbacks, trained, *([pruning] if pruning else [])])
+    callbacks = build_callbacks(cfg, [*extra_callbacks, *([pruning] if pruning else [])])
     steps = resolve_steps_per_execution(cfg, callbacks)  # before the module and the loaders see it
     module = build_module(cfg)
     datamodule.group_batches(steps)
@@ -192,7 +192,7 @@ def _fit_and_test(cfg: DictConfig, devices: int, world: int, extra_callbacks: Se
     except SIGTERMException:
         raise stopped_by_signal(trainer) from None
     metrics: dict[str, Any] = {key: float(value) for key, value in trainer.callback_metrics.items()}
-    metrics = keep_metrics_if_untrained(trainer, cfg, trained, metrics)  # a resume with nothing left to train
+    metrics = keep_metrics_if_untrained(trainer, cfg, metrics)  # a resume with nothing left to train
     if pruning is not None and pruning.pruned_at_epoch is not None:
         pruned = {**metrics, "pruned_at_epoch": pruning.pruned_at_epoch, "run_dir": str(cfg.paths.output_dir)}
         finish_run(trainer, cfg, pruned, status="pruned")

@@ -24,6 +24,9 @@ log = logging.getLogger("agent_lightning")
 class TrainingBatchCount(pl.Callback):
     """Counts the training batches this fit ran (none when the resumed run had already reached its limit)."""
 
+    # Whether any ran is all that is read: a group of batches run as one Lightning step counts as well.
+    handles_grouped_steps = True
+
     def __init__(self) -> None:
         self.batches = 0
 
@@ -55,11 +58,10 @@ def summary_metrics(run_dir: str | Path, global_step: int) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)} if isinstance(metrics, dict) else {}
 
 
-def keep_metrics_if_untrained(
-    trainer: pl.Trainer, cfg: DictConfig, counter: TrainingBatchCount, metrics: dict[str, Any]
-) -> dict[str, Any]:
+def keep_metrics_if_untrained(trainer: pl.Trainer, cfg: DictConfig, metrics: dict[str, Any]) -> dict[str, Any]:
     """`metrics`, completed from the run's summary when this resume trained nothing (which it says in one line)."""
-    if not cfg.get("ckpt_path") or counter.batches:
+    counter = next((c for c in trainer.callbacks if isinstance(c, TrainingBatchCount)), None)
+    if not cfg.get("ckpt_path") or counter is None or counter.batches:
         return metrics
     kept = summary_metrics(cfg.paths.output_dir, trainer.global_step)
     log.info(
