@@ -195,18 +195,27 @@ def test_a_resume_in_place_continues_the_run_directory_its_metrics_and_best_chec
     assert float(tracked["best_model_score"]) == pytest.approx(max(acc for _, acc in validated), abs=1e-6)
 
 
-def test_latest_is_the_most_recently_written_last_checkpoint(compose_cfg, tmp_path: Path) -> None:
-    for name, age in (("2026-01-02_00-00-00", 100), ("2026-01-01_00-00-00", 10), ("2026-01-03_00-00-00", None)):
-        checkpoints = tmp_path / "outputs" / "ip" / name / "checkpoints"
+def test_latest_is_the_most_recently_written_last_checkpoint_and_names_a_newer_sweep_job(
+    compose_cfg, tmp_path: Path, caplog
+) -> None:
+    runs = [("outputs/ip/2026-01-02_00-00-00", 100), ("outputs/ip/2026-01-01_00-00-00", 10)]
+    runs += [("outputs/ip/2026-01-03_00-00-00", None), ("multirun/ip/2026-01-04_00-00-00/1", 1)]
+    runs += [("multirun/other/2026-01-04_00-00-00/0", 1)]
+    for run, age in runs:
+        checkpoints = tmp_path / run / "checkpoints"
         checkpoints.mkdir(parents=True)
         if age is not None:  # the third run never wrote a checkpoint
             (checkpoints / "last.ckpt").write_bytes(b"")
             os.utime(checkpoints / "last.ckpt", (time.time() - age, time.time() - age))
-    cfg = compose_cfg("name=ip", f"paths.output_root={tmp_path / 'outputs'}", "ckpt_path=latest")
-    resolve_latest(cfg)
+    roots = [f"paths.output_root={tmp_path / 'outputs'}", f"paths.multirun_root={tmp_path / 'multirun'}"]
+    cfg = compose_cfg("name=ip", *roots, "ckpt_path=latest")
+    with caplog.at_level(logging.WARNING, logger="agent_lightning"):
+        resolve_latest(cfg)
+    # A sweep's job is not a candidate (its config is the sweep's), but the newer one is named.
     assert cfg.ckpt_path == str(tmp_path / "outputs" / "ip" / "2026-01-01_00-00-00" / "checkpoints" / "last.ckpt")
-    with pytest.raises(ConfigError, match=r"ckpt_path=latest: no run under .*/other/ has a checkpoints/last.ckpt"):
-        resolve_latest(compose_cfg("name=other", f"paths.output_root={tmp_path / 'outputs'}", "ckpt_path=latest"))
+    assert "the newer " + str(tmp_path / "multirun/ip/2026-01-04_00-00-00/1/checkpoints/last.ckpt") in caplog.text
+    with pytest.raises(ConfigError, match=r"no run under .*/other/ has a .*: give ckpt_path=.*multirun/other/.*/0/"):
+        resolve_latest(compose_cfg("name=other", *roots, "ckpt_path=latest"))
 
 
 def test_a_resume_by_path_keeps_the_runs_name_tags_and_directory(tmp_path: Path) -> None:
