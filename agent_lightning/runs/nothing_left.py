@@ -65,12 +65,11 @@ def keep_metrics_if_untrained(trainer: pl.Trainer, cfg: DictConfig, metrics: dic
         return metrics
     kept = summary_metrics(cfg.paths.output_dir, trainer.global_step)
     log.info(
-        "Nothing left to train: ckpt_path=%s had run %d epochs (%d steps), all that %s asks for (it counts the "
-        "run's epochs and steps in all): raise it to train on%s",
+        "Nothing left to train: ckpt_path=%s had reached %s at step %d (a resume counts the run's epochs and "
+        "steps in all): raise it to train on%s",
         cfg.ckpt_path,
-        trainer.current_epoch,
-        trainer.global_step,
         _limit_reached(trainer),
+        trainer.global_step,
         f"; {SUMMARY_FILE} keeps the run's metrics" if kept else "",
     )
     return {**kept, **metrics}
