@@ -52,10 +52,14 @@ def summary_metrics(run_dir: str | Path, global_step: int) -> dict[str, float]:
         summary = json.loads((Path(run_dir) / SUMMARY_FILE).read_text())
     except (OSError, ValueError):
         return {}
+    # Written at another point of the run (e.g. resumed from an earlier best-*.ckpt): other weights. A summary
+    # written before it recorded its step is taken as the run's last.
     if not isinstance(summary, dict) or summary.get("global_step", global_step) != global_step:
-        return {}  # written at another point of the run: its metrics describe other weights
+        return {}
     metrics = summary.get("metrics")
-    return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)} if isinstance(metrics, dict) else {}
+    if not isinstance(metrics, dict):
+        return {}
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
 def keep_metrics_if_untrained(trainer: pl.Trainer, cfg: DictConfig, metrics: dict[str, Any]) -> dict[str, Any]:
