@@ -18,6 +18,22 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger("agent_lightning")
 
 
+def print_lightning_lines_once() -> None:
+    """Lightning's log lines go out once, by the root logger's handlers (Hydra's console and log file).
+
+    `import lightning` gives the `lightning` logger a console handler of its own. Imported before logging
+    is set up (as `python -m agent_lightning.train` does), `lightning.pytorch` keeps its own handler and
+    does not propagate; imported after (a command that trains in-process once Hydra has set up logging,
+    e.g. `agent_lightning.dagger`), its records reach both that handler and the root's: every line twice.
+    """
+    if not logging.getLogger().handlers:
+        return  # nothing set up: Lightning's own handlers are the only ones
+    package = logging.getLogger("lightning")
+    for handler in list(package.handlers):
+        if type(handler) is logging.StreamHandler:  # Lightning's own console handler, not one a user added
+            package.removeHandler(handler)
+
+
 class BatchTQDMProgressBar(TQDMProgressBar):
     """Lightning's tqdm bar, counting batches when a Lightning step runs several (`trainer.steps_per_execution`)."""
 

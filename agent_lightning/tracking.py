@@ -19,6 +19,7 @@ from typing import Any
 
 import hydra
 import lightning.pytorch as pl
+from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
@@ -39,18 +40,29 @@ def run_tags(cfg: DictConfig) -> list[str]:
     return [str(tag) for tag in tags]
 
 
-# The package each optional tracker or progress bar needs, and the extra that installs it.
-_NEEDS = {
-    "TensorBoardLogger": (("tensorboard", "tensorboardX"), "tensorboard"),
-    "MLFlowLogger": (("mlflow",), "mlflow"),
-    "ContinuingMLFlowLogger": (("mlflow",), "mlflow"),
-    "WandbLogger": (("wandb",), "wandb"),
-    "RichProgressBar": (("rich",), "rich"),
+# The package each optional tracker or progress bar needs, and the extra that installs it; a subclass
+# (e.g. runs/continued_mlflow.ContinuingMLFlowLogger) needs what its base needs.
+_NEEDS: dict[type, tuple[tuple[str, ...], str]] = {
+    TensorBoardLogger: (("tensorboard", "tensorboardX"), "tensorboard"),
+    MLFlowLogger: (("mlflow",), "mlflow"),
+    WandbLogger: (("wandb",), "wandb"),
+    RichProgressBar: (("rich",), "rich"),
 }
 
 
+def _packages_needed(target: str) -> tuple[tuple[str, ...], str]:
+    """(packages, extra) the class `target` names needs; none for a factory or a target that does not resolve."""
+    try:
+        kind = hydra.utils.get_object(target)  # Lightning's classes import without their optional packages
+    except Exception:  # instantiating it reports the target in its own words
+        return (), ""
+    if not isinstance(kind, type):
+        return (), ""
+    return next((needs for base, needs in _NEEDS.items() if issubclass(kind, base)), ((), ""))
+
+
 def _check_installed(key: str, target: str) -> None:
-    modules, extra = _NEEDS.get(target.rsplit(".", 1)[-1], ((), ""))
+    modules, extra = _packages_needed(target)
     if modules and not any(importlib.util.find_spec(module) for module in modules):
         raise ConfigError(
             f'{key} needs the {modules[0]} package: pip install "lightning-agent-trainer[{extra}]" (or {modules[0]})'
@@ -230,6 +242,7 @@ def finish_run(trainer: pl.Trainer, cfg: DictConfig, result: Mapping[str, Any], 
         "status": status,
         "run_dir": str(cfg.paths.output_dir),
         "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "global_step": step,  # the weights these metrics describe (a resume that trains nothing keeps them)
         "metrics": finals,
         "best_model_path": result.get("best_model_path", ""),
         "trackers": trackers,

@@ -34,6 +34,7 @@ from agent_lightning.runs.environment import environment_restored
 from agent_lightning.runs.in_place import discard_resume_record, in_place_arguments, resolve_latest
 from agent_lightning.runs.init_from import load_initial_weights
 from agent_lightning.runs.lock import run_directory_lock
+from agent_lightning.runs.nothing_left import TrainingBatchCount, keep_metrics_if_untrained
 from agent_lightning.runs.stops import StopOnSignal, stopped_by_signal
 from agent_lightning.runs.threads import cpu_threads
 from agent_lightning.step import check_step_options, lightning_trainer_config, step_options
@@ -85,6 +86,7 @@ def build_callbacks(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -
         FiniteLossGuard(),
         StopOnSignal(),
         DataAwareResume(),
+        TrainingBatchCount(),
         *env_eval_callbacks(cfg),
         *extra_callbacks,
     ]
@@ -190,6 +192,7 @@ def _fit_and_test(cfg: DictConfig, devices: int, world: int, extra_callbacks: Se
     except SIGTERMException:
         raise stopped_by_signal(trainer) from None
     metrics: dict[str, Any] = {key: float(value) for key, value in trainer.callback_metrics.items()}
+    metrics = keep_metrics_if_untrained(trainer, cfg, metrics)  # a resume with nothing left to train
     if pruning is not None and pruning.pruned_at_epoch is not None:
         pruned = {**metrics, "pruned_at_epoch": pruning.pruned_at_epoch, "run_dir": str(cfg.paths.output_dir)}
         finish_run(trainer, cfg, pruned, status="pruned")

@@ -28,6 +28,7 @@ from agent_lightning.errors import ConfigError
 from agent_lightning.parallel import SHARDED, STRATEGIES, check_tensor_parallel, resolve_degrees
 from agent_lightning.runs.init_from import check_init_from
 from agent_lightning.runs.lock import global_rank
+from agent_lightning.runs.loop_progress import epochs_done, fit_loop_state
 from agent_lightning.tracking import check_run_identity
 
 
@@ -385,23 +386,12 @@ def check_resume_checkpoint(cfg: DictConfig) -> None:
     compare_layers(f"ckpt_path={path}", stored, model_shapes(cfg))
 
 
-def _epochs_done(checkpoint: dict[str, Any]) -> int | None:
-    """Whole epochs a checkpoint's run has trained (Lightning counts an epoch whose last batch ran as not yet done)."""
-    loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
-    current = (loop.get("epoch_progress") or {}).get("current") or {}
-    processed, started = current.get("processed"), current.get("started")
-    if not isinstance(processed, int) or not isinstance(started, int):
-        return None
-    finishing = started > processed and bool((loop.get("epoch_loop.batch_progress") or {}).get("is_last_batch"))
-    return processed + int(finishing)
-
-
 def _check_same_training_setup(cfg: DictConfig, path: Path, checkpoint: dict[str, Any]) -> None:
     """An exact resume restores the optimizer's and the LR schedule's state: they must be of the same kind.
 
     Its `trainer.max_epochs` counts the run's epochs in all, so it cannot be below those already done.
     """
-    done = _epochs_done(checkpoint)
+    done = epochs_done(fit_loop_state(checkpoint))
     max_epochs = cfg.trainer.get("max_epochs")
     if done is not None and isinstance(max_epochs, int) and max_epochs != -1 and done > max_epochs:
         raise ConfigError(

@@ -2,7 +2,11 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from agent_lightning.data import ClusterTask
+from agent_lightning.prepare import prepare
 
 from .conftest import run_cli
 
@@ -63,3 +67,19 @@ def test_a_short_run_without_validation_succeeds(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     assert "was never logged" not in result.stdout + result.stderr  # nothing reads optimized_metric: no word of it
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_a_label_shard_altered_in_place_exits_2_naming_the_shard_and_the_label(tmp_path: Path) -> None:
+    x, y = ClusterTask(num_features=8, num_classes=4, seed=1).samples(0, 1200)
+    prepare((x.numpy(), y.numpy()), tmp_path / "data", progress_bar=False)
+    labels = np.load(tmp_path / "data" / "train-00000.y.npy", mmap_mode="r+")
+    labels[17] = 99  # same size: only data.verify=true's checksums would see it when the dataset opens
+    labels.flush()
+    result = run_cli(
+        "data=dataset", f"data.path={tmp_path / 'data'}", "trainer.max_epochs=1", "print_config=false",
+        f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output[-2000:]
+    assert "train-00000.y.npy holds label 99, outside 0..3 (num_classes=4 in its manifest)" in output
+    assert "Traceback" not in output

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -76,3 +78,17 @@ def test_dagger_aggregates_data_and_continues_from_previous_weights(tmp_path, mo
         # ... and trained on from there: its own checkpoint differs from where it started.
         trained = load_agent(results[index].checkpoint).state_dict()
         assert any(not torch.equal(trained[k], v) for k, v in saved.items())
+
+
+def test_the_command_prints_each_lightning_line_once(tmp_path: Path) -> None:
+    # Lightning is imported after Hydra set up logging: its own console handler and Hydra's both printed each line.
+    train = '["trainer.max_epochs=1","trainer.enable_progress_bar=false","trainer.enable_model_summary=false"]'
+    command = [
+        sys.executable, "-m", "agent_lightning.dagger", "env=cartpole", "iterations=0", "demo_steps=500",
+        "episodes=1", f"train={train}", f"hydra.run.dir={tmp_path / 'run'}",
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-2000:]
+    assert output.count("GPU available:") == 1 and output.count("`Trainer.fit` stopped") == 1, output
+    assert "GPU available:" in (tmp_path / "run" / "dagger.log").read_text()  # and in the run's log

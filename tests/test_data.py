@@ -8,6 +8,7 @@ from agent_lightning.data import AgentDataModule, ClusterTask, SliceBatchLoader
 from agent_lightning.data.datamodule import shard_of
 from agent_lightning.data.synthetic import BLOCK_SIZE
 from agent_lightning.errors import ConfigError
+from agent_lightning.runs.data_resume import data_batching
 
 
 def test_samples_are_a_pure_function_of_seed_and_index() -> None:
@@ -51,6 +52,8 @@ def test_each_rank_builds_only_its_shard_and_splits_the_global_batch() -> None:
         dm = _datamodule(rank, 2)
         dm.setup("fit")
         assert dm.local_batch_size == 128
+        assert (dm.data_parallel_rank, dm.data_parallel_size) == (rank, 2)
+        assert data_batching(dm) == {"batch_size": 256, "ranks": 2}  # what a checkpoint records of the batching
         train_x, _ = dm._splits["train"]
         assert torch.equal(train_x, full_x[rank * 2048 : (rank + 1) * 2048])
         seen.append(torch.cat([x for x, _ in dm.train_dataloader()]))

@@ -131,6 +131,22 @@ def test_truncated_altered_and_mismatched_shards_are_named(dataset: Path) -> Non
         PreparedDataset(dataset)
 
 
+@pytest.mark.parametrize("bad", [99, -1])
+def test_a_label_outside_the_classes_is_named_with_its_shard_when_first_read(dataset: Path, bad: int) -> None:
+    labels = np.load(dataset / "train-00001.y.npy", mmap_mode="r+")  # altered in place: same size, same manifest
+    labels[7] = bad
+    labels.flush()
+    data = PreparedDataset(dataset)  # sizes match: opening cannot tell (only data.verify=true's checksums)
+    loader = BlockBatchLoader(data.splits["train"], batch_size=500, shuffle=False, block_rows=1000)
+    batches = iter(loader)
+    for _ in range(6):  # shard 0's 3,000 rows are fine
+        next(batches)
+    with pytest.raises(
+        ConfigError, match=rf"shard .*train-00001.y.npy holds label {bad}, outside 0..4 \(num_classes=5"
+    ):
+        next(batches)
+
+
 @pytest.mark.parametrize(
     ("edit", "message"),
     [

@@ -21,6 +21,7 @@ from agent_lightning.errors import ConfigError
 from agent_lightning.prepare import prepare
 from agent_lightning.runs.in_place import in_place_arguments, resolve_latest
 from agent_lightning.runs.lock import HELD_ENV, run_directory_lock
+from agent_lightning.runs.loop_progress import epochs_done, fit_loop_state, last_batch_ran, saved_within_epoch
 from agent_lightning.train import train
 
 from .conftest import run_cli
@@ -122,6 +123,27 @@ TINY = [
 ]
 
 
+def _fit_loop(started: int, processed: int, last_batch: bool) -> dict[str, Any]:
+    return {
+        "epoch_progress": {"current": {"started": started, "processed": processed}},
+        "epoch_loop.batch_progress": {"is_last_batch": last_batch},
+    }
+
+
+@pytest.mark.parametrize(
+    ("fit_loop", "within", "finished", "done"),
+    [
+        (_fit_loop(2, 2, False), False, False, 2),  # between epochs
+        (_fit_loop(2, 1, True), True, True, 2),  # at the second epoch's validation: last.ckpt of a finished run
+        (_fit_loop(2, 1, False), True, False, 1),  # part-way through the second epoch
+        ({}, False, False, None),  # no progress recorded
+    ],
+)
+def test_loop_progress_tells_a_finished_epoch_from_an_interrupted_one(fit_loop, within, finished, done) -> None:
+    assert saved_within_epoch(fit_loop) is within and last_batch_ran(fit_loop) is finished
+    assert epochs_done(fit_loop) == done == epochs_done(fit_loop_state({"loops": {"fit_loop": fit_loop}}))
+
+
 def _metrics(run: Path) -> list[dict[str, str]]:
     with (run / "csv" / "metrics.csv").open(newline="") as file:
         return list(csv.DictReader(file))
@@ -173,18 +195,27 @@ def test_a_resume_in_place_continues_the_run_directory_its_metrics_and_best_chec
     assert float(tracked["best_model_score"]) == pytest.approx(max(acc for _, acc in validated), abs=1e-6)
 
 
-def test_latest_is_the_most_recently_written_last_checkpoint(compose_cfg, tmp_path: Path) -> None:
-    for name, age in (("2026-01-02_00-00-00", 100), ("2026-01-01_00-00-00", 10), ("2026-01-03_00-00-00", None)):
-        checkpoints = tmp_path / "outputs" / "ip" / name / "checkpoints"
+def test_latest_is_the_most_recently_written_last_checkpoint_and_names_a_newer_sweep_job(
+    compose_cfg, tmp_path: Path, caplog
+) -> None:
+    runs = [("outputs/ip/2026-01-02_00-00-00", 100), ("outputs/ip/2026-01-01_00-00-00", 10)]
+    runs += [("outputs/ip/2026-01-03_00-00-00", None), ("multirun/ip/2026-01-04_00-00-00/1", 1)]
+    runs += [("multirun/other/2026-01-04_00-00-00/0", 1)]
+    for run, age in runs:
+        checkpoints = tmp_path / run / "checkpoints"
         checkpoints.mkdir(parents=True)
         if age is not None:  # the third run never wrote a checkpoint
             (checkpoints / "last.ckpt").write_bytes(b"")
             os.utime(checkpoints / "last.ckpt", (time.time() - age, time.time() - age))
-    cfg = compose_cfg("name=ip", f"paths.output_root={tmp_path / 'outputs'}", "ckpt_path=latest")
-    resolve_latest(cfg)
+    roots = [f"paths.output_root={tmp_path / 'outputs'}", f"paths.multirun_root={tmp_path / 'multirun'}"]
+    cfg = compose_cfg("name=ip", *roots, "ckpt_path=latest")
+    with caplog.at_level(logging.WARNING, logger="agent_lightning"):
+        resolve_latest(cfg)
+    # A sweep's job is not a candidate (its config is the sweep's), but the newer one is named.
     assert cfg.ckpt_path == str(tmp_path / "outputs" / "ip" / "2026-01-01_00-00-00" / "checkpoints" / "last.ckpt")
-    with pytest.raises(ConfigError, match=r"ckpt_path=latest: no run under .*/other/ has a checkpoints/last.ckpt"):
-        resolve_latest(compose_cfg("name=other", f"paths.output_root={tmp_path / 'outputs'}", "ckpt_path=latest"))
+    assert "the newer " + str(tmp_path / "multirun/ip/2026-01-04_00-00-00/1/checkpoints/last.ckpt") in caplog.text
+    with pytest.raises(ConfigError, match=r"no run under .*/other/ has a .*: give ckpt_path=.*multirun/other/.*/0/"):
+        resolve_latest(compose_cfg("name=other", *roots, "ckpt_path=latest"))
 
 
 def test_a_resume_by_path_keeps_the_runs_name_tags_and_directory(tmp_path: Path) -> None:

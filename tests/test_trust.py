@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import pickle
 import re
@@ -21,7 +23,9 @@ from agent_lightning.callbacks import NonFiniteLossError
 from agent_lightning.checkpoint_io import clean_stale_writes, replace_directory
 from agent_lightning.errors import ConfigError, StoppedBySignalError, user_facing
 from agent_lightning.runs.lock import LOCK_FILE
+from agent_lightning.runs.nothing_left import summary_metrics
 from agent_lightning.safe_load import check_distributed_metadata
+from agent_lightning.tracking import SUMMARY_FILE
 from agent_lightning.train import train
 from agent_lightning.validation import validate
 
@@ -246,11 +250,11 @@ def test_stale_writes_are_cleaned_and_a_directory_swap_keeps_the_old_one_until_t
     assert (tmp_path / "dir.ckpt" / ".metadata").read_bytes() == b"new"
 
 
-def test_a_resume_with_another_optimizer_is_refused_and_a_resume_does_not_rewrite_its_checkpoint(
-    compose_cfg, tmp_path: Path
+def test_a_resume_with_another_optimizer_is_refused_and_one_with_nothing_left_keeps_its_checkpoint_and_summary(
+    compose_cfg, tmp_path: Path, caplog
 ) -> None:
     first = ["trainer.max_epochs=3", "data.train_size=4096", "test=false"]
-    train(compose_cfg(*first, output_dir=tmp_path / "run"))
+    trained = train(compose_cfg(*first, output_dir=tmp_path / "run"))
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     written = last.read_bytes()
     # Its optimizer state is Adam's: SGD cannot take it (Lightning would crash at the first step, after a save).
@@ -261,9 +265,18 @@ def test_a_resume_with_another_optimizer_is_refused_and_a_resume_does_not_rewrit
     for fewer in (1, 2):  # it ran 3 epochs
         with pytest.raises(ConfigError, match=rf"has run 3 epochs but trainer.max_epochs={fewer}: .* more than 3"):
             validate(compose_cfg(f"trainer.max_epochs={fewer}", f"ckpt_path={last}", output_dir=tmp_path / "run"))
-    # A resume that has nothing left to train leaves the checkpoint it resumed from as it was.
-    train(compose_cfg(*first, f"ckpt_path={last}", output_dir=tmp_path / "run"))
+    # A resume that has nothing left to train says so, leaves the checkpoint it resumed from as it was,
+    # and keeps the metrics summary.json holds for those weights (Lightning validates nothing then).
+    summary = json.loads((tmp_path / "run" / SUMMARY_FILE).read_text())
+    assert summary["metrics"]["val/acc"] == pytest.approx(trained["val/acc"]) and summary["global_step"] == 48
+    with caplog.at_level(logging.INFO, logger="agent_lightning"):
+        again = train(compose_cfg(*first, f"ckpt_path={last}", output_dir=tmp_path / "run"))
     assert last.read_bytes() == written
+    kept = json.loads((tmp_path / "run" / SUMMARY_FILE).read_text())
+    assert kept["metrics"] == summary["metrics"] and again["val/acc"] == pytest.approx(trained["val/acc"])
+    assert re.search(r"Nothing left to train: .* had reached trainer.max_epochs=3 at step 48 ", caplog.text)
+    # A summary written at another step describes other weights: not kept.
+    assert summary_metrics(tmp_path / "run", 48) == summary["metrics"] and summary_metrics(tmp_path / "run", 32) == {}
 
 
 def test_one_ctrl_c_delivered_twice_is_one_stop_and_a_later_second_one_interrupts(monkeypatch) -> None:

@@ -52,6 +52,16 @@ class RankBatchesDataModule(pl.LightningDataModule):
         return None
 
     @property
+    def data_parallel_rank(self) -> int:
+        """The place of this process among the data-parallel ranks (0 until `setup`)."""
+        return self._rank
+
+    @property
+    def data_parallel_size(self) -> int:
+        """How many data-parallel ranks share each global batch (1 until `setup`)."""
+        return self._world
+
+    @property
     def local_batch_size(self) -> int:
         """Batch size on each data-parallel rank."""
         return self.batch_size // self._world

@@ -40,7 +40,7 @@ class SplitView:
 
     def __init__(self, directory: Path, name: str, manifest: dict[str, Any]) -> None:
         self.directory, self.name = directory, name
-        self.num_features = manifest["num_features"]
+        self.num_features, self.num_classes = manifest["num_features"], manifest["num_classes"]
         self.shards = manifest["splits"][name]["shards"]
         self.rows = int(manifest["splits"][name]["rows"])
         self.offsets = np.cumsum([0, *(s["rows"] for s in self.shards)])
@@ -52,8 +52,22 @@ class SplitView:
             entry = self.shards[shard]
             x = self._map(entry["files"]["x"]["file"], (entry["rows"], self.num_features), np.float32)
             y = self._map(entry["files"]["y"]["file"], (entry["rows"],), np.int64)
+            self._check_labels(entry["files"]["y"]["file"], y)
             self._open[shard] = (x, y)
         return self._open[shard]
+
+    def _check_labels(self, name: str, labels: np.ndarray) -> None:
+        # Once per shard and process (labels are small): a label shard altered in place keeps its size,
+        # and an out-of-range label would otherwise fail deep inside the loss (or index another class).
+        if not len(labels):
+            return
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= self.num_classes:
+            bad = low if low < 0 else high
+            raise ConfigError(
+                f"shard {self.directory / name} holds label {bad}, outside 0..{self.num_classes - 1} "
+                f"(num_classes={self.num_classes} in its manifest): altered or corrupt; re-run prepare"
+            )
 
     def groups(self, shard: int) -> np.memmap | None:
         """Group ids of one shard, where the dataset has groups."""

@@ -143,7 +143,7 @@ class StreamTrainLoader:
         older = space.rows - window
         local_old = data.replay_local_rows if older > 0 else 0
         local_new = data.local_batch_size - local_old
-        world, rank = data._world, data._rank
+        world, rank = data.data_parallel_size, data.data_parallel_rank
         new = rng.choice(window, size=local_new * world, replace=window < local_new * world) + older
         old = rng.choice(older, size=local_old * world, replace=older < local_old * world) if local_old else new[:0]
         # Bookkeeping from the global draw: every rank counts the same.
@@ -197,8 +197,8 @@ class StreamEvalLoader:
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         space = self.data.space(self.split)
         rows = min(self.data.val_rows, space.rows)
-        part = rows // self.data._world
-        start = space.rows - rows + self.data._rank * part
+        part = rows // self.data.data_parallel_size
+        start = space.rows - rows + self.data.data_parallel_rank * part
         step = self.data.local_batch_size
         for lo in range(0, part, step):
             x, y = space.gather(np.arange(start + lo, start + min(part, lo + step)))

@@ -18,6 +18,8 @@ from typing import Any
 
 import lightning.pytorch as pl
 
+from agent_lightning.runs.loop_progress import BATCHES, EPOCHS, fit_loop_state, last_batch_ran, saved_within_epoch
+
 log = logging.getLogger("agent_lightning")
 FINGERPRINT_KEY = "data_fingerprint"
 BATCHING_KEY = "data_batching"  # the global batch size and data-parallel ranks the position was counted in
@@ -30,7 +32,7 @@ def data_fingerprint(datamodule: Any) -> str | None:
 
 def data_batching(datamodule: Any) -> dict[str, int] | None:
     """The global batch size and the number of data-parallel ranks the datamodule serves."""
-    batch_size, ranks = getattr(datamodule, "batch_size", None), getattr(datamodule, "_world", None)
+    batch_size, ranks = getattr(datamodule, "batch_size", None), getattr(datamodule, "data_parallel_size", None)
     if not isinstance(batch_size, int) or not isinstance(ranks, int):
         return None
     return {"batch_size": batch_size, "ranks": ranks}
@@ -54,14 +56,11 @@ def _what_changed(checkpoint: dict[str, Any], datamodule: Any) -> str | None:
 def _restart_epoch(fit_loop: dict[str, Any]) -> tuple[int, int] | None:
     """Make a mid-epoch fit-loop state one that starts its epoch afresh; return (epoch, batches done) or None."""
     fit_loop.get("state_dict", {}).pop("combined_loader", None)  # the loader's saved position: other rows now
-    epochs = fit_loop.get("epoch_progress")
-    batches = fit_loop.get("epoch_loop.batch_progress")
-    if not epochs or not batches:
-        return None
-    current, total = epochs["current"], epochs["total"]
-    if current["started"] <= current["processed"]:
+    if not saved_within_epoch(fit_loop):
         return None  # saved between epochs: the next one starts from its first batch anyway
-    if batches.get("is_last_batch"):
+    batches = fit_loop[BATCHES]
+    current, total = fit_loop[EPOCHS]["current"], fit_loop[EPOCHS]["total"]
+    if last_batch_ran(fit_loop):
         # Saved after the epoch's last batch (at its validation or end): it is finished. Counted as done, so
         # that Lightning does not continue it with the batches a loader of other rows or sizes has left.
         for progress in (current, total):
@@ -107,7 +106,7 @@ class DataAwareResume(pl.Callback):
         # Lightning restores the datamodule before callbacks and the loops after them.
         if hasattr(trainer.datamodule, "load_state_dict"):
             trainer.datamodule.load_state_dict({})
-        restarted = _restart_epoch(checkpoint.get("loops", {}).get("fit_loop", {}))
+        restarted = _restart_epoch(fit_loop_state(checkpoint))
         if restarted:
             # Lightning counted groups of `steps_per_execution` batches (the last group of an epoch may hold fewer).
             grouped = ((checkpoint.get("hyper_parameters") or {}).get("step") or {}).get("steps_per_execution", 1)

@@ -7,11 +7,12 @@ run is pointed there (`hydra.run.dir`), and Hydra saves the resumed run's compos
 `csv/metrics.csv`, the checkpoint callbacks continue their best-k tracking in the same
 `checkpoints/`, and `train.log` is appended to. The run-directory lock still refuses a second run
 writing into the directory. `ckpt_path=latest` is the newest `checkpoints/last.ckpt` (by time
-written) under `<paths.output_root>/<name>/`.
+written) under `<paths.output_root>/<name>/`; a sweep's jobs are not candidates (a newer one is named).
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ from omegaconf import DictConfig, open_dict
 from agent_lightning.errors import ConfigError
 from agent_lightning.runs.lock import global_rank, run_directory_lock
 
+log = logging.getLogger("agent_lightning")
 LATEST = "latest"
 CHECKPOINTS = "checkpoints"
 LAST = "last.ckpt"
@@ -30,23 +32,42 @@ _CKPT = re.compile(r"^\+{0,2}ckpt_path=(.*)$")
 _MULTIRUN = ("-m", "--multirun")
 
 
-def latest_checkpoint(output_root: str | Path, name: str) -> Path:
-    """The most recently written `checkpoints/last.ckpt` of the runs under `<output_root>/<name>/`."""
+def _newest(paths: list[Path]) -> Path | None:
+    return max(paths, key=lambda path: path.stat().st_mtime) if paths else None
+
+
+def latest_checkpoint(output_root: str | Path, name: str, multirun_root: str | Path | None = None) -> Path:
+    """The most recently written `checkpoints/last.ckpt` of the runs under `<output_root>/<name>/`.
+
+    A sweep's jobs (`<multirun_root>/<name>/<time>/<job>/`) are not candidates: each job's config comes from
+    the sweep's overrides, which a resume command does not repeat, and which job finished last is chance.
+    A newer one is named, so that `latest` never passes it over in silence.
+    """
     root = Path(output_root) / name
-    found = [path for path in root.glob(f"*/{CHECKPOINTS}/{LAST}") if path.exists()]
-    if not found:
+    latest = _newest([path for path in root.glob(f"*/{CHECKPOINTS}/{LAST}") if path.exists()])
+    swept = None
+    if multirun_root:
+        swept = _newest([p for p in (Path(multirun_root) / name).glob(f"*/*/{CHECKPOINTS}/{LAST}") if p.exists()])
+    if latest is None:
+        hint = f"; a sweep's job is never latest: give ckpt_path={swept} to resume that one" if swept else ""
         raise ConfigError(
             f"ckpt_path=latest: no run under {root}/ has a {CHECKPOINTS}/{LAST}; train one first (name={name}), or "
-            "give ckpt_path=<path to a checkpoint>"
+            f"give ckpt_path=<path to a checkpoint>{hint}"
         )
-    return max(found, key=lambda path: path.stat().st_mtime)
+    if swept is not None and swept.stat().st_mtime > latest.stat().st_mtime and global_rank() == 0:
+        log.warning(
+            "ckpt_path=latest is %s; the newer %s is a sweep job's, never latest: give its path to resume that one",
+            latest,
+            swept,
+        )
+    return latest
 
 
 def resolve_latest(cfg: DictConfig) -> None:
     """Replace `ckpt_path=latest` in `cfg` by the newest run's last checkpoint."""
     if str(cfg.get("ckpt_path")) == LATEST:
         with open_dict(cfg):
-            cfg.ckpt_path = str(latest_checkpoint(cfg.paths.output_root, cfg.name))
+            cfg.ckpt_path = str(latest_checkpoint(cfg.paths.output_root, cfg.name, cfg.paths.get("multirun_root")))
 
 
 def run_directory_of(checkpoint: Path) -> Path | None:
@@ -62,13 +83,14 @@ def _quoted(value: str | Path) -> str:
     return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _output_settings(overrides: Sequence[str]) -> tuple[str, str]:
-    """(paths.output_root, name) of the run these overrides compose."""
+def _output_settings(overrides: Sequence[str]) -> tuple[str, str, str | None]:
+    """(paths.output_root, name, paths.multirun_root) of the run these overrides compose."""
     from agent_lightning.config import compose_config
 
     kept = [arg for arg in overrides if not arg.lstrip("+~").startswith("hydra") and not _CKPT.match(arg)]
     cfg = compose_config(kept)
-    return str(cfg.paths.output_root), str(cfg.name)
+    multirun_root = cfg.paths.get("multirun_root")
+    return str(cfg.paths.output_root), str(cfg.name), str(multirun_root) if multirun_root else None
 
 
 def in_place_arguments(argv: Sequence[str]) -> list[str]:
