@@ -89,13 +89,6 @@ class AgentModule(pl.LightningModule):
         """Action logits."""
         return self.model(x)
 
-    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        """Pass through a batch (or group) already on `device`, as the loaders build them; move any other."""
-        # Lightning's generic walk over a group of batches costs about 1% of this model's step.
-        if _tensors_on(batch, device):
-            return batch
-        return super().transfer_batch_to_device(batch, device, dataloader_idx)
-
     def configure_model(self) -> None:
         """Shard the model over the device mesh of `fsdp` / `model_parallel`; data parallel needs nothing."""
         if self.device_mesh is None or is_parallelized(self.model):
@@ -373,16 +366,6 @@ class AgentModule(pl.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.scheduler_interval},
         }
-
-
-def _tensors_on(batch: Any, device: torch.device) -> bool:
-    # A (features, targets) batch or a tuple of them, every tensor already on `device`.
-    if not isinstance(batch, tuple) or not batch:
-        return False
-    batches = batch if isinstance(batch[0], tuple) else (batch,)
-    return all(
-        isinstance(pair, tuple) and all(isinstance(t, Tensor) and t.device == device for t in pair) for pair in batches
-    )
 
 
 def _is_plateau(scheduler: Any) -> bool:

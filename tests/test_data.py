@@ -116,3 +116,16 @@ def test_global_order_gives_every_world_size_the_same_global_batches() -> None:
     one, two = global_batches(1), global_batches(2)
     assert len(one) == len(two) == 16
     assert all(torch.equal(a, b) for a, b in zip(one, two, strict=True))
+
+
+def test_batches_already_on_the_device_pass_through_and_others_move() -> None:
+    from agent_lightning.data.base import RankBatchesDataModule
+
+    data = RankBatchesDataModule(batch_size=2, num_classes=3)
+    batch = (torch.zeros(2, 4), torch.zeros(2, dtype=torch.long))
+    group = (batch, batch)
+    cpu, meta = torch.device("cpu"), torch.device("meta")
+    assert data.transfer_batch_to_device(group, cpu, 0) is group
+    assert data.transfer_batch_to_device(batch, cpu, 0) is batch
+    moved = data.transfer_batch_to_device(group, meta, 0)  # not there yet: Lightning's own transfer
+    assert all(t.device == meta for pair in moved for t in pair)

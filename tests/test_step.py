@@ -131,17 +131,3 @@ def test_auto_strategy_runs_one_process_on_a_cpu_host(compose_cfg) -> None:
     explicit = compose_cfg("strategy=ddp", "devices=2", "trainer.accelerator=cpu")
     resolve_auto_strategy(explicit)
     assert explicit.strategy.name == "ddp" and explicit.devices == 2  # an explicit choice stands
-
-
-def test_batches_already_on_the_device_pass_through_and_others_move() -> None:
-    from agent_lightning.model import AgentMLP
-    from agent_lightning.module import AgentModule
-
-    module = AgentModule(AgentMLP(4, 8, 1, 3), optimizer=torch.optim.Adam)
-    batch = (torch.zeros(2, 4), torch.zeros(2, dtype=torch.long))
-    group = (batch, batch)
-    cpu, meta = torch.device("cpu"), torch.device("meta")
-    assert module.transfer_batch_to_device(group, cpu, 0) is group
-    assert module.transfer_batch_to_device(batch, cpu, 0) is batch
-    moved = module.transfer_batch_to_device(group, meta, 0)  # not there yet: Lightning's own transfer
-    assert all(t.device == meta for pair in moved for t in pair)
