@@ -21,6 +21,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from agent_lightning.data.executions import ExecutionBatches, batches_of, is_group
 from agent_lightning.optim import build_optimizer, build_scheduler
 from agent_lightning.parallel import apply_parallelism, data_parallel_coords, is_parallelized
+from agent_lightning.runs.loop_progress import epochs_done
 from agent_lightning.step import StepOptions, estimated_optimizer_steps, plain_step_possible, with_fast_kernel
 from agent_lightning.step_graph import CapturedStep, accepts_capturable, make_capturable
 
@@ -249,7 +250,7 @@ class AgentModule(pl.LightningModule):
     def _warn_if_an_epoch_logs_no_step_loss(self) -> None:
         # Lightning's own warning compares its count of groups with the interval, so it is silenced (train.py).
         loader = getattr(self.trainer, "train_dataloader", None)
-        if not isinstance(loader, ExecutionBatches) or not self.trainer.loggers:
+        if not isinstance(loader, ExecutionBatches) or not self.trainer.loggers or self._nothing_left_to_train():
             return
         batches = min(len(loader.loader), self._batches_per_epoch * loader.k)  # limit_train_batches counts groups
         if batches < self._log_every:
@@ -257,6 +258,14 @@ class AgentModule(pl.LightningModule):
                 f"An epoch has {batches} training batches, fewer than trainer.log_every_n_steps={self._log_every}: "
                 "lower it to see the step loss within an epoch"
             )
+
+    def _nothing_left_to_train(self) -> bool:
+        # A resumed run whose checkpoint had reached its limits: Lightning still starts (and ends) training.
+        trainer = self.trainer
+        if 0 <= trainer.max_steps <= trainer.global_step:
+            return True
+        done = epochs_done(trainer.fit_loop.state_dict())
+        return trainer.max_epochs not in (None, -1) and done is not None and done >= trainer.max_epochs
 
     def _graph_step_wanted(self) -> bool:
         """Whether the step runs as one captured CUDA graph: `trainer.compile_mode=reduce-overhead` on one GPU.

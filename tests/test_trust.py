@@ -8,6 +8,7 @@ import os
 import pickle
 import re
 import signal
+import warnings
 import subprocess
 import sys
 import time
@@ -269,9 +270,11 @@ def test_a_resume_with_another_optimizer_is_refused_and_one_with_nothing_left_ke
     # and keeps the metrics summary.json holds for those weights (Lightning validates nothing then).
     summary = json.loads((tmp_path / "run" / SUMMARY_FILE).read_text())
     assert summary["metrics"]["val/acc"] == pytest.approx(trained["val/acc"]) and summary["global_step"] == 48
-    with caplog.at_level(logging.INFO, logger="agent_lightning"):
+    with caplog.at_level(logging.INFO, logger="agent_lightning"), warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
         again = train(compose_cfg(*first, f"ckpt_path={last}", output_dir=tmp_path / "run"))
     assert last.read_bytes() == written
+    assert not [w for w in warned if "training batches, fewer than" in str(w.message)]  # it trains none
     kept = json.loads((tmp_path / "run" / SUMMARY_FILE).read_text())
     assert kept["metrics"] == summary["metrics"] and again["val/acc"] == pytest.approx(trained["val/acc"])
     assert re.search(r"Nothing left to train: .* had reached trainer.max_epochs=3 at step 48 ", caplog.text)
