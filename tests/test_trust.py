@@ -8,10 +8,10 @@ import os
 import pickle
 import re
 import signal
-import warnings
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import hydra
