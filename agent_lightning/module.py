@@ -22,7 +22,13 @@ from agent_lightning.data.executions import ExecutionBatches, batches_of, is_gro
 from agent_lightning.optim import build_optimizer, build_scheduler
 from agent_lightning.parallel import apply_parallelism, data_parallel_coords, is_parallelized
 from agent_lightning.runs.loop_progress import epochs_done
-from agent_lightning.step import StepOptions, estimated_optimizer_steps, plain_step_possible, with_fast_kernel
+from agent_lightning.step import (
+    StepOptions,
+    estimated_optimizer_steps,
+    fused_allowed,
+    plain_step_possible,
+    with_fast_kernel,
+)
 from agent_lightning.step_graph import CapturedStep, accepts_capturable, make_capturable
 
 # What ReduceLROnPlateau watches: it steps after each validation.
@@ -348,7 +354,8 @@ class AgentModule(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         """Build the optimizer over the placed (possibly wrapped or sharded) model's parameters."""
         model = self.trainer.model
-        factory = with_fast_kernel(self.optimizer_factory, model)
+        fused = fused_allowed(self.step_options, self.trainer.precision_plugin)
+        factory = with_fast_kernel(self.optimizer_factory, model, fused)
         capturable = self._graph_step_wanted() and accepts_capturable(factory)
         if capturable:
             factory = functools.partial(factory, capturable=True)

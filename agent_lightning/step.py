@@ -120,12 +120,15 @@ def _accepts(factory: Callable[..., Any], name: str) -> bool:
         return False
 
 
-def with_fast_kernel(factory: Callable[..., torch.optim.Optimizer], model: nn.Module) -> Callable[..., Any]:
+def with_fast_kernel(
+    factory: Callable[..., torch.optim.Optimizer], model: nn.Module, fused: bool = True
+) -> Callable[..., Any]:
     """The optimizer factory set to its fused kernel (one kernel for all tensors) where possible.
 
     torch's default on CPU is a Python loop over parameters. Fused needs plain (non-DTensor)
-    floating-point parameters on CPU or CUDA; sharded models keep torch's default. A user's
-    explicit `fused` / `foreach` in the optimizer config wins.
+    floating-point parameters on CPU or CUDA; sharded models keep torch's default. With `fused=False`
+    (see `fused_allowed`) plain parameters get the `foreach` kernels instead. A user's explicit `fused`
+    / `foreach` in the optimizer config wins.
     """
     keywords = getattr(factory, "keywords", {}) or {}
     if "fused" in keywords or "foreach" in keywords:
@@ -136,9 +139,22 @@ def with_fast_kernel(factory: Callable[..., torch.optim.Optimizer], model: nn.Mo
     plain = all(
         not isinstance(p, DTensor) and p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params
     )
-    if plain and _accepts(factory, "fused"):
+    if plain and fused and _accepts(factory, "fused"):
         return functools.partial(factory, fused=True)
+    if plain and _accepts(factory, "foreach"):
+        return functools.partial(factory, foreach=True)
     return factory  # torch's default: foreach on tensor-parallel DTensors fails on CPU
+
+
+def fused_allowed(options: StepOptions, precision_plugin: Any) -> bool:
+    """Whether the step may use a fused optimizer: not when clipping under mixed precision.
+
+    A fused optimizer unscales gradients inside its step, so Lightning's mixed-precision plugin refuses
+    to clip them (also for bf16, which has nothing to unscale).
+    """
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    return options.gradient_clip_val is None or not isinstance(precision_plugin, MixedPrecision)
 
 
 # Hooks Lightning runs around a manual backward and optimizer step. `AgentModule` defines only

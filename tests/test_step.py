@@ -63,6 +63,14 @@ def test_value_clipping_bounds_each_sgd_update(compose_cfg, tmp_path: Path) -> N
     assert max((free[k] - start[k]).abs().max().item() for k in start) > 10 * largest
 
 
+def test_clipping_under_bf16_mixed_precision_trains_with_the_foreach_kernel(compose_cfg, tmp_path: Path) -> None:
+    # Lightning's mixed-precision plugin refuses to clip a fused optimizer's gradients (it unscales them itself).
+    run = _trained(compose_cfg, tmp_path, "bf16", "trainer.precision=bf16-mixed", "trainer.gradient_clip_val=1e-3")
+    assert run.steps == 16 and run.kernel == {"fused": None, "foreach": True}
+    trained = {k: w for k, w in run.weights.items() if k.endswith(("weight", "bias"))}  # not the normalizer's
+    assert trained and all(torch.isfinite(w).all() and not torch.equal(w, run.start[k]) for k, w in trained.items())
+
+
 def test_epoch_and_plateau_schedules_step_once_per_epoch(compose_cfg, tmp_path: Path) -> None:
     two_epochs = ["trainer.max_epochs=2", "data.val_size=512"]
     step = _trained(
