@@ -48,6 +48,13 @@ def build_scheduler(factory: Callable[..., Any], optimizer: torch.optim.Optimize
     """Call a Hydra partial scheduler; a `total_steps: null` argument gets the run's optimizer steps."""
     keywords = getattr(factory, "keywords", {})
     if "total_steps" in keywords and keywords["total_steps"] is None:
+        if not math.isfinite(total_steps):
+            name = getattr(getattr(factory, "func", factory), "__name__", "this scheduler")
+            # Known only once the trainer counts the run's steps: reported as a config error all the same.
+            raise ConfigError(
+                f"scheduler {name} plans its steps over the run's length, which this run does not know (data=stream "
+                "without trainer.max_steps): set trainer.max_steps, or use a scheduler without a fixed length"
+            )
         return factory(optimizer=optimizer, total_steps=int(total_steps))
     return factory(optimizer=optimizer)
 

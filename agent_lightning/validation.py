@@ -401,6 +401,7 @@ def _check_same_training_setup(cfg: DictConfig, path: Path, checkpoint: dict[str
     saved = (checkpoint.get("hyper_parameters") or {}).get("config")
     if not isinstance(saved, dict):
         return  # a checkpoint without its run config: Lightning's own checks remain
+    _check_same_planned_length(cfg, path, checkpoint, saved)
     for group in ("optimizer", "scheduler"):
         before = str((saved.get(group) or {}).get("_target_") or "none")
         now = str((cfg.get(group) or {}).get("_target_") or "none")
@@ -410,3 +411,23 @@ def _check_same_training_setup(cfg: DictConfig, path: Path, checkpoint: dict[str
                 f"{now.rsplit('.', 1)[-1]}: resume with the {group} that wrote it, or start a new run from its "
                 f"weights with init_from={path}"
             )
+
+
+def _check_same_planned_length(cfg: DictConfig, path: Path, checkpoint: dict[str, Any], saved: dict[str, Any]) -> None:
+    # A schedule planned over the run's steps (onecycle) restores its plan: another run length would step past it.
+    planned = [
+        state["total_steps"]
+        for state in checkpoint.get("lr_schedulers") or []
+        if isinstance(state, dict) and isinstance(state.get("total_steps"), int)
+    ]
+    if not planned:
+        return
+    keys = ("max_epochs", "max_steps")
+    before = {key: (saved.get("trainer") or {}).get(key) for key in keys}
+    changed = [key for key in keys if before[key] != cfg.trainer.get(key)]
+    if changed:
+        was = " ".join(f"trainer.{key}={before[key]}" for key in changed)
+        raise ConfigError(
+            f"ckpt_path={path} holds an LR schedule planned over {planned[0]} optimizer steps ({was}), which "
+            f"cannot be stretched: resume with {was}, or start a new run from its weights with init_from={path}"
+        )

@@ -173,3 +173,28 @@ def test_default_callbacks_work_without_validation(compose_cfg) -> None:
     # Early stopping watches val/acc: with validation off it must wait, not fail the run.
     metrics = train(compose_cfg("trainer.limit_val_batches=0", "trainer.max_epochs=2", "test=false"))
     assert "val/acc" not in metrics and metrics["train/acc"] > 0.5
+
+
+def test_a_schedule_planned_over_the_run_needs_a_known_length() -> None:
+    import functools
+
+    from agent_lightning.errors import ConfigError
+    from agent_lightning.optim import build_scheduler
+
+    optimizer = torch.optim.SGD(AgentMLP(4, 8, 1, 3).parameters(), lr=0.1)
+    onecycle = functools.partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=0.1, total_steps=None)
+    assert build_scheduler(onecycle, optimizer, 12).total_steps == 12
+    with pytest.raises(ConfigError, match=r"scheduler OneCycleLR plans its steps .* set trainer.max_steps"):
+        build_scheduler(onecycle, optimizer, math.inf)  # data=stream without max_steps: no length
+
+
+def test_a_onecycle_run_resumes_only_at_its_planned_length(compose_cfg, tmp_path) -> None:
+    from agent_lightning.errors import ConfigError
+    from agent_lightning.validation import validate
+
+    first = ["scheduler=onecycle", "data.train_size=2048", "trainer.max_epochs=1", "test=false"]
+    train(compose_cfg(*first, output_dir=tmp_path / "run"))
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    with pytest.raises(ConfigError, match=r"planned over 8 optimizer steps \(trainer.max_epochs=1\), which cannot"):
+        validate(compose_cfg(*first[:-2], "trainer.max_epochs=2", f"ckpt_path={last}", output_dir=tmp_path / "run"))
+    validate(compose_cfg(*first, f"ckpt_path={last}", output_dir=tmp_path / "run"))  # its own length: fine
