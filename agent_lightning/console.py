@@ -42,14 +42,30 @@ class BatchTQDMProgressBar(TQDMProgressBar):
     def _group(self) -> int:
         return getattr(self.trainer.train_dataloader, "k", 1)  # `ExecutionBatches` groups k batches
 
+    _epoch_total: int | float | None = None
+
     @property
     def total_train_batches(self) -> int | float:
-        """The epoch's batches (Lightning counts its steps, each a group of batches)."""
-        total = super().total_train_batches
-        group = self._group()
-        if group == 1 or total == float("inf"):
-            return total
-        return min(self.trainer.num_training_batches * group, len(self.trainer.train_dataloader.loader))
+        """The epoch's batches (Lightning counts its steps, each a group of batches), as the epoch started."""
+        # Lightning's count with max_epochs=-1 is the steps left to max_steps: read every batch, it would shrink
+        # with each step. It is taken once per epoch.
+        if self._epoch_total is None:
+            total = super().total_train_batches
+            group = self._group()
+            if group > 1 and total != float("inf"):
+                total = min(self.trainer.num_training_batches * group, len(self.trainer.train_dataloader.loader))
+            self._epoch_total = total
+        return self._epoch_total
+
+    def on_train_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        """Count the (possibly resumed) epoch's batches afresh."""
+        self._epoch_total = None
+        super().on_train_start(trainer, *args)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        """Count the new epoch's batches."""
+        self._epoch_total = None
+        super().on_train_epoch_start(trainer, *args)
 
     def _batches_done(self, batch_idx: int) -> int:
         done, total = (batch_idx + 1) * self._group(), self.total_train_batches

@@ -64,3 +64,20 @@ def test_config_tree_has_one_branch_per_group_with_its_choice(compose_cfg) -> No
     assert sum(line.startswith(("├─", "└─")) for line in lines) == 1 + sum(
         1 for v in cfg.values() if hasattr(v, "keys") and len(v)
     )
+
+
+def test_line_progress_with_max_steps_and_no_epoch_limit_prints_each_epoch_once(compose_cfg, caplog) -> None:
+    # Lightning's epoch length with max_epochs=-1 is the steps left to max_steps, which shrinks every step.
+    cfg = compose_cfg(
+        "progress=lines",
+        "trainer.enable_progress_bar=true",
+        "data.train_size=2048",  # 8 batches an epoch (of 256)
+        "trainer.max_epochs=-1",
+        "trainer.max_steps=20",
+        "test=false",
+    )
+    with caplog.at_level(logging.INFO, logger="agent_lightning"):
+        train(cfg)
+    progress = [r.getMessage() for r in caplog.records if "% (" in r.getMessage()]
+    done = [m.split("(")[1].split(" batches")[0] for m in progress]
+    assert done == ["8/8", "8/8", "4/4"], progress  # 20 steps: two whole epochs and 4 of the third
