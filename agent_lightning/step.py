@@ -140,10 +140,18 @@ def with_fast_kernel(
         not isinstance(p, DTensor) and p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params
     )
     if plain and fused and _accepts(factory, "fused"):
-        return functools.partial(factory, fused=True)
+        return _with_keywords(factory, fused=True)
     if plain and _accepts(factory, "foreach"):
-        return functools.partial(factory, foreach=True)
+        return _with_keywords(factory, foreach=True)
     return factory  # torch's default: foreach on tensor-parallel DTensors fails on CPU
+
+
+def _with_keywords(factory: Callable[..., Any], **keywords: Any) -> functools.partial[Any]:
+    # One flat partial: Hydra's deferred target is not a functools.partial, so wrapping it would hide its
+    # keywords (and their OmegaConf containers) from `build_optimizer`.
+    func = getattr(factory, "func", factory)
+    own = dict(getattr(factory, "keywords", None) or {})
+    return functools.partial(func, *getattr(factory, "args", ()), **{**own, **keywords})
 
 
 def fused_allowed(options: StepOptions, precision_plugin: Any) -> bool:

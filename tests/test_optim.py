@@ -24,6 +24,7 @@ def configured(cfg) -> tuple[torch.optim.Optimizer, dict | None]:
         train_dataloader=None,
         max_epochs=1,
         max_steps=-1,
+        precision_plugin=None,  # full precision
     )
     result = module.configure_optimizers()
     if isinstance(result, dict):
