@@ -56,6 +56,13 @@ class BatchLog(pl.Callback):
         self.batches.append((trainer.current_epoch, idx))
 
 
+class StepCount(pl.Callback):
+    """The run's optimizer steps when training ends."""
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.global_step = trainer.global_step
+
+
 @pytest.mark.parametrize("limit", ["trainer.max_epochs=2", "trainer.max_steps=25"], ids=["epochs", "steps"])
 def test_a_resume_on_changed_data_runs_the_interrupted_epoch_afresh_and_whole(
     limit: str, tmp_path: Path, caplog
@@ -107,6 +114,19 @@ def test_a_resume_with_another_batch_size_runs_the_interrupted_epoch_afresh(tmp_
     again = [*QUICK, f"data.path={tmp_path / 'day1'}", "data.batch_size=64", "trainer.max_epochs=3", resumed_last]
     train(compose_config(again, tmp_path / "resumed"), extra_callbacks=[more])
     assert more.batches == [(2, i) for i in range(30)]
+
+
+def test_a_resume_after_max_steps_ended_an_epoch_early_trains_the_rest_of_it(tmp_path: Path, caplog) -> None:
+    synthetic = ["data.train_size=2048", "data.batch_size=256", "trainer.steps_per_execution=1", "test=false"]
+    quiet = ["trainer.enable_progress_bar=false", "trainer.num_sanity_val_steps=0", "logger=none"]
+    train(compose_config([*synthetic, *quiet, "trainer.max_steps=5"], tmp_path / "run"))  # 5 of epoch 0's 8
+    resume = [*synthetic, *quiet, "trainer.max_epochs=2", f"ckpt_path={tmp_path}/run/checkpoints/last.ckpt"]
+    seen = BatchLog()
+    with caplog.at_level(logging.INFO, logger="agent_lightning"):
+        train(compose_config(resume, tmp_path / "resumed"), extra_callbacks=[seen, steps := StepCount()])
+    assert seen.batches == [(0, 5), (0, 6), (0, 7), *((1, i) for i in range(8))]  # epoch 0's rest, then epoch 1
+    assert steps.global_step == 16
+    assert "resuming inside epoch 0, which trainer.max_steps had ended after 5 batches" in caplog.text
 
 
 TINY = [

@@ -18,7 +18,14 @@ from typing import Any
 
 import lightning.pytorch as pl
 
-from agent_lightning.runs.loop_progress import BATCHES, EPOCHS, fit_loop_state, last_batch_ran, saved_within_epoch
+from agent_lightning.runs.loop_progress import (
+    BATCHES,
+    EPOCHS,
+    batches_cut_short,
+    fit_loop_state,
+    last_batch_ran,
+    saved_within_epoch,
+)
 
 log = logging.getLogger("agent_lightning")
 FINGERPRINT_KEY = "data_fingerprint"
@@ -102,6 +109,7 @@ class DataAwareResume(pl.Callback):
         """Drop the saved position in the epoch when the data or its batching has changed since the checkpoint."""
         changed = _what_changed(checkpoint, trainer.datamodule)
         if changed is None:
+            _continue_an_epoch_cut_short(checkpoint, trainer.datamodule)
             return  # the same data and batching, or a checkpoint that cannot tell: resume exactly
         # Lightning restores the datamodule before callbacks and the loops after them.
         if hasattr(trainer.datamodule, "load_state_dict"):
@@ -115,3 +123,24 @@ class DataAwareResume(pl.Callback):
         else:
             where = "the next epoch starts as usual"
         log.warning("resuming with %s: %s", changed, where)
+
+
+def _continue_an_epoch_cut_short(checkpoint: dict[str, Any], datamodule: Any) -> None:
+    # Lightning counts an epoch that max_steps ended early as processed: a resume would go on with the next epoch,
+    # while the loader's saved position still points inside this one. Counted unprocessed, the epoch continues.
+    from agent_lightning.data.stream import StreamDataModule
+
+    if isinstance(datamodule, StreamDataModule):
+        return  # a stream's epoch has no end to reach: going on with what arrives is its design
+    fit_loop = fit_loop_state(checkpoint)
+    cut = batches_cut_short(fit_loop)
+    if cut is None:
+        return
+    for progress in (fit_loop[EPOCHS]["current"], fit_loop[EPOCHS]["total"]):
+        progress["processed"] = min(progress["processed"], progress["started"] - 1)
+    grouped = ((checkpoint.get("hyper_parameters") or {}).get("step") or {}).get("steps_per_execution", 1)
+    log.info(
+        "resuming inside epoch %d, which trainer.max_steps had ended after %d batches",
+        int(fit_loop[EPOCHS]["current"]["started"]) - 1,
+        cut * int(grouped),
+    )

@@ -43,3 +43,17 @@ def epochs_done(fit_loop: Mapping[str, Any]) -> int | None:
     """Whole epochs the checkpoint's run has trained (None when its progress cannot tell)."""
     counts = _current_epoch_counts(fit_loop)
     return None if counts is None else counts[1] + int(last_batch_ran(fit_loop))
+
+
+def batches_cut_short(fit_loop: Mapping[str, Any]) -> int | None:
+    """Batches run in an epoch that `trainer.max_steps` ended before its last batch (None: no such epoch).
+
+    Lightning counts such an epoch processed, as if it had ended: a resume goes on with the next one.
+    """
+    counts, batches = _current_epoch_counts(fit_loop), fit_loop.get(BATCHES)
+    if counts is None or counts[0] != counts[1] or not isinstance(batches, Mapping):
+        return None
+    done = (batches.get("current") or {}).get("completed")
+    if not isinstance(done, int) or done <= 0 or batches.get("is_last_batch"):
+        return None
+    return done
