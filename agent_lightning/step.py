@@ -50,6 +50,8 @@ STEP_KEYS = tuple(StepOptions.__dataclass_fields__)
 
 def step_options(trainer_cfg: DictConfig) -> StepOptions:
     """The step options in `cfg.trainer` (absent keys keep their defaults); a bad value is a ConfigError."""
+    if "steps_per_execution" in trainer_cfg and trainer_cfg.steps_per_execution is None:
+        raise ConfigError("trainer.steps_per_execution=None is invalid: use a whole number >= 1 or auto")
     values = {key: trainer_cfg[key] for key in STEP_KEYS if trainer_cfg.get(key) is not None}
     for key in ("accumulate_grad_batches", "steps_per_execution"):
         count = values.get(key, 1)

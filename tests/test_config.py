@@ -46,7 +46,7 @@ def test_every_group_has_options() -> None:
 def test_optimizer_and_scheduler_options_instantiate_together(compose_cfg, optimizer: str, scheduler: str) -> None:
     cfg = compose_cfg(f"optimizer={optimizer}", f"scheduler={scheduler}")
     module = build_module(cfg)
-    module.trainer = SimpleNamespace(model=module, estimated_stepping_batches=200)
+    module.trainer = SimpleNamespace(model=module, estimated_stepping_batches=200, precision_plugin=None)
     configured = module.configure_optimizers()
     opt = configured["optimizer"] if isinstance(configured, dict) else configured
     assert opt.defaults["lr"] == pytest.approx(cfg.optimizer.lr)

@@ -104,6 +104,7 @@ def test_compiled_step_learns(compose_cfg, tmp_path: Path) -> None:
         ("trainer.gradient_clip_algorithm=max", "trainer.gradient_clip_algorithm='max'"),
         ("trainer.compile_mode=fast", "trainer.compile_mode='fast'"),
         ("trainer.compile=yes", "trainer.compile='yes'"),
+        ("trainer.steps_per_execution=null", "trainer.steps_per_execution=None"),
     ],
 )
 def test_bad_step_options_name_the_key(compose_cfg, override: str, named: str) -> None:

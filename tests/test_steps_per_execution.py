@@ -218,7 +218,7 @@ def test_auto_takes_one_batch_per_step_where_lightning_steps_are_counted(compose
     assert resolved("trainer.steps_per_execution=3") == 3  # an explicit choice stands
     assert resolved(extra=(CountsLightningSteps(),)) == 1
     assert resolved("trainer.limit_train_batches=10") == 1
-    assert resolved("+trainer.val_check_interval=20") == 1
+    assert resolved("trainer.val_check_interval=20") == 1
     assert resolved("trainer.fast_dev_run=true") == 1
     assert resolved("trainer.max_steps=100") == 1
     assert resolved("trainer.log_every_n_steps=1") == 1
