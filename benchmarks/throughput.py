@@ -312,8 +312,8 @@ def _paths(args: argparse.Namespace, device: torch.device, mode: str | None) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=4, help="epochs per run of a path (the first is warm-up)")
+    parser.add_argument("--rounds", type=int, default=2, help="runs of every path, one after the other")
     parser.add_argument("--batch", type=int, nargs="+", default=[512], help="batch sizes to sweep, e.g. 512 2048 8192")
     parser.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu"])
     parser.add_argument("--compile-mode", default="default", help="torch.compile mode of the compiled paths")
