@@ -21,7 +21,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from agent_lightning.data.executions import ExecutionBatches, batches_of, is_group
 from agent_lightning.optim import build_optimizer, build_scheduler
 from agent_lightning.parallel import apply_parallelism, data_parallel_coords, is_parallelized
-from agent_lightning.runs.loop_progress import epochs_done
+from agent_lightning.runs.nothing_left import nothing_left_to_train
 from agent_lightning.step import (
     StepOptions,
     estimated_optimizer_steps,
@@ -256,7 +256,7 @@ class AgentModule(pl.LightningModule):
     def _warn_if_an_epoch_logs_no_step_loss(self) -> None:
         # Lightning's own warning compares its count of groups with the interval, so it is silenced (train.py).
         loader = getattr(self.trainer, "train_dataloader", None)
-        if not isinstance(loader, ExecutionBatches) or not self.trainer.loggers or self._nothing_left_to_train():
+        if not isinstance(loader, ExecutionBatches) or not self.trainer.loggers or nothing_left_to_train(self.trainer):
             return
         batches = min(len(loader.loader), self._batches_per_epoch * loader.k)  # limit_train_batches counts groups
         if batches < self._log_every:
@@ -264,14 +264,6 @@ class AgentModule(pl.LightningModule):
                 f"An epoch has {batches} training batches, fewer than trainer.log_every_n_steps={self._log_every}: "
                 "lower it to see the step loss within an epoch"
             )
-
-    def _nothing_left_to_train(self) -> bool:
-        # A resumed run whose checkpoint had reached its limits: Lightning still starts (and ends) training.
-        trainer = self.trainer
-        if 0 <= trainer.max_steps <= trainer.global_step:
-            return True
-        done = epochs_done(trainer.fit_loop.state_dict())
-        return trainer.max_epochs not in (None, -1) and done is not None and done >= trainer.max_epochs
 
     def _graph_step_wanted(self) -> bool:
         """Whether the step runs as one captured CUDA graph: `trainer.compile_mode=reduce-overhead` on one GPU.

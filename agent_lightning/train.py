@@ -34,7 +34,7 @@ from agent_lightning.runs.environment import environment_restored
 from agent_lightning.runs.in_place import discard_resume_record, in_place_arguments, resolve_latest
 from agent_lightning.runs.init_from import load_initial_weights
 from agent_lightning.runs.lock import run_directory_lock
-from agent_lightning.runs.nothing_left import TrainingBatchCount, keep_metrics_if_untrained
+from agent_lightning.runs.nothing_left import NothingLeftCheck, keep_metrics_if_untrained
 from agent_lightning.runs.stops import StopOnSignal, stopped_by_signal
 from agent_lightning.runs.threads import cpu_threads
 from agent_lightning.step import check_step_options, lightning_trainer_config, step_options
@@ -86,7 +86,7 @@ def build_callbacks(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -
         FiniteLossGuard(),
         StopOnSignal(),
         DataAwareResume(),
-        TrainingBatchCount(),
+        NothingLeftCheck(),
         *env_eval_callbacks(cfg),
         *extra_callbacks,
     ]

@@ -16,27 +16,29 @@ from typing import Any
 import lightning.pytorch as pl
 from omegaconf import DictConfig
 
+from agent_lightning.runs.loop_progress import epochs_done
 from agent_lightning.tracking import SUMMARY_FILE
 
 log = logging.getLogger("agent_lightning")
 
 
-class TrainingBatchCount(pl.Callback):
-    """Counts the training batches this fit ran (none when the resumed run had already reached its limit)."""
+def nothing_left_to_train(trainer: pl.Trainer) -> bool:
+    """Whether the restored run had already reached its limits: Lightning still starts (and ends) training."""
+    if 0 <= trainer.max_steps <= trainer.global_step:
+        return True
+    done = epochs_done(trainer.fit_loop.state_dict())
+    return trainer.max_epochs not in (None, -1) and done is not None and done >= trainer.max_epochs
 
-    # Whether any ran is all that is read: a group of batches run as one Lightning step counts as well.
-    handles_grouped_steps = True
+
+class NothingLeftCheck(pl.Callback):
+    """Tells, as training starts (after a resume's restore), whether this fit has anything left to train."""
 
     def __init__(self) -> None:
-        self.batches = 0
+        self.nothing_left = False
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Count from zero for each fit."""
-        self.batches = 0
-
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        """One more batch trained."""
-        self.batches += 1
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Read the restored progress against the run's limits, once."""
+        self.nothing_left = nothing_left_to_train(trainer)
 
 
 def _limit_reached(trainer: pl.Trainer) -> str:
@@ -64,8 +66,8 @@ def summary_metrics(run_dir: str | Path, global_step: int) -> dict[str, float]:
 
 def keep_metrics_if_untrained(trainer: pl.Trainer, cfg: DictConfig, metrics: dict[str, Any]) -> dict[str, Any]:
     """`metrics`, completed from the run's summary when this resume trained nothing (which it says in one line)."""
-    counter = next((c for c in trainer.callbacks if isinstance(c, TrainingBatchCount)), None)
-    if not cfg.get("ckpt_path") or counter is None or counter.batches:
+    check = next((c for c in trainer.callbacks if isinstance(c, NothingLeftCheck)), None)
+    if not cfg.get("ckpt_path") or check is None or not check.nothing_left:
         return metrics
     kept = summary_metrics(cfg.paths.output_dir, trainer.global_step)
     log.info(
