@@ -401,7 +401,6 @@ def _check_same_training_setup(cfg: DictConfig, path: Path, checkpoint: dict[str
     saved = (checkpoint.get("hyper_parameters") or {}).get("config")
     if not isinstance(saved, dict):
         return  # a checkpoint without its run config: Lightning's own checks remain
-    _check_same_planned_length(cfg, path, checkpoint, saved)
     for group in ("optimizer", "scheduler"):
         before = str((saved.get(group) or {}).get("_target_") or "none")
         now = str((cfg.get(group) or {}).get("_target_") or "none")
@@ -411,6 +410,7 @@ def _check_same_training_setup(cfg: DictConfig, path: Path, checkpoint: dict[str
                 f"{now.rsplit('.', 1)[-1]}: resume with the {group} that wrote it, or start a new run from its "
                 f"weights with init_from={path}"
             )
+    _check_same_planned_length(cfg, path, checkpoint, saved)  # once the schedule is known to be the same kind
 
 
 def _check_same_planned_length(cfg: DictConfig, path: Path, checkpoint: dict[str, Any], saved: dict[str, Any]) -> None:
