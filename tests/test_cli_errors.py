@@ -4,24 +4,32 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hydra.errors import MissingConfigException
 
+from agent_lightning.config import compose_config
 from agent_lightning.data import ClusterTask
+from agent_lightning.errors import user_facing
 from agent_lightning.prepare import prepare
+from agent_lightning.train import run
 
 from .conftest import run_cli
 
 pytestmark = pytest.mark.timeout(120)
 
-CASES = {
+# From the command line: Hydra's own errors (a group or key that does not exist), and one of each kind of ours.
+CLI_CASES = {
     "unknown strategy": (["strategy=foo"], "Could not find 'strategy/foo'"),
-    "unknown optimizer": (["optimizer=foo"], "Could not find 'optimizer/foo'"),
+    "unknown top-level key": (["learning_rate=0.1"], "Could not override 'learning_rate'"),
+    "negative lr": (["optimizer.lr=-1"], "optimizer.lr=-1 is invalid"),
+    "missing checkpoint": (["ckpt_path=/no/such/last.ckpt"], "ckpt_path=/no/such/last.ckpt does not exist"),
+}
+# The other checks raise the same kinds of error, which the command prints the same way (`errors.user_facing`):
+# they are run in this process, and the line the command would print is read from `user_facing`.
+CHECKED_CASES = {
     "no devices": (["devices=0"], "devices=0 is invalid"),
     "more devices than exist": (["strategy=ddp", "devices=4096"], "devices=4096 but this machine has"),
     "batch not divisible": (["strategy=ddp", "devices=2", "data.batch_size=511"], "data.batch_size=511 (global)"),
-    "negative lr": (["optimizer.lr=-1"], "optimizer.lr=-1 is invalid"),
     "non-numeric lr": (["optimizer.lr=abc"], "optimizer.lr='abc' is invalid"),
-    "missing checkpoint": (["ckpt_path=/no/such/last.ckpt"], "ckpt_path=/no/such/last.ckpt does not exist"),
-    "unknown top-level key": (["learning_rate=0.1"], "Could not override 'learning_rate'"),
     "single strategy on two devices": (["devices=2"], "strategy=single runs on one device"),
     "bad parallel degrees": (
         ["strategy=model_parallel", "devices=2", "strategy.tensor_parallel=3"],
@@ -36,15 +44,33 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", sorted(CLI_CASES))
 def test_bad_input_exits_nonzero_with_one_clear_message(case: str, tmp_path: Path) -> None:
-    overrides, message = CASES[case]
+    overrides, message = CLI_CASES[case]
     result = run_cli(*overrides, "trainer.max_epochs=1", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert message in output
     assert "Traceback" not in output
     assert "Composed config" not in output  # checked before the config tree is printed: the message stands alone
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing started
+
+
+def test_an_unknown_optimizer_names_the_group_and_its_options() -> None:
+    with pytest.raises(MissingConfigException, match="Could not find 'optimizer/foo'") as info:
+        compose_config(["optimizer=foo"])
+    assert "adamw" in str(info.value)  # Hydra lists the options
+
+
+@pytest.mark.parametrize("case", sorted(CHECKED_CASES))
+def test_bad_input_is_refused_in_one_line_before_anything_starts(case: str, compose_cfg, tmp_path: Path) -> None:
+    overrides, message = CHECKED_CASES[case]
+    with pytest.raises(Exception) as info:
+        run(compose_cfg(*overrides, "trainer.max_epochs=1"))
+    reported = user_facing(info.value)
+    assert reported is not None, info.value  # None: a bug, printed with its traceback
+    code, line = reported
+    assert code != 0 and message in line and "\n" not in line
     assert not (tmp_path / "run" / "checkpoints").exists()  # nothing started
 
 
