@@ -151,13 +151,17 @@ def test_parallel_searches_share_one_study(tmp_path: Path) -> None:
     ("args", "message"),
     [
         (
-            ["-m", "hparams_search=optuna", "hydra.sweeper.n_trials=1", "optimized_metric=val/nope"],
+            [
+                "-m",
+                "hparams_search=optuna",
+                "hydra.sweeper.n_trials=1",
+                "optimized_metric=val/nope",
+                "trainer.max_steps=3",
+            ],
             "optimized_metric='val/nope' was never logged",
         ),
         (["-m", "optimizer.lr=range(1,1)"], "empty grid: optimizer.lr=range(1,1)"),
         (["hparams_search=optuna", "+hydra.sweeper.params.lr='interval(1)'"], "malformed search space"),
-        (["optimizer=adamax"], "Could not find 'optimizer/adamax'"),
-        (["scheduler=linear"], "Could not find 'scheduler/linear'"),
     ],
 )
 def test_bad_search_input_exits_nonzero_with_one_line(args: list[str], message: str, tmp_path: Path) -> None:
