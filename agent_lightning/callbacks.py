@@ -37,6 +37,16 @@ def step_losses(outputs: Any) -> Tensor | None:
     return None if loss is None else loss.reshape(1)
 
 
+def _remedy(trainer: pl.Trainer) -> str:
+    """What to change when a run diverges: the precision first where it keeps the weights in float16."""
+    if str(trainer.precision) == "16-true":  # Adam's eps (1e-8) is 0 in float16, and its updates overflow
+        return (
+            "trainer.precision=16-true keeps the weights and the optimizer's state in float16: use "
+            "trainer.precision=16-mixed or bf16-mixed (float32 weights)"
+        )
+    return "lower optimizer.lr or set trainer.gradient_clip_val"
+
+
 def crossed_multiple(before: int, now: int, every: int) -> bool:
     """Whether a multiple of `every` lies in (before, now]: a Lightning step may take several optimizer steps."""
     return every >= 1 and now // every > before // every
@@ -157,8 +167,8 @@ class FiniteLossGuard(pl.Callback):
         local_bad = not weights_finite or not losses_finite
         if trainer.strategy.reduce_boolean_decision(local_bad, all=False):
             raise NonFiniteLossError(
-                f"training diverged (NaN/inf loss or weights) by step {trainer.global_step}; lower optimizer.lr "
-                "or set trainer.gradient_clip_val, or, if it happens from the first steps, check the data "
+                f"training diverged (NaN/inf loss or weights) by step {trainer.global_step}; {_remedy(trainer)}, "
+                "or, if it happens from the first steps, check the data "
                 "(data.verify=true re-checks a prepared dataset's shards). Checkpoints saved before this point are "
                 "untouched."
             )
@@ -256,8 +266,8 @@ class DivergenceGuard(pl.Callback):
         reason = self._reason(value)
         if trainer.strategy.reduce_boolean_decision(reason is not None, all=False):
             raise NonFiniteLossError(
-                f"training diverged by step {trainer.global_step}: {reason or 'on another rank'}; lower optimizer.lr "
-                "or set trainer.gradient_clip_val. Checkpoints saved before this point are untouched."
+                f"training diverged by step {trainer.global_step}: {reason or 'on another rank'}; {_remedy(trainer)}. "
+                "Checkpoints saved before this point are untouched."
             )
         if record and torch.isfinite(torch.tensor(value)):
             self.history.append(value)

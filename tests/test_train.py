@@ -83,6 +83,15 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(compose_cfg
     assert not list(last.parent.glob("*.tmp"))
 
 
+def test_a_float16_run_that_diverges_is_told_to_keep_float32_weights(compose_cfg) -> None:
+    # Adam's eps is 0 in float16: a 16-true run diverges whatever the learning rate.
+    cfg = compose_cfg("trainer.precision=16-true", "trainer.max_steps=30", "trainer.limit_val_batches=0", "test=false")
+    with pytest.raises(
+        NonFiniteLossError, match=r"trainer.precision=16-true keeps the weights .* use trainer.precision=16-mixed"
+    ):
+        train(cfg)
+
+
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp", "model_parallel", "auto"])
 def test_every_strategy_also_runs_on_one_device(compose_cfg, strategy: str) -> None:
     environment = dict(os.environ)
