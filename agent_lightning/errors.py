@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import signal
+import sys
 
 EXIT_CONFIG = 2
 EXIT_CRASHED = 3
@@ -65,19 +66,26 @@ def user_facing(err: BaseException) -> tuple[int, str] | None:
     if isinstance(code, int):
         return code, _first_line(err)
     from hydra.errors import InstantiationException
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
 
+    lightnings = _lightning_misconfiguration()
     if isinstance(err, InstantiationException):
         cause = err.__cause__
         while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
             cause = cause.__cause__
         if isinstance(cause, ConfigError):
             return EXIT_CONFIG, _first_line(cause)
-        if isinstance(cause, ValueError | TypeError | MisconfigurationException):
+        if isinstance(cause, (ValueError, TypeError, *lightnings)):
             match = re.search(r"full_key: (\S+)", str(err))
             target = re.search(r"target '([^']+)'", str(err))
             where = match.group(1) if match else (target.group(1) if target else "config")
             return EXIT_CONFIG, f"{where}: {_first_line(cause)}"
-    if isinstance(err, MisconfigurationException):
+    if isinstance(err, lightnings):
         return EXIT_CONFIG, _first_line(err)
     return None
+
+
+def _lightning_misconfiguration() -> tuple[type[BaseException], ...]:
+    # Lightning's error for a bad setting; none before Lightning is loaded (no check before that can raise it),
+    # and importing it only to tell would take the seconds the early checks save.
+    module = sys.modules.get("lightning.fabric.utilities.exceptions")
+    return (module.MisconfigurationException,) if module is not None else ()

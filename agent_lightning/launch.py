@@ -153,9 +153,9 @@ def setup_rank_logging(rank: int, log_file: str | None) -> None:
     for handler in list(root.handlers):
         root.removeHandler(handler)
     if rank != 0:
-        root.setLevel(logging.ERROR)
-        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
-            logging.getLogger(name).setLevel(logging.ERROR)
+        # Process-wide, so that it holds for Lightning too, which sets its loggers' levels when it is imported
+        # (after this: the config is checked before Lightning loads).
+        logging.disable(logging.WARNING)
         warnings.filterwarnings("ignore")
         return
     fmt = logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")

@@ -59,9 +59,10 @@ class ObservationNormalizer(nn.Module):
 class AgentMLP(nn.Module):
     """Observation vector -> action logits, through `num_layers` hidden blocks of equal width.
 
-    Each hidden block is Linear -> [norm] -> activation -> [dropout]. `layers` holds the Linear
-    layers in order, so parallel plans can address them as column/row pairs. `normalizer` standardises
-    observations with the training data's statistics (set from a prepared dataset's manifest).
+    Each hidden block is Linear -> [norm] -> activation -> [dropout]. `normalizer` standardises
+    observations with the training data's statistics (set from a prepared dataset's manifest). The
+    model says how it is parallelised: `parallel_blocks` (FSDP's units, what activation checkpointing
+    recomputes) and `tensor_parallel_plan`.
     """
 
     def __init__(
@@ -99,7 +100,37 @@ class AgentMLP(nn.Module):
             width = hidden_dim
         self.hidden = nn.Sequential(*blocks)
         self.head = nn.Linear(width, output_dim)
+        self._norm = norm
 
     def forward(self, x: Tensor) -> Tensor:
         """Return unnormalised action logits for a batch of observations."""
         return self.head(self.hidden(self.normalizer(x)))
+
+    def parallel_blocks(self) -> nn.Sequential:
+        """The repeated hidden blocks: one FSDP unit each, and what activation checkpointing recomputes."""
+        return self.hidden
+
+    def _linear_names(self) -> list[str]:
+        return [f"hidden.{index}.0" for index in range(len(self.hidden))] + ["head"]
+
+    def tensor_parallel_plan(self, degree: int) -> dict[str, Any]:
+        """How `degree` tensor-parallel ranks split the Linear layers: column-wise then row-wise, pair by pair.
+
+        A column-wise layer leaves its output features sharded; the activation (and dropout) works on
+        the shards, and the row-wise layer after it consumes them and sums the partial results: one
+        all-reduce per pair. With an odd number of Linear layers the head stays replicated. Raises
+        ValueError where the split cannot be even, or a norm layer would see sharded features.
+        """
+        from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
+
+        if self._norm != "none":
+            raise ValueError("tensor_parallel > 1 needs model.norm=none (a norm layer needs all features)")
+        names = self._linear_names()
+        layers = dict(self.named_modules())
+        plan: dict[str, Any] = {}
+        for column, row in zip(names[0:-1:2], names[1::2], strict=True):
+            outputs = layers[column].out_features
+            if outputs % degree:
+                raise ValueError(f"layer {column} has {outputs} outputs, not divisible by tensor_parallel={degree}")
+            plan[column], plan[row] = ColwiseParallel(), RowwiseParallel()
+        return plan

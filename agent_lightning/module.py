@@ -20,7 +20,8 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from agent_lightning.data.executions import ExecutionBatches, batches_of, is_group
 from agent_lightning.optim import build_optimizer, build_scheduler
-from agent_lightning.parallel import apply_parallelism, data_parallel_coords, is_parallelized
+from agent_lightning.parallel.sharding import apply_parallelism, is_parallelized
+from agent_lightning.parallel.strategies import data_parallel_coords
 from agent_lightning.runs.nothing_left import nothing_left_to_train
 from agent_lightning.step import (
     StepOptions,

@@ -12,16 +12,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lightning.pytorch import Callback
-from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, open_dict
 
 from agent_lightning import safe_load
 from agent_lightning.data.fitting import is_stream_config
 from agent_lightning.errors import ConfigError
 from agent_lightning.step import AUTO, step_options
+
+if TYPE_CHECKING:
+    from lightning.pytorch import Callback
 
 # Batches per Lightning step that `auto` picks: the loop's cost per optimizer step falls to an eighth,
 # while a group (held at once on the device) stays small next to the model and its optimizer state.
@@ -37,6 +38,9 @@ def handles_grouped_steps(callback: Callback) -> bool:
     callbacks and progress bars count optimizer steps or batches, not Lightning steps), or is a
     ModelCheckpoint without a per-step interval.
     """
+    from lightning.pytorch import Callback  # loaded by the time there are callbacks; the resume check needs none
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
     if getattr(callback, "handles_grouped_steps", False):
         return True
     if isinstance(callback, ModelCheckpoint):
@@ -46,6 +50,8 @@ def handles_grouped_steps(callback: Callback) -> bool:
 
 def _step_interval(callback: Callback) -> int:
     # How often a group-aware callback acts, in steps (0: not per step).
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
     if isinstance(callback, ModelCheckpoint):
         return callback._every_n_train_steps or 0
     return getattr(callback, "check_every_n_steps", None) or 0

@@ -25,11 +25,12 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from agent_lightning import safe_load
 from agent_lightning.arguments import Rule
 from agent_lightning.errors import ConfigError
-from agent_lightning.parallel import SHARDED, STRATEGIES, check_tensor_parallel, resolve_degrees
+from agent_lightning.parallel.degrees import SHARDED, STRATEGIES, resolve_degrees
+from agent_lightning.parallel.sharding import tensor_parallel_plan
+from agent_lightning.runs.identity import check_run_identity
 from agent_lightning.runs.init_from import check_init_from
 from agent_lightning.runs.lock import global_rank
 from agent_lightning.runs.loop_progress import epochs_done, fit_loop_state
-from agent_lightning.tracking import check_run_identity
 
 
 def available_devices(accelerator: str) -> tuple[str, int]:
@@ -100,9 +101,9 @@ def validate(cfg: DictConfig) -> tuple[int, int]:
             f"strategy=single runs on one device but devices={devices} num_nodes={num_nodes}: use strategy=ddp"
         )
     degrees = resolve_degrees(cfg.strategy, world)
-    if degrees.tensor_parallel > 1:  # the same check the sharding runs, before any rank starts
+    if degrees.tensor_parallel > 1:  # the model's own plan, as the sharding will ask for it, before any rank starts
         with torch.device("meta"):
-            check_tensor_parallel(hydra.utils.instantiate(cfg.model), degrees.tensor_parallel)
+            tensor_parallel_plan(hydra.utils.instantiate(cfg.model), degrees.tensor_parallel)
     data_parallel = degrees.data_parallel
     batch = cfg.data.batch_size
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:

@@ -1,5 +1,7 @@
 """Bad input from the command line: one clear message naming the key, a non-zero exit, no traceback."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +56,22 @@ def test_bad_input_exits_nonzero_with_one_clear_message(case: str, tmp_path: Pat
     assert "Traceback" not in output
     assert "Composed config" not in output  # checked before the config tree is printed: the message stands alone
     assert not (tmp_path / "run" / "checkpoints").exists()  # nothing started
+
+
+def test_a_bad_value_is_refused_before_lightning_loads(tmp_path: Path) -> None:
+    # The checks need only torch and Hydra: the answer comes in about two seconds, not after Lightning's import.
+    code = (
+        "import sys\n"
+        "from agent_lightning.train import main\n"
+        "sys.argv = ['train', 'strategy=ddp', 'devices=2', 'data.batch_size=511', 'hydra.run.dir=run']\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as stop:\n"
+        "    print(stop.code, 'lightning' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert "data.batch_size=511 (global)" in result.stdout + result.stderr, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "2 False"
 
 
 def test_an_unknown_optimizer_names_the_group_and_its_options() -> None:

@@ -11,10 +11,10 @@ from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 from agent_lightning.config import config_dir
 from agent_lightning.data import AgentDataModule
 from agent_lightning.data.base import RankBatchesDataModule
+from agent_lightning.fit import build_module
 from agent_lightning.model import AgentMLP
-from agent_lightning.parallel import build_strategy
+from agent_lightning.parallel.strategies import build_strategy
 from agent_lightning.step import lightning_trainer_config
-from agent_lightning.train import build_module
 
 CONF = config_dir()
 
@@ -190,7 +190,7 @@ GIB = 2**30
     ],
 )
 def test_auto_strategy_picks_the_simplest_that_fits(params: int, devices: int, nodes: int, expected: str) -> None:
-    from agent_lightning.parallel import choose_strategy
+    from agent_lightning.parallel.degrees import choose_strategy
 
     name, reason = choose_strategy(params, devices, nodes, device_bytes=10 * GIB, fraction=0.5)
     assert name == expected and "GiB" in reason

@@ -4,7 +4,7 @@ import json
 import logging
 from pathlib import Path
 
-from agent_lightning.console import config_tree
+from agent_lightning.runs.report import config_tree
 from agent_lightning.train import train
 
 from .conftest import run_cli

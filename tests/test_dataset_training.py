@@ -12,7 +12,7 @@ import torch
 
 from agent_lightning.config import compose_config
 from agent_lightning.data import ClusterTask
-from agent_lightning.data.fitting import apply_data_statistics
+from agent_lightning.data.adapting import apply_data_statistics
 from agent_lightning.errors import ConfigError
 from agent_lightning.export import export, load_agent
 from agent_lightning.model import AgentMLP

@@ -121,7 +121,7 @@ def test_unknown_names_give_one_line_with_the_valid_ones(compose_cfg):
         resolve_expert("oracle")
     with pytest.raises(ConfigError, match=r"has no function 'nope'"):
         resolve_expert("agent_lightning.agents.experts:nope")
-    from agent_lightning.agents.env_eval import check_env_eval
+    from agent_lightning.agents.environments import check_env_eval
 
     with pytest.raises(ConfigError, match=r"env_eval.env=cartpole has 4 observations but model.input_dim=128"):
         check_env_eval(compose_cfg("env_eval={env: cartpole, episodes: 5}"))

@@ -15,12 +15,13 @@ from torch.nn import functional as F
 
 from agent_lightning.config import compose_config
 from agent_lightning.data import ClusterTask
-from agent_lightning.data.fitting import apply_data_statistics
+from agent_lightning.data.adapting import apply_data_statistics
 from agent_lightning.errors import ConfigError
 from agent_lightning.export import export, load_agent, model_state
+from agent_lightning.fit import build_module
 from agent_lightning.prepare import prepare
 from agent_lightning.runs.init_from import load_initial_weights
-from agent_lightning.train import build_module, train
+from agent_lightning.train import train
 from agent_lightning.validation import validate
 
 QUICK = [

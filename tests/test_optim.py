@@ -8,9 +8,10 @@ import pytest
 import torch
 from lightning.pytorch import Callback
 
+from agent_lightning.fit import build_module
 from agent_lightning.model import AgentMLP
 from agent_lightning.optim import build_optimizer, parameter_groups
-from agent_lightning.train import build_module, train
+from agent_lightning.train import train
 
 TOTAL_STEPS = 100
 

@@ -208,7 +208,7 @@ def test_auto_groups_a_default_run_and_logs_every_batch_step_as_one_at_a_time(
 
 
 def test_auto_takes_one_batch_per_step_where_lightning_steps_are_counted(compose_cfg) -> None:
-    from agent_lightning.train import build_callbacks
+    from agent_lightning.fit import build_callbacks
 
     def resolved(*overrides: str, extra: tuple = (), fast: bool = True) -> int:
         cfg = compose_cfg("callbacks=default", *overrides, fast=fast)
@@ -227,7 +227,7 @@ def test_auto_takes_one_batch_per_step_where_lightning_steps_are_counted(compose
 
 
 def test_a_resumed_run_keeps_the_grouping_of_its_checkpoint(compose_cfg, tmp_path: Path) -> None:
-    from agent_lightning.train import build_callbacks
+    from agent_lightning.fit import build_callbacks
 
     small = ["data.train_size=4096", "logger=none", "test=false"]
     # Written one batch per Lightning step (a per-batch callback made auto choose 1).

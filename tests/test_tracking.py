@@ -8,7 +8,8 @@ import yaml
 from lightning.pytorch.loggers import MLFlowLogger
 
 from agent_lightning.errors import ConfigError
-from agent_lightning.tracking import build_loggers, check_name_override, check_run_identity, flatten_config
+from agent_lightning.runs.identity import check_name_override, check_run_identity, check_trackers_installed
+from agent_lightning.tracking import build_loggers, flatten_config
 from agent_lightning.train import train
 
 from .conftest import run_cli
@@ -139,14 +140,14 @@ def test_a_tracker_that_is_not_installed_is_named_with_its_extra(compose_cfg, mo
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else find_spec(name, *a))
     with pytest.raises(ConfigError, match=r"logger.wandb needs the wandb package: .*\[wandb\]"):
-        check_run_identity(compose_cfg("logger=[csv,wandb]"))
-    check_run_identity(compose_cfg("logger=many"))
+        check_trackers_installed(compose_cfg("logger=[csv,wandb]"))
+    check_trackers_installed(compose_cfg("logger=many"))
     # A subclass needs what its base needs: ours (logger=mlflow) and one of the user's own.
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else find_spec(name, *a))
     with pytest.raises(ConfigError, match=r"logger.mlflow needs the mlflow package: .*\[mlflow\]"):
-        check_run_identity(compose_cfg("logger=mlflow"))
+        check_trackers_installed(compose_cfg("logger=mlflow"))
     with pytest.raises(ConfigError, match=r"logger.mlflow needs the mlflow package"):
-        check_run_identity(compose_cfg("logger=mlflow", f"logger.mlflow._target_={__name__}.TeamMLFlowLogger"))
+        check_trackers_installed(compose_cfg("logger=mlflow", f"logger.mlflow._target_={__name__}.TeamMLFlowLogger"))
 
 
 def test_only_rank_0_connects_to_mlflow_and_wandb(compose_cfg, monkeypatch, tmp_path: Path) -> None:

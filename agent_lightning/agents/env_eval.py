@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from agent_lightning.agents.policy import Policy
-from agent_lightning.parallel import is_parallelized
+from agent_lightning.parallel.sharding import is_parallelized
 
 log = logging.getLogger("agent_lightning")
 
@@ -115,25 +115,3 @@ def env_eval_callbacks(cfg: DictConfig) -> list[Callback]:
             output_dir=str(cfg.paths.output_dir),
         )
     ]
-
-
-def check_env_eval(cfg: DictConfig) -> None:
-    """ConfigError (before any rank starts) when `env_eval` names an unknown env or one the model does not fit."""
-    spec = cfg.get("env_eval")
-    if not spec:
-        return
-    from agent_lightning.agents.environments import env_config, space_sizes
-    from agent_lightning.errors import ConfigError
-
-    if "env" not in spec:
-        raise ConfigError("env_eval needs env=<name>, e.g. env_eval.env=cartpole")
-    width, actions = space_sizes(env_config(spec.env))
-    model = cfg.get("model") or {}
-    for key, value, what in (("input_dim", width, "observations"), ("output_dim", actions, "actions")):
-        if model.get(key) is not None and int(model[key]) != value:
-            raise ConfigError(
-                f"env_eval.env={spec.env} has {value} {what} but model.{key}={model[key]}: evaluate on the env "
-                "the data came from"
-            )
-    if int(spec.get("episodes", 20)) < 1:
-        raise ConfigError(f"env_eval.episodes={spec.episodes} must be >= 1")

@@ -112,3 +112,22 @@ def space_sizes(env: str | Mapping[str, Any]) -> tuple[int, int]:
         return int(made.observation_space.shape[0]), int(made.action_space.n)
     finally:
         made.close()
+
+
+def check_env_eval(cfg: DictConfig) -> None:
+    """ConfigError (before any rank starts) when `env_eval` names an unknown env or one the model does not fit."""
+    spec = cfg.get("env_eval")
+    if not spec:
+        return
+    if "env" not in spec:
+        raise ConfigError("env_eval needs env=<name>, e.g. env_eval.env=cartpole")
+    width, actions = space_sizes(env_config(spec.env))
+    model = cfg.get("model") or {}
+    for key, value, what in (("input_dim", width, "observations"), ("output_dim", actions, "actions")):
+        if model.get(key) is not None and int(model[key]) != value:
+            raise ConfigError(
+                f"env_eval.env={spec.env} has {value} {what} but model.{key}={model[key]}: evaluate on the env "
+                "the data came from"
+            )
+    if int(spec.get("episodes", 20)) < 1:
+        raise ConfigError(f"env_eval.episodes={spec.episodes} must be >= 1")

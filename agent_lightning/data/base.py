@@ -12,7 +12,7 @@ from torch.nn import functional as F
 
 from agent_lightning.data.executions import ExecutionBatches, is_group
 from agent_lightning.errors import ConfigError
-from agent_lightning.parallel import data_parallel_coords
+from agent_lightning.parallel.strategies import data_parallel_coords
 
 Augmentation = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 

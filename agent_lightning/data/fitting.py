@@ -1,13 +1,13 @@
-"""What a run takes from its data: model width and class count, input statistics, which splits exist."""
+"""What a run takes from its data before it starts: model width and class count, and the checks of its settings.
+
+No Lightning here: these run before the training libraries load (see `data/adapting.py` for what the
+data changes in the model and the Trainer once they exist).
+"""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
-from typing import Any
 
-import lightning.pytorch as pl
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from agent_lightning.data.manifest import check_shard_files, read_manifest
@@ -18,8 +18,6 @@ from agent_lightning.data.stream_dir import (
     wait_for_first_part,
 )
 from agent_lightning.errors import ConfigError
-
-log = logging.getLogger("agent_lightning")
 
 
 def data_dims(data_cfg: DictConfig, wait: bool = True) -> tuple[int, int] | None:
@@ -83,42 +81,6 @@ def resolve_data_dims(cfg: DictConfig, required: bool = True) -> None:
                     f"unset (null) to take it from the data"
                 )
     check_data_config(cfg)
-
-
-def apply_data_statistics(model: Any, datamodule: pl.LightningDataModule) -> None:
-    """Give the model's observation normaliser the train split's statistics, where the data has them."""
-    statistics = getattr(datamodule, "statistics", None)
-    found = statistics() if callable(statistics) else None
-    if found is not None and hasattr(model, "normalizer"):
-        model.normalizer.set_statistics(*found)
-
-
-def adapt_to_splits(trainer: pl.Trainer, datamodule: pl.LightningDataModule) -> bool:
-    """Without a val split: no validation, checkpoints by step, no early stopping. Returns whether to test."""
-    adapt = getattr(datamodule, "adapt_trainer", None)
-    if callable(adapt):  # e.g. a stream: one endless epoch, validated every N steps
-        adapt(trainer)
-    rows = getattr(datamodule, "split_rows", None)
-    if not callable(rows):
-        return True
-    if rows("val") == 0:
-        trainer.limit_val_batches = 0
-        trainer.num_sanity_val_steps = 0
-        kept = []
-        for callback in trainer.callbacks:
-            monitors_val = str(getattr(callback, "monitor", None) or "").startswith("val/")
-            if isinstance(callback, EarlyStopping) or (isinstance(callback, ModelCheckpoint) and monitors_val):
-                continue
-            kept.append(callback)
-        if not any(isinstance(c, ModelCheckpoint) for c in kept) and trainer.checkpoint_callback is not None:
-            kept.append(ModelCheckpoint(dirpath=trainer.checkpoint_callback.dirpath, save_last=True, save_top_k=0))
-        trainer.callbacks = kept
-        saving = "; last.ckpt is written by step and at each epoch end" if trainer.checkpoint_callback else ""
-        log.info("no validation split: no validation, no early stopping%s", saving)
-    if rows("test") == 0:
-        log.info("no test split: testing skipped")
-        return False
-    return True
 
 
 def check_data_config(cfg: DictConfig) -> None:

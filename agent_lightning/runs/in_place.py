@@ -127,7 +127,7 @@ def _identity_of(run: Path, overrides: Sequence[str]) -> list[str]:
     """
     from omegaconf import OmegaConf
 
-    from agent_lightning.tracking import SAFE_WORD
+    from agent_lightning.runs.identity import SAFE_WORD
 
     try:
         first = OmegaConf.load(run / HYDRA_SUBDIR / "config.yaml")  # YAML: nothing in it runs

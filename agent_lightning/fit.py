@@ -1,0 +1,155 @@
+"""One rank's training: the LightningModule, data, callbacks and Trainer a checked config asks for; fit, then test.
+
+`agent_lightning.train` resolves and checks the config first (without Lightning, so a bad value is
+reported before the training libraries load), then calls `fit_and_test` here, in this process or on
+every rank it starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import hydra
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig, OmegaConf
+
+from agent_lightning.agents.env_eval import env_eval_callbacks
+from agent_lightning.callbacks import FiniteLossGuard
+from agent_lightning.checkpoint_io import AtomicCheckpointIO
+from agent_lightning.console import build_progress_bar, print_lightning_lines_once
+from agent_lightning.data.adapting import adapt_to_splits, apply_data_statistics
+from agent_lightning.module import AgentModule
+from agent_lightning.parallel.strategies import build_strategy
+from agent_lightning.runs.data_resume import DataAwareResume
+from agent_lightning.runs.init_from import load_initial_weights
+from agent_lightning.runs.nothing_left import NothingLeftCheck, keep_metrics_if_untrained
+from agent_lightning.runs.stops import StopOnSignal, stopped_by_signal
+from agent_lightning.step import lightning_trainer_config, step_options
+from agent_lightning.step_groups import resolve_steps_per_execution
+from agent_lightning.tracking import LogConfigToTrackers, build_loggers, finish_run
+
+log = logging.getLogger("agent_lightning")
+# Quiet two messages Lightning prints on every run that say nothing about this run.
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+    lambda record: "litlogger" not in record.getMessage()
+)
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+# last.ckpt is rewritten on purpose; for a sharded (directory) checkpoint torch warns every time.
+warnings.filterwarnings("ignore", message=r"Detected an existing checkpoint in .*overwriting")
+
+
+def _instantiate_all(group: DictConfig | None) -> list[Any]:
+    if not group:
+        return []
+    return [hydra.utils.instantiate(item) for item in group.values() if item and "_target_" in item]
+
+
+def build_module(cfg: DictConfig) -> AgentModule:
+    """The LightningModule with its model, optimizer factory and LR scheduler factory."""
+    scheduler_cfg = OmegaConf.to_container(cfg.scheduler, resolve=True) if cfg.get("scheduler") else {}
+    interval = scheduler_cfg.pop("interval", "epoch")
+    scheduler = hydra.utils.instantiate(scheduler_cfg) if "_target_" in scheduler_cfg else None
+    return AgentModule(
+        model=hydra.utils.instantiate(cfg.model),
+        optimizer=hydra.utils.instantiate(cfg.optimizer),
+        scheduler=scheduler,
+        scheduler_interval=interval,
+        num_classes=cfg.model.output_dim,
+        label_smoothing=cfg.loss.label_smoothing,
+        parallel=OmegaConf.to_container(cfg.strategy, resolve=True),
+        config=OmegaConf.to_container(cfg, resolve=True),
+        step=step_options(cfg.trainer).as_dict(),
+    )
+
+
+def build_callbacks(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> list[Callback]:
+    """The run's callbacks: the `callbacks` group, the guards every run has, `extra_callbacks`, the progress bar."""
+    callbacks: list[Callback] = [
+        *_instantiate_all(cfg.get("callbacks")),
+        FiniteLossGuard(),
+        StopOnSignal(),
+        DataAwareResume(),
+        NothingLeftCheck(),
+        *env_eval_callbacks(cfg),
+        *extra_callbacks,
+    ]
+    return [*callbacks, LogConfigToTrackers(cfg), *filter(None, [build_progress_bar(cfg)])]
+
+
+def build_trainer(cfg: DictConfig, devices: int, world: int, callbacks: Sequence[Callback]) -> pl.Trainer:
+    """The Lightning Trainer with strategy, `callbacks`, loggers and atomic checkpoint writes."""
+    loggers = build_loggers(cfg)
+    if not loggers:  # LearningRateMonitor refuses to run without a logger to write to
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    return hydra.utils.instantiate(
+        lightning_trainer_config(cfg.trainer),  # the module applies clipping, accumulation and compile itself
+        devices=devices,
+        num_nodes=cfg.num_nodes,
+        strategy=build_strategy(cfg.strategy, world),
+        callbacks=list(callbacks),
+        # Lightning would add a checkpoint callback of its own; `callbacks=none` means none.
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+        logger=loggers or False,
+        plugins=[AtomicCheckpointIO()],
+        _convert_="object",
+    )
+
+
+def fit_and_test(cfg: DictConfig, devices: int, world: int, extra_callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
+    """Fit on this process's rank of a checked config, then test; the final metrics and where the run's files are."""
+    print_lightning_lines_once()  # Lightning was imported after logging was set up: its own handler would repeat lines
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = hydra.utils.instantiate(cfg.data, augmentations=_instantiate_all(cfg.get("augment")))
+    pruning = _pruning_callback(cfg)
+    callbacks = build_callbacks(cfg, [*extra_callbacks, *([pruning] if pruning else [])])
+    steps = resolve_steps_per_execution(cfg, callbacks)  # before the module and the loaders see it
+    module = build_module(cfg)
+    datamodule.group_batches(steps)
+    load_initial_weights(module.model, cfg)  # `init_from`, then the data's statistics (they win where it has them)
+    apply_data_statistics(module.model, datamodule)  # before any strategy wraps or shards the model
+    trainer = build_trainer(cfg, devices, world, callbacks)
+    has_test_split = adapt_to_splits(trainer, datamodule)
+    try:  # a checkpoint is read without running code from it (its contents were checked by `validate`)
+        with warnings.catch_warnings():
+            if steps > 1:  # Lightning would compare its count of groups with log_every_n_steps (in batches)
+                warnings.filterwarnings("ignore", message=r"The number of training batches .* logging interval")
+            if cfg.get("ckpt_path"):  # a resume in place continues its own checkpoints/ on purpose
+                warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    except SIGTERMException:
+        raise stopped_by_signal(trainer) from None
+    metrics: dict[str, Any] = {key: float(value) for key, value in trainer.callback_metrics.items()}
+    metrics = keep_metrics_if_untrained(trainer, cfg, metrics)  # a resume with nothing left to train
+    if pruning is not None and pruning.pruned_at_epoch is not None:
+        pruned = {**metrics, "pruned_at_epoch": pruning.pruned_at_epoch, "run_dir": str(cfg.paths.output_dir)}
+        finish_run(trainer, cfg, pruned, status="pruned")
+        return pruned
+
+    checkpoint = trainer.checkpoint_callback
+    best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
+    if cfg.get("test", True) and has_test_split:
+        try:
+            trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True)
+        except SIGTERMException:  # Lightning's own SIGTERM handling, while testing
+            raise stopped_by_signal(trainer) from None
+        metrics.update({key: float(value) for key, value in trainer.callback_metrics.items()})
+    reachable = datamodule.reachable_accuracy("val")
+    if reachable is not None:
+        metrics["data/reachable_acc"] = reachable
+    result = {**metrics, "run_dir": str(cfg.paths.output_dir), "best_model_path": best}
+    finish_run(trainer, cfg, result)  # final metrics to every tracker, summary.json in the run directory
+    return result
+
+
+def _pruning_callback(cfg: DictConfig) -> Callback | None:
+    trial = cfg.get("optuna_trial")
+    if not trial or trial.get("trial_id") is None:
+        return None
+    from agent_lightning.search import OptunaPruning  # Optuna is only imported for searches
+
+    return OptunaPruning(trial.storage, trial.study_name, int(trial.trial_id), monitor=trial.monitor)
