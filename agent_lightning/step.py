@@ -92,7 +92,28 @@ def check_step_options(cfg: DictConfig) -> StepOptions:
             f"trainer.steps_per_execution={options.steps_per_execution} is not supported with data=stream "
             "(it decides between steps which parts are visible): use 1"
         )
+    if grouped:
+        _check_batch_counts(cfg.trainer, options.steps_per_execution)
     return options
+
+
+# Trainer keys that count training batches; Lightning counts them in its own steps, which hold a group each.
+BATCH_COUNTED_KEYS = ("limit_train_batches", "val_check_interval")
+
+
+def _batch_count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None  # a float is a fraction
+
+
+def _check_batch_counts(trainer_cfg: DictConfig, steps: int) -> None:
+    for key in BATCH_COUNTED_KEYS:
+        count = _batch_count(trainer_cfg.get(key))
+        if count is not None and count % steps:
+            lower, higher = count // steps * steps, (count // steps + 1) * steps
+            raise ConfigError(
+                f"trainer.{key}={count} is not a multiple of trainer.steps_per_execution={steps} (Lightning sees "
+                f"groups of {steps} batches): use {lower or higher} or {higher}, or trainer.steps_per_execution=auto"
+            )
 
 
 # Keys of `cfg.trainer` applied by this package rather than by Lightning's Trainer.
@@ -100,9 +121,19 @@ NOT_TRAINER_KEYS = (*STEP_KEYS, "threads")  # threads: torch.set_num_threads, se
 
 
 def lightning_trainer_config(trainer_cfg: DictConfig) -> DictConfig:
-    """`cfg.trainer` without the keys this package applies itself: what `lightning.pytorch.Trainer` is given."""
+    """What `lightning.pytorch.Trainer` is given: `cfg.trainer` without the keys this package applies itself.
+
+    With `steps_per_execution` K > 1, a whole-number `limit_train_batches` or `val_check_interval` (batches)
+    is passed in Lightning's steps: groups of K batches.
+    """
     container = OmegaConf.to_container(trainer_cfg, resolve=True)
     assert isinstance(container, dict)
+    steps = container.get("steps_per_execution", 1)
+    if isinstance(steps, int) and steps > 1:  # batches, as the user counts them, to Lightning's groups of them
+        for key in BATCH_COUNTED_KEYS:
+            count = _batch_count(container.get(key))
+            if count is not None:
+                container[key] = count // steps
     return OmegaConf.create({key: value for key, value in container.items() if key not in NOT_TRAINER_KEYS})
 
 

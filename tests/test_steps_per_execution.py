@@ -48,6 +48,32 @@ def test_a_group_stops_at_max_steps(compose_cfg, tmp_path: Path) -> None:
     _assert_same_weights(single, grouped)
 
 
+class ValidatedAt(Callback):
+    """The optimizer step at each validation."""
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self.steps.append(trainer.global_step)
+
+
+def test_an_explicit_group_size_keeps_batch_counts_in_batches(compose_cfg, tmp_path: Path) -> None:
+    # limit_train_batches and val_check_interval count batches, whatever the group size.
+    counts = ["trainer.limit_train_batches=8", "trainer.val_check_interval=4"]
+    runs = {}
+    for name, grouping in (("single", "1"), ("grouped", "4")):
+        state, validated = FinalState(), ValidatedAt()
+        cfg = compose_cfg(*SAME_RUN, *counts, f"trainer.steps_per_execution={grouping}", output_dir=tmp_path / name)
+        train(cfg, extra_callbacks=[state, validated])
+        runs[name] = (state, validated.steps)
+    assert runs["single"][0].steps == runs["grouped"][0].steps == 8
+    assert runs["single"][1] == runs["grouped"][1] == [4, 8]
+    _assert_same_weights(runs["single"][0], runs["grouped"][0])
+    with pytest.raises(ConfigError, match=r"trainer.val_check_interval=6 is not a multiple of .*=4 .*: use 4 or 8"):
+        train(compose_cfg(*SAME_RUN, "trainer.val_check_interval=6", "trainer.steps_per_execution=4"))
+
+
 def test_grouped_accumulation_equals_ungrouped(compose_cfg, tmp_path: Path) -> None:
     accumulate = ["trainer.accumulate_grad_batches=3"]  # 16 batches: 5 steps of 3 and the epoch's last of 1
     single = _trained(compose_cfg, tmp_path, "single", *accumulate)
