@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from agent_lightning.data.executions import ExecutionBatches, is_group
+from agent_lightning.data.executions import ExecutionBatches, batches_of, is_group
 from agent_lightning.errors import ConfigError
 from agent_lightning.parallel.strategies import data_parallel_coords
 
@@ -139,7 +139,7 @@ def _tensors_on(batch: Any, device: torch.device) -> bool:
     # A (features, targets) batch or a tuple of them, every tensor already on `device`.
     if not isinstance(batch, tuple) or not batch:
         return False
-    batches = batch if isinstance(batch[0], tuple) else (batch,)
     return all(
-        isinstance(pair, tuple) and all(isinstance(t, Tensor) and t.device == device for t in pair) for pair in batches
+        isinstance(pair, tuple) and all(isinstance(t, Tensor) and t.device == device for t in pair)
+        for pair in batches_of(batch)
     )
