@@ -59,7 +59,7 @@ def test_bad_input_exits_nonzero_with_one_clear_message(case: str, tmp_path: Pat
 
 
 def test_a_bad_value_is_refused_before_lightning_loads(tmp_path: Path) -> None:
-    # The checks need only torch and Hydra: the answer comes in about two seconds, not after Lightning's import.
+    # The checks need only torch and Hydra: the answer comes without waiting for Lightning's import.
     code = (
         "import sys\n"
         "from agent_lightning.train import main\n"
