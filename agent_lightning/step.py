@@ -93,26 +93,33 @@ def check_step_options(cfg: DictConfig) -> StepOptions:
             "(it decides between steps which parts are visible): use 1"
         )
     if grouped:
-        _check_batch_counts(cfg.trainer, options.steps_per_execution)
+        check_batch_counts(cfg.trainer, options.steps_per_execution)
     return options
 
 
 # Trainer keys that count training batches; Lightning counts them in its own steps, which hold a group each.
-BATCH_COUNTED_KEYS = ("limit_train_batches", "val_check_interval")
+BATCH_COUNTED_KEYS = ("limit_train_batches", "val_check_interval", "overfit_batches")
 
 
 def _batch_count(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None  # a float is a fraction
 
 
-def _check_batch_counts(trainer_cfg: DictConfig, steps: int) -> None:
+def check_batch_counts(trainer_cfg: DictConfig, steps: int, checkpoint: str = "") -> None:
+    """A ConfigError unless each whole-number batch count is a multiple of `steps`, the batches per Lightning step.
+
+    `checkpoint`: the resumed checkpoint whose grouping `steps` is (a resume cannot change it).
+    """
     for key in BATCH_COUNTED_KEYS:
         count = _batch_count(trainer_cfg.get(key))
         if count is not None and count % steps:
             lower, higher = count // steps * steps, (count // steps + 1) * steps
+            use = f"use {lower} or {higher}" if lower else f"use {higher}"
+            grouped = f"ckpt_path={checkpoint} was written" if checkpoint else "this run trains"
+            otherwise = "" if checkpoint else ", or trainer.steps_per_execution=1"
             raise ConfigError(
-                f"trainer.{key}={count} is not a multiple of trainer.steps_per_execution={steps} (Lightning sees "
-                f"groups of {steps} batches): use {lower or higher} or {higher}, or trainer.steps_per_execution=auto"
+                f"trainer.{key}={count} is not a multiple of {steps}: {grouped} with trainer.steps_per_execution="
+                f"{steps} (Lightning counts groups of {steps} batches): {use}{otherwise}"
             )
 
 

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, open_dict
 from agent_lightning import safe_load
 from agent_lightning.data.fitting import is_stream_config
 from agent_lightning.errors import ConfigError
-from agent_lightning.step import AUTO, step_options
+from agent_lightning.step import AUTO, check_batch_counts, step_options
 
 if TYPE_CHECKING:
     from lightning.pytorch import Callback
@@ -67,7 +67,7 @@ def _why_one_batch(cfg: DictConfig, callbacks: Sequence[Callback]) -> str:
     for key in ("limit_train_batches", "val_check_interval"):  # Lightning counts these in its own steps
         value = trainer.get(key)
         if value is not None and not (isinstance(value, float) and value == 1.0):
-            return f"trainer.{key}={value} counts Lightning steps"
+            return f"trainer.{key}={value} is set"
     if (trainer.get("max_steps") or -1) >= 0:  # a Lightning step cut short would end its epoch for Lightning
         return f"trainer.max_steps={trainer.max_steps} can stop the run inside a group"
     if 0 < (trainer.get("log_every_n_steps") or 0) < AUTO_STEPS:
@@ -91,9 +91,13 @@ def checkpoint_steps_per_execution(path: str | Path) -> int:
 def check_resume_grouping(cfg: DictConfig) -> None:
     """A run resumes with the grouping its checkpoint was written with: Lightning counts its position in groups."""
     requested: Any = step_options(cfg.trainer).steps_per_execution
-    if not cfg.get("ckpt_path") or requested == AUTO:
+    if not cfg.get("ckpt_path"):
         return
     written = checkpoint_steps_per_execution(cfg.ckpt_path)
+    if requested == AUTO:  # auto resumes with the checkpoint's groups, in which Lightning counts batches too
+        if written > 1:
+            check_batch_counts(cfg.trainer, written, str(cfg.ckpt_path))
+        return
     if written != requested:
         raise ConfigError(
             f"ckpt_path={cfg.ckpt_path} was written with trainer.steps_per_execution={written} (its position in "

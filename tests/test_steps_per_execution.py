@@ -60,7 +60,7 @@ class ValidatedAt(Callback):
 
 def test_an_explicit_group_size_keeps_batch_counts_in_batches(compose_cfg, tmp_path: Path) -> None:
     # limit_train_batches and val_check_interval count batches, whatever the group size.
-    counts = ["trainer.limit_train_batches=8", "trainer.val_check_interval=4"]
+    counts = ["trainer.limit_train_batches=8", "trainer.val_check_interval=4", "callbacks=default"]
     runs = {}
     for name, grouping in (("single", "1"), ("grouped", "4")):
         state, validated = FinalState(), ValidatedAt()
@@ -70,8 +70,12 @@ def test_an_explicit_group_size_keeps_batch_counts_in_batches(compose_cfg, tmp_p
     assert runs["single"][0].steps == runs["grouped"][0].steps == 8
     assert runs["single"][1] == runs["grouped"][1] == [4, 8]
     _assert_same_weights(runs["single"][0], runs["grouped"][0])
-    with pytest.raises(ConfigError, match=r"trainer.val_check_interval=6 is not a multiple of .*=4 .*: use 4 or 8"):
+    with pytest.raises(ConfigError, match=r"trainer.val_check_interval=6 is not a multiple of 4: .*: use 4 or 8, or"):
         train(compose_cfg(*SAME_RUN, "trainer.val_check_interval=6", "trainer.steps_per_execution=4"))
+    # A resume keeps its checkpoint's groups, also under auto: the counts must fit them too.
+    last = tmp_path / "grouped" / "checkpoints" / "last.ckpt"
+    with pytest.raises(ConfigError, match=r"limit_train_batches=10 is not a multiple of 4: ckpt_path=.* use 8 or 12$"):
+        train(compose_cfg(*SAME_RUN, "trainer.limit_train_batches=10", "trainer.max_epochs=2", f"ckpt_path={last}"))
 
 
 def test_grouped_accumulation_equals_ungrouped(compose_cfg, tmp_path: Path) -> None:
