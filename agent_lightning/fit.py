@@ -23,6 +23,7 @@ from agent_lightning.callbacks import FiniteLossGuard
 from agent_lightning.checkpoint_io import AtomicCheckpointIO
 from agent_lightning.console import build_progress_bar, print_lightning_lines_once
 from agent_lightning.data.adapting import adapt_to_splits, apply_data_statistics
+from agent_lightning.errors import ConfigError
 from agent_lightning.module import AgentModule
 from agent_lightning.parallel.strategies import build_strategy
 from agent_lightning.runs.data_resume import DataAwareResume
@@ -123,6 +124,15 @@ def fit_and_test(cfg: DictConfig, devices: int, world: int, extra_callbacks: Seq
             trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     except SIGTERMException:
         raise stopped_by_signal(trainer) from None
+    except ValueError as err:
+        if "`val_check_interval`" not in str(err):
+            raise
+        # Lightning's check, once it knows the epoch's length (in its steps): said in the user's batches.
+        raise ConfigError(
+            f"trainer.val_check_interval={cfg.trainer.val_check_interval} is more batches than an epoch has: use "
+            "at most the epoch's batches, a fraction of the epoch (e.g. 0.5), or trainer.check_val_every_n_epoch=null "
+            "to count batches across epochs"
+        ) from None
     metrics: dict[str, Any] = {key: float(value) for key, value in trainer.callback_metrics.items()}
     metrics = keep_metrics_if_untrained(trainer, cfg, metrics)  # a resume with nothing left to train
     if pruning is not None and pruning.pruned_at_epoch is not None:

@@ -65,6 +65,23 @@ def launched_externally() -> bool:
     return "SLURM_PROCID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1
 
 
+def _check_clipping_with_tensor_parallel(cfg: DictConfig, model: Any, plan: dict[str, Any], degrees: Any) -> None:
+    # Pure tensor parallelism leaves the layers outside the plan as plain tensors, and torch's gradient
+    # norm (and clamp) cannot take split and plain gradients together: it fails on a rank, mid-run.
+    clip = cfg.trainer.get("gradient_clip_val")
+    if not clip or degrees.data_parallel > 1:
+        return
+    whole = [name for name, _ in model.named_parameters() if not any(name.startswith(f"{key}.") for key in plan)]
+    if whole:
+        layer = whole[0].rsplit(".", 1)[0]
+        raise ConfigError(
+            f"trainer.gradient_clip_val={clip} with strategy=model_parallel (tensor_parallel="
+            f"{degrees.tensor_parallel}, data_parallel=1): layer {layer} is not split by the model's plan, and "
+            "torch cannot clip split and whole gradients together: use a model whose plan splits every layer "
+            "(AgentMLP: an odd model.num_layers), or no clipping"
+        )
+
+
 def validate(cfg: DictConfig) -> tuple[int, int]:
     """Raise ConfigError naming the first bad key; return (devices per node, total number of ranks)."""
     check_run_identity(cfg)
@@ -103,7 +120,8 @@ def validate(cfg: DictConfig) -> tuple[int, int]:
     degrees = resolve_degrees(cfg.strategy, world)
     if degrees.tensor_parallel > 1:  # the model's own plan, as the sharding will ask for it, before any rank starts
         with torch.device("meta"):
-            tensor_parallel_plan(hydra.utils.instantiate(cfg.model), degrees.tensor_parallel)
+            model = hydra.utils.instantiate(cfg.model)
+        _check_clipping_with_tensor_parallel(cfg, model, tensor_parallel_plan(model, degrees.tensor_parallel), degrees)
     data_parallel = degrees.data_parallel
     batch = cfg.data.batch_size
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
@@ -172,6 +190,12 @@ def _limit(value: Any) -> bool:  # Lightning: a fraction of the batches, or a wh
     return between(0, 1)(value) if isinstance(value, float) else whole_at_least(0)(value)
 
 
+def _val_interval(value: Any) -> bool:  # Lightning: a fraction of the epoch, or every N training batches
+    if value is None:
+        return True
+    return between(0, 1, low_open=True)(value) if isinstance(value, float) else whole_at_least(1)(value)
+
+
 POSITIVE = between(0, math.inf, low_open=True)
 FRACTION_OPEN = between(0, 1, low_open=True, high_open=True)
 BOOLEAN = one_of(True, False)
@@ -232,6 +256,7 @@ RULES: tuple[Rule, ...] = (
     Rule("trainer.gradient_clip_val", _optional(between(0, math.inf)), "a number >= 0 (or null: no clipping)"),
     Rule("trainer.limit_val_batches", _limit, "a fraction in [0.0, 1.0] or a whole number of batches"),
     Rule("trainer.limit_train_batches", _limit, "a fraction in [0.0, 1.0] or a whole number of batches"),
+    Rule("trainer.val_check_interval", _val_interval, "a fraction in (0.0, 1.0] of an epoch or a whole number >= 1"),
     Rule("trainer.limit_test_batches", _limit, "a fraction in [0.0, 1.0] or a whole number of batches"),
     Rule("trainer.num_sanity_val_steps", whole_at_least(-1), "a whole number >= -1 (-1: all)"),
     Rule("trainer.accelerator", one_of("auto", "cpu", "gpu", "cuda", "mps"), "auto, cpu, gpu (cuda) or mps"),

@@ -42,6 +42,14 @@ CHECKED_CASES = {
         "tensor_parallel > 1 needs model.norm=none",
     ),
     "offload without a GPU": (["strategy=fsdp", "strategy.offload=true"], "strategy.offload=true"),
+    "clipping a tensor-parallel model with a whole layer": (
+        ["strategy=model_parallel", "devices=2", "trainer.gradient_clip_val=1.0"],
+        "layer head is not split by the model's plan",
+    ),
+    "validation interval longer than an epoch": (
+        ["data.train_size=4096", "trainer.val_check_interval=100"],
+        "trainer.val_check_interval=100 is more batches than an epoch has",
+    ),
     "nodes without a rendezvous": (["strategy=ddp", "num_nodes=2"], "num_nodes=2 needs rdzv_endpoint=HOST:PORT"),
 }
 

@@ -80,6 +80,7 @@ BAD_VALUES = {
     "trainer.log_every_n_steps=0": "trainer.log_every_n_steps=0 is invalid",
     "callbacks.divergence.factor=0.5": "callbacks.divergence.factor=0.5 is invalid",
     "trainer.threads=0": "trainer.threads=0 is invalid",
+    "trainer.val_check_interval=0": "trainer.val_check_interval=0 is invalid",
 }
 BAD_GROUP_VALUES = {
     ("scheduler=step", "scheduler.step_size=0"): "scheduler.step_size=0 is invalid",
