@@ -384,8 +384,12 @@ def check_resume_checkpoint(cfg: DictConfig) -> None:
             if k.startswith("state_dict.model.")
         }
         meta = path / safe_load.LIGHTNING_META
-        if meta.is_file():
-            _check_same_training_setup(cfg, path, safe_load.load_file(meta, mmap=True))
+        if not meta.is_file():  # Lightning keeps the loops' state and hyperparameters there: no resume without it
+            raise ConfigError(
+                f"ckpt_path={path} has no {safe_load.LIGHTNING_META} (the training state beside the shards): it is "
+                "not a whole checkpoint; resume from another one, or take its weights with init_from="
+            )
+        _check_same_training_setup(cfg, path, safe_load.load_file(meta, mmap=True))
     else:
         if sharded:
             raise ConfigError(

@@ -114,6 +114,10 @@ def test_an_export_and_a_sharded_directory_give_the_same_weights(yesterday, tmp_
         load_initial_weights(module.model, cfg)
         loaded = module.model.state_dict()
         assert all(torch.equal(loaded[k], v) for k, v in saved.items()), source
+    # Shards alone (no meta.pt beside them) give their weights, but no run to resume.
+    resume = [*QUICK, f"data.path={yesterday['day1']}", "strategy=fsdp", f"ckpt_path={sharded}"]
+    with pytest.raises(ConfigError, match=r"has no meta.pt .* not a whole checkpoint; .* with init_from="):
+        validate(compose_config(resume))
 
 
 def test_a_shape_mismatch_or_a_combined_resume_is_refused_in_one_line(yesterday, tmp_path: Path) -> None:
