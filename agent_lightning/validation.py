@@ -32,6 +32,10 @@ from agent_lightning.runs.init_from import check_init_from
 from agent_lightning.runs.lock import global_rank
 from agent_lightning.runs.loop_progress import epochs_done, fit_loop_state
 
+# As Lightning sets on import (these checks run before it loads): count GPUs through NVML, so that asking
+# does not initialise CUDA in this process, which a process forked from it (a DataLoader worker) could not use.
+os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+
 
 def available_devices(accelerator: str) -> tuple[str, int]:
     """(kind, count) of devices that `trainer.accelerator` resolves to on this machine."""
