@@ -111,6 +111,12 @@ def validate(cfg: DictConfig) -> tuple[int, int]:
             "strategy.offload=true keeps parameters in host memory and streams them to the GPU: it needs CUDA, "
             "and this run is on CPU"
         )
+    optimizer = str((cfg.get("optimizer") or {}).get("_target_", ""))
+    if name in SHARDED and optimizer.startswith("pytorch_optimizer."):  # fails on a rank, mid-step (tried: LAMB)
+        raise ConfigError(
+            f"optimizer {optimizer} does not work on the sharded (DTensor) parameters of strategy={name}: use "
+            "optimizer=adam, adamw or sgd (torch's own), or strategy=ddp"
+        )
     precision = str(cfg.trainer.get("precision"))
     if name in SHARDED and precision in ("16-mixed", "16"):  # Lightning's ModelParallelStrategy refuses it
         raise ConfigError(

@@ -42,6 +42,10 @@ CHECKED_CASES = {
         "tensor_parallel > 1 needs model.norm=none",
     ),
     "offload without a GPU": (["strategy=fsdp", "strategy.offload=true"], "strategy.offload=true"),
+    "an optimizer without DTensor support on shards": (
+        ["strategy=fsdp", "devices=2", "optimizer=lamb"],
+        "optimizer pytorch_optimizer.Lamb does not work on the sharded (DTensor) parameters of strategy=fsdp",
+    ),
     "clipping a tensor-parallel model with a whole layer": (
         ["strategy=model_parallel", "devices=2", "trainer.gradient_clip_val=1.0"],
         "layer head is not split by the model's plan",
