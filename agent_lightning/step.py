@@ -130,8 +130,8 @@ NOT_TRAINER_KEYS = (*STEP_KEYS, "threads")  # threads: torch.set_num_threads, se
 def lightning_trainer_config(trainer_cfg: DictConfig) -> DictConfig:
     """What `lightning.pytorch.Trainer` is given: `cfg.trainer` without the keys this package applies itself.
 
-    With `steps_per_execution` K > 1, a whole-number `limit_train_batches` or `val_check_interval` (batches)
-    is passed in Lightning's steps: groups of K batches.
+    With `steps_per_execution` K > 1, each whole-number batch count (`BATCH_COUNTED_KEYS`) is passed in
+    Lightning's steps: groups of K batches.
     """
     container = OmegaConf.to_container(trainer_cfg, resolve=True)
     assert isinstance(container, dict)

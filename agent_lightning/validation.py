@@ -25,7 +25,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from agent_lightning import safe_load
 from agent_lightning.arguments import Rule
 from agent_lightning.errors import ConfigError
-from agent_lightning.parallel.degrees import SHARDED, STRATEGIES, resolve_degrees
+from agent_lightning.parallel.degrees import SHARDED, STRATEGIES, Degrees, resolve_degrees
 from agent_lightning.parallel.sharding import tensor_parallel_plan
 from agent_lightning.runs.identity import check_run_identity
 from agent_lightning.runs.init_from import check_init_from
@@ -69,7 +69,7 @@ def launched_externally() -> bool:
     return "SLURM_PROCID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1
 
 
-def _check_clipping_with_tensor_parallel(cfg: DictConfig, model: Any, plan: dict[str, Any], degrees: Any) -> None:
+def _check_clipping_with_tensor_parallel(cfg: DictConfig, model: Any, plan: dict[str, Any], degrees: Degrees) -> None:
     # Pure tensor parallelism leaves the layers outside the plan as plain tensors, and torch's gradient
     # norm (and clamp) cannot take split and plain gradients together: it fails on a rank, mid-run.
     clip = cfg.trainer.get("gradient_clip_val")
