@@ -42,9 +42,6 @@ def main(cfg: DictConfig) -> None:
     from agent_lightning.agents.environments import env_config
     from agent_lightning.agents.experts import resolve_expert
     from agent_lightning.agents.reports import write_curve
-    from agent_lightning.console import print_lightning_lines_once
-
-    print_lightning_lines_once()  # Lightning is imported after Hydra set up logging: its lines would print twice
 
     output_dir = Path(cfg.paths.output_dir)
     try:
