@@ -7,11 +7,9 @@ split by episode; the expert's and a random policy's mean returns are printed an
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from agent_lightning.arguments import (
@@ -25,7 +23,7 @@ from agent_lightning.arguments import (
     path,
     whole,
 )
-from agent_lightning.config import config_dir
+from agent_lightning.config import hydra_command
 from agent_lightning.errors import ConfigError
 
 log = logging.getLogger("agent_lightning.collect")
@@ -97,27 +95,23 @@ def summary(manifest: dict[str, Any], output: str | Path) -> str:
     )
 
 
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="collect")
+@hydra_command("collect")
 def main(cfg: DictConfig) -> None:
-    """Hydra entry: collect one dataset; a bad input exits 2 with one line."""
-    try:
-        if OmegaConf.is_missing(cfg, "output"):
-            raise ConfigError("output is required: the directory to write the prepared dataset to")
-        # The values go in as given (no int()/bool()): `steps=abc` and `overwrite=no` are refused by RULES.
-        manifest = collect(
-            cfg.get("env"),
-            cfg.output,
-            cfg.steps,
-            cfg.expert,
-            cfg.seed,
-            cfg.val_fraction,
-            cfg.test_fraction,
-            cfg.random_episodes,
-            cfg.overwrite,
-        )
-    except ConfigError as err:
-        log.error("%s", err)
-        sys.exit(2)
+    """Command line: collect one dataset; a bad input exits 2 with one line."""
+    if OmegaConf.is_missing(cfg, "output"):
+        raise ConfigError("output is required: the directory to write the prepared dataset to")
+    # The values go in as given (no int()/bool()): `steps=abc` and `overwrite=no` are refused by RULES.
+    manifest = collect(
+        cfg.get("env"),
+        cfg.output,
+        cfg.steps,
+        cfg.expert,
+        cfg.seed,
+        cfg.val_fraction,
+        cfg.test_fraction,
+        cfg.random_episodes,
+        cfg.overwrite,
+    )
     print(summary(manifest, cfg.output), flush=True)
 
 

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import os
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
+import hydra
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
+
+from agent_lightning.errors import EXIT_CONFIG, exit_if_reported
 
 
 def config_dir() -> Path:
@@ -34,3 +41,49 @@ def compose_config(overrides: Sequence[str] = (), output_dir: str | Path | None 
 
     resolve_data_dims(cfg, required=False)
     return cfg
+
+
+def hydra_command(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
+    """`hydra.main` on this package's config tree, with every error a user can fix reported as one line.
+
+    A config Hydra cannot compose (an unknown key or option, an unreadable override) exits 2 naming the
+    override and what would be valid, where Hydra would print several lines and exit 1: Hydra raises
+    instead of printing when HYDRA_FULL_ERROR is set, so it is set while the command runs. An error the
+    job raises is reported by `errors.user_facing` inside the job; a bug keeps its whole traceback.
+    """
+
+    def decorate(job: Callable[[DictConfig], Any]) -> Callable[[], Any]:
+        @functools.wraps(job)
+        def reported_job(cfg: DictConfig) -> Any:
+            try:
+                return job(cfg)
+            except Exception as err:
+                exit_if_reported(err)  # inside the job: Hydra would add its own line before a raised error
+                raise
+
+        entry = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)(reported_job)
+
+        @functools.wraps(job)
+        def command() -> Any:
+            from hydra.errors import ConfigCompositionException, OverrideParseException
+
+            asked = os.environ.get("HYDRA_FULL_ERROR")
+            os.environ["HYDRA_FULL_ERROR"] = "1"
+            try:
+                return entry()
+            except (OverrideParseException, ConfigCompositionException) as err:  # composing failed: no job ran
+                if asked == "1":
+                    raise  # the user asked for Hydra's traceback
+                from agent_lightning.composition_errors import describe
+
+                print(f"error: {describe(err, config_name, sys.argv[1:])}", file=sys.stderr)
+                sys.exit(EXIT_CONFIG)
+            finally:
+                if asked is None:
+                    os.environ.pop("HYDRA_FULL_ERROR", None)
+                else:
+                    os.environ["HYDRA_FULL_ERROR"] = asked
+
+        return command
+
+    return decorate

@@ -10,15 +10,13 @@ from __future__ import annotations
 import csv
 import dataclasses
 import logging
-import sys
 from pathlib import Path
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from agent_lightning.config import config_dir
-from agent_lightning.errors import ConfigError, user_facing
+from agent_lightning.config import config_dir, hydra_command
+from agent_lightning.errors import ConfigError
 
 log = logging.getLogger("agent_lightning.dagger")
 
@@ -35,34 +33,27 @@ def _train_overrides(cfg: DictConfig, env_name: str | None) -> list[str]:
     return [*([f"experiment={experiment}"] if experiment else []), *(str(o) for o in extra), "print_config=false"]
 
 
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="dagger")
+@hydra_command("dagger")
 def main(cfg: DictConfig) -> None:
-    """Hydra entry: run DAgger; a bad input exits 2 with one line."""
+    """Command line: run DAgger; a bad input exits 2 with one line."""
     from agent_lightning.agents.dagger import run_dagger, table
     from agent_lightning.agents.environments import env_config
     from agent_lightning.agents.experts import resolve_expert
     from agent_lightning.agents.reports import write_curve
 
     output_dir = Path(cfg.paths.output_dir)
-    try:
-        if int(cfg.iterations) < 0 or int(cfg.demo_steps) < 1 or int(cfg.rollout_steps) < 1:
-            raise ConfigError("iterations >= 0, demo_steps >= 1 and rollout_steps >= 1 are needed")
-        env = env_config(cfg.get("env"))
-        expert_name = str(cfg.expert or env.get("expert") or "")
-        if not expert_name:
-            raise ConfigError(f"env {env.id} names no default expert: give expert=<name or module:function>")
-        expert = resolve_expert(expert_name, env.id)
-        overrides = _train_overrides(cfg, HydraConfig.get().runtime.choices.get("env"))
-        results = run_dagger(
-            env, expert, expert_name, output_dir, overrides, int(cfg.iterations), int(cfg.demo_steps),
-            int(cfg.rollout_steps), int(cfg.episodes), int(cfg.seed), cfg.get("continue_epochs"),
-        )  # fmt: skip
-    except Exception as err:
-        reported = user_facing(err)
-        if reported is None:
-            raise
-        log.error("%s", reported[1])
-        sys.exit(reported[0])
+    if int(cfg.iterations) < 0 or int(cfg.demo_steps) < 1 or int(cfg.rollout_steps) < 1:
+        raise ConfigError("iterations >= 0, demo_steps >= 1 and rollout_steps >= 1 are needed")
+    env = env_config(cfg.get("env"))
+    expert_name = str(cfg.expert or env.get("expert") or "")
+    if not expert_name:
+        raise ConfigError(f"env {env.id} names no default expert: give expert=<name or module:function>")
+    expert = resolve_expert(expert_name, env.id)
+    overrides = _train_overrides(cfg, HydraConfig.get().runtime.choices.get("env"))
+    results = run_dagger(
+        env, expert, expert_name, output_dir, overrides, int(cfg.iterations), int(cfg.demo_steps),
+        int(cfg.rollout_steps), int(cfg.episodes), int(cfg.seed), cfg.get("continue_epochs"),
+    )  # fmt: skip
     with open(output_dir / "dagger.csv", "w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=[f.name for f in dataclasses.fields(results[0])])
         writer.writeheader()

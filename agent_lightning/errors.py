@@ -7,6 +7,7 @@ fixed by the config); 3 a rank crashed on an unexpected error; 128 + N stopped b
 
 from __future__ import annotations
 
+import logging
 import re
 import signal
 import sys
@@ -81,7 +82,30 @@ def user_facing(err: BaseException) -> tuple[int, str] | None:
             return EXIT_CONFIG, f"{where}: {_first_line(cause)}"
     if isinstance(err, lightnings):
         return EXIT_CONFIG, _first_line(err)
+    return _config_text_error(err)
+
+
+def _config_text_error(err: BaseException) -> tuple[int, str] | None:
+    """A value the config cannot give (`${nope}`, a `???` left unset) or overrides Hydra cannot compose."""
+    from hydra.errors import ConfigCompositionException, OverrideParseException
+    from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
+
+    if isinstance(err, (InterpolationResolutionError, MissingMandatoryValue)):
+        key = getattr(err, "full_key", None)
+        return EXIT_CONFIG, f"{key}: {_first_line(err)}" if key else _first_line(err)
+    if isinstance(err, (OverrideParseException, ConfigCompositionException)):  # overrides a job composes itself
+        from agent_lightning.composition_errors import describe
+
+        return EXIT_CONFIG, describe(err, None, ())
     return None
+
+
+def exit_if_reported(err: BaseException) -> None:
+    """Log an error the user can act on as one line and exit with its code; return for a bug."""
+    reported = user_facing(err)
+    if reported is not None:
+        logging.getLogger("agent_lightning").error("%s", reported[1])
+        sys.exit(reported[0])
 
 
 def _lightning_misconfiguration() -> tuple[type[BaseException], ...]:

@@ -8,16 +8,14 @@ length=..`, and `episodes.csv` + `returns.png` in the run directory. On a prepar
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from agent_lightning.agents.environments import VECTORIZATIONS, env_names
 from agent_lightning.arguments import SEED, SEED_VALID, Rule, check_arguments, choice, whole
-from agent_lightning.config import config_dir
+from agent_lightning.config import hydra_command
 from agent_lightning.errors import ConfigError
 
 log = logging.getLogger("agent_lightning.evaluate")
@@ -83,22 +81,18 @@ def check_request(cfg: DictConfig) -> None:
         )
 
 
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="evaluate")
+@hydra_command("evaluate")
 def main(cfg: DictConfig) -> None:
-    """Hydra entry: evaluate one checkpoint; a bad input exits 2 with one line."""
+    """Command line: evaluate one checkpoint; a bad input exits 2 with one line."""
     output_dir = Path(cfg.paths.output_dir)
-    try:
-        check_request(cfg)
-        if cfg.get("data") is not None:
-            from agent_lightning.evaluation.classification import summary_line as dataset_line
+    check_request(cfg)
+    if cfg.get("data") is not None:
+        from agent_lightning.evaluation.classification import summary_line as dataset_line
 
-            print(dataset_line(evaluate_on_dataset(cfg, output_dir)), flush=True)
-            log.info("metrics.json, per_class.csv and figures in %s", output_dir)
-            return
-        stats = evaluate_in_env(cfg, output_dir)
-    except ConfigError as err:
-        log.error("%s", err)
-        sys.exit(2)
+        print(dataset_line(evaluate_on_dataset(cfg, output_dir)), flush=True)
+        log.info("metrics.json, per_class.csv and figures in %s", output_dir)
+        return
+    stats = evaluate_in_env(cfg, output_dir)
     from agent_lightning.agents.rollout import summary_line
 
     print(summary_line(stats), flush=True)

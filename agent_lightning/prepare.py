@@ -19,7 +19,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
@@ -36,7 +35,7 @@ from agent_lightning.arguments import (
     path,
     whole,
 )
-from agent_lightning.config import config_dir
+from agent_lightning.config import hydra_command
 from agent_lightning.data.manifest import FORMAT, MANIFEST, SPLITS, VERSION, fingerprint, sha256_of, write_manifest
 from agent_lightning.data.readers import ReadOptions, expand_inputs, input_bytes, read_chunks
 from agent_lightning.data.splits import RULES as SPLIT_RULES
@@ -367,21 +366,15 @@ def _summary(manifest: dict[str, Any], output: Path) -> str:
     )
 
 
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="prepare")
+@hydra_command("prepare")
 def main(cfg: DictConfig) -> None:
-    """Hydra entry: prepare one dataset from `cfg`; a bad input exits 2 with one line."""
-    try:
-        for key, what in (("input", "the file(s) to read"), ("output", "the directory to write the dataset to")):
-            if OmegaConf.is_missing(cfg, key):  # else the placeholder '???' is taken as a path
-                raise ConfigError(
-                    f"{key} is required: {what}, e.g. {key}={'raw/*.csv' if key == 'input' else 'data/mine'}"
-                )
-        options = OmegaConf.to_container(cfg, resolve=True)
-        assert isinstance(options, dict)
-        manifest = prepare(**options)
-    except ConfigError as err:
-        log.error("%s", err)
-        sys.exit(2)
+    """Command line: prepare one dataset from `cfg`; a bad input exits 2 with one line."""
+    for key, what in (("input", "the file(s) to read"), ("output", "the directory to write the dataset to")):
+        if OmegaConf.is_missing(cfg, key):  # else the placeholder '???' is taken as a path
+            raise ConfigError(f"{key} is required: {what}, e.g. {key}={'raw/*.csv' if key == 'input' else 'data/mine'}")
+    options = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(options, dict)
+    manifest = prepare(**options)
     output = Path(cfg.output) / manifest["part"] if cfg.get("append") else Path(cfg.output)
     log.info("%s", _summary(manifest, output))
 

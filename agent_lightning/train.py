@@ -21,9 +21,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from agent_lightning.agents.environments import check_env_eval
-from agent_lightning.config import config_dir
+from agent_lightning.config import config_dir, hydra_command
 from agent_lightning.data.fitting import resolve_data_dims
-from agent_lightning.errors import ConfigError, signal_exit_code, user_facing
+from agent_lightning.errors import ConfigError, exit_if_reported, signal_exit_code
 from agent_lightning.launch import launch_ranks, setup_rank_logging
 from agent_lightning.parallel.degrees import choose_strategy, cpu_processes_per_node
 from agent_lightning.runs.environment import environment_restored
@@ -139,7 +139,7 @@ def _summary(metrics: dict[str, Any]) -> str:
     return "  ".join(f"{k}={metrics[k]:.4g}" for k in keys if k in metrics)
 
 
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
+@hydra_command("config")
 def hydra_main(cfg: DictConfig) -> float | Pruned | None:
     """Hydra entry: one job (or one job of a sweep); returns `cfg.optimized_metric` for sweepers."""
     rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
@@ -150,7 +150,7 @@ def hydra_main(cfg: DictConfig) -> float | Pruned | None:
         devices, world = _resolve_and_check(cfg)  # a bad value is one line, not a config tree and then the line
     except Exception as err:
         discard_resume_record()  # a refused resume leaves no `.hydra/resume-<n>/` of a run that never ran
-        _exit_if_reported(err)
+        exit_if_reported(err)
         raise  # a bug: keep its traceback
     if cfg.get("print_config", True):
         log.info(
@@ -159,7 +159,7 @@ def hydra_main(cfg: DictConfig) -> float | Pruned | None:
     try:
         metrics = _run_checked(cfg, devices, world)
     except Exception as err:
-        _exit_if_reported(err)  # a bad value, a diverged run, a crashed rank, a requested stop
+        exit_if_reported(err)  # a bad value, a diverged run, a crashed rank, a requested stop
         raise  # a bug: keep its traceback
     if metrics:
         log.info("Final: %s", _summary(metrics))
@@ -172,14 +172,6 @@ def hydra_main(cfg: DictConfig) -> float | Pruned | None:
             return None
         log.error("%s", err)
         sys.exit(2)
-
-
-def _exit_if_reported(err: Exception) -> None:
-    """Log an error the user can act on as one line and exit with its code; return for a bug."""
-    reported = user_facing(err)
-    if reported is not None:
-        log.error("%s", reported[1])
-        sys.exit(reported[0])
 
 
 # Sweepers that only run their jobs: they never read a job's returned value.

@@ -31,6 +31,7 @@ import optuna
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn
+from hydra.errors import CompactHydraException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
@@ -38,6 +39,7 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
+from agent_lightning.composition_errors import describe
 from agent_lightning.errors import ConfigError
 from agent_lightning.search.pruning import Pruned
 from agent_lightning.search.space import as_override, flatten, parse_space
@@ -292,6 +294,8 @@ class OptunaSearch(Sweeper):
         # whole batch: compose each trial's config here first, and fail only that trial.
         try:
             self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        except CompactHydraException as err:
+            return describe(err, None, overrides)  # None: composing here again would reset the running Hydra
         except Exception as err:
             return str(err).splitlines()[0] if str(err) else type(err).__name__
         return None
