@@ -86,6 +86,8 @@ def main(cfg: DictConfig) -> None:
     """Command line: evaluate one checkpoint; a bad input exits 2 with one line."""
     output_dir = Path(cfg.paths.output_dir)
     check_request(cfg)
+    if not Path(str(cfg.ckpt_path)).exists():
+        raise ConfigError(f"ckpt_path={cfg.ckpt_path} does not exist")
     if cfg.get("data") is not None:
         from agent_lightning.evaluation.classification import summary_line as dataset_line
 
