@@ -5,14 +5,14 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import hydra
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from agent_lightning.errors import EXIT_CONFIG, exit_if_reported
 
@@ -24,6 +24,24 @@ def config_dir() -> Path:
         if (candidate / "config.yaml").is_file():
             return candidate
     raise FileNotFoundError(f"no conf/config.yaml next to {package}")
+
+
+def group_options(choices: Mapping[str, str | None]) -> str:
+    """The `--help` section on the config groups a command composes: each one's choice, then its other options."""
+    lines = []
+    for group, chosen in sorted(choices.items()):
+        if group == "hydra" or group.startswith("hydra/"):
+            continue
+        options = sorted(path.stem for path in (config_dir() / group).glob("*.yaml"))
+        others = ", ".join(option for option in options if option != chosen)
+        lines.append(f"{group}: {chosen or 'null'}" + (f" | {others}" if others else ""))
+    if not lines:
+        return ""
+    return "\n".join(["== Groups (group=option; the current choice first) ==", *lines, "", ""])
+
+
+# Resolved in the `--help` template, conf/hydra/help/command.yaml.
+OmegaConf.register_new_resolver("agent_lightning.group_options", group_options, replace=True)
 
 
 def compose_config(overrides: Sequence[str] = (), output_dir: str | Path | None = None) -> DictConfig:

@@ -1,5 +1,6 @@
 """Bad input from the command line: one clear message naming the key, a non-zero exit, no traceback."""
 
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -182,3 +183,22 @@ def test_a_label_shard_altered_in_place_exits_2_naming_the_shard_and_the_label(t
     assert result.returncode == 2, output[-2000:]
     assert "train-00000.y.npy holds label 99, outside 0..3 (num_classes=4 in its manifest)" in output
     assert "Traceback" not in output
+
+
+@pytest.mark.parametrize(
+    ("module", "header", "listed", "not_listed"),
+    [
+        ("evaluate", "Evaluate a checkpoint", "env: null | acrobot, cartpole, lunarlander, mountaincar", "optimizer"),
+        ("train", "Train an agent's policy network", "optimizer: adam | adamw, lamb, sgd", "env:"),
+        ("prepare", "Prepare a dataset once", "input: ???", "== Groups"),
+    ],
+)
+def test_each_commands_help_lists_its_own_groups(module, header, listed, not_listed, monkeypatch, capsys) -> None:
+    # Hydra's default help lists every group under conf/: evaluate's would offer train's optimizers.
+    command = importlib.import_module(f"agent_lightning.{module}")
+    monkeypatch.setattr(sys, "argv", [module, "--help"])
+    with pytest.raises(SystemExit) as stop:
+        command.main()
+    assert stop.value.code == 0
+    help_text = capsys.readouterr().out
+    assert help_text.startswith(header) and listed in help_text and not_listed not in help_text, help_text
