@@ -142,7 +142,9 @@ def fit_and_test(cfg: DictConfig, devices: int, world: int, extra_callbacks: Seq
 
     checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
-    if cfg.get("test", True) and has_test_split:
+    # A resume that trained nothing holds the summary's test metrics for these same weights: no test again.
+    tested = any(key.startswith("test/") for key in metrics)
+    if cfg.get("test", True) and has_test_split and not tested:
         try:
             trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True)
         except SIGTERMException:  # Lightning's own SIGTERM handling, while testing

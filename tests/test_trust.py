@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 
 import hydra
+import lightning.pytorch as pl
 import pytest
 import torch
 from hydra.errors import InstantiationException
@@ -252,10 +253,23 @@ def test_stale_writes_are_cleaned_and_a_directory_swap_keeps_the_old_one_until_t
     assert (tmp_path / "dir.ckpt" / ".metadata").read_bytes() == b"new"
 
 
+class TestCounter(pl.Callback):
+    """Counts the test loops a run starts."""
+
+    __test__ = False  # not a test class, despite its name
+
+    def __init__(self) -> None:
+        self.started = 0
+
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Count one."""
+        self.started += 1
+
+
 def test_a_resume_with_another_optimizer_is_refused_and_one_with_nothing_left_keeps_its_checkpoint_and_summary(
     compose_cfg, tmp_path: Path, caplog
 ) -> None:
-    first = ["trainer.max_epochs=3", "data.train_size=4096", "test=false"]
+    first = ["trainer.max_epochs=3", "data.train_size=4096"]
     trained = train(compose_cfg(*first, output_dir=tmp_path / "run"))
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     written = last.read_bytes()
@@ -273,8 +287,10 @@ def test_a_resume_with_another_optimizer_is_refused_and_one_with_nothing_left_ke
     assert summary["metrics"]["val/acc"] == pytest.approx(trained["val/acc"]) and summary["global_step"] == 48
     with caplog.at_level(logging.INFO, logger="agent_lightning"), warnings.catch_warnings(record=True) as warned:
         warnings.simplefilter("always")
-        again = train(compose_cfg(*first, f"ckpt_path={last}", output_dir=tmp_path / "run"))
+        tests = TestCounter()
+        again = train(compose_cfg(*first, f"ckpt_path={last}", output_dir=tmp_path / "run"), [tests])
     assert last.read_bytes() == written
+    assert tests.started == 0 and again["test/acc"] == pytest.approx(trained["test/acc"])  # the same weights
     assert not [w for w in warned if "training batches, fewer than" in str(w.message)]  # it trains none
     kept = json.loads((tmp_path / "run" / SUMMARY_FILE).read_text())
     assert kept["metrics"] == summary["metrics"] and again["val/acc"] == pytest.approx(trained["val/acc"])
