@@ -1,33 +1,54 @@
-"""Hydra's errors in composing a command's config, as one line naming the override and what would be valid.
+"""Errors in composing a command's config, as one line naming the override and what would work instead.
 
 Hydra prints these over several lines (with its search path and a hint about HYDRA_FULL_ERROR) and exits 1.
-A typo in a key or an option is the most common mistake on a command line, so the line says what the
-key's section holds, or which options the group has, and the nearest name when one is close.
+A typo in a key or an option is the most common mistake on a command line, so the line gives the nearest
+names, the key where it lives elsewhere in the config (`lr` is `optimizer.lr`), the group option that has
+it (`strategy=model_parallel` for `strategy.tensor_parallel`), or what the section holds; only where a new
+key reaches a constructor (a section with `_target_`) does it offer `+key=value`.
 """
 
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Sequence
+from typing import Any
 
-from hydra.errors import CompactHydraException, MissingConfigException, OverrideParseException
+from hydra.errors import MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 # A section with more keys than this is not listed in full: `--cfg job` prints it.
 _MAX_LISTED_KEYS = 12
 
 
-def describe(err: CompactHydraException, config_name: str | None, arguments: Sequence[str]) -> str:
+def describe(err: BaseException, config_name: str | None, arguments: Sequence[str]) -> str:
     """One line for an error composing `config_name` (None: not known) with the command-line `arguments`."""
+    message = str(err)
     if isinstance(err, OverrideParseException):
         return _unreadable(err)
     if isinstance(err, MissingConfigException) and err.options and err.missing_cfg_file:
         return _unknown_option(err.missing_cfg_file, list(err.options))
+    context = _Context(config_name, arguments)
     full_key = getattr(err.__cause__, "full_key", None)
-    if isinstance(err.__cause__, OmegaConfBaseException) and full_key and str(err).startswith("Could not override"):
-        return _unknown_key(str(full_key), config_name, arguments)
-    return _joined(str(err))
+    if message.startswith("Could not override") and full_key:
+        return context.unknown_key(str(full_key))
+    deleted = re.match(r"Could not delete from config\. '([^']+)' does not exist", message)
+    if deleted:
+        return context.unknown_key(deleted.group(1))
+    not_composed = re.match(r"Could not override '([^']+)'\. No match in the defaults list", message)
+    if not_composed:
+        return context.group_not_composed(not_composed.group(1))
+    chosen = re.search(r"Multiple values for (\S+)\. To override a value use 'override \S+ (\S+)'", message)
+    if chosen:  # `+optimizer=sgd` where the config already chooses an optimizer
+        group, option = chosen.group(1), chosen.group(2).strip("'")
+        return f"+{group}={option}: {group} is chosen already; choose another option without the +: {group}={option}"
+    if "Config group override must be a string" in message:
+        return context.null_group()
+    key = getattr(err, "full_key", None)
+    reason = _joined(message)
+    if err.__cause__ is not None and str(err.__cause__).strip():  # e.g. the type a merged value had to have
+        reason += f" ({_joined(str(err.__cause__)).split(' full_key:')[0]})"
+    return f"{key}: {reason}" if key else reason
 
 
 def _unreadable(err: OverrideParseException) -> str:
@@ -44,58 +65,172 @@ def _unknown_option(missing: str, options: list[str]) -> str:
     return f"{group}={option}: no such option{hint}; {group} takes {', '.join(options)}"
 
 
-def _unknown_key(full_key: str, config_name: str | None, arguments: Sequence[str]) -> str:
-    override = _override_of(full_key, arguments)
-    key, _, value = override.partition("=")
-    key = key.lstrip("+~")
-    parent, _, name = full_key.rpartition(".")
-    where = parent or "the config"
-    names = _names_under(config_name, parent, [a for a in arguments if a != override]) if config_name else None
-    if names is None:
-        return f"{override}: {where} has no key {name}; add --cfg job to print the config's keys"
-    listed = f"{where} has {', '.join(names)}" if len(names) <= _MAX_LISTED_KEYS else "--cfg job prints every key"
-    nearest = difflib.get_close_matches(name, names, n=1)
-    if nearest:  # the rest of the key after the unknown part stays as it was written
-        suggestion = ".".join(filter(None, (parent, nearest[0]))) + key[len(full_key) :]
-        suggestion += f"={value}" if value else ""
-        return f"{override}: {where} has no key {name} (did you mean {suggestion}?); {listed}"
-    return f"{override}: {where} has no key {name}; {listed}; +{key}={value} adds it as a new key"
+def _joined(message: str) -> str:
+    message = message.partition("Config search path:")[0]  # Hydra's own directories: not the user's mistake
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())
 
 
-def _override_of(full_key: str, arguments: Sequence[str]) -> str:
-    """The command-line override that names `full_key` (or a key below it)."""
-    for argument in arguments:
-        key = argument.partition("=")[0].lstrip("+~")
-        if key == full_key or key.startswith(full_key + "."):
-            return argument
-    return full_key
+def _nearest(name: str, names: Sequence[str]) -> list[str]:
+    """The name closest to `name`, or two where two are as close (`epochs`: max_epochs or min_epochs)."""
+    close = difflib.get_close_matches(name, names, n=2)
+    ratios = [difflib.SequenceMatcher(None, name, n).ratio() for n in close]
+    return sorted(close) if len(close) == 2 and ratios[0] == ratios[1] else close[:1]
 
 
-def _names_under(config_name: str, parent: str, arguments: Sequence[str]) -> list[str] | None:
-    """The keys at `parent` as the other overrides compose the config (at the top: with the command's groups)."""
+class _Context:
+    """The config as the command line composes it without the override that failed (composed on demand)."""
+
+    def __init__(self, config_name: str | None, arguments: Sequence[str]) -> None:
+        self.config_name = config_name
+        self.arguments = [a for a in arguments if "=" in a or a.startswith("~")]
+        self._composed: dict[tuple[str, ...], DictConfig | None] = {}
+
+    def override_of(self, full_key: str) -> str:
+        """The command-line override that names `full_key` (or a key below it)."""
+        for argument in self.arguments:
+            key = argument.partition("=")[0].lstrip("+~")
+            if key == full_key or key.startswith(full_key + "."):
+                return argument
+        return full_key
+
+    def compose(self, without: str, extra: Sequence[str] = ()) -> DictConfig | None:
+        """The config (with Hydra's node) from the other overrides, fewer of them if another fails too.
+
+        `extra` overrides are added last, replacing any of the others for the same key.
+        """
+        if self.config_name is None:  # inside a running Hydra (a job, a sweeper): composing here would reset it
+            return None
+        replaced = {e.partition("=")[0] for e in extra}
+        others = [a for a in self.arguments if a != without and a.partition("=")[0].lstrip("+") not in replaced]
+        fallbacks = (others, [o for o in others if "." not in o.partition("=")[0]], [])
+        for attempt in fallbacks:
+            key = (*attempt, *extra)
+            if key not in self._composed:
+                self._composed[key] = _compose(self.config_name, [*attempt, *extra])
+            if self._composed[key] is not None:
+                return self._composed[key]
+        return None
+
+    def unknown_key(self, full_key: str) -> str:
+        """An override of a key the config does not have."""
+        override = self.override_of(full_key)
+        key, _, value = override.partition("=")
+        key = key.lstrip("+~")
+        parent, _, name = full_key.rpartition(".")
+        where = parent or "the config"
+        said = f"{override}: {where} has no key {name}"
+        cfg = self.compose(override)
+        if cfg is None:
+            return said
+        choices = dict(cfg.hydra.runtime.choices)
+        if key != full_key and full_key.replace(".", "/") in choices and choices[full_key.replace(".", "/")] is None:
+            group = full_key.replace(".", "/")  # `env.max_steps=3` with no env chosen
+            return f"{override}: no {group} is chosen: choose one first ({group}=<option>; {self._options(group)})"
+        group = parent.replace(".", "/")
+        section = OmegaConf.select(cfg, parent, throw_on_missing=False) if parent else cfg
+        if section is None and parent:  # a key that is null as a whole, e.g. env_eval
+            return (
+                f"{override}: {parent} is null: give it whole, {parent}='{{{name}: {value or '...'}}}', "
+                f"or add the key with +{key}={value}"
+            )
+        if not isinstance(section, DictConfig):
+            return f"{said}: {parent} is a value, not a section"
+        names = sorted({str(k) for k in section if not str(k).startswith("_")})  # not Hydra's _target_, _partial_
+        if not parent:  # a group left null (`env: null`) is no key, yet `env=cartpole` is valid
+            names = sorted((set(names) | {g for g in choices if "/" not in g}) - {"hydra"})
+        rest = key[len(full_key) :] + (f"={value}" if value else "")
+        nearest = _nearest(name, names)
+        if nearest:
+            meant = " or ".join(".".join(filter(None, (parent, n))) + rest for n in nearest)
+            return f"{said} (did you mean {meant}?); {_listing(where, names)}"
+        elsewhere = [path for path in _paths(cfg) if path.rpartition(".")[2] == name and path != full_key]
+        if elsewhere:  # `lr=1e-3`: the key lives in a section
+            return f"{said} (did you mean {' or '.join(p + rest for p in elsewhere[:2])}?)"
+        if group in choices:  # `strategy.tensor_parallel=2` under strategy=single
+            having = self._options_having(group, key)
+            if having:
+                return f"{said}; {' and '.join(f'{group}={o}' for o in having)} has it ({group}={choices[group]} now)"
+        if "_target_" in section:  # a new key reaches the constructor as a keyword argument
+            return f"{said}; {_listing(where, names)}; +{key}={value} passes it to {section._target_}"
+        return f"{said}; {_listing(where, names)}"
+
+    def group_not_composed(self, group: str) -> str:
+        """`env=cartpole` to a command whose config does not compose the env group."""
+        override = self.override_of(group)
+        cfg = self.compose(override)
+        if cfg is None:
+            return f"{override}: this command does not use the {group} group"
+        groups = sorted(g for g in cfg.hydra.runtime.choices if "/" not in g and g != "hydra")
+        its = f": its groups are {', '.join(groups)}" if groups else ": it has no config groups"
+        return f"{override}: this command does not use the {group} group{its}"
+
+    def null_group(self) -> str:
+        """`debug=null`: Hydra cannot take null as a group's option on the command line."""
+        override = next((a for a in self.arguments if a.endswith("=null")), "group=null")
+        group = override.partition("=")[0].lstrip("+")
+        return f"{override}: a group is not set to null here; leave it out for its default, or remove it with ~{group}"
+
+    def _options(self, group: str) -> str:
+        options = _group_options(group)
+        return f"{group} takes {', '.join(options)}" if options else f"{group} has no options"
+
+    def _options_having(self, group: str, key: str) -> list[str]:
+        """The options of `group` under which the config has `key`."""
+        having = []
+        for option in _group_options(group):
+            cfg = self.compose(self.override_of(key), [f"{group}={option}"])
+            if cfg is not None and OmegaConf.select(cfg, key, throw_on_missing=False, default=_ABSENT) is not _ABSENT:
+                having.append(option)
+        return having
+
+
+_ABSENT = object()
+
+
+def _listing(where: str, names: Sequence[str]) -> str:
+    if not names:
+        return f"{where} has no keys"
+    return f"{where} has {', '.join(names)}" if len(names) <= _MAX_LISTED_KEYS else "--cfg job prints every key"
+
+
+def _paths(cfg: DictConfig) -> list[str]:
+    """Every key of the config (sections and values), dotted; Hydra's own node left out."""
+    found: list[str] = []
+
+    def visit(node: Any, prefix: str) -> None:
+        for key in node:
+            path = f"{prefix}{key}"
+            if path == "hydra" or str(key).startswith("_"):
+                continue
+            found.append(path)
+            child = node._get_node(key)
+            if isinstance(child, DictConfig) and not child._is_none():
+                visit(child, path + ".")
+
+    visit(cfg, "")
+    return found
+
+
+def _compose(config_name: str | None, overrides: Sequence[str]) -> DictConfig | None:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     from agent_lightning.config import config_dir
 
-    overrides = [a for a in arguments if "=" in a and not a.startswith(("-", "hydra.", "hydra/", "+hydra"))]
-    for attempt in (overrides, [o for o in overrides if "." not in o.partition("=")[0]], []):
-        GlobalHydra.instance().clear()
-        try:
-            with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-                cfg = compose(config_name, overrides=attempt, return_hydra_config=True)
-        except Exception:  # another bad override among them: compose with fewer
-            continue
-        node = OmegaConf.select(cfg, parent, throw_on_missing=False) if parent else cfg
-        if not isinstance(node, DictConfig):
-            return None
-        names = {str(k) for k in node if not str(k).startswith("_")}  # not Hydra's _target_, _partial_
-        if not parent:  # a group chosen as null (`env: null`) is no key, yet `env=cartpole` is valid
-            names = (names | {g for g in cfg.hydra.runtime.choices if "/" not in g}) - {"hydra"}
-        return sorted(names)
-    return None
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            return compose(config_name, overrides=list(overrides), return_hydra_config=True)
+    except Exception:  # another bad override among them: the caller tries with fewer
+        return None
 
 
-def _joined(message: str) -> str:
-    message = message.partition("Config search path:")[0]  # Hydra's own directories: not the user's mistake
-    return " ".join(line.strip() for line in message.splitlines() if line.strip())
+def _group_options(group: str) -> list[str]:
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from agent_lightning.config import config_dir
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return sorted(GlobalHydra.instance().config_loader().get_group_options(group))

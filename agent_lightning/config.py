@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ def group_options(choices: Mapping[str, str | None]) -> str:
             continue
         options = sorted(path.stem for path in (config_dir() / group).glob("*.yaml"))
         others = ", ".join(option for option in options if option != chosen)
-        lines.append(f"{group}: {chosen or 'null'}" + (f" | {others}" if others else ""))
+        lines.append(f"{group}: {chosen or '(none)'}" + (f" | {others}" if others else ""))
     if not lines:
         return ""
     return "\n".join(["== Groups (group=option; the current choice first) ==", *lines, "", ""])
@@ -65,43 +66,59 @@ def hydra_command(config_name: str) -> Callable[[Callable[[DictConfig], Any]], C
     """`hydra.main` on this package's config tree, with every error a user can fix reported as one line.
 
     A config Hydra cannot compose (an unknown key or option, an unreadable override) exits 2 naming the
-    override and what would be valid, where Hydra would print several lines and exit 1: Hydra raises
-    instead of printing when HYDRA_FULL_ERROR is set, so it is set while the command runs. An error the
-    job raises is reported by `errors.user_facing` inside the job; a bug keeps its whole traceback.
+    override and what would work, where Hydra would print several lines and exit 1: Hydra raises instead
+    of printing when HYDRA_FULL_ERROR is set, so it is set while Hydra composes (not while a job runs,
+    whose subprocesses would inherit it). An error a job raises is reported by `errors.user_facing`
+    inside the job; a bug keeps its whole traceback.
     """
 
     def decorate(job: Callable[[DictConfig], Any]) -> Callable[[], Any]:
+        bugs: list[BaseException] = []  # raised by a job and not the user's: Hydra re-raises them after it
+
         @functools.wraps(job)
         def reported_job(cfg: DictConfig) -> Any:
-            try:
-                return job(cfg)
-            except Exception as err:
-                exit_if_reported(err)  # inside the job: Hydra would add its own line before a raised error
-                raise
+            with _environment_variable("HYDRA_FULL_ERROR", None):
+                try:
+                    return job(cfg)
+                except Exception as err:
+                    exit_if_reported(err)  # inside the job: Hydra would add its own line before a raised error
+                    bugs.append(err)
+                    raise
 
         entry = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)(reported_job)
 
         @functools.wraps(job)
         def command() -> Any:
-            from hydra.errors import ConfigCompositionException, OverrideParseException
+            asked = os.environ.get("HYDRA_FULL_ERROR") == "1"
+            with _environment_variable("HYDRA_FULL_ERROR", "1"):
+                try:
+                    return entry()
+                except Exception as err:
+                    if asked or any(err is bug for bug in bugs):
+                        raise  # the user asked for Hydra's traceback, or a job's bug
+                    from agent_lightning.composition_errors import describe
 
-            asked = os.environ.get("HYDRA_FULL_ERROR")
-            os.environ["HYDRA_FULL_ERROR"] = "1"
-            try:
-                return entry()
-            except (OverrideParseException, ConfigCompositionException) as err:  # composing failed: no job ran
-                if asked == "1":
-                    raise  # the user asked for Hydra's traceback
-                from agent_lightning.composition_errors import describe
-
-                print(f"error: {describe(err, config_name, sys.argv[1:])}", file=sys.stderr)
-                sys.exit(EXIT_CONFIG)
-            finally:
-                if asked is None:
-                    os.environ.pop("HYDRA_FULL_ERROR", None)
-                else:
-                    os.environ["HYDRA_FULL_ERROR"] = asked
+                    print(f"error: {describe(err, config_name, sys.argv[1:])}", file=sys.stderr)
+                    sys.exit(EXIT_CONFIG)
 
         return command
 
     return decorate
+
+
+@contextlib.contextmanager
+def _environment_variable(name: str, value: str | None) -> Iterator[None]:
+    """Set (or, for None, remove) an environment variable for the block; restore it after."""
+    before = os.environ.get(name)
+    _set_environment_variable(name, value)
+    try:
+        yield
+    finally:
+        _set_environment_variable(name, before)
+
+
+def _set_environment_variable(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value

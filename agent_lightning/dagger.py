@@ -22,11 +22,10 @@ log = logging.getLogger("agent_lightning.dagger")
 
 
 def _train_overrides(cfg: DictConfig, env_name: str | None) -> list[str]:
-    experiment = cfg.get("experiment") or (f"bc_{env_name}" if env_name else None)
+    experiment = cfg.get("train_experiment") or (f"bc_{env_name}" if env_name else None)
     if experiment and not (config_dir() / "experiment" / f"{experiment}.yaml").is_file():
-        raise ConfigError(
-            f"experiment={experiment} is not in conf/experiment/: name one, or experiment=null and train="
-        )
+        names = ", ".join(sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml")))
+        raise ConfigError(f"train_experiment={experiment} is not one of {names}: name one, or give train=[...]")
     extra = OmegaConf.to_container(cfg.train, resolve=True) if cfg.get("train") else []
     if not isinstance(extra, list):
         raise ConfigError("train= takes a list of training overrides, e.g. 'train=[\"trainer.max_epochs=5\"]'")

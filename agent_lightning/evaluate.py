@@ -75,6 +75,8 @@ def check_request(cfg: DictConfig) -> None:
     if OmegaConf.is_missing(cfg, "ckpt_path"):
         raise ConfigError("ckpt_path is required: a checkpoint (file or sharded directory) or an export")
     check_arguments(cfg, RULES)
+    if cfg.get("data") is not None and "path" not in cfg.data:  # synthetic or stream: nothing to score on
+        raise ConfigError("evaluate reads a prepared dataset: data=dataset data.path=DIR (or env=<name>)")
     if cfg.get("data") is None and cfg.get("env") is None:
         raise ConfigError(
             f"nothing to evaluate on: give env=<name> (one of {', '.join(env_names())}) or data=dataset data.path=DIR"

@@ -281,20 +281,20 @@ def _write(
     width: int | None = None
     feature_names: list[str] | None = None
     total = 0
-    bar = tqdm(desc="prepare: read", unit=" rows", disable=not progress_bar, file=sys.stderr)
-    for source, fixed_split in sources:
-        for chunk in read_chunks(source, options):
-            width = check_features(chunk, width)
-            feature_names = feature_names or chunk.feature_names
-            codes = encoder.encode(chunk)
-            splits = assigner.assign(chunk, fixed_split)
-            groups = group_codes(chunk.groups) if options.group else None
-            if spill is None:
-                spill = BucketSpill(work, buckets, width, groups is not None, seed)
-            spill.add(splits, chunk.features, codes, groups)
-            total += len(chunk)
-            bar.update(len(chunk))
-    bar.close()
+    # Closed on an error too, so that the error's line starts a line of its own.
+    with tqdm(desc="prepare: read", unit=" rows", disable=not progress_bar, file=sys.stderr) as bar:
+        for source, fixed_split in sources:
+            for chunk in read_chunks(source, options):
+                width = check_features(chunk, width)
+                feature_names = feature_names or chunk.feature_names
+                codes = encoder.encode(chunk)
+                splits = assigner.assign(chunk, fixed_split)
+                groups = group_codes(chunk.groups) if options.group else None
+                if spill is None:
+                    spill = BucketSpill(work, buckets, width, groups is not None, seed)
+                spill.add(splits, chunk.features, codes, groups)
+                total += len(chunk)
+                bar.update(len(chunk))
     if spill is None or total == 0:
         raise ConfigError(f"input {', '.join(str(s) for s, _ in sources)} has no rows")
     spill.close()

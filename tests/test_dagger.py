@@ -85,10 +85,23 @@ def test_the_command_prints_each_lightning_line_once(tmp_path: Path) -> None:
     train = '["trainer.max_epochs=1","trainer.enable_progress_bar=false","trainer.enable_model_summary=false"]'
     command = [
         sys.executable, "-m", "agent_lightning.dagger", "env=cartpole", "iterations=0", "demo_steps=500",
-        "episodes=1", f"train={train}", f"hydra.run.dir={tmp_path / 'run'}",
+        "episodes=1", f"train={train}", "train_experiment=bc_cartpole", f"hydra.run.dir={tmp_path / 'run'}",
     ]  # fmt: skip
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-2000:]
     assert output.count("GPU available:") == 1 and output.count("`Trainer.fit` stopped") == 1, output
     assert "GPU available:" in (tmp_path / "run" / "dagger.log").read_text()  # and in the run's log
+
+
+def test_the_training_preset_is_its_own_key_beside_the_experiment_group() -> None:
+    # `experiment` is a config group: dagger's key of that name could never be set from the command line.
+    from omegaconf import OmegaConf
+
+    from agent_lightning.dagger import _train_overrides
+
+    chosen = _train_overrides(OmegaConf.create({"train_experiment": "bc_acrobot", "train": []}), "cartpole")
+    assert chosen[0] == "experiment=bc_acrobot"
+    assert _train_overrides(OmegaConf.create({"train_experiment": None, "train": []}), "cartpole")[0] == (
+        "experiment=bc_cartpole"
+    )

@@ -165,6 +165,9 @@ def test_evaluate_refuses_bad_values_and_a_missing_env_in_one_line(tmp_path):
     for key, (value, valid) in cases.items():
         with pytest.raises(ConfigError, match=re.escape(f"{key}={value!r} is invalid: use {valid}")):
             check_request(OmegaConf.create({**good, key: value}))
+    synthetic = {"_target_": "agent_lightning.data.AgentDataModule", "train_size": 100}  # data=synthetic: no path
+    with pytest.raises(ConfigError, match=r"evaluate reads a prepared dataset: data=dataset data.path=DIR"):
+        check_request(OmegaConf.create({**good, "env": None, "data": synthetic}))
     done = run_module("agent_lightning.evaluate", "ckpt_path=missing.ckpt", cwd=tmp_path)
     lines = [ln for ln in done.stderr.splitlines() + done.stdout.splitlines() if ln.strip()]
     assert done.returncode == 2 and len(lines) == 1 and "Traceback" not in done.stderr

@@ -120,7 +120,7 @@ def check_env_eval(cfg: DictConfig) -> None:
     if not spec:
         return
     if "env" not in spec:
-        raise ConfigError("env_eval needs env=<name>, e.g. env_eval.env=cartpole")
+        raise ConfigError("env_eval needs an env, e.g. env_eval='{env: cartpole}' or +env_eval.env=cartpole")
     width, actions = space_sizes(env_config(spec.env))
     model = cfg.get("model") or {}
     for key, value, what in (("input_dim", width, "observations"), ("output_dim", actions, "actions")):
