@@ -51,6 +51,14 @@ def describe(err: BaseException, config_name: str | None, arguments: Sequence[st
     return f"{key}: {reason}" if key else reason
 
 
+def describe_safely(err: BaseException, config_name: str | None, arguments: Sequence[str]) -> str:
+    """`describe`, or Hydra's own words joined into one line if working out a better one fails."""
+    try:
+        return describe(err, config_name, arguments)
+    except Exception:  # the error is the user's either way: never a traceback for it
+        return _joined(str(err)) or type(err).__name__
+
+
 def _unreadable(err: OverrideParseException) -> str:
     lines = [line for line in str(err.message).splitlines() if line.strip()]
     grammar = next((line.split()[1] for line in lines if line.startswith("See http")), "")
@@ -83,6 +91,7 @@ class _Context:
     def __init__(self, config_name: str | None, arguments: Sequence[str]) -> None:
         self.config_name = config_name
         self.arguments = [a for a in arguments if "=" in a or a.startswith("~")]
+        self.multirun = any(a in ("-m", "--multirun") for a in arguments)
         self._composed: dict[tuple[str, ...], DictConfig | None] = {}
 
     def override_of(self, full_key: str) -> str:
@@ -142,7 +151,7 @@ class _Context:
         nearest = _nearest(name, names)
         if nearest:
             meant = " or ".join(".".join(filter(None, (parent, n))) + rest for n in nearest)
-            return f"{said} (did you mean {meant}?); {_listing(where, names)}"
+            return f"{said} (did you mean {meant}?); {self._listing(where, names)}"
         elsewhere = [path for path in _paths(cfg) if path.rpartition(".")[2] == name and path != full_key]
         if elsewhere:  # `lr=1e-3`: the key lives in a section
             return f"{said} (did you mean {' or '.join(p + rest for p in elsewhere[:2])}?)"
@@ -151,8 +160,8 @@ class _Context:
             if having:
                 return f"{said}; {' and '.join(f'{group}={o}' for o in having)} has it ({group}={choices[group]} now)"
         if "_target_" in section:  # a new key reaches the constructor as a keyword argument
-            return f"{said}; {_listing(where, names)}; +{key}={value} passes it to {section._target_}"
-        return f"{said}; {_listing(where, names)}"
+            return f"{said}; {self._listing(where, names)}; +{key}={value} passes it to {section._target_}"
+        return f"{said}; {self._listing(where, names)}"
 
     def group_not_composed(self, group: str) -> str:
         """`env=cartpole` to a command whose config does not compose the env group."""
@@ -170,6 +179,13 @@ class _Context:
         group = override.partition("=")[0].lstrip("+")
         return f"{override}: a group is not set to null here; leave it out for its default, or remove it with ~{group}"
 
+    def _listing(self, where: str, names: Sequence[str]) -> str:
+        if not names:
+            return f"{where} has no keys"
+        if len(names) <= _MAX_LISTED_KEYS:
+            return f"{where} has {', '.join(names)}"
+        return f"--cfg job{' (without -m)' if self.multirun else ''} prints every key"
+
     def _options(self, group: str) -> str:
         options = _group_options(group)
         return f"{group} takes {', '.join(options)}" if options else f"{group} has no options"
@@ -185,12 +201,6 @@ class _Context:
 
 
 _ABSENT = object()
-
-
-def _listing(where: str, names: Sequence[str]) -> str:
-    if not names:
-        return f"{where} has no keys"
-    return f"{where} has {', '.join(names)}" if len(names) <= _MAX_LISTED_KEYS else "--cfg job prints every key"
 
 
 def _paths(cfg: DictConfig) -> list[str]:

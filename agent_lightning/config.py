@@ -96,9 +96,9 @@ def hydra_command(config_name: str) -> Callable[[Callable[[DictConfig], Any]], C
                 except Exception as err:
                     if asked or any(err is bug for bug in bugs):
                         raise  # the user asked for Hydra's traceback, or a job's bug
-                    from agent_lightning.composition_errors import describe
+                    from agent_lightning.composition_errors import describe_safely
 
-                    print(f"error: {describe(err, config_name, sys.argv[1:])}", file=sys.stderr)
+                    print(f"error: {describe_safely(err, config_name, sys.argv[1:])}", file=sys.stderr)
                     sys.exit(EXIT_CONFIG)
 
         return command

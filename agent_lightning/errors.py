@@ -94,9 +94,9 @@ def _config_text_error(err: BaseException) -> tuple[int, str] | None:
         key = getattr(err, "full_key", None)
         return EXIT_CONFIG, f"{key}: {_first_line(err)}" if key else _first_line(err)
     if isinstance(err, (OverrideParseException, ConfigCompositionException)):  # overrides a job composes itself
-        from agent_lightning.composition_errors import describe
+        from agent_lightning.composition_errors import describe_safely
 
-        return EXIT_CONFIG, describe(err, None, ())
+        return EXIT_CONFIG, describe_safely(err, None, ())
     return None
 
 

@@ -39,7 +39,7 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
-from agent_lightning.composition_errors import describe
+from agent_lightning.composition_errors import describe_safely
 from agent_lightning.errors import ConfigError
 from agent_lightning.search.pruning import Pruned
 from agent_lightning.search.space import as_override, flatten, parse_space
@@ -295,7 +295,7 @@ class OptunaSearch(Sweeper):
         try:
             self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
         except CompactHydraException as err:
-            return describe(err, None, overrides)  # None: composing here again would reset the running Hydra
+            return describe_safely(err, None, overrides)  # None: composing here again would reset the running Hydra
         except Exception as err:
             return str(err).splitlines()[0] if str(err) else type(err).__name__
         return None
