@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from agent_lightning.errors import ConfigError
 from agent_lightning.runs.continued_mlflow import RUN_DIR_TAG, run_dir_tag
+from agent_lightning.runs.continued_wandb import previous_online_run_id
 from agent_lightning.runs.identity import run_tags
 
 log = logging.getLogger("agent_lightning")
@@ -84,6 +85,10 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
         elif issubclass(kind, WandbLogger):
             extra["tags"] = [*tags, *(item.get("tags") or [])]
             extra["name"] = item.get("name") or run_label(cfg)
+            if cfg.get("ckpt_path") and not item.get("offline") and not (item.get("id") or item.get("version")):
+                previous = previous_online_run_id(cfg.paths.output_dir)  # resumed in place: continue its W&B run
+                if previous:
+                    extra["id"] = previous
         try:
             loggers.append(hydra.utils.instantiate(item, **extra))
         except Exception as err:  # a store or URI the tracker refuses: its own words, naming the key

@@ -164,6 +164,27 @@ def test_only_rank_0_connects_to_mlflow_and_wandb(compose_cfg, monkeypatch, tmp_
     assert any(isinstance(logger, CSVLogger) for logger in built)
 
 
+def test_a_run_resumed_in_its_directory_continues_its_online_wandb_run(compose_cfg, tmp_path: Path) -> None:
+    # W&B continues a run given its id; an offline run cannot be continued (W&B ignores resume offline).
+    pytest.importorskip("wandb")
+    from lightning.pytorch.loggers import WandbLogger
+
+    run_dir = tmp_path / "run"
+    for name in ("run-20261101_100000-old1", "run-20261102_100000-new2", "offline-run-20261103_100000-off3"):
+        (run_dir / "wandb" / name).mkdir(parents=True)
+    resumed = ["logger=wandb", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"]
+
+    def wandb_id(*overrides: str) -> str | None:
+        loggers = build_loggers(compose_cfg(*overrides, output_dir=run_dir))
+        (logger,) = [lg for lg in loggers if isinstance(lg, WandbLogger)]
+        return logger._wandb_init.get("id")
+
+    assert wandb_id(*resumed, "logger.wandb.offline=false") == "new2"  # the newest online run of the directory
+    assert wandb_id(*resumed) is None  # offline: a new offline run
+    assert wandb_id("logger=wandb", "logger.wandb.offline=false") is None  # not a resume: a new run
+    assert wandb_id(*resumed, "logger.wandb.offline=false", "+logger.wandb.id=mine") == "mine"
+
+
 def test_flatten_config_uses_dotted_keys_and_joins_lists(compose_cfg) -> None:
     flat = flatten_config(compose_cfg("tags=[a,b]"))
     assert flat["tags"] == "a,b" and flat["optimizer.betas"] == "0.9,0.999" and flat["ckpt_path"] == "null"
