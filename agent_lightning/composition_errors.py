@@ -30,11 +30,12 @@ def describe(err: BaseException, config_name: str | None, arguments: Sequence[st
         return _unknown_option(err.missing_cfg_file, list(err.options))
     context = _Context(config_name, arguments)
     full_key = getattr(err.__cause__, "full_key", None)
-    if message.startswith("Could not override") and full_key:
-        return context.unknown_key(str(full_key))
+    overridden = re.match(r"Could not override '([^']+)'\.", message)
+    if overridden and full_key:
+        return context.unknown_key(str(full_key), overridden.group(1))
     deleted = re.match(r"Could not delete from config\. '([^']+)' does not exist", message)
     if deleted:
-        return context.unknown_key(deleted.group(1))
+        return context.unknown_key(deleted.group(1), deleted.group(1))
     not_composed = re.match(r"Could not override '([^']+)'\. No match in the defaults list", message)
     if not_composed:
         return context.group_not_composed(not_composed.group(1))
@@ -43,24 +44,27 @@ def describe(err: BaseException, config_name: str | None, arguments: Sequence[st
         group, option = chosen.group(1), chosen.group(2).strip("'")
         return f"+{group}={option}: {group} is chosen already; choose another option without the +: {group}={option}"
     if "Config group override must be a string" in message:
-        return context.null_group()
+        return context.group_not_named()
     key = getattr(err, "full_key", None)
     reason = _joined(message)
     if err.__cause__ is not None and str(err.__cause__).strip():  # e.g. the type a merged value had to have
-        reason += f" ({_joined(str(err.__cause__)).split(' full_key:')[0]})"
+        reason += f" ({_joined(str(err.__cause__))})"
     return f"{key}: {reason}" if key else reason
 
 
 def describe_safely(err: BaseException, config_name: str | None, arguments: Sequence[str]) -> str:
     """`describe`, or Hydra's own words joined into one line if working out a better one fails."""
     try:
-        return describe(err, config_name, arguments)
+        line = describe(err, config_name, arguments)
     except Exception:  # the error is the user's either way: never a traceback for it
-        return _joined(str(err)) or type(err).__name__
+        line = _joined(str(err)) or type(err).__name__
+    return " ".join(line.split())  # one line, whatever an override held
 
 
 def _unreadable(err: OverrideParseException) -> str:
-    lines = [line for line in str(err.message).splitlines() if line.strip()]
+    # Without the lexer's echo of the override and its caret line: the override is named once, below.
+    lines = [line for line in str(err.message).splitlines() if line.strip() and line.strip() != "^"]
+    lines = [line.split(": ", 1)[0] if line.startswith("LexerNoViableAltException") else line for line in lines]
     grammar = next((line.split()[1] for line in lines if line.startswith("See http")), "")
     reason = "; ".join(line for line in lines if not line.startswith(("Error parsing override", "See http")))
     return f"cannot read the override '{err.override}': {reason} (write key=value; the grammar: {grammar})"
@@ -75,6 +79,7 @@ def _unknown_option(missing: str, options: list[str]) -> str:
 
 def _joined(message: str) -> str:
     message = message.partition("Config search path:")[0]  # Hydra's own directories: not the user's mistake
+    message = message.partition("full_key:")[0]  # OmegaConf's trailer: the line names the key itself
     return " ".join(line.strip() for line in message.splitlines() if line.strip())
 
 
@@ -89,28 +94,29 @@ class _Context:
     """The config as the command line composes it without the override that failed (composed on demand)."""
 
     def __init__(self, config_name: str | None, arguments: Sequence[str]) -> None:
-        self.config_name = config_name
-        self.arguments = [a for a in arguments if "=" in a or a.startswith("~")]
+        # Another config or config directory than the command's own: suggestions from its own would mislead.
+        chosen_elsewhere = any(a.split("=")[0] in _CONFIG_FLAGS for a in arguments)
+        self.config_name = None if chosen_elsewhere else config_name
+        self.arguments = [a for a in arguments if ("=" in a or a.startswith("~")) and not a.startswith("-")]
         self.multirun = any(a in ("-m", "--multirun") for a in arguments)
         self._composed: dict[tuple[str, ...], DictConfig | None] = {}
 
-    def override_of(self, full_key: str) -> str:
-        """The command-line override that names `full_key` (or a key below it)."""
-        for argument in self.arguments:
-            key = argument.partition("=")[0].lstrip("+~")
-            if key == full_key or key.startswith(full_key + "."):
-                return argument
-        return full_key
+    def override_of(self, key: str) -> str:
+        """The command-line override of `key` (or, failing that, of a key below it)."""
+        keys = [(a, a.partition("=")[0].lstrip("+~")) for a in self.arguments]
+        exact = [a for a, k in keys if k == key]
+        return (exact or [a for a, k in keys if k.startswith(key + ".")] or [key])[0]
 
     def compose(self, without: str, extra: Sequence[str] = ()) -> DictConfig | None:
         """The config (with Hydra's node) from the other overrides, fewer of them if another fails too.
 
-        `extra` overrides are added last, replacing any of the others for the same key.
+        A swept value (`a=1,2`) counts as its first value; `extra` overrides replace the others' of the same key.
         """
         if self.config_name is None:  # inside a running Hydra (a job, a sweeper): composing here would reset it
             return None
         replaced = {e.partition("=")[0] for e in extra}
-        others = [a for a in self.arguments if a != without and a.partition("=")[0].lstrip("+") not in replaced]
+        others = [_first_of_sweep(a) for a in self.arguments if a != without]
+        others = [a for a in others if a.partition("=")[0].lstrip("+") not in replaced]
         fallbacks = (others, [o for o in others if "." not in o.partition("=")[0]], [])
         for attempt in fallbacks:
             key = (*attempt, *extra)
@@ -120,9 +126,10 @@ class _Context:
                 return self._composed[key]
         return None
 
-    def unknown_key(self, full_key: str) -> str:
-        """An override of a key the config does not have."""
-        override = self.override_of(full_key)
+    def unknown_key(self, full_key: str, overridden: str) -> str:
+        """An override of `overridden`, whose part `full_key` the config does not have."""
+        override = self.override_of(overridden)
+        deleting = override.startswith("~")
         key, _, value = override.partition("=")
         key = key.lstrip("+~")
         parent, _, name = full_key.rpartition(".")
@@ -132,18 +139,20 @@ class _Context:
         if cfg is None:
             return said
         choices = dict(cfg.hydra.runtime.choices)
-        if key != full_key and full_key.replace(".", "/") in choices and choices[full_key.replace(".", "/")] is None:
-            group = full_key.replace(".", "/")  # `env.max_steps=3` with no env chosen
-            return f"{override}: no {group} is chosen: choose one first ({group}=<option>; {self._options(group)})"
-        group = parent.replace(".", "/")
+        group = full_key.replace(".", "/")
+        if key != full_key and group in choices:
+            if _is_global(group):  # debug, experiment: their options set keys at the top of the config
+                return f"{override}: {group} options set keys at the top of the config, not under {group}: set the key"
+            if choices[group] is None:  # `env.max_steps=3` with no env chosen
+                return f"{override}: no {group} is chosen: choose one first ({group}=<option>; {self._options(group)})"
         section = OmegaConf.select(cfg, parent, throw_on_missing=False) if parent else cfg
-        if section is None and parent:  # a key that is null as a whole, e.g. env_eval
+        if section is None and parent and not deleting:  # null as a whole, e.g. env_eval
             return (
-                f"{override}: {parent} is null: give it whole, {parent}='{{{name}: {value or '...'}}}', "
-                f"or add the key with +{key}={value}"
+                f"{said}: {parent} is null; where it takes a section, give it whole, e.g. "
+                f"{parent}='{{{name}: {value or '...'}}}'"
             )
         if not isinstance(section, DictConfig):
-            return f"{said}: {parent} is a value, not a section"
+            return f"{said}: {parent} is not a section"
         names = sorted({str(k) for k in section if not str(k).startswith("_")})  # not Hydra's _target_, _partial_
         if not parent:  # a group left null (`env: null`) is no key, yet `env=cartpole` is valid
             names = sorted((set(names) | {g for g in choices if "/" not in g}) - {"hydra"})
@@ -151,15 +160,22 @@ class _Context:
         nearest = _nearest(name, names)
         if nearest:
             meant = " or ".join(".".join(filter(None, (parent, n))) + rest for n in nearest)
-            return f"{said} (did you mean {meant}?); {self._listing(where, names)}"
-        elsewhere = [path for path in _paths(cfg) if path.rpartition(".")[2] == name and path != full_key]
-        if elsewhere:  # `lr=1e-3`: the key lives in a section
-            return f"{said} (did you mean {' or '.join(p + rest for p in elsewhere[:2])}?)"
-        if group in choices:  # `strategy.tensor_parallel=2` under strategy=single
-            having = self._options_having(group, key)
+            return f"{said} (did you mean {'~' if deleting else ''}{meant}?); {self._listing(where, names)}"
+        elsewhere = [  # `lr=1e-3`: the key lives in a section (and the whole key the suggestion names exists)
+            path + key[len(full_key) :]
+            for path in _paths(cfg)
+            if path.rpartition(".")[2] == name and path != full_key and _has(cfg, path + key[len(full_key) :])
+        ]
+        if elsewhere:
+            meant = " or ".join(p + (f"={value}" if value else "") for p in elsewhere[:2])
+            return f"{said} (did you mean {'~' if deleting else ''}{meant}?)"
+        section_group = parent.replace(".", "/")
+        if section_group in choices and not deleting:  # `strategy.tensor_parallel=2` under strategy=single
+            having = self._options_having(section_group, key)
             if having:
-                return f"{said}; {' and '.join(f'{group}={o}' for o in having)} has it ({group}={choices[group]} now)"
-        if "_target_" in section:  # a new key reaches the constructor as a keyword argument
+                options = " and ".join(f"{section_group}={o}" for o in having)
+                return f"{said}; {options} has it ({section_group}={choices[section_group]} now)"
+        if "_target_" in section and not deleting:  # a new key reaches the constructor as a keyword argument
             return f"{said}; {self._listing(where, names)}; +{key}={value} passes it to {section._target_}"
         return f"{said}; {self._listing(where, names)}"
 
@@ -169,22 +185,35 @@ class _Context:
         cfg = self.compose(override)
         if cfg is None:
             return f"{override}: this command does not use the {group} group"
+        named = [str(k) for k in cfg if group in str(k) and str(k) != "hydra"]  # dagger's train_experiment
+        if named:
+            value = override.partition("=")[2]
+            return f"{override}: this command does not use the {group} group (did you mean {named[0]}={value}?)"
         groups = sorted(g for g in cfg.hydra.runtime.choices if "/" not in g and g != "hydra")
         its = f": its groups are {', '.join(groups)}" if groups else ": it has no config groups"
         return f"{override}: this command does not use the {group} group{its}"
 
-    def null_group(self) -> str:
-        """`debug=null`: Hydra cannot take null as a group's option on the command line."""
-        override = next((a for a in self.arguments if a.endswith("=null")), "group=null")
-        group = override.partition("=")[0].lstrip("+")
-        return f"{override}: a group is not set to null here; leave it out for its default, or remove it with ~{group}"
+    def group_not_named(self) -> str:
+        """`debug=null`, `logger=false`: a group's option is a name."""
+        groups = {a: a.partition("=")[0].lstrip("+") for a in self.arguments if not a.startswith("~")}
+        override = next((a for a, g in groups.items() if _is_group(g) and not _is_name(a.partition("=")[2])), None)
+        if override is None:
+            return "a config group was given a value that is not an option's name"
+        group, value = groups[override], override.partition("=")[2]
+        if value == "null":
+            return (
+                f"{override}: a group is not set to null here; leave it out for its default, or remove it with ~{group}"
+            )
+        return f"{override}: {group} takes an option's name; {self._options(group)}"
 
     def _listing(self, where: str, names: Sequence[str]) -> str:
         if not names:
             return f"{where} has no keys"
         if len(names) <= _MAX_LISTED_KEYS:
             return f"{where} has {', '.join(names)}"
-        return f"--cfg job{' (without -m)' if self.multirun else ''} prints every key"
+        if where.startswith("hydra"):
+            return "--cfg hydra prints every key"
+        return f"{'a single run with ' if self.multirun else ''}--cfg job prints every key"
 
     def _options(self, group: str) -> str:
         options = _group_options(group)
@@ -195,12 +224,43 @@ class _Context:
         having = []
         for option in _group_options(group):
             cfg = self.compose(self.override_of(key), [f"{group}={option}"])
-            if cfg is not None and OmegaConf.select(cfg, key, throw_on_missing=False, default=_ABSENT) is not _ABSENT:
+            if cfg is not None and _has(cfg, key):
                 having.append(option)
         return having
 
 
 _ABSENT = object()
+# Command-line flags that choose another config or config directory than the command's own.
+_CONFIG_FLAGS = ("--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd")
+
+
+def _first_of_sweep(override: str) -> str:
+    """`a=1,2` as `a=1`: one job's config (lists, dicts, quoted and function values left as they are)."""
+    key, _, value = override.partition("=")
+    if "," not in value or value[:1] in "[{'\"" or "(" in value:
+        return override
+    return f"{key}={value.split(',')[0]}"
+
+
+def _has(cfg: DictConfig, key: str) -> bool:
+    return OmegaConf.select(cfg, key, throw_on_missing=False, default=_ABSENT) is not _ABSENT
+
+
+def _is_group(group: str) -> bool:
+    from agent_lightning.config import config_dir
+
+    return (config_dir() / group).is_dir()
+
+
+def _is_global(group: str) -> bool:
+    """Whether the group's options place their keys at the top of the config (`# @package _global_`)."""
+    from agent_lightning.config import config_dir
+
+    return any("@package _global_" in p.read_text() for p in (config_dir() / group).glob("*.yaml"))
+
+
+def _is_name(value: str) -> bool:
+    return bool(re.fullmatch(r"[A-Za-z_][\w-]*", value)) and value not in ("null", "true", "false")
 
 
 def _paths(cfg: DictConfig) -> list[str]:

@@ -6,6 +6,7 @@ import contextlib
 import functools
 import os
 import sys
+import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -67,14 +68,12 @@ def hydra_command(config_name: str) -> Callable[[Callable[[DictConfig], Any]], C
 
     A config Hydra cannot compose (an unknown key or option, an unreadable override) exits 2 naming the
     override and what would work, where Hydra would print several lines and exit 1: Hydra raises instead
-    of printing when HYDRA_FULL_ERROR is set, so it is set while Hydra composes (not while a job runs,
-    whose subprocesses would inherit it). An error a job raises is reported by `errors.user_facing`
-    inside the job; a bug keeps its whole traceback.
+    of printing when HYDRA_FULL_ERROR is set, so it is set while the command runs, except inside a job
+    (whose subprocesses would inherit it). An error a job raises is reported by `errors.user_facing`
+    inside the job; a bug keeps its traceback, from the job's frame on, as Hydra prints it.
     """
 
     def decorate(job: Callable[[DictConfig], Any]) -> Callable[[], Any]:
-        bugs: list[BaseException] = []  # raised by a job and not the user's: Hydra re-raises them after it
-
         @functools.wraps(job)
         def reported_job(cfg: DictConfig) -> Any:
             with _environment_variable("HYDRA_FULL_ERROR", None):
@@ -82,7 +81,6 @@ def hydra_command(config_name: str) -> Callable[[Callable[[DictConfig], Any]], C
                     return job(cfg)
                 except Exception as err:
                     exit_if_reported(err)  # inside the job: Hydra would add its own line before a raised error
-                    bugs.append(err)
                     raise
 
         entry = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)(reported_job)
@@ -94,16 +92,40 @@ def hydra_command(config_name: str) -> Callable[[Callable[[DictConfig], Any]], C
                 try:
                     return entry()
                 except Exception as err:
-                    if asked or any(err is bug for bug in bugs):
-                        raise  # the user asked for Hydra's traceback, or a job's bug
-                    from agent_lightning.composition_errors import describe_safely
-
-                    print(f"error: {describe_safely(err, config_name, sys.argv[1:])}", file=sys.stderr)
+                    if asked:
+                        raise  # the user asked for Hydra's traceback
+                    line = _one_line(err, config_name)
+                    if line is None:  # a bug: its traceback
+                        _print_from(reported_job, err)
+                        sys.exit(1)
+                    print(f"error: {line}", file=sys.stderr)
                     sys.exit(EXIT_CONFIG)
 
         return command
 
     return decorate
+
+
+def _one_line(err: Exception, config_name: str) -> str | None:
+    """The line for an error composing the config, or one a user can act on; None for a bug."""
+    from hydra.errors import ConfigCompositionException, OverrideParseException, SearchPathException
+
+    from agent_lightning.composition_errors import describe_safely
+    from agent_lightning.errors import user_facing
+
+    composing = (OverrideParseException, ConfigCompositionException, SearchPathException)
+    if isinstance(err, composing) or (isinstance(err, ValueError) and "Config group override must" in str(err)):
+        return describe_safely(err, config_name, sys.argv[1:])
+    reported = user_facing(err)  # e.g. an interpolation `--cfg job --resolve` could not resolve
+    return reported[1] if reported else None
+
+
+def _print_from(job: Callable[..., Any], err: BaseException) -> None:
+    """Print `err`'s traceback from `job`'s frame on (Hydra's and runpy's frames above it say nothing)."""
+    tb = err.__traceback__
+    while tb is not None and tb.tb_frame.f_code is not job.__code__:
+        tb = tb.tb_next
+    traceback.print_exception(type(err), err, tb or err.__traceback__)
 
 
 @contextlib.contextmanager

@@ -127,7 +127,12 @@ COMPOSITION_CASES = {
     ),
     "a group the command does not use": (["env=cartpole"], "env=cartpole: this command does not use the env group"),
     "a group set to null": (["debug=null"], "debug=null: a group is not set to null here"),
-    "a section that is null": (["env_eval.env=cartpole"], "env_eval.env=cartpole: env_eval is null: give it whole"),
+    "a group given a value": (["logger=false"], "logger=false: logger takes an option's name; logger takes csv,"),
+    "a key under a group placed at the top": (["debug.max_steps=1"], "debug.max_steps=1: debug options set keys at"),
+    "a section that is null": (
+        ["env_eval.env=cartpole"],
+        "env_eval.env=cartpole: env_eval has no key env: env_eval is null; where it takes a section, give it whole",
+    ),
     "unreadable override": (["model.hidden_dim=[1,2"], "cannot read the override 'model.hidden_dim=[1,2'"),
 }
 
@@ -139,6 +144,36 @@ def test_an_override_hydra_cannot_compose_is_one_line_naming_it(case: str) -> No
         compose_config(overrides)
     line = describe(info.value, "config", overrides)
     assert line.startswith(message) and "\n" not in line, line
+
+
+def test_a_sweep_is_described_with_its_first_values() -> None:
+    # `-m optimizer=sgd,adamw`: the keys listed are those of the sweep's first job, not of the default optimizer.
+    with pytest.raises(CompactHydraException) as info:
+        compose_config(["optimizer=sgd", "optimizer.momentumm=0.9"])
+    line = describe(info.value, "config", ["-m", "optimizer=sgd,adamw", "optimizer.momentumm=0.9"])
+    assert "(did you mean optimizer.momentum=0.9?)" in line, line
+
+
+def test_a_bug_keeps_its_traceback_and_hydra_full_error_keeps_hydras_own(monkeypatch, capsys, tmp_path) -> None:
+    from hydra.errors import ConfigCompositionException
+
+    from agent_lightning import train as train_command
+
+    def broken(cfg):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(train_command, "_resolve_and_check", broken)
+    monkeypatch.setattr(sys, "argv", ["train", "hydra.run.dir=run", "hydra.output_subdir=null"])
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        train_command.main()
+    printed = capsys.readouterr().err
+    assert stop.value.code == 1 and "RuntimeError: a bug" in printed
+    assert "in reported_job" in printed and "hydra/_internal" not in printed  # from the job's frame on
+    monkeypatch.setattr(sys, "argv", ["train", "optimizer.lrr=1"])
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    with pytest.raises(ConfigCompositionException):  # asked for: Hydra's exception, with its traceback
+        train_command.main()
 
 
 def test_each_command_suggests_its_own_keys_and_groups() -> None:
