@@ -15,10 +15,19 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from agent_lightning.arguments import SEED, SEED_VALID, Rule, check_arguments, whole
 from agent_lightning.config import config_dir, hydra_command
 from agent_lightning.errors import ConfigError
 
 log = logging.getLogger("agent_lightning.dagger")
+
+RULES: tuple[Rule, ...] = (
+    Rule("iterations", whole(0), "a whole number of DAgger iterations >= 0 (0: behaviour cloning only)"),
+    Rule("demo_steps", whole(1), "a whole number of expert steps >= 1"),
+    Rule("rollout_steps", whole(1), "a whole number of rollout steps >= 1"),
+    Rule("episodes", whole(1), "a whole number of evaluation episodes >= 1"),
+    Rule("seed", SEED, SEED_VALID),
+)
 
 
 def _train_overrides(cfg: DictConfig, env_name: str | None) -> list[str]:
@@ -29,7 +38,25 @@ def _train_overrides(cfg: DictConfig, env_name: str | None) -> list[str]:
     extra = OmegaConf.to_container(cfg.train, resolve=True) if cfg.get("train") else []
     if not isinstance(extra, list):
         raise ConfigError("train= takes a list of training overrides, e.g. 'train=[\"trainer.max_epochs=5\"]'")
-    return [*([f"experiment={experiment}"] if experiment else []), *(str(o) for o in extra), "print_config=false"]
+    overrides = [*([f"experiment={experiment}"] if experiment else []), *(str(o) for o in extra), "print_config=false"]
+    _check_composes(overrides)
+    return overrides
+
+
+def _check_composes(overrides: list[str]) -> None:
+    """Compose the training config once before any demonstration is collected: a typo in train= fails now."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import CompactHydraException
+
+    from agent_lightning.composition_errors import describe_safely
+
+    GlobalHydra.instance().clear()  # as each training run's composing does (`agents.dagger.train_iteration`)
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            compose("config", overrides=overrides)  # the data it names is collected later: composed, not read
+    except (CompactHydraException, ValueError) as err:  # ValueError: Hydra's, for a group given no name
+        raise ConfigError(f"train=[...] for the training runs: {describe_safely(err, 'config', overrides)}") from None
 
 
 @hydra_command("dagger")
@@ -41,8 +68,7 @@ def main(cfg: DictConfig) -> None:
     from agent_lightning.agents.reports import write_curve
 
     output_dir = Path(cfg.paths.output_dir)
-    if int(cfg.iterations) < 0 or int(cfg.demo_steps) < 1 or int(cfg.rollout_steps) < 1:
-        raise ConfigError("iterations >= 0, demo_steps >= 1 and rollout_steps >= 1 are needed")
+    check_arguments(cfg, RULES)
     env = env_config(cfg.get("env"))
     expert_name = str(cfg.expert or env.get("expert") or "")
     if not expert_name:

@@ -105,3 +105,16 @@ def test_the_training_preset_is_its_own_key_beside_the_experiment_group() -> Non
     assert _train_overrides(OmegaConf.create({"train_experiment": None, "train": []}), "cartpole")[0] == (
         "experiment=bc_cartpole"
     )
+
+
+def test_bad_training_overrides_and_counts_are_refused_before_any_demonstration() -> None:
+    from omegaconf import OmegaConf
+
+    from agent_lightning.arguments import check_arguments
+    from agent_lightning.dagger import RULES, _train_overrides
+    from agent_lightning.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train=\[...\] for the training runs: optimizer=sgdd: no such option"):
+        _train_overrides(OmegaConf.create({"train_experiment": None, "train": ["optimizer=sgdd"]}), "cartpole")
+    with pytest.raises(ConfigError, match=r"iterations='abc' is invalid: use a whole number of DAgger iterations"):
+        check_arguments(OmegaConf.create({"iterations": "abc"}), RULES)
