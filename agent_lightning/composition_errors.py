@@ -23,6 +23,8 @@ _MAX_LISTED_KEYS = 12
 
 def describe(err: BaseException, config_name: str | None, arguments: Sequence[str]) -> str:
     """One line for an error composing `config_name` (None: not known) with the command-line `arguments`."""
+    # Hydra 1.3 says what went wrong only in its messages' text: a text not matched here (another Hydra
+    # version) still gives one line, Hydra's own words, at the end.
     message = str(err)
     if isinstance(err, OverrideParseException):
         return _unreadable(err)
