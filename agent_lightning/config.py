@@ -1,4 +1,4 @@
-"""Where the config tree lives, and composing it from Python as the command line does."""
+"""Where the config tree lives, composing it from Python as the command line does, and the commands' Hydra entry."""
 
 from __future__ import annotations
 

@@ -62,6 +62,8 @@ def user_facing(err: BaseException) -> tuple[int, str] | None:
     Errors that carry an `exit_code` (ConfigError, a diverged run, a crashed rank, a requested stop)
     are reported as themselves. A ValueError or TypeError raised inside a constructor while Hydra
     builds an object from the config is a bad config value too: reported as one line naming the key.
+    So are an interpolation that cannot be resolved, a mandatory value left unset, and overrides a job
+    composes itself that Hydra cannot compose.
     """
     code = getattr(err, "exit_code", None)
     if isinstance(code, int):

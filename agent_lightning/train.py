@@ -156,11 +156,7 @@ def hydra_main(cfg: DictConfig) -> float | Pruned | None:
         log.info(
             "Composed config (saved in %s/config.yaml):\n%s", saved_config_dir(), config_tree(cfg, hydra_choices())
         )
-    try:
-        metrics = _run_checked(cfg, devices, world)
-    except Exception as err:
-        exit_if_reported(err)  # a bad value, a diverged run, a crashed rank, a requested stop
-        raise  # a bug: keep its traceback
+    metrics = _run_checked(cfg, devices, world)  # a bad value, a diverged run, a stop: reported by hydra_command
     if metrics:
         log.info("Final: %s", _summary(metrics))
         log.info("Run directory: %s (%s)", cfg.paths.output_dir, run_contents(Path(str(cfg.paths.output_dir))))
