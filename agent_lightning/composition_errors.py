@@ -283,16 +283,11 @@ def _paths(cfg: DictConfig) -> list[str]:
     return found
 
 
-def _compose(config_name: str | None, overrides: Sequence[str]) -> DictConfig | None:
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+def _compose(config_name: str, overrides: Sequence[str]) -> DictConfig | None:
+    from agent_lightning.config import compose_raw
 
-    from agent_lightning.config import config_dir
-
-    GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-            return compose(config_name, overrides=list(overrides), return_hydra_config=True)
+        return compose_raw(config_name, overrides, with_hydra=True)
     except Exception:  # another bad override among them: the caller tries with fewer
         return None
 

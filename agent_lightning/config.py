@@ -46,15 +46,20 @@ def group_options(choices: Mapping[str, str | None]) -> str:
 OmegaConf.register_new_resolver("agent_lightning.group_options", group_options, replace=True)
 
 
+def compose_raw(config_name: str, overrides: Sequence[str] = (), with_hydra: bool = False) -> DictConfig:
+    """`config_name` composed from `overrides` as the command line would, nothing resolved; Hydra's errors raise."""
+    GlobalHydra.instance().clear()  # the Compose API refuses to start while another composition is set up
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose(config_name, overrides=list(overrides), return_hydra_config=with_hydra)
+
+
 def compose_config(overrides: Sequence[str] = (), output_dir: str | Path | None = None) -> DictConfig:
     """The run config for `overrides` (as on the command line), writing under `output_dir`.
 
     Outside a Hydra run there is no run directory to interpolate, so `output_dir` names it
     (default: `runs/<experiment or 'default'>` under the current directory).
     """
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        cfg = compose("config", overrides=list(overrides))
+    cfg = compose_raw("config", overrides)
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir or Path("runs") / "default")
     from agent_lightning.data.fitting import resolve_data_dims  # lazy: composing stays light

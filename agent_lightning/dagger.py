@@ -16,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from agent_lightning.arguments import SEED, SEED_VALID, Rule, check_arguments, whole
-from agent_lightning.config import config_dir, hydra_command
+from agent_lightning.config import compose_raw, config_dir, hydra_command
 from agent_lightning.errors import ConfigError
 
 log = logging.getLogger("agent_lightning.dagger")
@@ -45,16 +45,12 @@ def _train_overrides(cfg: DictConfig, env_name: str | None) -> list[str]:
 
 def _check_composes(overrides: list[str]) -> None:
     """Compose the training config once before any demonstration is collected: a typo in train= fails now."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import CompactHydraException
 
     from agent_lightning.composition_errors import describe_safely
 
-    GlobalHydra.instance().clear()  # as each training run's composing does (`agents.dagger.train_iteration`)
     try:
-        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-            compose("config", overrides=overrides)  # the data it names is collected later: composed, not read
+        compose_raw("config", overrides)  # the data it names is collected later: composed, not read
     except (CompactHydraException, ValueError) as err:  # ValueError: Hydra's, for a group given no name
         raise ConfigError(f"train=[...] for the training runs: {describe_safely(err, 'config', overrides)}") from None
 
