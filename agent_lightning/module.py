@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +18,7 @@ from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from agent_lightning.data.executions import ExecutionBatches, batches_of, is_group
+from agent_lightning.epoch_counts import EpochCounts
 from agent_lightning.optim import build_optimizer, build_scheduler
 from agent_lightning.parallel.sharding import apply_parallelism, is_parallelized
 from agent_lightning.parallel.strategies import data_parallel_coords
@@ -78,16 +78,11 @@ class AgentModule(pl.LightningModule):
         self.val_acc_best.persistent(True)  # a resumed run keeps the best so far
         # Training accuracy is a running count on the device: a metric object's update costs 10%
         # of this model's step, two tensor ops do not.
-        self._train_correct: Tensor | None = None
-        self._train_seen = 0
-        self._epoch_started = 0.0
-        self._epoch_seconds = 0.0
-        self._epoch_samples = 0
+        self._counts = EpochCounts()
         self.step_options = StepOptions(**(step or {}))
         # Set per run in `on_train_start`, so the step itself does no lookups.
         self._train_forward: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] = self._forward_loss_hits
         self._step_schedulers: list[Any] = []
-        self._micro_batches = 0  # batches whose gradients are accumulated but not yet stepped
         self._captured: CapturedStep | None = None  # the whole step as a CUDA graph (see `_graph_step_wanted`)
         self._max_steps = -1
         self._plain_step = False  # whether Lightning's backward/step dispatch can be skipped (`on_train_start`)
@@ -151,31 +146,27 @@ class AgentModule(pl.LightningModule):
             self.log("train/loss", due[-1][1], prog_bar=True, logger=False)  # the bar and callback_metrics
         return {"loss": loss, "losses": torch.stack(losses)}  # each step's loss, for the guards
 
-    def _count(self, hits: Tensor, samples: int) -> None:
-        self._train_correct = hits.clone() if self._train_correct is None else self._train_correct + hits
-        self._train_seen += samples
-        self._epoch_samples += samples
-
     def _train_batch(self, features: Tensor, targets: Tensor, last_in_epoch: bool) -> Tensor:
         if self._captured is not None:
             # Lightning counts optimizer steps (`global_step`) through these two hooks of its optimizer wrapper.
             self._optimizer._on_before_step()
             loss, hits = self._captured.step(features, targets)
             self._optimizer._on_after_step()
-            self._count(hits, len(targets))
+            self._counts.count(hits, len(targets))
             for scheduler in self._step_schedulers:
                 scheduler.step()
             return loss
         loss, hits = self._train_forward(features, targets)
-        self._count(hits, len(targets))
+        counts = self._counts
+        counts.count(hits, len(targets))
 
         accumulate = self.step_options.accumulate_grad_batches
         optimizer = self._optimizer
-        if self._micro_batches == 0:
+        if counts.micro_batches == 0:
             optimizer.zero_grad(set_to_none=True)
-        self._micro_batches += 1
+        counts.micro_batches += 1
         # Like Lightning: a step every `accumulate` batches, and at the epoch's last batch.
-        steps_now = self._micro_batches == accumulate or last_in_epoch
+        steps_now = counts.micro_batches == accumulate or last_in_epoch
         scaled = loss / accumulate if accumulate > 1 else loss
         if steps_now:
             if self._plain_step:
@@ -183,7 +174,7 @@ class AgentModule(pl.LightningModule):
             else:
                 self.manual_backward(scaled)
                 optimizer.step()  # clipping runs in `on_before_optimizer_step`, as in Lightning's own loop
-            self._micro_batches = 0
+            counts.micro_batches = 0
             for scheduler in self._step_schedulers:
                 scheduler.step()
         else:
@@ -240,7 +231,6 @@ class AgentModule(pl.LightningModule):
         self._step_schedulers = [c.scheduler for c in configs if c.interval == "step" and not _is_plateau(c.scheduler)]
         self._log_every = self.trainer.log_every_n_steps or 1 << 62
         self._batches_per_epoch = self.trainer.num_training_batches
-        self._micro_batches = 0
         self._warn_if_an_epoch_logs_no_step_loss()
         self._no_sync = getattr(self.trainer.strategy, "block_backward_sync", contextlib.nullcontext)
         self._max_steps = self.trainer.max_steps
@@ -252,7 +242,7 @@ class AgentModule(pl.LightningModule):
         elif options.compile and self._train_forward == self._forward_loss_hits:
             # Model, loss and accuracy count in one graph; the optimizer already runs one fused kernel.
             self._train_forward = torch.compile(self._forward_loss_hits, mode=options.compile_mode)
-        self._epoch_started = time.perf_counter()
+        self._counts.start_epoch()
 
     def _warn_if_an_epoch_logs_no_step_loss(self) -> None:
         # Lightning's own warning compares its count of groups with the interval, so it is silenced (train.py).
@@ -291,43 +281,41 @@ class AgentModule(pl.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         """Start the epoch's throughput clock."""
-        self._epoch_samples = 0
-        self._micro_batches = 0
+        self._counts.start_epoch()
         self._batches_per_epoch = self.trainer.num_training_batches
-        self._epoch_started = time.perf_counter()
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """Stop the clock at the epoch's last training batch, before validation runs."""
         if batch_idx + 1 >= self.trainer.num_training_batches:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)  # once per epoch: count work queued, not launched
-            self._epoch_seconds = time.perf_counter() - self._epoch_started
+            self._counts.stop_clock()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep the epoch's training-accuracy count, so a run resumed mid-epoch continues it."""
-        correct = int(self._train_correct) if self._train_correct is not None else 0
-        checkpoint["train_accuracy_count"] = {"correct": correct, "seen": self._train_seen}
+        counts = self._counts
+        checkpoint["train_accuracy_count"] = {"correct": counts.correct(), "seen": counts.seen}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the epoch's training-accuracy count."""
         count = checkpoint.get("train_accuracy_count")
         if count and count["seen"]:
-            self._train_correct, self._train_seen = torch.tensor(count["correct"]), count["seen"]
+            self._counts.restore(count["correct"], count["seen"])
 
     @property
     def samples_per_second(self) -> float:
         """Global training samples per second over the current epoch's steps (0 before any)."""
-        if not self._epoch_samples or self._epoch_seconds <= 0:
-            return 0.0
+        rate = self._counts.samples_per_second()
         # Ranks of a tensor-parallel group share their samples: count data-parallel ranks only.
-        return self._epoch_samples * data_parallel_coords(self.trainer)[1] / self._epoch_seconds
+        return rate * data_parallel_coords(self.trainer)[1] if rate else 0.0
 
     def on_train_epoch_end(self) -> None:
         """Log the epoch's training accuracy (synced across ranks) and throughput."""
-        if self._train_correct is not None and self._train_seen:
+        accuracy = self._counts.accuracy()
+        if accuracy is not None:
             # Every data-parallel rank saw as many samples, so the mean of their accuracies is exact.
-            self.log("train/acc", self._train_correct.float() / self._train_seen, sync_dist=True)
-        self._train_correct, self._train_seen = None, 0
+            self.log("train/acc", accuracy, sync_dist=True)
+        self._counts.reset_accuracy()
         if self.samples_per_second:
             self.log("perf/samples_per_s", self.samples_per_second, sync_dist=True)
         self._step_epoch_schedulers()
