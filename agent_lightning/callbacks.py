@@ -64,7 +64,8 @@ class LastCheckpoint(ModelCheckpoint):
     Lightning rewrites `last.ckpt` at validation / epoch end only when another checkpoint is saved
     in the same step, and at the end of training only if it never wrote one. Here it is written
     every `every_n_train_steps` steps, after every validation, at every epoch end, at the end of
-    training (each time unless already written at this step) and when a signal stops the run.
+    training (each time unless already written at this step; after a validation always, since it
+    changes the best-so-far state a resumed run continues) and when a signal stops the run.
     Stale `.tmp` files a killed write left behind are removed when the run starts.
     """
 
@@ -86,10 +87,16 @@ class LastCheckpoint(ModelCheckpoint):
         if trainer.ckpt_path:
             self._last_global_step_saved = max(self._last_global_step_saved, trainer.global_step)
 
-    def _save_if_behind(self, trainer: pl.Trainer) -> None:
-        # Skips sanity checks, fast_dev_run, non-fitting stages and a step already saved.
+    def _save_if_behind(self, trainer: pl.Trainer, validated: bool = False) -> None:
+        # Skips sanity checks, fast_dev_run, non-fitting stages and a step already saved, unless a validation
+        # ran since: a write at the epoch's last step came before its validation and holds the old best state.
+        rewrite = validated and self._last_global_step_saved == trainer.global_step
+        if rewrite:
+            self._last_global_step_saved = -1  # Lightning's other reasons to skip still apply
         if not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        elif rewrite:
+            self._last_global_step_saved = trainer.global_step
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -102,9 +109,9 @@ class LastCheckpoint(ModelCheckpoint):
             self._save_if_behind(trainer)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """After every validation."""
+        """After every validation, even at a step already saved."""
         super().on_validation_end(trainer, pl_module)
-        self._save_if_behind(trainer)
+        self._save_if_behind(trainer, validated=True)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """At every epoch end (also when the epoch ran no validation)."""

@@ -189,6 +189,20 @@ def test_sigterm_saves_a_current_last_ckpt_that_resumes_to_the_same_result(compo
     assert all(torch.allclose(final[k], again[k], atol=1e-6) for k in final if k.startswith("model."))
 
 
+def test_last_ckpt_written_at_an_epoch_s_last_step_is_rewritten_after_its_validation(compose_cfg, tmp_path) -> None:
+    # 16 steps per epoch and last.ckpt every 16: written at each epoch's last step, before its validation.
+    every = ["data.train_size=4096", "data.val_size=512", "trainer.max_epochs=2", "test=false"]
+    train(compose_cfg(*every, "callbacks.last_checkpoint.every_n_train_steps=16", output_dir=tmp_path / "run"))
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    (best,) = (tmp_path / "run" / "checkpoints").glob("best-*.ckpt")
+    best_score = float(best.stem.rsplit("acc", 1)[1])
+    # The best-so-far a resumed run continues is the one after the last validation, not before it.
+    assert last["global_step"] == 32
+    assert float(last["state_dict"]["val_acc_best.max_value"]) == pytest.approx(best_score, abs=1e-4)
+    checkpointing = next(v for k, v in last["callbacks"].items() if k.startswith("ModelCheckpoint{'monitor': 'val/acc'"))
+    assert Path(checkpointing["best_model_path"]) == best
+
+
 @pytest.mark.parametrize("checks", [[], ["callbacks.divergence.check_every_n_steps=5"]], ids=["grouped", "every-5"])
 def test_an_exploding_finite_loss_stops_with_the_divergence_message(compose_cfg, checks: list[str]) -> None:
     # Default: 8 batches per Lightning step, checked at step 50 against the first step's loss (the baseline).
