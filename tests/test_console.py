@@ -36,13 +36,14 @@ def test_default_run_writes_few_whole_lines_to_a_pipe(tmp_path: Path) -> None:
 
 
 def test_line_progress_prints_every_percent_in_a_long_epoch(compose_cfg, caplog) -> None:
-    # min_seconds=0 stands for an epoch long enough to earn its percent lines: 32 batches, a line per 25%.
+    # min_seconds=0 stands for an epoch long enough to earn its percent lines: 128 batches in groups of 32
+    # (the bar counts batches; it moves once per group), a line per 25%.
     cfg = compose_cfg(
         "progress=lines",
         "progress.every_percent=25",
         "progress.min_seconds=0",
         "trainer.enable_progress_bar=true",
-        "data.train_size=8192",
+        "data.train_size=32768",
         "test=false",
     )
     with caplog.at_level(logging.INFO, logger="agent_lightning"):
@@ -50,7 +51,7 @@ def test_line_progress_prints_every_percent_in_a_long_epoch(compose_cfg, caplog)
     progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
     for epoch in (0, 1):
         done = [m.split("(")[1].split(" batches")[0] for m in progress if m.startswith(f"epoch {epoch}/2 ")]
-        assert done == ["8/32", "16/32", "24/32", "32/32"], progress
+        assert done == ["32/128", "64/128", "96/128", "128/128"], progress
     assert sum(" validated " in m for m in progress) == 2
 
 

@@ -233,11 +233,11 @@ def test_auto_groups_a_default_run_and_logs_every_batch_step_as_one_at_a_time(
     # The learning rate from the group holding the due batch, at that group's first step.
     lr = next(c for c in auto if c.startswith("lr-"))
     assert [step for step, _ in one_at_a_time[lr]] == [49, 99]
-    assert [step for step, _ in auto[lr]] == [48, 96]
+    assert [step for step, _ in auto[lr]] == [32, 96]
     assert "(64/64 batches" in caplog.text  # the progress lines count batches, not groups
 
 
-def test_auto_takes_one_batch_per_step_where_lightning_steps_are_counted(compose_cfg) -> None:
+def test_auto_groups_no_more_batches_than_nothing_counting_lightning_steps_allows(compose_cfg) -> None:
     from agent_lightning.fit import build_callbacks
 
     def resolved(*overrides: str, extra: tuple = (), fast: bool = True) -> int:
@@ -252,6 +252,9 @@ def test_auto_takes_one_batch_per_step_where_lightning_steps_are_counted(compose
     assert resolved("trainer.fast_dev_run=true") == 1
     assert resolved("trainer.max_steps=100") == 1
     assert resolved("trainer.log_every_n_steps=1") == 1
+    # Never more batches in a group than the shortest interval anything acts on.
+    assert resolved("trainer.log_every_n_steps=10") == 10
+    assert resolved("callbacks.divergence.check_every_n_steps=20") == 20
     assert resolved("+callbacks.best_checkpoint.every_n_train_steps=100") == 1
     assert resolved("data=stream", "data.path=/nonexistent", fast=False) == 1
 
@@ -279,7 +282,7 @@ def test_groups_of_one_batch_at_epoch_ends_log_like_the_others(compose_cfg, tmp_
     steps = [step for step, _ in _logged(run)["train/loss"]]
     assert steps == list(range(7, 136, 8))
     hparams = yaml.safe_load((run / "csv" / "hparams.yaml").read_text())
-    assert hparams["trainer.steps_per_execution"] == AUTO_STEPS  # the trackers get the resolved number
+    assert hparams["trainer.steps_per_execution"] == 8  # the trackers get the resolved number (a log every 8)
 
 
 def test_the_divergence_baseline_is_the_first_step_s_loss_of_the_first_group(compose_cfg) -> None:

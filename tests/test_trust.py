@@ -199,13 +199,14 @@ def test_last_ckpt_written_at_an_epoch_s_last_step_is_rewritten_after_its_valida
     # The best-so-far a resumed run continues is the one after the last validation, not before it.
     assert last["global_step"] == 32
     assert float(last["state_dict"]["val_acc_best.max_value"]) == pytest.approx(best_score, abs=1e-4)
-    checkpointing = next(v for k, v in last["callbacks"].items() if k.startswith("ModelCheckpoint{'monitor': 'val/acc'"))
+    best_tracking = "ModelCheckpoint{'monitor': 'val/acc'"
+    checkpointing = next(state for name, state in last["callbacks"].items() if name.startswith(best_tracking))
     assert Path(checkpointing["best_model_path"]) == best
 
 
 @pytest.mark.parametrize("checks", [[], ["callbacks.divergence.check_every_n_steps=5"]], ids=["grouped", "every-5"])
 def test_an_exploding_finite_loss_stops_with_the_divergence_message(compose_cfg, checks: list[str]) -> None:
-    # Default: 8 batches per Lightning step, checked at step 50 against the first step's loss (the baseline).
+    # Default: 32 batches per Lightning step, checked at step 50 against the first step's loss (the baseline).
     cfg = compose_cfg("optimizer.lr=1e8", *checks)
     with pytest.raises(NonFiniteLossError, match=r"diverged by step \d+: loss .* is above 10 x its running median"):
         train(cfg)
