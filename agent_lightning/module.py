@@ -81,7 +81,10 @@ class AgentModule(pl.LightningModule):
         self._counts = EpochCounts()
         self.step_options = StepOptions(**(step or {}))
         # Set per run in `on_train_start`, so the step itself does no lookups.
-        self._train_forward: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] = self._forward_loss_hits
+        # Eager: (loss, detached logits), whose right predictions `EpochCounts` counts for many batches at
+        # once; compiled: (loss, count of right predictions), computed in the same graph.
+        self._train_forward: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] = self._forward_loss_logits
+        self._hits_in_graph = False
         self._step_schedulers: list[Any] = []
         self._captured: CapturedStep | None = None  # the whole step as a CUDA graph (see `_graph_step_wanted`)
         self._max_steps = -1
@@ -104,6 +107,10 @@ class AgentModule(pl.LightningModule):
     def _forward_loss(self, features: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         logits = self.model(features)
         return logits, self._loss(logits, targets)
+
+    def _forward_loss_logits(self, features: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        logits, loss = self._forward_loss(features, targets)
+        return loss, logits.detach()
 
     def _forward_loss_hits(self, features: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
         # The loss and the count of right predictions: one graph under trainer.compile (no extra kernels).
@@ -156,9 +163,12 @@ class AgentModule(pl.LightningModule):
             for scheduler in self._step_schedulers:
                 scheduler.step()
             return loss
-        loss, hits = self._train_forward(features, targets)
+        loss, predicted = self._train_forward(features, targets)
         counts = self._counts
-        counts.count(hits, len(targets))
+        if self._hits_in_graph:
+            counts.count(predicted, len(targets))
+        else:
+            counts.defer(predicted, targets)
 
         accumulate = self.step_options.accumulate_grad_batches
         optimizer = self._optimizer
@@ -239,9 +249,10 @@ class AgentModule(pl.LightningModule):
         if self._graph_step_wanted() and self._optimizer.optimizer.defaults.get("capturable"):
             if self._captured is None:
                 self._captured = CapturedStep(self._forward_loss, self._optimizer.optimizer, self._clip_for_graph())
-        elif options.compile and self._train_forward == self._forward_loss_hits:
+        elif options.compile and not self._hits_in_graph:
             # Model, loss and accuracy count in one graph; the optimizer already runs one fused kernel.
             self._train_forward = torch.compile(self._forward_loss_hits, mode=options.compile_mode)
+            self._hits_in_graph = True
         self._counts.start_epoch()
 
     def _warn_if_an_epoch_logs_no_step_loss(self) -> None:
