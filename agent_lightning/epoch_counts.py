@@ -66,8 +66,11 @@ class EpochCounts:
     def _count_pending(self) -> None:
         if not self._pending:
             return
-        logits = torch.cat([batch for batch, _ in self._pending])
-        targets = torch.cat([batch for _, batch in self._pending])
+        if len(self._pending) == 1:  # e.g. many classes: a batch fills the buffer alone, and needs no copy
+            ((logits, targets),) = self._pending
+        else:
+            logits = torch.cat([batch for batch, _ in self._pending])
+            targets = torch.cat([batch for _, batch in self._pending])
         labels = targets if targets.ndim == 1 else targets.argmax(dim=-1)
         self._pending, self._pending_elements = [], 0
         self._add_hits((logits.argmax(dim=-1) == labels).sum())
