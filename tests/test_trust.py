@@ -314,6 +314,20 @@ def test_a_resume_with_another_optimizer_is_refused_and_one_with_nothing_left_ke
     assert summary_metrics(tmp_path / "run", 48) == summary["metrics"] and summary_metrics(tmp_path / "run", 32) == {}
 
 
+def test_a_resume_at_max_steps_trains_nothing_and_keeps_the_summary(compose_cfg, tmp_path: Path, caplog) -> None:
+    # Lightning skips the fit loop of a run restored at max_steps: no training start to notice it by.
+    first = ["trainer.max_epochs=3", "trainer.max_steps=16", "data.train_size=4096"]
+    trained = train(compose_cfg(*first, output_dir=tmp_path / "run"))
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    written, summary = last.read_bytes(), json.loads((tmp_path / "run" / SUMMARY_FILE).read_text())
+    with caplog.at_level(logging.INFO, logger="agent_lightning"):
+        again = train(compose_cfg(*first, f"ckpt_path={last}", output_dir=tmp_path / "run"))
+    assert last.read_bytes() == written
+    assert json.loads((tmp_path / "run" / SUMMARY_FILE).read_text())["metrics"] == summary["metrics"]
+    assert again["val/acc"] == pytest.approx(trained["val/acc"]) and again["train/acc"] == trained["train/acc"]
+    assert re.search(r"Nothing left to train: .* had reached trainer.max_steps=16 at step 16 ", caplog.text)
+
+
 def test_one_ctrl_c_delivered_twice_is_one_stop_and_a_later_second_one_interrupts(monkeypatch) -> None:
     from agent_lightning.runs import stops
 

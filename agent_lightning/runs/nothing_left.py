@@ -35,10 +35,24 @@ class NothingLeftCheck(pl.Callback):
 
     def __init__(self) -> None:
         self.nothing_left = False
+        self.training_started = False
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """A new fit: training has not started."""
+        self.nothing_left = self.training_started = False
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Read the restored progress against the run's limits, once."""
+        self.training_started = True
         self.nothing_left = nothing_left_to_train(trainer)
+
+    def trained_nothing(self, trainer: pl.Trainer) -> bool:
+        """After the fit: whether it had nothing left to train.
+
+        A run restored at `trainer.max_steps` never starts training (Lightning's fit loop skips it, and
+        `on_train_start` with it); one restored at `trainer.max_epochs` starts and ends at once.
+        """
+        return self.nothing_left or (not self.training_started and nothing_left_to_train(trainer))
 
 
 def _limit_reached(trainer: pl.Trainer) -> str:
@@ -67,7 +81,7 @@ def summary_metrics(run_dir: str | Path, global_step: int) -> dict[str, float]:
 def keep_metrics_if_untrained(trainer: pl.Trainer, cfg: DictConfig, metrics: dict[str, Any]) -> dict[str, Any]:
     """`metrics`, completed from the run's summary when this resume trained nothing (which it says in one line)."""
     check = next((c for c in trainer.callbacks if isinstance(c, NothingLeftCheck)), None)
-    if not cfg.get("ckpt_path") or check is None or not check.nothing_left:
+    if not cfg.get("ckpt_path") or check is None or not check.trained_nothing(trainer):
         return metrics
     kept = summary_metrics(cfg.paths.output_dir, trainer.global_step)
     log.info(
