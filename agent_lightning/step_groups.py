@@ -84,7 +84,8 @@ def _shortest_interval(cfg: DictConfig, callbacks: Sequence[Callback]) -> tuple[
     intervals = [(log_every, f"trainer.log_every_n_steps={log_every}")]
     for callback in callbacks:
         every = _step_interval(callback)
-        intervals.append((every, f"callback {type(callback).__name__} acts every {every} steps"))
+        often = "every step" if every == 1 else f"every {every} steps"
+        intervals.append((every, f"callback {type(callback).__name__} acts {often}"))
     return min(((steps, what) for steps, what in intervals if steps > 0), default=(0, ""))
 
 
@@ -129,7 +130,7 @@ def _resumed_grouping(cfg: DictConfig, chosen: int, why: str) -> tuple[int, str]
     written = checkpoint_steps_per_execution(cfg.ckpt_path)
     if written == chosen:
         return written, why
-    if written > chosen:
+    if written > chosen and why:  # something in this run would have asked for shorter groups
         if is_stream_config(cfg.data):
             raise ConfigError(
                 f"ckpt_path={cfg.ckpt_path} was written with trainer.steps_per_execution={written}, which "
