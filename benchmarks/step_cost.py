@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from throughput import TRAIN_SIZE, HandLoop  # this directory's epoch benchmark: the same hand-written loop
+from throughput import TRAIN_SIZE, TRAINING_ONLY, HandLoop  # the epoch benchmark beside this one
 from torch.nn import functional as F
 
 from agent_lightning.config import compose_config
@@ -92,13 +92,7 @@ def main() -> None:
         f"data.train_size={TRAIN_SIZE}",
         "data.source.seed=0",
         "trainer.max_epochs=2",
-        "trainer.limit_val_batches=0",
-        "trainer.num_sanity_val_steps=0",
-        "trainer.enable_progress_bar=false",
-        "trainer.enable_model_summary=false",
-        "callbacks=none",
-        "logger=none",
-        "test=false",
+        *TRAINING_ONLY,
     ]
     with tempfile.TemporaryDirectory() as out:
         train(compose_config(overrides, output_dir=out), extra_callbacks=[probe])

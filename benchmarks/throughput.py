@@ -44,6 +44,16 @@ from agent_lightning.model import AgentMLP
 from agent_lightning.train import train
 
 TRAIN_SIZE, FEATURES, CLASSES = 100_000, 128, 10
+# `train(cfg)` doing nothing but train: no validation, test, callbacks, loggers or bars in its epochs' time.
+TRAINING_ONLY = (
+    "trainer.limit_val_batches=0",
+    "trainer.num_sanity_val_steps=0",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "callbacks=none",
+    "logger=none",
+    "test=false",
+)
 HAND, HAND_COMPILED, HAND_GRAPH = "hand-written loop", "hand-written, compiled", "hand-written, whole-step CUDA graph"
 KINDS = {HAND: "eager", HAND_COMPILED: "compiled", HAND_GRAPH: "graph"}  # each hand-written loop's `HandLoop` kind
 
@@ -243,13 +253,7 @@ def framework(
         "data.source.seed=0",
         f"trainer.max_epochs={epochs}",
         f"trainer.accelerator={accelerator}",
-        "trainer.limit_val_batches=0",
-        "trainer.num_sanity_val_steps=0",
-        "trainer.enable_progress_bar=false",
-        "trainer.enable_model_summary=false",
-        "callbacks=none",
-        "logger=none",
-        "test=false",
+        *TRAINING_ONLY,
     ]
     with tempfile.TemporaryDirectory() as out:
         train(compose_config(overrides, output_dir=out), extra_callbacks=[pairing])
