@@ -47,6 +47,13 @@ def _remedy(trainer: pl.Trainer) -> str:
     return "lower optimizer.lr or set trainer.gradient_clip_val"
 
 
+def _validation_follows(trainer: pl.Trainer) -> bool:
+    # Lightning's own test, run after this hook. A checkpoint written here and resumed would count that
+    # validation (and an epoch end it precedes) as done: the write after the validation takes its place.
+    epoch_loop = trainer.fit_loop.epoch_loop
+    return epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher)
+
+
 def crossed_multiple(before: int, now: int, every: int) -> bool:
     """Whether a multiple of `every` lies in (before, now]: a Lightning step may take several optimizer steps."""
     return every >= 1 and now // every > before // every
@@ -63,9 +70,10 @@ class LastCheckpoint(ModelCheckpoint):
 
     Lightning rewrites `last.ckpt` at validation / epoch end only when another checkpoint is saved
     in the same step, and at the end of training only if it never wrote one. Here it is written
-    every `every_n_train_steps` steps, after every validation, at every epoch end, at the end of
-    training (each time unless already written at this step; after a validation always, since it
-    changes the best-so-far state a resumed run continues) and when a signal stops the run.
+    every `every_n_train_steps` steps (after the validation, when one follows that step), after every
+    validation, at every epoch end, at the end of training (each time unless already written at this
+    step; after a validation always, since it changes the best-so-far state a resumed run continues)
+    and when a signal stops the run.
     Stale `.tmp` files a killed write left behind are removed when the run starts.
     """
 
@@ -105,7 +113,8 @@ class LastCheckpoint(ModelCheckpoint):
         if self._train_time_interval is not None:
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
             return
-        if crossed_multiple(self._last_global_step_saved, trainer.global_step, self._every_n_train_steps):
+        crossed = crossed_multiple(self._last_global_step_saved, trainer.global_step, self._every_n_train_steps)
+        if crossed and not _validation_follows(trainer):
             self._save_if_behind(trainer)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -90,6 +90,7 @@ class AgentModule(pl.LightningModule):
         self._max_steps = -1
         self._plain_step = False  # whether Lightning's backward/step dispatch can be skipped (`on_train_start`)
         self._validated = False  # whether validation ran since the last epoch-end schedule step
+        self._restored_plateau_value: float | None = None  # PLATEAU_MONITOR of a checkpoint's pending validation
 
     def forward(self, x: Tensor) -> Tensor:
         """Action logits."""
@@ -303,15 +304,22 @@ class AgentModule(pl.LightningModule):
             self._counts.stop_clock()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep the epoch's training-accuracy count, so a run resumed mid-epoch continues it."""
+        """Keep the epoch's training-accuracy count and pending plateau value, so a resumed epoch continues."""
         counts = self._counts
         checkpoint["train_accuracy_count"] = {"correct": counts.correct(), "seen": counts.seen}
+        # Written after a validation but before the epoch's end: the resumed epoch end still owes the
+        # plateau schedule that validation's loss (Lightning does not restore logged metrics).
+        watched = self._plateau_value() if self._validated else None
+        checkpoint["pending_plateau_value"] = watched
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the epoch's training-accuracy count."""
+        """Restore the epoch's training-accuracy count and the validation its end still owes the plateau schedule."""
         count = checkpoint.get("train_accuracy_count")
         if count and count["seen"]:
             self._counts.restore(count["correct"], count["seen"])
+        pending = checkpoint.get("pending_plateau_value")
+        self._validated = pending is not None
+        self._restored_plateau_value = pending
 
     @property
     def samples_per_second(self) -> float:
@@ -334,14 +342,18 @@ class AgentModule(pl.LightningModule):
     def _step_epoch_schedulers(self) -> None:
         # Per-epoch schedules step at the epoch's end; ReduceLROnPlateau only after a validation,
         # on its val/loss (one host sync per epoch).
-        validated, self._validated = self._validated, False
-        metrics = self.trainer.callback_metrics
         for config in self.trainer.lr_scheduler_configs:
             if not _is_plateau(config.scheduler):
                 if config.interval == "epoch":
                     config.scheduler.step()
-            elif validated and PLATEAU_MONITOR in metrics:
-                config.scheduler.step(float(metrics[PLATEAU_MONITOR]))
+            elif self._validated and (watched := self._plateau_value()) is not None:
+                config.scheduler.step(watched)
+        self._validated, self._restored_plateau_value = False, None
+
+    def _plateau_value(self) -> float | None:
+        # This run's last validation, else the one a resumed checkpoint was written after.
+        value = self.trainer.callback_metrics.get(PLATEAU_MONITOR)
+        return float(value) if value is not None else self._restored_plateau_value
 
     def configure_optimizers(self) -> Any:
         """Build the optimizer over the placed (possibly wrapped or sharded) model's parameters."""

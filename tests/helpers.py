@@ -131,3 +131,14 @@ class ThreadProbe(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.threads = torch.get_num_threads()
+
+
+class CrashInValidation(pl.Callback):
+    """Raises when the validation after epoch `epoch`'s training starts (the sanity check does not count)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking and trainer.current_epoch == self.epoch:
+            raise CrashError(f"stopped in the validation of epoch {self.epoch}")

@@ -32,7 +32,7 @@ from agent_lightning.train import train
 from agent_lightning.validation import validate
 
 from .conftest import run_cli
-from .helpers import SignalAtStep, ThreadProbe
+from .helpers import CrashError, CrashInValidation, SignalAtStep, ThreadProbe
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -202,6 +202,29 @@ def test_last_ckpt_written_at_an_epoch_s_last_step_is_rewritten_after_its_valida
     best_tracking = "ModelCheckpoint{'monitor': 'val/acc'"
     checkpointing = next(state for name, state in last["callbacks"].items() if name.startswith(best_tracking))
     assert Path(checkpointing["best_model_path"]) == best
+
+
+def test_a_crash_in_an_epoch_s_validation_resumes_to_the_uninterrupted_run(compose_cfg, tmp_path: Path) -> None:
+    # 16 steps per epoch and last.ckpt every 16; the plateau schedule halves the LR after every validation
+    # but the first, so a resumed run that skipped an epoch's validation or end would end with another LR.
+    common = ["data.train_size=4096", "data.val_size=512", "trainer.max_epochs=3", "test=false"]
+    common += ["callbacks.last_checkpoint.every_n_train_steps=16", "trainer.deterministic=true"]
+    common += ["scheduler=plateau", "scheduler.mode=max", "scheduler.patience=0", "+scheduler.threshold=0"]
+    whole = train(compose_cfg(*common, output_dir=tmp_path / "whole"))
+    with pytest.raises(CrashError):
+        train(compose_cfg(*common, output_dir=tmp_path / "cut"), extra_callbacks=[CrashInValidation(epoch=1)])
+    last = tmp_path / "cut" / "checkpoints" / "last.ckpt"
+    assert _step(last) == 16  # the write at step 32 waits for that validation, which never ended
+    resumed = train(compose_cfg(*common, f"ckpt_path={last}", output_dir=tmp_path / "cut"))
+    for key in ("val/loss", "val/acc_best", "train/acc"):
+        assert resumed[key] == pytest.approx(whole[key], abs=1e-6), key
+    # last.ckpt comes after the last validation, before the epoch end that halves the LR a second time.
+    whole_last, cut_last = (
+        torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+        for run in (tmp_path / "whole", tmp_path / "cut")
+    )
+    assert cut_last["lr_schedulers"] == whole_last["lr_schedulers"]
+    assert cut_last["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(5e-4)
 
 
 @pytest.mark.parametrize("checks", [[], ["callbacks.divergence.check_every_n_steps=5"]], ids=["grouped", "every-5"])
