@@ -68,7 +68,9 @@ def compose_config(overrides: Sequence[str] = (), output_dir: str | Path | None 
     return cfg
 
 
-def hydra_command(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
+def hydra_command(
+    config_name: str, check_job: Callable[[DictConfig], Any] | None = None
+) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
     """`hydra.main` on this package's config tree, with every error a user can fix reported as one line.
 
     A config Hydra cannot compose (an unknown key or option, an unreadable override) exits 2 naming the
@@ -76,6 +78,8 @@ def hydra_command(config_name: str) -> Callable[[Callable[[DictConfig], Any]], C
     of printing when HYDRA_FULL_ERROR is set, so it is set while the command runs, except inside a job
     (whose subprocesses would inherit it). An error a job raises is reported by `errors.user_facing`
     inside the job; a bug keeps its traceback, from the job's frame on, as Hydra prints it.
+    `check_job` checks one job's composed config without running it: the grid sweeper
+    (`hydra_plugins/agent_lightning_sweepers/grid_sweeper.py`) runs it on every job before the first starts.
     """
 
     def decorate(job: Callable[[DictConfig], Any]) -> Callable[[], Any]:
@@ -88,6 +92,7 @@ def hydra_command(config_name: str) -> Callable[[Callable[[DictConfig], Any]], C
                     exit_if_reported(err)  # inside the job: Hydra would add its own line before a raised error
                     raise
 
+        reported_job.check_job = check_job  # type: ignore[attr-defined]  # read by the grid sweeper
         entry = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)(reported_job)
 
         @functools.wraps(job)

@@ -139,7 +139,7 @@ def _summary(metrics: dict[str, Any]) -> str:
     return "  ".join(f"{k}={metrics[k]:.4g}" for k in keys if k in metrics)
 
 
-@hydra_command("config")
+@hydra_command("config", check_job=_resolve_and_check)
 def hydra_main(cfg: DictConfig) -> float | Pruned | None:
     """Hydra entry: one job (or one job of a sweep); returns `cfg.optimized_metric` for sweepers."""
     rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))

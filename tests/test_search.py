@@ -147,6 +147,16 @@ def test_parallel_searches_share_one_study(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(120)
+def test_a_grid_with_one_bad_job_is_refused_before_any_job_trains(tmp_path: Path) -> None:
+    sweep = tmp_path / "grid"
+    result = run_cli("-m", "optimizer.lr=1e-3,-1", *SMALL, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2 and "Traceback" not in output
+    assert "grid job 1 of 2 (optimizer.lr=-1" in output and "optimizer.lr=-1 is invalid" in output
+    assert not sweep.exists()  # job 0, whose config is good, never ran
+
+
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize(
     ("args", "message"),
     [
