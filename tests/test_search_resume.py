@@ -64,7 +64,7 @@ def test_dotted_keys_given_on_the_command_line_become_flat_search_keys() -> None
 
 
 @pytest.mark.timeout(180)
-def test_a_bad_trial_fails_alone_with_its_error_and_the_search_goes_on(tmp_path: Path) -> None:
+def test_a_failing_trial_fails_alone_with_its_error_and_the_search_goes_on(tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path / 'bad.db'}"
     result = run_cli(
         "hparams_search=optuna",
@@ -73,19 +73,47 @@ def test_a_bad_trial_fails_alone_with_its_error_and_the_search_goes_on(tmp_path:
         "hydra.sweeper.n_trials=1",
         # The README's form: a dotted key given under params on the command line.
         '+hydra.sweeper.params.model.num_layers="range(1,3)"',
-        'hydra.sweeper.params={optimizer: "choice(adam, adamx)", optimizer.lr: "choice(0.003, -1.0)"}',
-        "hydra.sweeper.enqueue_trials=[{optimizer: adamx}, {optimizer: adam, optimizer.lr: -1.0},"
-        " {optimizer: adam, optimizer.lr: 0.003}]",
+        # A learning rate of 1e6 is a valid value, and makes the loss explode when the trial runs.
+        'hydra.sweeper.params={optimizer: "choice(adam, sgd)", optimizer.lr: "choice(0.003, 1e6)"}',
+        "hydra.sweeper.enqueue_trials=[{optimizer: sgd, optimizer.lr: 1e6}, {optimizer: adam, optimizer.lr: 0.003}]",
         f"hydra.sweep.dir={tmp_path / 'sweep'}",
         cwd=tmp_path,
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     trials = optuna.load_study(study_name="agent_lightning", storage=storage).trials
-    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE]
-    assert "optimizer=adamx: no such option (did you mean optimizer=adam?)" in trials[0].user_attrs["error"]
-    assert "optimizer.lr" in trials[1].user_attrs["error"]
-    assert trials[2].params["model.num_layers"] in (1, 2)
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert "optimizer.lr" in trials[0].user_attrs["error"]
+    assert trials[1].params["model.num_layers"] in (1, 2)
     assert "optimizer.lr" in (tmp_path / "sweep" / "trials.csv").read_text()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("search", "message"),
+    [
+        (
+            "optimizer=choice(adam, adamx)",
+            "search space optimizer: no trial can run optimizer=adamx: optimizer=adamx: no such option",
+        ),
+        (
+            "optimizer.lr=interval(-1, 0.01)",
+            "search space optimizer.lr: no trial can run optimizer.lr=-1.0: optimizer.lr=-1.0 is invalid",
+        ),
+        (
+            "hydra.sweeper.enqueue_trials=[{model.dropout: 2.0}]",
+            "hydra.sweeper.enqueue_trials[0] (model.dropout=2.0): model.dropout=2.0 is invalid",
+        ),
+    ],
+    ids=["missing-option", "bad-end", "bad-enqueued"],
+)
+def test_a_space_with_a_value_no_trial_can_run_is_refused_before_the_first(
+    search: str, message: str, tmp_path: Path
+) -> None:
+    sweep = tmp_path / "sweep"
+    result = run_cli("hparams_search=optuna", *TINY, search, f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2 and message in output, output[-2000:]
+    assert "Traceback" not in output and not sweep.exists()
 
 
 @pytest.mark.timeout(120)

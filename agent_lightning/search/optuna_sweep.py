@@ -4,8 +4,9 @@
 launches the trials as ordinary Hydra jobs (each may start its own DDP ranks), and tells Optuna
 the metric every job returns. With a launcher that runs jobs in other processes
 (`hydra/launcher=joblib`, `submitit_slurm`) up to `n_jobs` trials run at once, and a new trial
-starts as soon as one finishes. A trial whose config is bad, or whose job fails, is recorded as
-`FAIL` with its error and the search goes on.
+starts as soon as one finishes. A space holding a value no trial can run is refused before the
+first trial (`space_check.py`); a trial whose config is refused all the same (by a combination of
+values), or whose job fails, is recorded as `FAIL` with its error and the search goes on.
 
 Trials live in a storage every process can open (by default a journal file in the sweep
 directory), so the ranks of a trial report `val/acc` per epoch to it and the pruner can stop a
@@ -31,7 +32,6 @@ import optuna
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn
-from hydra.errors import CompactHydraException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
@@ -39,10 +39,10 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
-from agent_lightning.composition_errors import describe_safely
 from agent_lightning.errors import ConfigError
 from agent_lightning.search.pruning import Pruned
 from agent_lightning.search.space import as_override, flatten, parse_space
+from agent_lightning.search.space_check import check_enqueued, check_space
 from agent_lightning.search.storage import (
     JOURNAL_PREFIX,
     PRUNER_ATTR,
@@ -52,6 +52,7 @@ from agent_lightning.search.storage import (
     open_storage,
 )
 from agent_lightning.search.summary import write_summary
+from agent_lightning.sweep_jobs import JobRefusedError, check_job, job_check
 
 log = logging.getLogger(__name__)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -143,6 +144,7 @@ class OptunaSearch(Sweeper):
         """Keep the config and build the launcher that runs each trial as a job."""
         self.config = config
         self.hydra_context = hydra_context
+        self.check_job = job_check(task_function)
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=CatchExit(task_function), config=config
         )
@@ -169,7 +171,6 @@ class OptunaSearch(Sweeper):
             raise ConfigError(f"hydra.sweeper.{key}={value!r} must be a whole number >= {low}")
 
     def _study(self) -> tuple[optuna.Study, str, optuna.storages.BaseStorage]:
-        self._check_settings()
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         spec = self.storage or f"{JOURNAL_PREFIX}{(self.sweep_dir / 'optuna.journal').resolve()}"
         for attempt in range(5):
@@ -220,6 +221,9 @@ class OptunaSearch(Sweeper):
 
     def _sweep(self, arguments: list[str]) -> None:
         space, fixed = parse_space(self.params, arguments)
+        self._check_settings()
+        check_space(space, fixed, self.hydra_context, self.config, self.check_job)
+        check_enqueued(self.enqueue_trials, space, fixed, self.hydra_context, self.config, self.check_job)
         study, spec, storage = self._study()
         stale = fail_stale_trials(study)
         if stale:
@@ -293,9 +297,9 @@ class OptunaSearch(Sweeper):
         # A value naming a missing config (e.g. optimizer=adamx) fails inside the launcher, for the
         # whole batch: compose each trial's config here first, and fail only that trial.
         try:
-            self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-        except CompactHydraException as err:
-            return describe_safely(err, None, overrides)  # None: composing here again would reset the running Hydra
+            check_job(self.hydra_context, self.config, overrides, None)
+        except JobRefusedError as refused:
+            return refused.line
         except Exception as err:
             return str(err).splitlines()[0] if str(err) else type(err).__name__
         return None

@@ -27,6 +27,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 import agent_lightning
 from agent_lightning.errors import ConfigError
 from agent_lightning.search.space import as_override, flatten, parse_space
+from agent_lightning.search.space_check import check_space
+from agent_lightning.sweep_jobs import job_check
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "tune.ckpt"
@@ -96,8 +98,10 @@ class RayTuneSearch(Sweeper):
         self.name = name
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        """Keep the composed config (trials compose their own from the same overrides)."""
+        """Keep the composed config (trials compose their own from the same overrides) and the command's job check."""
         self.config = config
+        self.hydra_context = hydra_context
+        self.check_job = job_check(task_function)
         self.sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
 
     def sweep(self, arguments: list[str]) -> None:
@@ -126,6 +130,7 @@ class RayTuneSearch(Sweeper):
         import ray
 
         space, fixed = parse_space(self.params, arguments)
+        check_space(space, fixed, self.hydra_context, self.config, self.check_job)
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         if self.address:  # a cluster's nodes must have this project installed
             ray.init(address=self.address, ignore_reinit_error=True)

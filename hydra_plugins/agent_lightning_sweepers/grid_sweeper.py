@@ -2,7 +2,6 @@
 
 import logging
 import sys
-import tempfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +10,9 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, open_dict, read_write
+from omegaconf import DictConfig
+
+from agent_lightning.sweep_jobs import JobRefusedError, check_job, job_check
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +25,9 @@ class GridSweeper(BasicSweeper):
     """
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        """Keep the command's own check of one job's config (`hydra_command(check_job=...)`), if it has one."""
+        """Keep the command's own check of one job's config, if it has one."""
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
-        self.check_job = getattr(task_function, "check_job", None)
+        self.check_job = job_check(task_function)
 
     def sweep(self, arguments: list[str]) -> Any:
         """Check every swept key has at least one value and every job's config, then sweep the grid as usual."""
@@ -36,39 +37,17 @@ class GridSweeper(BasicSweeper):
             if override.is_sweep_override() and not list(override.sweep_string_iterator()):
                 log.error("empty grid: %s gives no value to run", override.input_line)
                 sys.exit(2)
-        if self.check_job is not None:
-            self._check_jobs(overrides)
+        self._check_jobs(overrides)
         return super().sweep(arguments)
 
     def _check_jobs(self, overrides: list[Override]) -> None:
-        from agent_lightning.errors import user_facing
-
         jobs = [job for batch in self.split_arguments(overrides, None) for job in batch]
-        quiet = logging.getLogger("agent_lightning")
-        level = quiet.level
-        quiet.setLevel(logging.WARNING)  # the jobs log what they resolve when they run
-        try:
-            for number, job in enumerate(jobs):
-                try:
-                    cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(job))
-                except Exception:
-                    continue  # Hydra reports a config it cannot compose, its own way, before any job runs
-                with tempfile.TemporaryDirectory() as scratch:
-                    # A job's directory is made (and checked) when it runs: a refused grid writes nothing.
-                    with read_write(cfg), open_dict(cfg):
-                        del cfg["hydra"]
-                        cfg.paths.output_dir = scratch
-                    try:
-                        self.check_job(cfg)
-                    except Exception as err:
-                        reported = user_facing(err)
-                        if reported is None:
-                            raise  # a bug: its traceback
-                        where = f"grid job {number} of {len(jobs)} ({' '.join(job)})"
-                        log.error("%s: %s; no job was started", where, reported[1])
-                        sys.exit(reported[0])
-        finally:
-            quiet.setLevel(level)
+        for number, job in enumerate(jobs):
+            try:
+                check_job(self.hydra_context, self.config, job, self.check_job)
+            except JobRefusedError as refused:
+                log.error("grid job %d of %d (%s): %s; no job was started", number, len(jobs), " ".join(job), refused)
+                sys.exit(2)
 
 
 @dataclass

@@ -1,0 +1,73 @@
+"""A sweep's jobs checked before any starts, without running them or writing anything.
+
+Each job's config is composed as Hydra will compose it, then checked by the command's own check
+(`hydra_command(check_job=...)`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from hydra.errors import CompactHydraException
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, open_dict, read_write
+
+from agent_lightning.composition_errors import describe_safely
+from agent_lightning.errors import user_facing
+
+JobCheck = Callable[[DictConfig], Any]
+
+
+class JobRefusedError(Exception):
+    """A job's config cannot run: `line` says why; `composing` when Hydra could not even compose it."""
+
+    def __init__(self, line: str, composing: bool) -> None:
+        super().__init__(line)
+        self.line = line
+        self.composing = composing
+
+
+def job_check(task_function: TaskFunction) -> JobCheck | None:
+    """The command's check of one job's config, if the command (its `hydra_command`) has one."""
+    return getattr(task_function, "check_job", None)
+
+
+def check_job(
+    hydra_context: HydraContext, sweep_config: DictConfig, overrides: Sequence[str], check: JobCheck | None
+) -> None:
+    """Raise `JobRefusedError` if the job of `overrides` would be refused; a bug in the check keeps its traceback."""
+    try:
+        cfg = hydra_context.config_loader.load_sweep_config(sweep_config, list(overrides))
+    except CompactHydraException as err:
+        # None: composing the config here again, to name what would work, would reset the running Hydra.
+        raise JobRefusedError(describe_safely(err, None, overrides), composing=True) from None
+    if check is None:
+        return
+    with tempfile.TemporaryDirectory() as scratch, _quiet("agent_lightning"):
+        # A job's directory is made (and checked) when it runs: checking here writes nothing.
+        with read_write(cfg), open_dict(cfg):
+            del cfg["hydra"]
+            cfg.paths.output_dir = scratch
+        try:
+            check(cfg)
+        except Exception as err:
+            reported = user_facing(err)
+            if reported is None:
+                raise
+            raise JobRefusedError(reported[1], composing=False) from None
+
+
+@contextlib.contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    # What a check resolves (the strategy auto chose, ...) is logged by the job when it runs.
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
