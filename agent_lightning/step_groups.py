@@ -5,22 +5,26 @@ K batches per Lightning step pays it once per K optimizer steps (`data/execution
 keeps what counts batches exact inside a group (step counts, the logged step loss and its step, the
 loggers' step axis); what Lightning counts in its own steps would change, so `auto` groups only when
 none of those is in use, and no more batches than the shortest interval anything in the run acts on
-(a log, a check, a checkpoint every N steps); otherwise it takes one batch per Lightning step.
+(a log, a check, a checkpoint every N steps) or than take about GROUP_SECONDS; otherwise it takes one
+batch per Lightning step.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 from omegaconf import DictConfig, open_dict
 
 from agent_lightning import safe_load
 from agent_lightning.data.fitting import is_stream_config
 from agent_lightning.errors import ConfigError
 from agent_lightning.step import AUTO, check_batch_counts, step_options
+from agent_lightning.validation import available_devices, model_shapes
 
 if TYPE_CHECKING:
     from lightning.pytorch import Callback
@@ -29,6 +33,15 @@ if TYPE_CHECKING:
 # thirty-second (on 2 CPU cores: ~0.5 ms a Lightning step against a ~2.7 ms optimizer step), while a group,
 # whose batches are held at once, stays small (32 batches of 512 observations of 128 floats: 8 MiB).
 AUTO_STEPS = 32
+# A group is acted on as a whole: a signal's stop, `max_time` and the progress bar wait for its end. `auto`
+# keeps a group to about GROUP_SECONDS of compute, so a slow model's step is not grouped (a scheduler's grace
+# period before SIGKILL is often 30 s), while Lightning's ~0.5 ms per group stays a small share of it. The compute
+# is estimated from the model's size (6 x parameters x batch FLOPs per step, a dense network's training step)
+# at a rate measured here: this package's MLPs train at 60-75 GFLOP/s per CPU thread (2 threads, MKL, fp32).
+# A GPU's rate is that of a recent data-centre GPU's fp32 GEMMs: there, only very large steps are split.
+GROUP_SECONDS = 0.25
+CPU_FLOPS_PER_THREAD = 6e10
+CUDA_FLOPS = 5e13
 log = logging.getLogger("agent_lightning")
 _BATCH_HOOKS = ("on_train_batch_start", "on_train_batch_end")
 
@@ -95,9 +108,27 @@ def _auto_steps(cfg: DictConfig, callbacks: Sequence[Callback]) -> tuple[int, st
     if why_one:
         return 1, why_one
     interval, what = _shortest_interval(cfg, callbacks)
+    by_time, took = _steps_in_group_seconds(cfg)
+    if by_time < min(interval or AUTO_STEPS, AUTO_STEPS):
+        return by_time, took
     if 0 < interval < AUTO_STEPS:  # a group never spans two of its points: whoever asks every N steps gets that
         return interval, what
     return AUTO_STEPS, ""
+
+
+def _steps_in_group_seconds(cfg: DictConfig) -> tuple[int, str]:
+    # How many of this model's steps take about GROUP_SECONDS, and the estimate in words.
+    parameters = sum(math.prod(shape) for shape in model_shapes(cfg).values())
+    flops = 6 * parameters * int(cfg.data.batch_size)
+    kind, _ = available_devices(str(cfg.trainer.accelerator))
+    if kind == "cuda":
+        seconds, where = flops / CUDA_FLOPS, "a GPU"
+    else:  # the rank's threads are set by now (`runs/threads.py`)
+        threads = torch.get_num_threads()
+        seconds, where = flops / (CPU_FLOPS_PER_THREAD * threads), f"{threads} CPU thread{'s' * (threads > 1)}"
+    steps = max(1, int(GROUP_SECONDS / seconds))
+    took = f"a step of this model at batch {cfg.data.batch_size} takes ~{seconds * 1e3:.0f} ms on {where} by its size"
+    return steps, f"{took}; groups are kept to ~{GROUP_SECONDS:g} s"
 
 
 def checkpoint_steps_per_execution(path: str | Path) -> int:

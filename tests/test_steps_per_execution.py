@@ -259,6 +259,30 @@ def test_auto_groups_no_more_batches_than_nothing_counting_lightning_steps_allow
     assert resolved("data=stream", "data.path=/nonexistent", fast=False) == 1
 
 
+def test_auto_groups_a_slow_step_less_or_not_at_all(compose_cfg, caplog) -> None:
+    # A group is acted on as a whole (a signal's stop waits for its end): auto keeps it to ~0.25 s of compute.
+    from agent_lightning.fit import build_callbacks
+
+    def resolved(*overrides: str) -> int:
+        cfg = compose_cfg("callbacks=default", "data.batch_size=512", *overrides)
+        return resolve_steps_per_execution(cfg, build_callbacks(cfg))
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with caplog.at_level(logging.INFO, logger="agent_lightning"):
+            assert resolved("model=mlp_large") == 1  # ~0.3 s a step on 2 CPU threads
+            assert "batch 512 takes ~330 ms on 2 CPU threads by its size; groups are kept to ~0.25 s" in caplog.text
+            wide = resolved("model=mlp_wide")  # ~15 ms a step
+            assert 1 < wide < AUTO_STEPS
+            assert resolved("model=mlp_wide", "trainer.log_every_n_steps=5") == 5  # the shorter of the two
+            assert resolved() == AUTO_STEPS  # ~3 ms a step
+            torch.set_num_threads(1)
+            assert resolved("model=mlp_wide") < wide  # one thread: fewer steps in ~0.25 s
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_a_resumed_run_keeps_the_grouping_of_its_checkpoint(compose_cfg, tmp_path: Path) -> None:
     from agent_lightning.fit import build_callbacks
 
