@@ -47,11 +47,14 @@ def _remedy(trainer: pl.Trainer) -> str:
     return "lower optimizer.lr or set trainer.gradient_clip_val"
 
 
+def _epoch_ends_next(trainer: pl.Trainer) -> bool:
+    # The epoch's training is over after this batch (its last batch, or max_steps): its end follows.
+    return trainer.fit_loop.epoch_loop._is_training_done
+
+
 def _validation_follows(trainer: pl.Trainer) -> bool:
-    # Lightning's own test, run after this hook. A checkpoint written here and resumed would count that
-    # validation (and an epoch end it precedes) as done: the write after the validation takes its place.
-    epoch_loop = trainer.fit_loop.epoch_loop
-    return epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher)
+    # Lightning's own test, run after the batch-end hooks.
+    return trainer.fit_loop.epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher)
 
 
 def crossed_multiple(before: int, now: int, every: int) -> bool:
@@ -70,10 +73,11 @@ class LastCheckpoint(ModelCheckpoint):
 
     Lightning rewrites `last.ckpt` at validation / epoch end only when another checkpoint is saved
     in the same step, and at the end of training only if it never wrote one. Here it is written
-    every `every_n_train_steps` steps (after the validation, when one follows that step), after every
-    validation, at every epoch end, at the end of training (each time unless already written at this
-    step; after a validation always, since it changes the best-so-far state a resumed run continues)
-    and when a signal stops the run.
+    every `every_n_train_steps` steps, after every validation within an epoch, at every epoch end,
+    at the end of training and when a signal stops the run: never twice at a step unless a
+    validation or an epoch end came between. A write falls between a step and what Lightning runs
+    after it, so an interval write that falls on a step a validation or the epoch's end follows waits
+    for them: resumed from a checkpoint written before them, Lightning counts them as done.
     Stale `.tmp` files a killed write left behind are removed when the run starts.
     """
 
@@ -95,10 +99,10 @@ class LastCheckpoint(ModelCheckpoint):
         if trainer.ckpt_path:
             self._last_global_step_saved = max(self._last_global_step_saved, trainer.global_step)
 
-    def _save_if_behind(self, trainer: pl.Trainer, validated: bool = False) -> None:
-        # Skips sanity checks, fast_dev_run, non-fitting stages and a step already saved, unless a validation
-        # ran since: a write at the epoch's last step came before its validation and holds the old best state.
-        rewrite = validated and self._last_global_step_saved == trainer.global_step
+    def _save_if_behind(self, trainer: pl.Trainer, rewrite: bool = False) -> None:
+        # Skips sanity checks, fast_dev_run, non-fitting stages and a step already saved, unless `rewrite`:
+        # a validation or an epoch end since changed what a resumed run continues (best-so-far, schedules).
+        rewrite = rewrite and self._last_global_step_saved == trainer.global_step
         if rewrite:
             self._last_global_step_saved = -1  # Lightning's other reasons to skip still apply
         if not self._should_skip_saving_checkpoint(trainer):
@@ -114,18 +118,17 @@ class LastCheckpoint(ModelCheckpoint):
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
             return
         crossed = crossed_multiple(self._last_global_step_saved, trainer.global_step, self._every_n_train_steps)
-        if crossed and not _validation_follows(trainer):
+        if crossed and not _epoch_ends_next(trainer) and not _validation_follows(trainer):
             self._save_if_behind(trainer)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """After every validation, even at a step already saved."""
-        super().on_validation_end(trainer, pl_module)
-        self._save_if_behind(trainer, validated=True)
+        """After a validation within the epoch (one at its end is in the epoch end's write)."""
+        if not _epoch_ends_next(trainer):
+            self._save_if_behind(trainer, rewrite=True)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """At every epoch end (also when the epoch ran no validation)."""
-        super().on_train_epoch_end(trainer, pl_module)
-        self._save_if_behind(trainer)
+        """At every epoch end, after the module's (its schedules and counts are those of the next epoch)."""
+        self._save_if_behind(trainer, rewrite=True)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """At the end of training: the final step."""

@@ -204,6 +204,8 @@ def test_a_resume_in_place_continues_the_run_directory_its_metrics_and_best_chec
     rows = _metrics(run)
     validated = [(int(r["epoch"]), float(r["val/acc"])) for r in rows if r.get("val/acc")]
     assert [epoch for epoch, _ in validated] == [0, 1]  # both parts of the run in one metrics.csv
+    # Each epoch's end logged once: the first run's last.ckpt was written after its epoch's end.
+    assert [int(r["epoch"]) for r in rows if r.get("train/acc")] == [0, 1]
     assert [int(r["step"]) for r in rows if r.get("train/loss")] == sorted(
         int(r["step"]) for r in rows if r.get("train/loss")
     )

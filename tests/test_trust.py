@@ -32,7 +32,7 @@ from agent_lightning.train import train
 from agent_lightning.validation import validate
 
 from .conftest import run_cli
-from .helpers import CrashError, CrashInValidation, SignalAtStep, ThreadProbe
+from .helpers import CrashAtStep, CrashError, CrashInValidation, SignalAtStep, ThreadProbe
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -214,17 +214,40 @@ def test_a_crash_in_an_epoch_s_validation_resumes_to_the_uninterrupted_run(compo
     with pytest.raises(CrashError):
         train(compose_cfg(*common, output_dir=tmp_path / "cut"), extra_callbacks=[CrashInValidation(epoch=1)])
     last = tmp_path / "cut" / "checkpoints" / "last.ckpt"
-    assert _step(last) == 16  # the write at step 32 waits for that validation, which never ended
+    assert _step(last) == 16  # epoch 0's end: the write due at step 32 waits for the validation and epoch end
     resumed = train(compose_cfg(*common, f"ckpt_path={last}", output_dir=tmp_path / "cut"))
     for key in ("val/loss", "val/acc_best", "train/acc"):
         assert resumed[key] == pytest.approx(whole[key], abs=1e-6), key
-    # last.ckpt comes after the last validation, before the epoch end that halves the LR a second time.
-    whole_last, cut_last = (
-        torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
-        for run in (tmp_path / "whole", tmp_path / "cut")
-    )
-    assert cut_last["lr_schedulers"] == whole_last["lr_schedulers"]
-    assert cut_last["optimizer_states"][0]["param_groups"][0]["lr"] == pytest.approx(5e-4)
+    # last.ckpt comes after the last epoch's end, which halved the LR a second time.
+    assert _schedule(tmp_path / "cut") == _schedule(tmp_path / "whole")
+    assert _lr(tmp_path / "cut") == pytest.approx(2.5e-4)
+
+
+def test_a_resume_after_a_validation_owes_the_epoch_end_its_val_loss(compose_cfg, tmp_path: Path) -> None:
+    # Validation every 24 steps, across 16-step epochs: the one at step 24 is the one epoch 1's end (step 32)
+    # steps the plateau schedule on. Resumed from the write after it, the run still owes it that val/loss.
+    common = ["data.train_size=4096", "data.val_size=512", "trainer.max_epochs=3", "test=false"]
+    common += ["trainer.check_val_every_n_epoch=null", "trainer.val_check_interval=24", "trainer.deterministic=true"]
+    common += ["scheduler=plateau", "scheduler.mode=max", "scheduler.patience=0", "+scheduler.threshold=0"]
+    train(compose_cfg(*common, output_dir=tmp_path / "whole"))
+    with pytest.raises(CrashError):
+        train(compose_cfg(*common, output_dir=tmp_path / "cut"), extra_callbacks=[CrashAtStep(28)])
+    last = tmp_path / "cut" / "checkpoints" / "last.ckpt"
+    assert _step(last) == 24
+    train(compose_cfg(*common, f"ckpt_path={last}", output_dir=tmp_path / "cut"))
+    # Stepped at steps 32 (the best so far) and 48 (no better: halved), as in the run never stopped.
+    assert _schedule(tmp_path / "cut") == _schedule(tmp_path / "whole")
+    assert _lr(tmp_path / "cut") == pytest.approx(5e-4)
+
+
+def _schedule(run: Path) -> list:
+    return torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["lr_schedulers"]
+
+
+def _lr(run: Path) -> float:
+    return torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["optimizer_states"][0]["param_groups"][0][
+        "lr"
+    ]
 
 
 @pytest.mark.parametrize("checks", [[], ["callbacks.divergence.check_every_n_steps=5"]], ids=["grouped", "every-5"])
