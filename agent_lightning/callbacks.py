@@ -47,13 +47,13 @@ def _remedy(trainer: pl.Trainer) -> str:
     return "lower optimizer.lr or set trainer.gradient_clip_val"
 
 
-def _epoch_ends_next(trainer: pl.Trainer) -> bool:
-    # The epoch's training is over after this batch (its last batch, or max_steps): its end follows.
+def epoch_ends_next(trainer: pl.Trainer) -> bool:
+    """At a batch end: whether the epoch's training is over (its last batch, or max_steps), so its end follows."""
     return trainer.fit_loop.epoch_loop._is_training_done
 
 
-def _validation_follows(trainer: pl.Trainer) -> bool:
-    # Lightning's own test, run after the batch-end hooks.
+def validation_follows(trainer: pl.Trainer) -> bool:
+    """At a batch end: whether Lightning validates after this batch (its own test, which it runs next)."""
     return trainer.fit_loop.epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher)
 
 
@@ -118,12 +118,12 @@ class LastCheckpoint(ModelCheckpoint):
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
             return
         crossed = crossed_multiple(self._last_global_step_saved, trainer.global_step, self._every_n_train_steps)
-        if crossed and not _epoch_ends_next(trainer) and not _validation_follows(trainer):
+        if crossed and not epoch_ends_next(trainer) and not validation_follows(trainer):
             self._save_if_behind(trainer)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """After a validation within the epoch (one at its end is in the epoch end's write)."""
-        if not _epoch_ends_next(trainer):
+        if not epoch_ends_next(trainer):
             self._save_if_behind(trainer, rewrite=True)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -204,6 +204,30 @@ def test_last_ckpt_written_at_an_epoch_s_last_step_is_rewritten_after_its_valida
     assert Path(checkpointing["best_model_path"]) == best
 
 
+def test_a_stop_on_an_epoch_s_last_step_waits_for_its_validation_and_end(compose_cfg, tmp_path: Path) -> None:
+    # 16 steps per epoch; the signal arrives before step 16, the epoch's last: its validation and end run first.
+    common = ["data.train_size=4096", "data.val_size=512", "trainer.max_epochs=2", "test=false"]
+    common += ["trainer.deterministic=true", "logger=csv"]
+    whole = train(compose_cfg(*common, output_dir=tmp_path / "whole"))
+    with pytest.raises(StoppedBySignalError, match="stopped by SIGTERM at step 16"):
+        train(compose_cfg(*common, output_dir=tmp_path / "cut"), extra_callbacks=[SignalAtStep(15, signal.SIGTERM)])
+    validated = [r for r in _metrics_rows(tmp_path / "cut") if r.get("val/acc")]
+    assert [r["epoch"] for r in validated] == ["0"]
+    resumed = train(
+        compose_cfg(*common, f"ckpt_path={tmp_path / 'cut' / 'checkpoints' / 'last.ckpt'}", output_dir=tmp_path / "cut")
+    )
+    for key in ("val/loss", "val/acc_best", "train/acc"):
+        assert resumed[key] == pytest.approx(whole[key], abs=1e-6), key
+    assert [r["epoch"] for r in _metrics_rows(tmp_path / "cut") if r.get("val/acc")] == ["0", "1"]
+
+
+def _metrics_rows(run: Path) -> list[dict[str, str]]:
+    import csv
+
+    with open(run / "csv" / "metrics.csv", newline="") as rows:
+        return list(csv.DictReader(rows))
+
+
 def test_a_crash_in_an_epoch_s_validation_resumes_to_the_uninterrupted_run(compose_cfg, tmp_path: Path) -> None:
     # 16 steps per epoch and last.ckpt every 16; the plateau schedule halves the LR after every validation
     # but the first, so a resumed run that skipped an epoch's validation or end would end with another LR.

@@ -18,7 +18,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from agent_lightning.callbacks import crossed_multiple
+from agent_lightning.callbacks import crossed_multiple, epoch_ends_next, validation_follows
 from agent_lightning.errors import StoppedBySignalError
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
@@ -38,6 +38,8 @@ class StopOnSignal(pl.Callback):
         self._received_at = 0.0
         self._previous: dict[int, Any] = {}
         self._checked_before: int | None = None  # the global step at the last batch end
+        self._stop_after_epoch_end = False  # a stop agreed on at the epoch's last step
+        self._stop_after_validation = False  # a stop agreed on at a step a validation follows
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         now = time.monotonic()
@@ -74,10 +76,29 @@ class StopOnSignal(pl.Callback):
         if trainer.world_size > 1:
             flag = torch.tensor(local, device=pl_module.device)
             local = int(trainer.strategy.reduce(flag, reduce_op=torch.distributed.ReduceOp.MAX))
-        if local:
-            self.signum = local
-            # Lightning's own stop: it raises SIGTERMException once this step is complete (all ranks alike).
-            trainer._signal_connector.received_sigterm = True
+        if not local:
+            return
+        self.signum = local
+        # A stop before the epoch's end or a validation Lightning runs after this step would skip them for good:
+        # a checkpoint written now counts them as done. The stop waits for them (every rank decides alike).
+        if epoch_ends_next(trainer):
+            self._stop_after_epoch_end = True
+        elif validation_follows(trainer):
+            self._stop_after_validation = True
+        else:
+            _stop(trainer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Stop after the validation a stop waited for."""
+        if self._stop_after_validation and not trainer.sanity_checking:
+            self._stop_after_validation = False
+            _stop(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Stop after the epoch end a stop waited for (Lightning raises once every epoch-end hook has run)."""
+        if self._stop_after_epoch_end:
+            self._stop_after_epoch_end = False
+            _stop(trainer)
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         """A SIGTERM seen by Lightning before our handlers were installed still counts as a stop."""
@@ -93,6 +114,11 @@ class StopOnSignal(pl.Callback):
         for signum, handler in self._previous.items():
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
         self._previous.clear()
+
+
+def _stop(trainer: pl.Trainer) -> None:
+    # Lightning's own stop: it raises SIGTERMException once this step (or validation, or epoch end) is complete.
+    trainer._signal_connector.received_sigterm = True
 
 
 def stopped_by_signal(trainer: pl.Trainer) -> StoppedBySignalError:
