@@ -315,6 +315,10 @@ def test_a_second_run_on_the_same_directory_is_refused(compose_cfg, tmp_path: Pa
             time.sleep(0.1)
         with pytest.raises(ConfigError, match=f"run directory {run_dir} is in use by another run \\(pid {holder.pid}"):
             train(compose_cfg(output_dir=run_dir))
+        # From the command line: refused before Hydra writes its config and log into the run's directory.
+        refused = run_cli(f"hydra.run.dir={run_dir}", cwd=tmp_path)
+        assert refused.returncode == 2 and f"is in use by another run (pid {holder.pid}" in refused.stderr
+        assert sorted(p.name for p in run_dir.iterdir()) == [LOCK_FILE]
     finally:
         holder.kill()
         holder.wait()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,6 +18,15 @@ HELD_ENV = "AGENT_LIGHTNING_RUN_LOCK"
 def global_rank() -> int:
     """The global rank of this process as its launcher set it (torch elastic / torchrun: RANK; srun: SLURM_PROCID)."""
     return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+
+
+def refuse_busy_run_dir(argv: Sequence[str]) -> None:
+    """Refuse (ConfigError) a `hydra.run.dir=` another run holds, before Hydra writes its config and log there."""
+    chosen = [arg.split("=", 1)[1].strip("'\"") for arg in argv if arg.lstrip("+").startswith("hydra.run.dir=")]
+    if not chosen or not (Path(chosen[-1]) / LOCK_FILE).is_file():
+        return
+    with run_directory_lock(chosen[-1]):  # taken and given back at once: the run takes it again when it starts
+        pass
 
 
 @contextmanager
