@@ -59,10 +59,11 @@ def test_config_tree_has_one_branch_per_group_with_its_choice(compose_cfg) -> No
     cfg = compose_cfg("optimizer=sgd")
     tree = config_tree(cfg, {"optimizer": "sgd", "model": "mlp"}, width=100)
     lines = tree.splitlines()
-    assert lines[0] == "config" and all(len(line) <= 100 for line in lines)
+    # The top-level keys on the root line, as the keys they are (seed=..., not under a branch).
+    assert lines[0].startswith("config: seed=42 name=train") and all(len(line) <= 100 for line in lines)
     assert any(line.startswith("├─ optimizer (sgd): ") and "lr=" in line for line in lines)
     assert "_target_" not in tree and "momentum=" in tree
-    assert sum(line.startswith(("├─", "└─")) for line in lines) == 1 + sum(
+    assert sum(line.startswith(("├─", "└─")) for line in lines) == sum(
         1 for v in cfg.values() if hasattr(v, "keys") and len(v)
     )
 

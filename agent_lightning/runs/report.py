@@ -27,17 +27,18 @@ def _leaves(node: Any, prefix: str = "") -> list[str]:
 
 
 def config_tree(cfg: DictConfig, choices: Mapping[str, Any] | None = None, width: int = 120) -> str:
-    """The composed config, one branch per group (`group (choice): key=value ...`), wrapped to `width`."""
+    """The composed config: its top-level keys, then one branch per group (`group (choice): key=value ...`)."""
     container = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(container, dict)
     scalars = {k: v for k, v in container.items() if not isinstance(v, Mapping)}
     groups = {k: v for k, v in container.items() if isinstance(v, Mapping) and v}
-    branches = [("run", _leaves(scalars))]
+    branches = []
     for key, value in groups.items():
         choice = (choices or {}).get(key)
         label = f"{key} ({choice})" if isinstance(choice, str) else key
         branches.append((label, _leaves(value)))
-    lines = ["config"]
+    # The top-level keys (seed, name, ckpt_path, ...) on the root line: they are keys of the config itself.
+    lines = textwrap.wrap("config: " + " ".join(_leaves(scalars)), width=width, subsequent_indent="│      ")
     for index, (label, leaves) in enumerate(branches):
         last = index == len(branches) - 1
         head, indent = ("└─ " if last else "├─ "), ("   " if last else "│  ")
