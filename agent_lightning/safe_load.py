@@ -11,6 +11,7 @@ from __future__ import annotations
 import pickle
 import re
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,20 @@ def distributed_tensor_shapes(directory: Path) -> dict[str, tuple[int, ...]]:
     }
 
 
+def weights_only_load(path: str | Path, mmap: bool = False) -> Any:
+    """`torch.load(weights_only=True)` on CPU, without torch's warning about a plain pickle's protocol."""
+    with warnings.catch_warnings():
+        # A refused file is reported in one line, with the reason (`refusal_reason`).
+        warnings.filterwarnings("ignore", message="Detected pickle protocol")
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+
+
+def refusal_reason(err: pickle.UnpicklingError) -> str:
+    """What `weights_only` refused, in a few words (torch's message goes on to advise loading the file unsafely)."""
+    lines = [line.strip() for line in str(err).splitlines()]
+    return next((line for line in lines if re.search(r"unsupported|GLOBAL", line, re.I)), "it needs code to load")
+
+
 def load_file(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     """A checkpoint file's contents, loaded without running code; a one-line ConfigError otherwise."""
     path = Path(path)
@@ -80,11 +95,9 @@ def load_file(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     if path.stat().st_size == 0:
         raise ConfigError(f"{path} is empty: not a checkpoint")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
-    except pickle.UnpicklingError as err:
-        # weights_only refused a global: loading it would need to run code from the file.
-        lines = [line.strip() for line in str(err).splitlines()]
-        reason = next((line for line in lines if re.search(r"unsupported|GLOBAL", line, re.I)), "it needs code to load")
+        checkpoint = weights_only_load(path, mmap=mmap and zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as err:  # loading it would need to run code from the file
+        reason = refusal_reason(err)
         raise ConfigError(f"{path} was refused without running it: not a plain-tensor checkpoint ({reason})") from None
     except Exception as err:  # truncated, random bytes, not a torch file
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import subprocess
 import sys
@@ -231,9 +232,13 @@ def test_a_malicious_pickle_never_runs(tmp_path: Path) -> None:
     torch.save({"features": torch.zeros(4, 2), "labels": payload}, tmp_path / "evil.pt")
     np.save(tmp_path / "evil.npy", np.array([payload], dtype=object), allow_pickle=True)
     np.savez(tmp_path / "evil.npz", features=np.zeros((1, 2)), labels=np.array([payload], dtype=object))
-    for file, extra in (("evil.pt", {}), ("evil.npz", {}), ("evil.npy", {"label": str(tmp_path / "evil.npy")})):
-        with pytest.raises(ConfigError, match="refused"):
+    (tmp_path / "plain.pt").write_bytes(pickle.dumps({"features": payload}, protocol=4))  # not even a torch file
+    cases = [("evil.pt", {}), ("plain.pt", {}), ("evil.npz", {}), ("evil.npy", {"label": str(tmp_path / "evil.npy")})]
+    for file, extra in cases:
+        with pytest.raises(ConfigError, match="refused") as refused, warnings.catch_warnings():
+            warnings.simplefilter("error")  # nor torch's warning about the pickle's protocol
             prepare(tmp_path / file, tmp_path / "out", progress_bar=False, **extra)
+        assert "weights_only" not in str(refused.value)  # no advice to load it the unsafe way
     assert not marker.exists()
 
 

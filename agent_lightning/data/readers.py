@@ -155,14 +155,13 @@ def _load_archive(path: Path) -> dict[str, Any]:
         return _LazyNpz(path, archive)
     import pickle
 
-    import torch
+    from agent_lightning.safe_load import refusal_reason, weights_only_load
 
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        loaded = weights_only_load(path, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0]
         raise ConfigError(
-            f"input file {path}: refused, it needs code to unpickle (only tensors are read): {first}"
+            f"input file {path}: refused, it needs code to unpickle (only tensors are read): {refusal_reason(err)}"
         ) from None
     except Exception as err:  # not a torch file, truncated, ...
         raise ConfigError(f"input file {path} cannot be read as a .pt of tensors: {type(err).__name__}") from None
