@@ -108,7 +108,7 @@ def fit_and_test(cfg: DictConfig, devices: int, world: int, extra_callbacks: Seq
     datamodule = hydra.utils.instantiate(cfg.data, augmentations=_instantiate_all(cfg.get("augment")))
     pruning = _pruning_callback(cfg)
     callbacks = build_callbacks(cfg, [*extra_callbacks, *([pruning] if pruning else [])])
-    steps = resolve_steps_per_execution(cfg, callbacks)  # before the module and the loaders see it
+    steps = resolve_steps_per_execution(cfg, callbacks, world)  # before the module and the loaders see it
     module = build_module(cfg)
     datamodule.group_batches(steps)
     load_initial_weights(module.model, cfg)  # `init_from`, then the data's statistics (they win where it has them)

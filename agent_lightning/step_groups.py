@@ -102,13 +102,13 @@ def _shortest_interval(cfg: DictConfig, callbacks: Sequence[Callback]) -> tuple[
     return min(((steps, what) for steps, what in intervals if steps > 0), default=(0, ""))
 
 
-def _auto_steps(cfg: DictConfig, callbacks: Sequence[Callback]) -> tuple[int, str]:
+def _auto_steps(cfg: DictConfig, callbacks: Sequence[Callback], world: int) -> tuple[int, str]:
     # `auto`'s number of batches per Lightning step, and why when it is not AUTO_STEPS.
     why_one = _why_one_batch(cfg, callbacks)
     if why_one:
         return 1, why_one
     interval, what = _shortest_interval(cfg, callbacks)
-    by_time, took = _steps_in_group_seconds(cfg)
+    by_time, took = _steps_in_group_seconds(cfg, world)
     if by_time < min(interval or AUTO_STEPS, AUTO_STEPS):
         return by_time, took
     if 0 < interval < AUTO_STEPS:  # a group never spans two of its points: whoever asks every N steps gets that
@@ -116,10 +116,11 @@ def _auto_steps(cfg: DictConfig, callbacks: Sequence[Callback]) -> tuple[int, st
     return AUTO_STEPS, ""
 
 
-def _steps_in_group_seconds(cfg: DictConfig) -> tuple[int, str]:
-    # How many of this model's steps take about GROUP_SECONDS, and the estimate in words.
+def _steps_in_group_seconds(cfg: DictConfig, world: int) -> tuple[int, str]:
+    # How many of this model's steps take about GROUP_SECONDS on one rank, and the estimate in words. The ranks
+    # share the work of a step: data-parallel ranks split the (global) batch, tensor-parallel ones the layers.
     parameters = sum(math.prod(shape) for shape in model_shapes(cfg).values())
-    flops = 6 * parameters * int(cfg.data.batch_size)
+    flops = 6 * parameters * int(cfg.data.batch_size) / world
     kind, _ = available_devices(str(cfg.trainer.accelerator))
     if kind == "cuda":
         seconds, where = flops / CUDA_FLOPS, "a GPU"
@@ -127,7 +128,8 @@ def _steps_in_group_seconds(cfg: DictConfig) -> tuple[int, str]:
         threads = torch.get_num_threads()
         seconds, where = flops / (CPU_FLOPS_PER_THREAD * threads), f"{threads} CPU thread{'s' * (threads > 1)}"
     steps = max(1, int(GROUP_SECONDS / seconds))
-    took = f"a step of this model at batch {cfg.data.batch_size} takes ~{seconds * 1e3:.0f} ms on {where} by its size"
+    batch = f"batch {cfg.data.batch_size}" + (f" over {world} ranks" if world > 1 else "")
+    took = f"a step of this model at {batch} takes ~{seconds * 1e3:.0f} ms on {where} by its size"
     return steps, f"{took}; groups are kept to ~{GROUP_SECONDS:g} s"
 
 
@@ -176,12 +178,12 @@ def _resumed_grouping(cfg: DictConfig, chosen: int, why: str) -> tuple[int, str]
     return written, "as ckpt_path was written"
 
 
-def resolve_steps_per_execution(cfg: DictConfig, callbacks: Sequence[Callback]) -> int:
-    """Replace `trainer.steps_per_execution=auto` in `cfg` by the number of batches per Lightning step; return it."""
+def resolve_steps_per_execution(cfg: DictConfig, callbacks: Sequence[Callback], world: int = 1) -> int:
+    """Replace `trainer.steps_per_execution=auto` in `cfg` by the batches per Lightning step of `world` ranks."""
     requested: Any = step_options(cfg.trainer).steps_per_execution
     if requested != AUTO:
         return int(requested)
-    steps, why = _auto_steps(cfg, callbacks)
+    steps, why = _auto_steps(cfg, callbacks, world)
     if cfg.get("ckpt_path"):
         steps, why = _resumed_grouping(cfg, steps, why)
     batches = "1 batch" if steps == 1 else f"{steps} batches"

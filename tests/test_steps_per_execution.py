@@ -263,9 +263,9 @@ def test_auto_groups_a_slow_step_less_or_not_at_all(compose_cfg, caplog) -> None
     # A group is acted on as a whole (a signal's stop waits for its end): auto keeps it to ~0.25 s of compute.
     from agent_lightning.fit import build_callbacks
 
-    def resolved(*overrides: str) -> int:
+    def resolved(*overrides: str, world: int = 1) -> int:
         cfg = compose_cfg("callbacks=default", "data.batch_size=512", *overrides)
-        return resolve_steps_per_execution(cfg, build_callbacks(cfg))
+        return resolve_steps_per_execution(cfg, build_callbacks(cfg), world)
 
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -279,6 +279,7 @@ def test_auto_groups_a_slow_step_less_or_not_at_all(compose_cfg, caplog) -> None
             assert resolved() == AUTO_STEPS  # ~3 ms a step
             torch.set_num_threads(1)
             assert resolved("model=mlp_wide") < wide  # one thread: fewer steps in ~0.25 s
+            assert resolved("model=mlp_wide", world=2) == wide  # two ranks of one thread share the batch
     finally:
         torch.set_num_threads(threads)
 
