@@ -78,8 +78,8 @@ def hydra_command(
     of printing when HYDRA_FULL_ERROR is set, so it is set while the command runs, except inside a job
     (whose subprocesses would inherit it). An error a job raises is reported by `errors.user_facing`
     inside the job; a bug keeps its traceback, from the job's frame on, as Hydra prints it.
-    `check_job` checks one job's composed config without running it: the grid sweeper
-    (`hydra_plugins/agent_lightning_sweepers/grid_sweeper.py`) runs it on every job before the first starts.
+    `check_job` checks one job's composed config without running it: the sweepers run it on every grid job,
+    and on a search space's choices and ends, before the first job starts (`agent_lightning/sweep_jobs.py`).
     """
 
     def decorate(job: Callable[[DictConfig], Any]) -> Callable[[], Any]:

@@ -14,7 +14,7 @@ from typing import Any
 
 from hydra.errors import CompactHydraException
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from agent_lightning.composition_errors import describe_safely
 from agent_lightning.errors import user_facing
@@ -31,8 +31,16 @@ class JobRefusedError(Exception):
         self.composing = composing
 
 
-def job_check(task_function: TaskFunction) -> JobCheck | None:
-    """The command's check of one job's config, if the command (its `hydra_command`) has one."""
+# Hydra launchers that run a sweep's jobs on this machine. Elsewhere (SLURM) a job's devices and data paths
+# are those of its node: it is checked there, when it starts, and here only composed.
+_LAUNCHERS_HERE = ("BasicLauncher", "JoblibLauncher", "LocalLauncher")
+
+
+def job_check(task_function: TaskFunction, sweep_config: DictConfig) -> JobCheck | None:
+    """The command's check of one job's config (`hydra_command(check_job=...)`), where the jobs run on this machine."""
+    target = str(OmegaConf.select(sweep_config, "hydra.launcher._target_", default=""))
+    if target.rsplit(".", 1)[-1] not in _LAUNCHERS_HERE:
+        return None
     return getattr(task_function, "check_job", None)
 
 

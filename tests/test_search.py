@@ -146,6 +146,23 @@ def test_parallel_searches_share_one_study(tmp_path: Path) -> None:
     assert all(n >= 1 for n in ran)  # both processes contributed trials
 
 
+def test_jobs_that_run_elsewhere_are_only_composed_before_the_sweep() -> None:
+    # A SLURM job's devices and data paths are its node's: it checks them itself when it starts.
+    from agent_lightning.config import compose_raw
+    from agent_lightning.sweep_jobs import job_check
+
+    def task(cfg: object) -> None:
+        pass
+
+    task.check_job = print  # type: ignore[attr-defined]
+    launched = {
+        name: compose_raw("config", [f"hydra/launcher={name}"], with_hydra=True) for name in ("joblib", "slurm")
+    }
+    assert job_check(task, compose_raw("config", [], with_hydra=True)) is print  # in this process
+    assert job_check(task, launched["joblib"]) is print  # in processes on this machine
+    assert job_check(task, launched["slurm"]) is None
+
+
 @pytest.mark.timeout(120)
 def test_a_grid_with_one_bad_job_is_refused_before_any_job_trains(tmp_path: Path) -> None:
     sweep = tmp_path / "grid"

@@ -144,7 +144,7 @@ class OptunaSearch(Sweeper):
         """Keep the config and build the launcher that runs each trial as a job."""
         self.config = config
         self.hydra_context = hydra_context
-        self.check_job = job_check(task_function)
+        self.check_job = job_check(task_function, config)
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=CatchExit(task_function), config=config
         )

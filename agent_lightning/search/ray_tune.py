@@ -101,7 +101,8 @@ class RayTuneSearch(Sweeper):
         """Keep the composed config (trials compose their own from the same overrides) and the command's job check."""
         self.config = config
         self.hydra_context = hydra_context
-        self.check_job = job_check(task_function)
+        # Trials on a Ray cluster run on its nodes: there they check their own config.
+        self.check_job = None if self.address else job_check(task_function, config)
         self.sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
 
     def sweep(self, arguments: list[str]) -> None:

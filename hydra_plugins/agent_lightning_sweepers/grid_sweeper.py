@@ -27,7 +27,7 @@ class GridSweeper(BasicSweeper):
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         """Keep the command's own check of one job's config, if it has one."""
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
-        self.check_job = job_check(task_function)
+        self.check_job = job_check(task_function, config)
 
     def sweep(self, arguments: list[str]) -> Any:
         """Check every swept key has at least one value and every job's config, then sweep the grid as usual."""
