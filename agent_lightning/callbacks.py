@@ -110,6 +110,10 @@ class LastCheckpoint(ModelCheckpoint):
         elif rewrite:
             self._last_global_step_saved = trainer.global_step
 
+    def save_now(self, trainer: pl.Trainer) -> None:
+        """Write `last.ckpt` at this step unless it holds it already (a stop about to wait for a validation)."""
+        self._save_if_behind(trainer)
+
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:

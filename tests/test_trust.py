@@ -209,13 +209,20 @@ def test_a_stop_on_an_epoch_s_last_step_waits_for_its_validation_and_end(compose
     common = ["data.train_size=4096", "data.val_size=512", "trainer.max_epochs=2", "test=false"]
     common += ["trainer.deterministic=true", "logger=csv"]
     whole = train(compose_cfg(*common, output_dir=tmp_path / "whole"))
+    last = tmp_path / "cut" / "checkpoints" / "last.ckpt"
+    steps_saved_at_validation: list[int] = []
+
+    class SavedWhileWaiting(pl.Callback):  # a kill during that validation would find this step saved
+        def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            steps_saved_at_validation.append(_step(last) if last.exists() else -1)
+
+    waiting = [SignalAtStep(15, signal.SIGTERM), SavedWhileWaiting()]
     with pytest.raises(StoppedBySignalError, match="stopped by SIGTERM at step 16"):
-        train(compose_cfg(*common, output_dir=tmp_path / "cut"), extra_callbacks=[SignalAtStep(15, signal.SIGTERM)])
+        train(compose_cfg(*common, output_dir=tmp_path / "cut"), extra_callbacks=waiting)
+    assert steps_saved_at_validation == [16]
     validated = [r for r in _metrics_rows(tmp_path / "cut") if r.get("val/acc")]
     assert [r["epoch"] for r in validated] == ["0"]
-    resumed = train(
-        compose_cfg(*common, f"ckpt_path={tmp_path / 'cut' / 'checkpoints' / 'last.ckpt'}", output_dir=tmp_path / "cut")
-    )
+    resumed = train(compose_cfg(*common, f"ckpt_path={last}", output_dir=tmp_path / "cut"))
     for key in ("val/loss", "val/acc_best", "train/acc"):
         assert resumed[key] == pytest.approx(whole[key], abs=1e-6), key
     assert [r["epoch"] for r in _metrics_rows(tmp_path / "cut") if r.get("val/acc")] == ["0", "1"]

@@ -18,7 +18,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from agent_lightning.callbacks import crossed_multiple, epoch_ends_next, validation_follows
+from agent_lightning.callbacks import LastCheckpoint, crossed_multiple, epoch_ends_next, validation_follows
 from agent_lightning.errors import StoppedBySignalError
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
@@ -80,13 +80,18 @@ class StopOnSignal(pl.Callback):
             return
         self.signum = local
         # A stop before the epoch's end or a validation Lightning runs after this step would skip them for good:
-        # a checkpoint written now counts them as done. The stop waits for them (every rank decides alike).
+        # a checkpoint written now counts them as done. The stop waits for them (every rank decides alike),
+        # with this step saved first, so that a kill while waiting (a long validation) loses no training.
         if epoch_ends_next(trainer):
             self._stop_after_epoch_end = True
         elif validation_follows(trainer):
             self._stop_after_validation = True
         else:
             _stop(trainer)
+            return
+        for callback in trainer.checkpoint_callbacks:
+            if isinstance(callback, LastCheckpoint):
+                callback.save_now(trainer)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Stop after the validation a stop waited for."""
