@@ -2,6 +2,7 @@
 
 import logging
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +39,13 @@ class GridSweeper(BasicSweeper):
                 log.error("empty grid: %s gives no value to run", override.input_line)
                 sys.exit(2)
         self._check_jobs(overrides)
+        self._composed = True
         return super().sweep(arguments)
+
+    def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
+        """Hydra composes each batch's jobs before launching them: here every job was composed and checked already."""
+        if not getattr(self, "_composed", False):
+            super().validate_batch_is_legal(batch)
 
     def _check_jobs(self, overrides: list[Override]) -> None:
         jobs = [job for batch in self.split_arguments(overrides, None) for job in batch]
