@@ -84,7 +84,8 @@ def weights_only_load(path: str | Path, mmap: bool = False) -> Any:
 def refusal_reason(err: pickle.UnpicklingError) -> str:
     """What `weights_only` refused, in a few words (torch's message goes on to advise loading the file unsafely)."""
     lines = [line.strip() for line in str(err).splitlines()]
-    return next((line for line in lines if re.search(r"unsupported|GLOBAL", line, re.I)), "it needs code to load")
+    reason = next((line for line in lines if re.search(r"unsupported|GLOBAL", line, re.I)), "it needs code to load")
+    return re.split(r"\.? Please use `?torch\.serialization", reason)[0]  # not how to allow it
 
 
 def load_file(path: str | Path, mmap: bool = False) -> dict[str, Any]:

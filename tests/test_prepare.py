@@ -211,6 +211,10 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[Path, dict, str]]:
     return cases
 
 
+class _Plain:
+    """Any class of the writer's: building it would import and run the writer's code."""
+
+
 class _Payload:
     def __reduce__(self):
         return (os.system, (f"touch {self.marker}",))
@@ -233,12 +237,15 @@ def test_a_malicious_pickle_never_runs(tmp_path: Path) -> None:
     np.save(tmp_path / "evil.npy", np.array([payload], dtype=object), allow_pickle=True)
     np.savez(tmp_path / "evil.npz", features=np.zeros((1, 2)), labels=np.array([payload], dtype=object))
     (tmp_path / "plain.pt").write_bytes(pickle.dumps({"features": payload}, protocol=4))  # not even a torch file
-    cases = [("evil.pt", {}), ("plain.pt", {}), ("evil.npz", {}), ("evil.npy", {"label": str(tmp_path / "evil.npy")})]
+    torch.save({"features": torch.zeros(4, 2), "labels": _Plain()}, tmp_path / "object.pt")  # a class, no payload
+    cases = [("evil.pt", {}), ("plain.pt", {}), ("object.pt", {}), ("evil.npz", {})]
+    cases.append(("evil.npy", {"label": str(tmp_path / "evil.npy")}))
     for file, extra in cases:
         with pytest.raises(ConfigError, match="refused") as refused, warnings.catch_warnings():
             warnings.simplefilter("error")  # nor torch's warning about the pickle's protocol
             prepare(tmp_path / file, tmp_path / "out", progress_bar=False, **extra)
-        assert "weights_only" not in str(refused.value)  # no advice to load it the unsafe way
+        # No advice to load it the unsafe way, or to allow its classes.
+        assert "weights_only" not in str(refused.value) and "safe_globals" not in str(refused.value)
     assert not marker.exists()
 
 
