@@ -73,7 +73,8 @@ class LastCheckpoint(ModelCheckpoint):
 
     Lightning rewrites `last.ckpt` at validation / epoch end only when another checkpoint is saved
     in the same step, and at the end of training only if it never wrote one. Here it is written
-    every `every_n_train_steps` steps, after every validation within an epoch, at every epoch end,
+    every `every_n_train_steps` steps (or, given `train_time_interval`, by Lightning's own timing,
+    which does not wait as below), after every validation within an epoch, at every epoch end,
     at the end of training and when a signal stops the run: never twice at a step unless a
     validation or an epoch end came between. A write falls between a step and what Lightning runs
     after it, so an interval write that falls on a step a validation or the epoch's end follows waits
