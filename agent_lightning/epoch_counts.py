@@ -37,7 +37,7 @@ class EpochCounts:
         self._correct: Tensor | None = None  # right predictions of this epoch's steps, on the device
         self._pending: list[tuple[Tensor, Tensor]] = []  # (detached logits, targets) not counted yet
         self._pending_elements = 0
-        self.carried = 0  # right predictions restored from a checkpoint written mid-epoch
+        self.carried: float = 0  # right predictions restored from a checkpoint written mid-epoch (the ranks' mean)
         self.seen = 0  # samples behind the accuracy (restored ones included)
         self.samples = 0  # samples of this epoch's steps, for the throughput
         self.micro_batches = 0  # batches whose gradients are accumulated but not yet stepped
@@ -81,8 +81,8 @@ class EpochCounts:
         else:
             self._correct.add_(hits)
 
-    def correct(self) -> int:
-        """The right predictions so far (one host sync)."""
+    def correct(self) -> float:
+        """The right predictions so far (one host sync; a restored ranks' mean may be fractional)."""
         self._count_pending()
         return self.carried + (int(self._correct) if self._correct is not None else 0)
 
@@ -95,7 +95,7 @@ class EpochCounts:
             return torch.tensor(self.carried / self.seen)
         return (self._correct.float() + self.carried) / self.seen
 
-    def restore(self, correct: int, seen: int) -> None:
+    def restore(self, correct: float, seen: int) -> None:
         """Continue the accuracy of a checkpoint written mid-epoch."""
         self.reset_accuracy()
         self.carried, self.seen = correct, seen

@@ -305,8 +305,15 @@ class AgentModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep the epoch's training-accuracy count and pending plateau value, so a resumed epoch continues."""
-        counts = self._counts
-        checkpoint["train_accuracy_count"] = {"correct": counts.correct(), "seen": counts.seen}
+        correct, seen = self._counts.correct(), self._counts.seen
+        world = self.trainer.world_size
+        if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Every rank restores the one count the checkpoint holds: the ranks' mean. Each saw as many samples
+            # (a tensor-parallel group's ranks the same ones), so the resumed epoch's mean accuracy stays exact.
+            totals = torch.tensor([correct, seen], dtype=torch.float64, device=self.device)
+            torch.distributed.all_reduce(totals)
+            correct, seen = (totals / world).tolist()
+        checkpoint["train_accuracy_count"] = {"correct": correct, "seen": round(seen)}
         # Written after a validation but before the epoch's end: the resumed epoch end still owes the
         # plateau schedule that validation's loss (Lightning does not restore logged metrics).
         watched = self._plateau_value() if self._validated else None
