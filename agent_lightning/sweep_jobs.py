@@ -10,6 +10,7 @@ import contextlib
 import logging
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from hydra.errors import CompactHydraException
@@ -36,37 +37,48 @@ class JobRefusedError(Exception):
 _LAUNCHERS_HERE = ("BasicLauncher", "JoblibLauncher", "LocalLauncher")
 
 
-def job_check(task_function: TaskFunction, sweep_config: DictConfig) -> JobCheck | None:
-    """The command's check of one job's config (`hydra_command(check_job=...)`), where the jobs run on this machine."""
-    target = str(OmegaConf.select(sweep_config, "hydra.launcher._target_", default=""))
-    if target.rsplit(".", 1)[-1] not in _LAUNCHERS_HERE:
-        return None
-    return getattr(task_function, "check_job", None)
+@dataclass(frozen=True)
+class JobChecker:
+    """Checks a sweep's jobs before any starts: composed as Hydra will compose them, then `check`ed (if set)."""
 
+    hydra_context: HydraContext
+    sweep_config: DictConfig
+    check: JobCheck | None = None
 
-def check_job(
-    hydra_context: HydraContext, sweep_config: DictConfig, overrides: Sequence[str], check: JobCheck | None
-) -> None:
-    """Raise `JobRefusedError` if the job of `overrides` would be refused; a bug in the check keeps its traceback."""
-    try:
-        cfg = hydra_context.config_loader.load_sweep_config(sweep_config, list(overrides))
-    except CompactHydraException as err:
-        # None: composing the config here again, to name what would work, would reset the running Hydra.
-        raise JobRefusedError(describe_safely(err, None, overrides), composing=True) from None
-    if check is None:
-        return
-    with tempfile.TemporaryDirectory() as scratch, _quiet("agent_lightning"):
-        # A job's directory is made (and checked) when it runs: checking here writes nothing.
-        with read_write(cfg), open_dict(cfg):
-            del cfg["hydra"]
-            cfg.paths.output_dir = scratch
+    @classmethod
+    def for_sweep(
+        cls, hydra_context: HydraContext, task_function: TaskFunction, sweep_config: DictConfig
+    ) -> JobChecker:
+        """With the command's own check (`hydra_command(check_job=...)`) where the jobs run on this machine."""
+        target = str(OmegaConf.select(sweep_config, "hydra.launcher._target_", default=""))
+        here = target.rsplit(".", 1)[-1] in _LAUNCHERS_HERE
+        return cls(hydra_context, sweep_config, getattr(task_function, "check_job", None) if here else None)
+
+    def composing_only(self) -> JobChecker:
+        """The same sweep's jobs, only composed."""
+        return JobChecker(self.hydra_context, self.sweep_config)
+
+    def __call__(self, overrides: Sequence[str]) -> None:
+        """Raise `JobRefusedError` if the job of `overrides` would be refused (a bug in the check: its traceback)."""
         try:
-            check(cfg)
-        except Exception as err:
-            reported = user_facing(err)
-            if reported is None:
-                raise
-            raise JobRefusedError(reported[1], composing=False) from None
+            cfg = self.hydra_context.config_loader.load_sweep_config(self.sweep_config, list(overrides))
+        except CompactHydraException as err:
+            # None: composing the config here again, to name what would work, would reset the running Hydra.
+            raise JobRefusedError(describe_safely(err, None, overrides), composing=True) from None
+        if self.check is None:
+            return
+        with tempfile.TemporaryDirectory() as scratch, _quiet("agent_lightning"):
+            # A job's directory is made (and checked) when it runs: checking here writes nothing.
+            with read_write(cfg), open_dict(cfg):
+                del cfg["hydra"]
+                cfg.paths.output_dir = scratch
+            try:
+                self.check(cfg)
+            except Exception as err:
+                reported = user_facing(err)
+                if reported is None:
+                    raise
+                raise JobRefusedError(reported[1], composing=False) from None
 
 
 @contextlib.contextmanager

@@ -149,18 +149,19 @@ def test_parallel_searches_share_one_study(tmp_path: Path) -> None:
 def test_jobs_that_run_elsewhere_are_only_composed_before_the_sweep() -> None:
     # A SLURM job's devices and data paths are its node's: it checks them itself when it starts.
     from agent_lightning.config import compose_raw
-    from agent_lightning.sweep_jobs import job_check
+    from agent_lightning.sweep_jobs import JobChecker
 
     def task(cfg: object) -> None:
         pass
 
     task.check_job = print  # type: ignore[attr-defined]
-    launched = {
-        name: compose_raw("config", [f"hydra/launcher={name}"], with_hydra=True) for name in ("joblib", "slurm")
-    }
-    assert job_check(task, compose_raw("config", [], with_hydra=True)) is print  # in this process
-    assert job_check(task, launched["joblib"]) is print  # in processes on this machine
-    assert job_check(task, launched["slurm"]) is None
+
+    def checked(*overrides: str) -> object:
+        return JobChecker.for_sweep(None, task, compose_raw("config", overrides, with_hydra=True)).check
+
+    assert checked() is print  # in this process
+    assert checked("hydra/launcher=joblib") is print  # in processes on this machine
+    assert checked("hydra/launcher=slurm") is None
 
 
 @pytest.mark.timeout(120)

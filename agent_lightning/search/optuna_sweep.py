@@ -52,7 +52,7 @@ from agent_lightning.search.storage import (
     open_storage,
 )
 from agent_lightning.search.summary import write_summary
-from agent_lightning.sweep_jobs import JobRefusedError, check_job, job_check
+from agent_lightning.sweep_jobs import JobChecker, JobRefusedError
 
 log = logging.getLogger(__name__)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -144,7 +144,7 @@ class OptunaSearch(Sweeper):
         """Keep the config and build the launcher that runs each trial as a job."""
         self.config = config
         self.hydra_context = hydra_context
-        self.check_job = job_check(task_function, config)
+        self.check_job = JobChecker.for_sweep(hydra_context, task_function, config)
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=CatchExit(task_function), config=config
         )
@@ -222,8 +222,8 @@ class OptunaSearch(Sweeper):
     def _sweep(self, arguments: list[str]) -> None:
         space, fixed = parse_space(self.params, arguments)
         self._check_settings()
-        check_space(space, fixed, self.hydra_context, self.config, self.check_job)
-        check_enqueued(self.enqueue_trials, space, fixed, self.hydra_context, self.config, self.check_job)
+        check_space(space, fixed, self.check_job)
+        check_enqueued(self.enqueue_trials, space, fixed, self.check_job)
         study, spec, storage = self._study()
         stale = fail_stale_trials(study)
         if stale:
@@ -297,7 +297,7 @@ class OptunaSearch(Sweeper):
         # A value naming a missing config (e.g. optimizer=adamx) fails inside the launcher, for the
         # whole batch: compose each trial's config here first, and fail only that trial.
         try:
-            check_job(self.hydra_context, self.config, overrides, None)
+            self.check_job.composing_only()(overrides)
         except JobRefusedError as refused:
             return refused.line
         except Exception as err:

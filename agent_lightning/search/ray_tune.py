@@ -28,7 +28,7 @@ import agent_lightning
 from agent_lightning.errors import ConfigError
 from agent_lightning.search.space import as_override, flatten, parse_space
 from agent_lightning.search.space_check import check_space
-from agent_lightning.sweep_jobs import job_check
+from agent_lightning.sweep_jobs import JobChecker
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "tune.ckpt"
@@ -100,9 +100,9 @@ class RayTuneSearch(Sweeper):
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         """Keep the composed config (trials compose their own from the same overrides) and the command's job check."""
         self.config = config
-        self.hydra_context = hydra_context
+        checker = JobChecker.for_sweep(hydra_context, task_function, config)
         # Trials on a Ray cluster run on its nodes: there they check their own config.
-        self.check_job = None if self.address else job_check(task_function, config)
+        self.check_job = checker.composing_only() if self.address else checker
         self.sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
 
     def sweep(self, arguments: list[str]) -> None:
@@ -131,7 +131,7 @@ class RayTuneSearch(Sweeper):
         import ray
 
         space, fixed = parse_space(self.params, arguments)
-        check_space(space, fixed, self.hydra_context, self.config, self.check_job)
+        check_space(space, fixed, self.check_job)
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         if self.address:  # a cluster's nodes must have this project installed
             ray.init(address=self.address, ignore_reinit_error=True)

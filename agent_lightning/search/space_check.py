@@ -6,13 +6,11 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from hydra.types import HydraContext
-from omegaconf import DictConfig
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from agent_lightning.errors import ConfigError
 from agent_lightning.search.space import as_override
-from agent_lightning.sweep_jobs import JobCheck, JobRefusedError, check_job
+from agent_lightning.sweep_jobs import JobChecker, JobRefusedError
 
 
 def probe_values(distribution: BaseDistribution) -> list[Any]:
@@ -24,13 +22,7 @@ def probe_values(distribution: BaseDistribution) -> list[Any]:
     return []
 
 
-def check_space(
-    space: dict[str, BaseDistribution],
-    fixed: Sequence[str],
-    hydra_context: HydraContext,
-    sweep_config: DictConfig,
-    check: JobCheck | None,
-) -> None:
+def check_space(space: dict[str, BaseDistribution], fixed: Sequence[str], check: JobChecker) -> None:
     """Refuse (ConfigError) a space with a value no trial could run, naming the key and the value.
 
     Each value is tried with the other searched keys as the config sets them. A value is refused when its
@@ -41,26 +33,21 @@ def check_space(
         for value in probe_values(distribution):
             setting = as_override(key, value)
             try:
-                check_job(hydra_context, sweep_config, [*fixed, setting], check)
+                check([*fixed, setting])
             except JobRefusedError as refused:
                 if refused.composing or _names(refused.line, key):
                     raise ConfigError(f"search space {key}: no trial can run {setting}: {refused.line}") from None
 
 
 def check_enqueued(
-    trials: Sequence[dict[str, Any]],
-    space: dict[str, BaseDistribution],
-    fixed: Sequence[str],
-    hydra_context: HydraContext,
-    sweep_config: DictConfig,
-    check: JobCheck | None,
+    trials: Sequence[dict[str, Any]], space: dict[str, BaseDistribution], fixed: Sequence[str], check: JobChecker
 ) -> None:
     """Refuse (ConfigError) an enqueued trial (`hydra.sweeper.enqueue_trials`) whose values cannot run."""
     for index, params in enumerate(trials):
         # Optuna fixes only the searched keys to an enqueued trial's values.
         settings = [as_override(key, value) for key, value in params.items() if key in space]
         try:
-            check_job(hydra_context, sweep_config, [*fixed, *settings], check)
+            check([*fixed, *settings])
         except JobRefusedError as refused:
             raise ConfigError(f"hydra.sweeper.enqueue_trials[{index}] ({' '.join(settings)}): {refused.line}") from None
 

@@ -13,7 +13,7 @@ from hydra.core.override_parser.types import Override
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
-from agent_lightning.sweep_jobs import JobRefusedError, check_job, job_check
+from agent_lightning.sweep_jobs import JobChecker, JobRefusedError
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ class GridSweeper(BasicSweeper):
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         """Keep the command's own check of one job's config, if it has one."""
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
-        self.check_job = job_check(task_function, config)
+        self.check_job = JobChecker.for_sweep(hydra_context, task_function, config)
 
     def sweep(self, arguments: list[str]) -> Any:
         """Check every swept key has at least one value and every job's config, then sweep the grid as usual."""
@@ -51,7 +51,7 @@ class GridSweeper(BasicSweeper):
         jobs = [job for batch in self.split_arguments(overrides, None) for job in batch]
         for number, job in enumerate(jobs):
             try:
-                check_job(self.hydra_context, self.config, job, self.check_job)
+                self.check_job(job)
             except JobRefusedError as refused:
                 log.error("grid job %d of %d (%s): %s; no job was started", number, len(jobs), " ".join(job), refused)
                 sys.exit(2)
