@@ -67,6 +67,10 @@ class StopOnSignal(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         """Every few steps, agree across ranks whether any rank was asked to stop."""
+        if self._stop_after_validation:  # the validation it waited for did not run (a resumed run skips one)
+            self._stop_after_validation = False
+            _stop(trainer)
+            return
         before, self._checked_before = self._checked_before, trainer.global_step
         if not crossed_multiple(
             trainer.global_step - 1 if before is None else before, trainer.global_step, self.check_every_n_steps or 1
