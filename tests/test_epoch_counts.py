@@ -51,3 +51,31 @@ def test_counted_held_and_restored_batches_add_up_and_an_epoch_starts_from_zero(
     counts.defer(*first)
     counts.reset_accuracy()
     assert counts.accuracy() is None and counts.correct() == 0
+
+
+def test_a_multi_rank_checkpoint_holds_the_ranks_mean_count_so_the_resumed_accuracy_is_exact(
+    compose_cfg, monkeypatch
+) -> None:
+    # Only rank 0 writes the checkpoint, and every rank restores it: it must hold both ranks' samples.
+    from types import SimpleNamespace
+
+    from agent_lightning.fit import build_module
+
+    other_rank = torch.tensor([50.0, 100.0], dtype=torch.float64)  # rank 1: 50 right of 100
+    monkeypatch.setattr(torch.distributed, "is_available", lambda: True)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "all_reduce", lambda totals: totals.add_(other_rank))
+    saving = build_module(compose_cfg())
+    saving._trainer = SimpleNamespace(world_size=2)  # as attached to a two-rank Trainer
+    saving._counts.count(torch.tensor(30), 100)  # rank 0: 30 right of 100
+    checkpoint: dict = {}
+    saving.on_save_checkpoint(checkpoint)
+    assert checkpoint["train_accuracy_count"] == {"correct": 40.0, "seen": 100}
+
+    accuracies = []
+    for right_after in (20, 40):  # each rank resumes, then counts 100 more samples
+        rank = build_module(compose_cfg())
+        rank.on_load_checkpoint(checkpoint)
+        rank._counts.count(torch.tensor(right_after), 100)
+        accuracies.append(float(rank._counts.accuracy()))
+    assert sum(accuracies) / 2 == pytest.approx((30 + 50 + 20 + 40) / 400)  # the epoch's logged mean
