@@ -92,7 +92,7 @@ def hydra_command(
                     exit_if_reported(err)  # inside the job: Hydra would add its own line before a raised error
                     raise
 
-        reported_job.check_job = check_job  # type: ignore[attr-defined]  # read by the grid sweeper
+        reported_job.check_job = check_job  # type: ignore[attr-defined]  # read by the sweepers (`sweep_jobs.py`)
         entry = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=config_name)(reported_job)
 
         @functools.wraps(job)

@@ -12,7 +12,6 @@ batch per Lightning step.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +23,7 @@ from agent_lightning import safe_load
 from agent_lightning.data.fitting import is_stream_config
 from agent_lightning.errors import ConfigError
 from agent_lightning.step import AUTO, check_batch_counts, step_options
-from agent_lightning.validation import available_devices, model_shapes
+from agent_lightning.validation import available_devices, parameter_count
 
 if TYPE_CHECKING:
     from lightning.pytorch import Callback
@@ -119,8 +118,7 @@ def _auto_steps(cfg: DictConfig, callbacks: Sequence[Callback], world: int) -> t
 def _steps_in_group_seconds(cfg: DictConfig, world: int) -> tuple[int, str]:
     # How many of this model's steps take about GROUP_SECONDS on one rank, and the estimate in words. The ranks
     # share the work of a step: data-parallel ranks split the (global) batch, tensor-parallel ones the layers.
-    parameters = sum(math.prod(shape) for shape in model_shapes(cfg).values())
-    flops = 6 * parameters * int(cfg.data.batch_size) / world
+    flops = 6 * parameter_count(cfg) * int(cfg.data.batch_size) / world
     kind, _ = available_devices(str(cfg.trainer.accelerator))
     if kind == "cuda":
         seconds, where = flops / CUDA_FLOPS, "a GPU"

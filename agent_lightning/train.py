@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -34,7 +33,13 @@ from agent_lightning.runs.report import config_tree, hydra_choices, run_contents
 from agent_lightning.runs.threads import cpu_threads
 from agent_lightning.step import check_step_options
 from agent_lightning.step_groups import check_resume_grouping
-from agent_lightning.validation import available_devices, launched_externally, resolve_devices, validate
+from agent_lightning.validation import (
+    available_devices,
+    launched_externally,
+    parameter_count,
+    resolve_devices,
+    validate,
+)
 
 if TYPE_CHECKING:
     from lightning.pytorch.callbacks import Callback
@@ -60,9 +65,9 @@ def resolve_auto_strategy(cfg: DictConfig) -> None:
         device_bytes = torch.cuda.get_device_properties(0).total_memory
     else:  # CPU ranks share the host's memory
         device_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // devices
-    with torch.device("meta"):  # count parameters without allocating them
-        num_params = sum(p.numel() for p in hydra.utils.instantiate(cfg.model).parameters())
-    name, reason = choose_strategy(num_params, devices, cfg.num_nodes, device_bytes, cfg.strategy.memory_fraction)
+    name, reason = choose_strategy(
+        parameter_count(cfg), devices, cfg.num_nodes, device_bytes, cfg.strategy.memory_fraction
+    )
     chosen = OmegaConf.load(config_dir() / "strategy" / f"{name}.yaml")
     if name == "model_parallel":
         chosen.tensor_parallel = devices

@@ -341,6 +341,12 @@ def check_output_dir(cfg: DictConfig) -> None:
         ) from None
 
 
+def parameter_count(cfg: DictConfig) -> int:
+    """The configured model's number of parameters (built on the meta device: no memory)."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in hydra.utils.instantiate(cfg.model).parameters())
+
+
 def model_shapes(cfg: DictConfig) -> dict[str, tuple[int, ...]]:
     """Every tensor's shape in the configured model (built on the meta device: no memory)."""
     with torch.device("meta"):

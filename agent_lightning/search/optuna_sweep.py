@@ -144,7 +144,7 @@ class OptunaSearch(Sweeper):
         """Keep the config and build the launcher that runs each trial as a job."""
         self.config = config
         self.hydra_context = hydra_context
-        self.check_job = JobChecker.for_sweep(hydra_context, task_function, config)
+        self.job_checker = JobChecker.for_sweep(hydra_context, task_function, config)
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=CatchExit(task_function), config=config
         )
@@ -222,8 +222,8 @@ class OptunaSearch(Sweeper):
     def _sweep(self, arguments: list[str]) -> None:
         space, fixed = parse_space(self.params, arguments)
         self._check_settings()
-        check_space(space, fixed, self.check_job)
-        check_enqueued(self.enqueue_trials, space, fixed, self.check_job)
+        check_space(space, fixed, self.job_checker)
+        check_enqueued(self.enqueue_trials, space, fixed, self.job_checker)
         study, spec, storage = self._study()
         stale = fail_stale_trials(study)
         if stale:
@@ -297,7 +297,7 @@ class OptunaSearch(Sweeper):
         # A value naming a missing config (e.g. optimizer=adamx) fails inside the launcher, for the
         # whole batch: compose each trial's config here first, and fail only that trial.
         try:
-            self.check_job.composing_only()(overrides)
+            self.job_checker.composing_only()(overrides)
         except JobRefusedError as refused:
             return refused.line
         except Exception as err:

@@ -102,7 +102,7 @@ class RayTuneSearch(Sweeper):
         self.config = config
         checker = JobChecker.for_sweep(hydra_context, task_function, config)
         # Trials on a Ray cluster run on its nodes: there they check their own config.
-        self.check_job = checker.composing_only() if self.address else checker
+        self.job_checker = checker.composing_only() if self.address else checker
         self.sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
 
     def sweep(self, arguments: list[str]) -> None:
@@ -131,7 +131,7 @@ class RayTuneSearch(Sweeper):
         import ray
 
         space, fixed = parse_space(self.params, arguments)
-        check_space(space, fixed, self.check_job)
+        check_space(space, fixed, self.job_checker)
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         if self.address:  # a cluster's nodes must have this project installed
             ray.init(address=self.address, ignore_reinit_error=True)

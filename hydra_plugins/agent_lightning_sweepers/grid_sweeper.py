@@ -28,7 +28,8 @@ class GridSweeper(BasicSweeper):
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         """Keep the command's own check of one job's config, if it has one."""
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
-        self.check_job = JobChecker.for_sweep(hydra_context, task_function, config)
+        self.job_checker = JobChecker.for_sweep(hydra_context, task_function, config)
+        self._composed = False  # every job composed (and checked) by `_check_jobs`
 
     def sweep(self, arguments: list[str]) -> Any:
         """Check every swept key has at least one value and every job's config, then sweep the grid as usual."""
@@ -44,14 +45,14 @@ class GridSweeper(BasicSweeper):
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         """Hydra composes each batch's jobs before launching them: here every job was composed and checked already."""
-        if not getattr(self, "_composed", False):
+        if not self._composed:
             super().validate_batch_is_legal(batch)
 
     def _check_jobs(self, overrides: list[Override]) -> None:
         jobs = [job for batch in self.split_arguments(overrides, None) for job in batch]
         for number, job in enumerate(jobs):
             try:
-                self.check_job(job)
+                self.job_checker(job)
             except JobRefusedError as refused:
                 log.error("grid job %d of %d (%s): %s; no job was started", number, len(jobs), " ".join(job), refused)
                 sys.exit(2)
