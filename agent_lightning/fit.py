@@ -111,8 +111,8 @@ def fit_and_test(cfg: DictConfig, devices: int, world: int, extra_callbacks: Seq
     steps = resolve_steps_per_execution(cfg, callbacks, world)  # before the module and the loaders see it
     module = build_module(cfg)
     datamodule.group_batches(steps)
-    load_initial_weights(module.model, cfg)  # `init_from`, then the data's statistics (they win where it has them)
-    apply_data_statistics(module.model, datamodule)  # before any strategy wraps or shards the model
+    from_saved_weights = load_initial_weights(module.model, cfg)  # `init_from`: weights and their statistics
+    apply_data_statistics(module.model, datamodule, from_saved_weights)  # before any strategy wraps or shards it
     trainer = build_trainer(cfg, devices, world, callbacks)
     has_test_split = adapt_to_splits(trainer, datamodule)
     try:  # a checkpoint is read without running code from it (its contents were checked by `validate`)

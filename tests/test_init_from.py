@@ -74,9 +74,8 @@ def test_init_from_starts_at_epoch_0_from_the_old_weights_with_a_fresh_optimizer
     train(cfg, extra_callbacks=[first])
     assert first.seen["epoch"] == 0 and first.seen["step"] == 0 and first.seen["optimizer_state"] == 0
 
-    old = load_agent(yesterday["ckpt"])
+    old = load_agent(yesterday["ckpt"])  # with its own statistics, which data.normalize=auto keeps
     today = hydra.utils.instantiate(cfg.data)
-    apply_data_statistics(old, today)  # today's data has statistics of its own: they win (documented)
     features, labels = first.seen["batch"]
     with torch.no_grad():
         expected = float(F.cross_entropy(old(features), labels))
@@ -88,18 +87,24 @@ def test_init_from_starts_at_epoch_0_from_the_old_weights_with_a_fresh_optimizer
 
     saved = torch.load(tmp_path / "r" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert saved["epoch"] == 0 and saved["global_step"] == 10  # one fresh epoch of 2,400 rows: 10 steps, not 20
-    assert torch.allclose(saved["state_dict"]["model.normalizer.mean"], today.statistics()[0])
+    assert torch.equal(saved["state_dict"]["model.normalizer.mean"], old.normalizer.mean)
 
 
-def test_without_data_statistics_the_checkpoints_normalisation_is_kept(yesterday) -> None:
+@pytest.mark.parametrize("normalize", ["auto", "none", "standard"])
+def test_the_checkpoints_statistics_are_kept_unless_standard_asks_for_the_datas(yesterday, normalize: str) -> None:
     cfg = compose_config(
-        [*QUICK, f"data.path={yesterday['day2']}", "data.normalize=none", f"init_from={yesterday['ckpt']}"]
+        [*QUICK, f"data.path={yesterday['day2']}", f"data.normalize={normalize}", f"init_from={yesterday['ckpt']}"]
     )
     module = build_module(cfg)
-    load_initial_weights(module.model, cfg)
-    apply_data_statistics(module.model, hydra.utils.instantiate(cfg.data))
+    today = hydra.utils.instantiate(cfg.data)
+    apply_data_statistics(module.model, today, from_saved_weights=load_initial_weights(module.model, cfg))
     saved = model_state(torch.load(yesterday["ckpt"], map_location="cpu", weights_only=True))
-    assert torch.equal(module.model.normalizer.mean, saved["normalizer.mean"]) and module.model.normalizer.active
+    expected = today.dataset.statistics()[0] if normalize == "standard" else saved["normalizer.mean"]
+    assert not torch.equal(saved["normalizer.mean"], today.dataset.statistics()[0])  # the days' raw scales differ
+    assert torch.equal(module.model.normalizer.mean, expected) and module.model.normalizer.active
+    fresh = build_module(cfg)  # without init_from, auto and standard take the data's statistics
+    apply_data_statistics(fresh.model, today)
+    assert fresh.model.normalizer.active is (normalize != "none")
 
 
 def test_an_export_and_a_sharded_directory_give_the_same_weights(yesterday, tmp_path: Path) -> None:

@@ -11,12 +11,22 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 log = logging.getLogger("agent_lightning")
 
 
-def apply_data_statistics(model: Any, datamodule: pl.LightningDataModule) -> None:
-    """Give the model's observation normaliser the train split's statistics, where the data has them."""
+def apply_data_statistics(model: Any, datamodule: pl.LightningDataModule, from_saved_weights: bool = False) -> None:
+    """Give the model's observation normaliser the train split's statistics, where the data has them.
+
+    Saved weights (`init_from`) keep their own statistics under `data.normalize=auto`: the model first
+    computes what it did, as the weights were learnt on observations standardised that way. New statistics
+    would move every input under them wherever today's data drifted. `data.normalize=standard` refits them.
+    """
     statistics = getattr(datamodule, "statistics", None)
     found = statistics() if callable(statistics) else None
-    if found is not None and hasattr(model, "normalizer"):
-        model.normalizer.set_statistics(*found)
+    if found is None or not hasattr(model, "normalizer"):
+        return
+    if from_saved_weights:
+        if getattr(datamodule, "normalize", "auto") == "auto":
+            return
+        log.info("data.normalize=standard: observations are standardised with this data's statistics, not init_from's")
+    model.normalizer.set_statistics(*found)
 
 
 def adapt_to_splits(trainer: pl.Trainer, datamodule: pl.LightningDataModule) -> bool:

@@ -12,23 +12,26 @@ from agent_lightning.data.prepared import BlockBatchLoader, PreparedDataset
 from agent_lightning.data.replay import ReplayMixLoader, check_fraction, check_replay_matches, replay_rows
 from agent_lightning.errors import ConfigError
 
-NORMALIZE = ("standard", "none")
+# auto: the train split's statistics, but a run started from `init_from` keeps the weights' own;
+# standard: the train split's, always; none: raw observations.
+NORMALIZE = ("auto", "standard", "none")
 
 
 class PreparedDataModule(RankBatchesDataModule):
     """Serves train/val/test batches of a prepared dataset, memory-mapped, each rank its own part.
 
-    `batch_size` is the global batch, split across the data-parallel ranks. `normalize=standard`
-    standardises observations with the train split's statistics, inside the model (see
-    `statistics`). `verify=True` checks every shard's SHA-256 before training. `replay={path, fraction}`
-    mixes that fraction of every training batch from an older dataset's train split (see `data.replay`).
+    `batch_size` is the global batch, split across the data-parallel ranks. `normalize=auto|standard`
+    standardises observations with the train split's statistics, inside the model (see `statistics`;
+    under `auto` a model started from `init_from` keeps its own). `verify=True` checks every shard's
+    SHA-256 before training. `replay={path, fraction}` mixes that fraction of every training batch from
+    an older dataset's train split (see `data.replay`).
     """
 
     def __init__(
         self,
         path: str,
         batch_size: int = 512,
-        normalize: str = "standard",
+        normalize: str = "auto",
         verify: bool = False,
         shuffle: bool = True,
         block_rows: int = 8192,
@@ -65,8 +68,8 @@ class PreparedDataModule(RankBatchesDataModule):
         return self.dataset.rows(split)
 
     def statistics(self) -> tuple[Tensor, Tensor] | None:
-        """(mean, std) the model should standardise observations with, or None for `normalize=none`."""
-        return self.dataset.statistics() if self.normalize == "standard" else None
+        """The train split's (mean, std) to standardise observations with, or None for `normalize=none`."""
+        return None if self.normalize == "none" else self.dataset.statistics()
 
     def _loader(self, split: str, train: bool) -> BlockBatchLoader | ReplayMixLoader:
         if not train or self.replay_dataset is None:

@@ -224,7 +224,7 @@ class StreamDataModule(RankBatchesDataModule):
         val_rows: int = 8192,
         val_every_steps: int = 100,
         poll_seconds: float = 1.0,
-        normalize: str = "standard",
+        normalize: str = "auto",
         seed: int = 0,
         augmentations: Sequence[Augmentation] = (),
     ) -> None:
@@ -339,7 +339,7 @@ class StreamDataModule(RankBatchesDataModule):
 
     def statistics(self) -> tuple[Tensor, Tensor] | None:
         """The first part's train statistics for the whole run (or None for `normalize=none`)."""
-        if self.normalize != "standard":
+        if self.normalize == "none":
             return None
         stats = self.first["statistics"]
         return torch.tensor(stats["mean"], dtype=torch.float32), torch.tensor(stats["std"], dtype=torch.float32)

@@ -96,8 +96,8 @@ def check_stream_options(options: Mapping[str, Any]) -> None:
     from agent_lightning.data.replay import check_fraction  # imports torch, which a producer does not need
 
     check_fraction((options.get("replay") or {}).get("fraction", 0.0))
-    if options.get("normalize") not in ("standard", "none"):
-        raise ConfigError(f"data.normalize={options.get('normalize')!r} is not one of standard, none")
+    if options.get("normalize") not in ("auto", "standard", "none"):
+        raise ConfigError(f"data.normalize={options.get('normalize')!r} is not one of auto, standard, none")
 
 
 def check_is_stream(directory: str | Path) -> None:

@@ -6,12 +6,11 @@ are loaded into the full model before any strategy wraps or shards it, so every 
 from the same file: a single-file checkpoint, a sharded (fsdp / model_parallel) directory, or a
 file written by `python -m agent_lightning.export`.
 
-Normalisation: the checkpoint's `normalizer.mean/std` are loaded with the weights; when the new
-data has statistics of its own (a prepared dataset with `data.normalize=standard`) they replace
-them, exactly as in a run from scratch on that data. The first layer was trained on standardised
-observations, and the new data's own statistics keep today's observations standardised even where
-their raw scale drifted. With data that has no statistics (`data=synthetic`, `data.normalize=none`)
-the checkpoint's are kept.
+Normalisation: the checkpoint's `normalizer.mean/std` are loaded with the weights and kept (under
+`data.normalize=auto`, the default, or `none`), so the model starts out computing what it did: its
+weights were learnt on observations standardised that way. `data.normalize=standard` replaces them
+with the new data's (e.g. where a sensor's units changed), as in a run from scratch on that data
+(`data.adapting.apply_data_statistics`).
 """
 
 from __future__ import annotations
@@ -82,17 +81,22 @@ def check_init_from(cfg: DictConfig) -> None:
     compare_layers(f"{KEY}={path}", _stored_shapes(path), model_shapes(cfg))
 
 
-def load_initial_weights(model: nn.Module, cfg: DictConfig) -> None:
-    """Copy `init_from`'s weights into `model` (before any strategy shards it); no-op without `init_from`."""
+def load_initial_weights(model: nn.Module, cfg: DictConfig) -> bool:
+    """Copy `init_from`'s weights and statistics into `model` (before any strategy shards it); whether it did."""
     value = cfg.get(KEY)
     if not value:
-        return
+        return False
     if cfg.get("ckpt_path"):
         # The command that started a run from init_from, plus ckpt_path (how a stopped or requeued run resumes):
         # the checkpoint holds the weights, which already started from init_from.
         log.info("%s=%s is not read: ckpt_path=%s resumes the run exactly", KEY, value, cfg.ckpt_path)
-        return
+        return False
     state = _read_weights(Path(str(value)))
     target = model.state_dict()
     model.load_state_dict({k: v.to(target[k].dtype) if k in target else v for k, v in state.items()})
-    log.info("%s=%s: weights loaded; optimizer, schedule, epochs and data position start fresh", KEY, value)
+    log.info(
+        "%s=%s: weights and observation statistics loaded; optimizer, schedule, epochs and data position start fresh",
+        KEY,
+        value,
+    )
+    return True
