@@ -85,8 +85,17 @@ def collect(
 
 def summary(manifest: dict[str, Any], output: str | Path) -> str:
     """The line `collect` prints: rows per split, the expert's and a random policy's mean returns."""
-    p = manifest["provenance"]
-    rows = ", ".join(f"{s} {manifest['splits'][s]['rows']:,}" for s in ("train", "val", "test"))
+    p, splits = manifest["provenance"], manifest["splits"]
+    rows = ", ".join(f"{s} {splits[s]['rows']:,}" for s in ("train", "val", "test"))
+    # Whole episodes go to a split by a hash of each: a few long episodes can leave an asked-for split empty.
+    asked = manifest.get("source", {})
+    empty = [s for s in ("val", "test") if asked.get(f"{s}_fraction", 0) > 0 and not splits[s]["rows"]]
+    if empty:
+        rows += (
+            f"; no {' or '.join(empty)} episode among {p['episodes']}"
+            + (": a run on it trains without validation and keeps its final weights" if "val" in empty else "")
+            + "; more steps give more episodes"
+        )
     return (
         f"wrote {output}: {p['steps']:,} steps in {p['episodes']} episodes ({rows}); expert {p['expert']} return "
         f"mean={p['expert_return_mean']:.2f} over {p['finished_episodes']} finished episodes, random policy "

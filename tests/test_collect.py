@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("gymnasium")
 
-from agent_lightning.collect import collect
+from agent_lightning.collect import collect, summary
 from agent_lightning.data.manifest import SPLITS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,6 +44,19 @@ def test_collect_splits_by_episode_and_takes_action_count_from_the_env(tmp_path)
     assert provenance["env"] == "MountainCar-v0" and provenance["expert"] == "mountaincar"
     assert provenance["expert_return_mean"] > -130 > -190 > provenance["random_return_mean"]
     assert manifest["group"] == "episode"
+
+
+def test_the_summary_says_when_whole_episodes_left_an_asked_for_split_empty() -> None:
+    manifest = {
+        "provenance": {"steps": 5000, "episodes": 10, "expert": "cartpole", "finished_episodes": 10},
+        "splits": {"train": {"rows": 4500}, "val": {"rows": 0}, "test": {"rows": 500}},
+        "source": {"val_fraction": 0.1, "test_fraction": 0.1},
+    }
+    manifest["provenance"] |= {"expert_return_mean": 500.0, "random_return_mean": 22.95}
+    line = summary(manifest, "data/cp")
+    assert "(train 4,500, val 0, test 500; no val episode among 10: a run on it trains without validation" in line
+    manifest["source"]["val_fraction"] = 0.0  # not asked for: nothing to say
+    assert "(train 4,500, val 0, test 500); expert cartpole" in summary(manifest, "data/cp")
 
 
 def test_collect_with_a_user_expert_from_the_command_line(tmp_path):
