@@ -1,4 +1,4 @@
-"""The training epoch's running counts: right predictions, samples, accumulated batches and the epoch's clock."""
+"""The training epoch's running counts: right predictions, loss, samples, accumulated batches and the clock."""
 
 from __future__ import annotations
 
@@ -23,10 +23,13 @@ class EpochCounts:
 
     __slots__ = (
         "_correct",
+        "_loss_sum",
         "_pending",
         "_pending_elements",
         "_started",
         "carried",
+        "carried_loss",
+        "loss_seen",
         "micro_batches",
         "samples",
         "seconds",
@@ -39,6 +42,9 @@ class EpochCounts:
         self._pending_elements = 0
         self.carried: float = 0  # right predictions restored from a checkpoint written mid-epoch (the ranks' mean)
         self.seen = 0  # samples behind the accuracy (restored ones included)
+        self._loss_sum: Tensor | None = None  # sum over this epoch's steps of loss x batch size, on the device
+        self.carried_loss = 0.0  # that sum restored from a checkpoint written mid-epoch (the ranks' mean)
+        self.loss_seen = 0  # samples behind the loss sum (restored ones included)
         self.samples = 0  # samples of this epoch's steps, for the throughput
         self.micro_batches = 0  # batches whose gradients are accumulated but not yet stepped
         self._started = time.perf_counter()
@@ -62,6 +68,18 @@ class EpochCounts:
         self.samples += len(targets)
         if self._pending_elements >= PENDING_ELEMENTS:
             self._count_pending()
+
+    def add_losses(self, losses: Tensor, sizes: list[int]) -> None:
+        """Add one Lightning step's batches: their detached mean losses (a 1-D tensor) and their sizes."""
+        # Summed in float32 whatever the losses' dtype (bf16-true): a bf16 sum would stop growing.
+        if len(sizes) == 1:
+            weighted = losses[0].float() * sizes[0]
+        elif min(sizes) == max(sizes):  # a group of full batches
+            weighted = losses.float().sum() * sizes[0]
+        else:  # e.g. the epoch's last, smaller batch
+            weighted = losses.float() @ torch.tensor(sizes, dtype=torch.float32, device=losses.device)
+        self._loss_sum = weighted if self._loss_sum is None else self._loss_sum.add_(weighted)
+        self.loss_seen += sum(sizes)
 
     def _count_pending(self) -> None:
         if not self._pending:
@@ -95,15 +113,30 @@ class EpochCounts:
             return torch.tensor(self.carried / self.seen)
         return (self._correct.float() + self.carried) / self.seen
 
-    def restore(self, correct: float, seen: int) -> None:
-        """Continue the accuracy of a checkpoint written mid-epoch."""
+    def loss_sum(self) -> float:
+        """The sum of loss x batch size so far (one host sync), restored steps included."""
+        return self.carried_loss + (float(self._loss_sum) if self._loss_sum is not None else 0.0)
+
+    def mean_loss(self) -> Tensor | None:
+        """The epoch's training loss so far, each sample weighted alike, as a device tensor (None before any)."""
+        if not self.loss_seen:
+            return None
+        if self._loss_sum is None:  # only restored steps
+            return torch.tensor(self.carried_loss / self.loss_seen)
+        return (self._loss_sum + self.carried_loss) / self.loss_seen
+
+    def restore(self, correct: float, seen: int, loss_sum: float | None = None) -> None:
+        """Continue the accuracy (and the loss, where the checkpoint holds it) of a checkpoint written mid-epoch."""
         self.reset_accuracy()
         self.carried, self.seen = correct, seen
+        if loss_sum is not None:  # a checkpoint without it: the epoch's loss is the mean of the steps after it
+            self.carried_loss, self.loss_seen = loss_sum, seen
 
     def reset_accuracy(self) -> None:
-        """Start the next epoch's accuracy."""
+        """Start the next epoch's accuracy and loss."""
         self._correct, self.carried, self.seen = None, 0, 0
         self._pending, self._pending_elements = [], 0
+        self._loss_sum, self.carried_loss, self.loss_seen = None, 0.0, 0
 
     def start_epoch(self) -> None:
         """Start the epoch's clock and sample count; no batch is pending."""

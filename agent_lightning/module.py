@@ -126,19 +126,20 @@ class AgentModule(pl.LightningModule):
         last_item = batch_idx + 1 >= self._batches_per_epoch
         loop = self.trainer.fit_loop.epoch_loop
         done = loop._batches_that_stepped  # the run's batches before this item: the loggers' step axis
-        loss, due, taken, losses = None, [], 0, []
+        loss, due, losses, sizes = None, [], [], []
         for index, (features, targets) in enumerate(group):
             if self._max_steps >= 0 and self.trainer.global_step >= self._max_steps:
                 break  # a group may hold more batches than the run has steps left
             loss = self._train_batch(features, targets, last_item and index + 1 == len(group))
-            taken += 1
             if self._captured is not None:
                 loss = loss.clone()  # a graph output buffer: the next step would overwrite it
             if (done + index + 1) % self._log_every == 0:
                 due.append((done + index, loss))
-            if grouped:
-                losses.append(loss.detach())
+            losses.append(loss.detach())
+            sizes.append(len(targets))
         assert loss is not None  # Lightning stops before an item once max_steps is reached
+        step_losses = torch.stack(losses) if grouped else loss.detach().reshape(1)
+        self._counts.add_losses(step_losses, sizes)  # the epoch's mean loss: one sum per item, no host sync
         if not grouped:
             # `self.log` costs about as much as this model's forward pass, so the step loss is logged
             # only on the batches the loggers write (Lightning's own count of them).
@@ -147,12 +148,12 @@ class AgentModule(pl.LightningModule):
             return loss
         # Lightning counts one step per item: count every batch, so that logged steps, `log_every_n_steps`
         # and a resumed run's count are the same as at one batch per item.
-        loop._batches_that_stepped += taken - 1
+        loop._batches_that_stepped += len(losses) - 1
         for step, value in due:  # the loss of each due batch, at its own step, to every logger (as Lightning would)
             self.trainer._logger_connector.log_metrics({"train/loss": value, "epoch": self.current_epoch}, step=step)
         if due:
             self.log("train/loss", due[-1][1], prog_bar=True, logger=False)  # the bar and callback_metrics
-        return {"loss": loss, "losses": torch.stack(losses)}  # each step's loss, for the guards
+        return {"loss": loss, "losses": step_losses}  # each step's loss, for the guards
 
     def _train_batch(self, features: Tensor, targets: Tensor, last_in_epoch: bool) -> Tensor:
         if self._captured is not None:
@@ -304,26 +305,27 @@ class AgentModule(pl.LightningModule):
             self._counts.stop_clock()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep the epoch's training-accuracy count and pending plateau value, so a resumed epoch continues."""
-        correct, seen = self._counts.correct(), self._counts.seen
+        """Keep the epoch's accuracy count, loss sum and pending plateau value, so a resumed epoch continues."""
+        counts = self._counts
+        correct, seen, loss_sum = counts.correct(), counts.seen, counts.loss_sum()
         world = self.trainer.world_size
         if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             # Every rank restores the one count the checkpoint holds: the ranks' mean. Each saw as many samples
-            # (a tensor-parallel group's ranks the same ones), so the resumed epoch's mean accuracy stays exact.
-            totals = torch.tensor([correct, seen], dtype=torch.float64, device=self.device)
+            # (a tensor-parallel group's ranks the same ones), so the resumed epoch's means stay exact.
+            totals = torch.tensor([correct, seen, loss_sum], dtype=torch.float64, device=self.device)
             torch.distributed.all_reduce(totals)
-            correct, seen = (totals / world).tolist()
-        checkpoint["train_accuracy_count"] = {"correct": correct, "seen": round(seen)}
+            correct, seen, loss_sum = (totals / world).tolist()
+        checkpoint["train_accuracy_count"] = {"correct": correct, "seen": round(seen), "loss_sum": loss_sum}
         # Written after a validation but before the epoch's end: the resumed epoch end still owes the
         # plateau schedule that validation's loss (Lightning does not restore logged metrics).
         watched = self._plateau_value() if self._validated else None
         checkpoint["pending_plateau_value"] = watched
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the epoch's training-accuracy count and the validation its end still owes the plateau schedule."""
+        """Restore the epoch's accuracy count and loss sum, and the validation its end owes the plateau schedule."""
         count = checkpoint.get("train_accuracy_count")
         if count and count["seen"]:
-            self._counts.restore(count["correct"], count["seen"])
+            self._counts.restore(count["correct"], count["seen"], count.get("loss_sum"))
         pending = checkpoint.get("pending_plateau_value")
         self._validated = pending is not None
         self._restored_plateau_value = pending
@@ -336,11 +338,14 @@ class AgentModule(pl.LightningModule):
         return rate * data_parallel_coords(self.trainer)[1] if rate else 0.0
 
     def on_train_epoch_end(self) -> None:
-        """Log the epoch's training accuracy (synced across ranks) and throughput."""
-        accuracy = self._counts.accuracy()
+        """Log the epoch's training accuracy and mean loss (synced across ranks) and throughput."""
+        accuracy, loss = self._counts.accuracy(), self._counts.mean_loss()
+        # Every data-parallel rank saw as many samples, so the mean of their means is exact.
         if accuracy is not None:
-            # Every data-parallel rank saw as many samples, so the mean of their accuracies is exact.
             self.log("train/acc", accuracy, sync_dist=True)
+        if loss is not None:  # Lightning's name for an epoch's aggregate of a step metric. Not in the progress
+            # bar: the epoch's validation line comes before the epoch's end and would show the previous epoch's.
+            self.log("train/loss_epoch", loss, sync_dist=True)
         self._counts.reset_accuracy()
         if self.samples_per_second:
             self.log("perf/samples_per_s", self.samples_per_second, sync_dist=True)

@@ -140,7 +140,7 @@ def _run_checked(cfg: DictConfig, devices: int, world: int) -> dict[str, Any]:
 
 
 def _summary(metrics: dict[str, Any]) -> str:
-    keys = ("train/loss", "val/acc", "val/acc_best", "test/acc", "data/reachable_acc", "perf/samples_per_s")
+    keys = ("train/loss_epoch", "val/acc", "val/acc_best", "test/acc", "data/reachable_acc", "perf/samples_per_s")
     return "  ".join(f"{k}={metrics[k]:.4g}" for k in keys if k in metrics)
 
 

@@ -53,7 +53,7 @@ def test_counted_held_and_restored_batches_add_up_and_an_epoch_starts_from_zero(
     assert counts.accuracy() is None and counts.correct() == 0
 
 
-def test_a_multi_rank_checkpoint_holds_the_ranks_mean_count_so_the_resumed_accuracy_is_exact(
+def test_a_multi_rank_checkpoint_holds_the_ranks_mean_counts_so_the_resumed_epoch_means_are_exact(
     compose_cfg, monkeypatch
 ) -> None:
     # Only rank 0 writes the checkpoint, and every rank restores it: it must hold both ranks' samples.
@@ -61,21 +61,38 @@ def test_a_multi_rank_checkpoint_holds_the_ranks_mean_count_so_the_resumed_accur
 
     from agent_lightning.fit import build_module
 
-    other_rank = torch.tensor([50.0, 100.0], dtype=torch.float64)  # rank 1: 50 right of 100
+    other_rank = torch.tensor([50.0, 100.0, 80.0], dtype=torch.float64)  # rank 1: 50 right of 100, mean loss 0.8
     monkeypatch.setattr(torch.distributed, "is_available", lambda: True)
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
     monkeypatch.setattr(torch.distributed, "all_reduce", lambda totals: totals.add_(other_rank))
     saving = build_module(compose_cfg())
     saving._trainer = SimpleNamespace(world_size=2)  # as attached to a two-rank Trainer
     saving._counts.count(torch.tensor(30), 100)  # rank 0: 30 right of 100
+    saving._counts.add_losses(torch.tensor([0.6, 0.4]), [50, 50])  # mean loss 0.5
     checkpoint: dict = {}
     saving.on_save_checkpoint(checkpoint)
-    assert checkpoint["train_accuracy_count"] == {"correct": 40.0, "seen": 100}
+    assert checkpoint["train_accuracy_count"] == pytest.approx({"correct": 40.0, "seen": 100, "loss_sum": 65.0})
 
-    accuracies = []
-    for right_after in (20, 40):  # each rank resumes, then counts 100 more samples
+    accuracies, losses = [], []
+    for right_after, loss_after in ((20, 0.2), (40, 0.3)):  # each rank resumes, then counts 100 more samples
         rank = build_module(compose_cfg())
         rank.on_load_checkpoint(checkpoint)
         rank._counts.count(torch.tensor(right_after), 100)
+        rank._counts.add_losses(torch.tensor([loss_after]), [100])
         accuracies.append(float(rank._counts.accuracy()))
-    assert sum(accuracies) / 2 == pytest.approx((30 + 50 + 20 + 40) / 400)  # the epoch's logged mean
+        losses.append(float(rank._counts.mean_loss()))
+    assert sum(accuracies) / 2 == pytest.approx((30 + 50 + 20 + 40) / 400)  # the epoch's logged means
+    assert sum(losses) / 2 == pytest.approx((50 + 80 + 20 + 30) / 400)
+
+
+def test_the_epoch_loss_weighs_every_sample_alike_and_an_old_checkpoint_restores_none() -> None:
+    counts = EpochCounts()
+    counts.add_losses(torch.tensor([1.0, 2.0], dtype=torch.bfloat16), [512, 512])  # a group of full batches
+    counts.add_losses(torch.tensor([3.0, 4.0]), [512, 256])  # a group ending with the epoch's smaller batch
+    counts.add_losses(torch.tensor([5.0]), [512])  # one batch per Lightning step
+    assert counts.loss_seen == 2304 and counts.mean_loss().dtype == torch.float32
+    assert float(counts.mean_loss()) == pytest.approx((512 * (1 + 2 + 3 + 5) + 256 * 4) / 2304)
+    counts.restore(correct=10, seen=100)  # a checkpoint from before the loss sum was kept
+    assert counts.mean_loss() is None
+    counts.add_losses(torch.tensor([0.5]), [512])
+    assert float(counts.mean_loss()) == pytest.approx(0.5)

@@ -316,3 +316,16 @@ def test_the_divergence_baseline_is_the_first_step_s_loss_of_the_first_group(com
     guard = DivergenceGuard(check_every_n_steps=50)
     train(compose_cfg(*QUIET), extra_callbacks=[guard])  # 16 steps in 2 groups
     assert len(guard.history) == 1 and guard.history[0] > 2.0  # the untrained model's loss (ln 10 = 2.3), at step 1
+
+
+def test_the_epoch_loss_is_the_mean_of_its_steps_losses(compose_cfg, tmp_path: Path) -> None:
+    # 5 batches of 256 in groups of 3 (3 + 2), every step logged; a smaller last batch: test_epoch_counts.py.
+    sizes = [256] * 5
+    options = ["data.train_size=1280", "trainer.steps_per_execution=3", "trainer.log_every_n_steps=1"]
+    train(compose_cfg(*options, "trainer.max_epochs=1", "logger=csv", "test=false", output_dir=tmp_path / "run"))
+    logged = _logged(tmp_path / "run")
+    steps = [float(value) for _, value in logged["train/loss"]]
+    assert len(steps) == len(sizes)
+    ((_, epoch_loss),) = logged["train/loss_epoch"]
+    weighted = sum(loss * rows for loss, rows in zip(steps, sizes, strict=True))
+    assert float(epoch_loss) == pytest.approx(weighted / sum(sizes), rel=1e-5)

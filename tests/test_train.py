@@ -25,9 +25,8 @@ def test_default_run_learns_far_above_chance(compose_cfg) -> None:
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert Path(metrics["best_model_path"]).parent == run_dir / "checkpoints"
     logged = (run_dir / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
-    assert {"train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "test/acc", "perf/samples_per_s"} <= set(
-        logged
-    )
+    epoch_metrics = {"train/loss_epoch", "train/acc", "val/loss", "val/acc", "val/acc_best", "test/acc"}
+    assert {"train/loss", "perf/samples_per_s", *epoch_metrics} <= set(logged)
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
@@ -63,10 +62,10 @@ def test_resume_mid_epoch_reaches_the_same_numbers(compose_cfg, tmp_path: Path) 
     resumed = train(compose_cfg(*common, f"ckpt_path={last}", output_dir=tmp_path / "cut"))
     for key in ("val/acc", "val/acc_best", "val/loss"):
         assert resumed[key] == pytest.approx(whole[key], abs=1e-6), key
-    # The interrupted epoch's training accuracy counts the batches from before the crash too.
-    assert _epoch_values(tmp_path / "cut", "train/acc")[1] == pytest.approx(
-        _epoch_values(tmp_path / "whole", "train/acc")[1], abs=1e-6
-    )
+    # The interrupted epoch's training accuracy and mean loss count the batches from before the crash too.
+    for key in ("train/acc", "train/loss_epoch"):
+        cut, whole_run = _epoch_values(tmp_path / "cut", key), _epoch_values(tmp_path / "whole", key)
+        assert cut[1] == pytest.approx(whole_run[1], abs=1e-6), key
     final_whole = _weights(tmp_path / "whole" / "checkpoints" / "last.ckpt")
     final_resumed = _weights(last)
     assert all(torch.allclose(final_whole[k], final_resumed[k], atol=1e-6) for k in final_whole)

@@ -223,7 +223,7 @@ def test_a_stop_on_an_epoch_s_last_step_waits_for_its_validation_and_end(compose
     validated = [r for r in _metrics_rows(tmp_path / "cut") if r.get("val/acc")]
     assert [r["epoch"] for r in validated] == ["0"]
     resumed = train(compose_cfg(*common, f"ckpt_path={last}", output_dir=tmp_path / "cut"))
-    for key in ("val/loss", "val/acc_best", "train/acc"):
+    for key in ("val/loss", "val/acc_best", "train/acc", "train/loss_epoch"):
         assert resumed[key] == pytest.approx(whole[key], abs=1e-6), key
     assert [r["epoch"] for r in _metrics_rows(tmp_path / "cut") if r.get("val/acc")] == ["0", "1"]
 
@@ -247,7 +247,7 @@ def test_a_crash_in_an_epoch_s_validation_resumes_to_the_uninterrupted_run(compo
     last = tmp_path / "cut" / "checkpoints" / "last.ckpt"
     assert _step(last) == 16  # epoch 0's end: the write due at step 32 waits for the validation and epoch end
     resumed = train(compose_cfg(*common, f"ckpt_path={last}", output_dir=tmp_path / "cut"))
-    for key in ("val/loss", "val/acc_best", "train/acc"):
+    for key in ("val/loss", "val/acc_best", "train/acc", "train/loss_epoch"):
         assert resumed[key] == pytest.approx(whole[key], abs=1e-6), key
     # last.ckpt comes after the last epoch's end, which halved the LR a second time.
     assert _schedule(tmp_path / "cut") == _schedule(tmp_path / "whole")
