@@ -323,7 +323,9 @@ def _write(
         rows = int(sum(s["rows"] for s in shards))
         splits[name] = {"rows": rows, "class_counts": per_class.tolist(), "shards": shards}
     bar.close()
-    if not splits["train"]["rows"]:
+    # Files given only as val / test make a held-out set to evaluate on (`evaluate ... split=test`), not to train on.
+    held_out_only = bool(sources) and all(fixed in ("val", "test") for _, fixed in sources)
+    if not splits["train"]["rows"] and not held_out_only:
         raise ConfigError("the train split is empty: lower val_fraction / test_fraction or give training rows")
     manifest = {
         "format": FORMAT,
@@ -360,10 +362,14 @@ def _summary(manifest: dict[str, Any], output: Path) -> str:
             f"classes; an online run follows it with: python -m agent_lightning.train data=stream "
             f"data.path={output.parent}"
         )
-    return (
-        f"wrote {output}: {rows} rows x {manifest['num_features']} features, {manifest['num_classes']} classes; "
-        f"train with: python -m agent_lightning.train data=dataset data.path={output}"
-    )
+    shape = f"{rows} rows x {manifest['num_features']} features, {manifest['num_classes']} classes"
+    if not manifest["splits"]["train"]["rows"]:
+        split = "test" if manifest["splits"]["test"]["rows"] else "val"
+        return (
+            f"wrote {output}: {shape}; a held-out set, score a checkpoint on it with: python -m "
+            f"agent_lightning.evaluate ckpt_path=<checkpoint> data=dataset data.path={output} split={split}"
+        )
+    return f"wrote {output}: {shape}; train with: python -m agent_lightning.train data=dataset data.path={output}"
 
 
 @hydra_command("prepare")

@@ -93,3 +93,20 @@ def test_a_dataset_that_does_not_fit_the_policy_is_named(setup) -> None:
         evaluate_dataset(wider, setup["data"])
     with pytest.raises(ConfigError, match=r"the val split is empty"):
         evaluate_dataset(setup["policy"], setup["data"], split="val")
+
+
+def test_a_held_out_file_prepared_alone_is_scored_and_refused_for_training(setup, tmp_path: Path) -> None:
+    from agent_lightning.data import PreparedDataModule
+
+    rng = np.random.default_rng(1)
+    x = (rng.normal(size=(300, 4)) * 3 + 2).astype(np.float32)
+    y = np.where(rng.random(300) < 0.2, 0, setup["policy"].act(x))  # the policy's actions, 20% relabelled
+    held = prepare({"test": (x, y)}, tmp_path / "held", progress_bar=False)
+    assert [held["splits"][s]["rows"] for s in ("train", "val", "test")] == [0, 0, 300]
+    result = evaluate_dataset(setup["policy"], tmp_path / "held", split="test")
+    expected = (setup["policy"].act(x) == y).mean()
+    assert result["accuracy"] == pytest.approx(expected) and expected < 1.0
+    with pytest.raises(ConfigError, match=r"the train split is empty \(a held-out set: score a checkpoint"):
+        PreparedDataModule(str(tmp_path / "held"))
+    with pytest.raises(ConfigError, match=r"leaves no training rows"):  # only files given per split hold none
+        prepare((x, y), tmp_path / "none", val_fraction=0.5, test_fraction=0.5, progress_bar=False)

@@ -48,7 +48,10 @@ class PreparedDataModule(RankBatchesDataModule):
         super().__init__(batch_size, dataset.num_classes, augmentations)
         self.dataset = dataset
         if not self.dataset.rows("train"):
-            raise ConfigError(f"data.path={path}: the train split is empty")
+            raise ConfigError(
+                f"data.path={path}: the train split is empty (a held-out set: score a checkpoint on it with "
+                f"python -m agent_lightning.evaluate ckpt_path=<checkpoint> data=dataset data.path={path})"
+            )
         self.normalize, self.shuffle = normalize, shuffle
         self.block_rows, self.drop_last, self.seed = block_rows, drop_last, seed
         replay = dict(replay or {})
