@@ -61,6 +61,15 @@ def _input(value: Any) -> bool:
     return path(value) or isinstance(value, Mapping | tuple)
 
 
+def _class_names(value: Any) -> bool:
+    if value is None:
+        return True
+    if not isinstance(value, list | tuple) or not value:
+        return False
+    names = [str(v) for v in value]
+    return all(isinstance(v, str | int) and str(v) for v in value) and len(set(names)) == len(names)
+
+
 def _features(value: Any) -> bool:
     if isinstance(value, list | tuple):
         return bool(value) and all(isinstance(v, str) and v for v in value)
@@ -79,6 +88,7 @@ RULES: tuple[Rule, ...] = (
     Rule("features", _features, "a column name or a list of them, e.g. features=[f0,f1] (or null: every column)"),
     Rule("features_key", name_or_none, "an array name (or null: detected)"),
     Rule("num_classes", whole(1, also=(None,)), "a whole number >= 1 (or null: from the labels)"),
+    Rule("class_names", _class_names, "a list of distinct names, e.g. class_names=[down,left,right,up] (or null)"),
     Rule("seed", SEED, SEED_VALID),
     Rule("shard_rows", whole(1), "a whole number of rows >= 1"),
     Rule("chunk_rows", whole(1), "a whole number of rows >= 1"),
@@ -113,6 +123,7 @@ def prepare(
     features: Sequence[str] | None = None,
     features_key: str | None = None,
     num_classes: int | None = None,
+    class_names: Sequence[str] | None = None,
     seed: int = 0,
     shard_rows: int = 131_072,
     chunk_rows: int = 65_536,
@@ -133,6 +144,9 @@ def prepare(
     val_fraction, test_fraction, seed = float(val_fraction), float(test_fraction), int(seed)
     shard_rows, chunk_rows, bucket_mb = int(shard_rows), int(chunk_rows), int(bucket_mb)
     num_classes = None if num_classes is None else int(num_classes)
+    class_names = [str(name) for name in class_names] if class_names else None
+    if class_names and num_classes is not None and num_classes != len(class_names):
+        raise ConfigError(f"num_classes={num_classes} but class_names names {len(class_names)}: give one of them")
     output = Path(output)
     if isinstance(features, str):  # `features=f0`: one column, not its letters
         features = [features]
@@ -177,7 +191,8 @@ def prepare(
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     try:
-        manifest = _write(sources, options, assigner, work, buckets, shard_rows, num_classes, seed, progress_bar)
+        encoder = LabelEncoder(num_classes, class_names)
+        manifest = _write(sources, options, assigner, work, buckets, shard_rows, encoder, seed, progress_bar)
         manifest["source"] = {
             "input": [str(s) if isinstance(s, Path) else "<arrays>" for s, _ in sources],
             "split": rule,
@@ -272,11 +287,10 @@ def _write(
     work: Path,
     buckets: int,
     shard_rows: int,
-    num_classes: int | None,
+    encoder: LabelEncoder,
     seed: int,
     progress_bar: bool,
 ) -> dict[str, Any]:
-    encoder = LabelEncoder(num_classes)
     spill: BucketSpill | None = None
     width: int | None = None
     feature_names: list[str] | None = None

@@ -162,3 +162,27 @@ def test_the_stop_message_command_resumes_a_run_started_from_init_from(yesterday
     before = {k: v.clone() for k, v in module.model.state_dict().items()}
     load_initial_weights(module.model, cfg)
     assert all(torch.equal(v, before[k]) for k, v in module.model.state_dict().items())
+
+
+def test_data_that_numbers_its_classes_otherwise_is_refused_naming_the_fix(yesterday, tmp_path: Path) -> None:
+    from agent_lightning.runs.class_names import saved_class_names
+
+    assert saved_class_names(yesterday["ckpt"]) == [str(c) for c in range(6)]  # recorded from the training data
+    x, y = _day(600, 9000, 5.0)
+    names = np.array(["a", "b", "c", "d", "e", "f"])
+    prepare((x[y > 0], names[y[y > 0]]), tmp_path / "lacks_a", progress_bar=False)  # b..f numbered 0..4
+    prepare((x, names[y]), tmp_path / "named", progress_bar=False)  # six classes, but named, not numbered
+    for data, now in (("lacks_a", "b, c, d, e, f"), ("named", "a, b, c, d, e, f")):
+        for key in ("init_from", "ckpt_path"):
+            cfg = compose_config([*QUICK, f"data.path={tmp_path / data}", f"{key}={yesterday['ckpt']}"])
+            refused = rf"{key}=.* was trained on classes \[0, 1, 2, 3, 4, 5\] but data.path=.* numbers its classes "
+            with pytest.raises(ConfigError, match=refused + rf"\[{now}\]: prepare it with class_names=\[0,1,2,3,4,5\]"):
+                validate(cfg)
+    from agent_lightning.config import compose_raw
+    from agent_lightning.evaluate import evaluate_on_dataset
+
+    scored = [f"ckpt_path={yesterday['ckpt']}", "data=dataset", f"data.path={tmp_path / 'named'}"]
+    scoring = compose_raw("evaluate", scored)
+    with pytest.raises(ConfigError, match=r"ckpt_path=.* was trained on classes \[0, 1, 2, 3, 4, 5\] but data.path="):
+        evaluate_on_dataset(scoring, tmp_path / "scored")
+    assert not (tmp_path / "scored").exists()

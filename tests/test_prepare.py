@@ -367,3 +367,19 @@ def test_a_single_feature_column_may_be_named_without_a_list(tmp_path: Path) -> 
     _table(rows=40).to_csv(tmp_path / "in.csv", index=False)
     manifest = prepare(tmp_path / "in.csv", tmp_path / "out", features="f3", progress_bar=False)
     assert manifest["num_features"] == 1 and manifest["feature_names"] == ["f3"]
+
+
+def test_class_names_number_data_prepared_apart_as_the_training_data(tmp_path: Path) -> None:
+    x = np.random.default_rng(0).normal(size=(6, 3)).astype(np.float32)
+    moves = np.array(["up", "left", "up", "right", "left", "up"])  # no "down"
+    order = ["down", "left", "right", "up"]
+    manifest = prepare(
+        (x, moves), tmp_path / "named", class_names=order, val_fraction=0, test_fraction=0, progress_bar=False
+    )
+    assert manifest["class_names"] == order and manifest["num_classes"] == 4
+    labels = np.load(tmp_path / "named" / manifest["splits"]["train"]["shards"][0]["files"]["y"]["file"])
+    assert sorted(labels.tolist()) == sorted(order.index(m) for m in moves)
+    with pytest.raises(ConfigError, match=r"row 3: label 'right' is not one of class_names=\['down', 'left'\]"):
+        prepare((x, moves), tmp_path / "short", class_names=["down", "left"], progress_bar=False)
+    with pytest.raises(ConfigError, match=r"num_classes=3 but class_names names 4"):
+        prepare((x, moves), tmp_path / "both", class_names=order, num_classes=3, progress_bar=False)

@@ -53,6 +53,11 @@ class RankBatchesDataModule(pl.LightningDataModule):
         return None
 
     @property
+    def class_names(self) -> list[str] | None:
+        """The data's classes in the order of their indices, where it names them (None: not named)."""
+        return None
+
+    @property
     def data_parallel_rank(self) -> int:
         """The place of this process among the data-parallel ranks (0 until `setup`)."""
         return self._rank

@@ -66,6 +66,11 @@ class PreparedDataModule(RankBatchesDataModule):
         """The manifest's checksum of the dataset's shards."""
         return self.dataset.fingerprint or None
 
+    @property
+    def class_names(self) -> list[str] | None:
+        """The manifest's classes, in the order of their indices."""
+        return list(self.dataset.class_names) or None
+
     def split_rows(self, split: str) -> int:
         """Rows of a split (0 when the dataset has none)."""
         return self.dataset.rows(split)

@@ -333,6 +333,11 @@ class StreamDataModule(RankBatchesDataModule):
         self.see(agree(self.look_now))
         self.move_head(max(self.head, 1))
 
+    @property
+    def class_names(self) -> list[str] | None:
+        """The first part's classes (every part names them alike), in the order of their indices."""
+        return list(self.first.get("class_names") or []) or None
+
     def split_rows(self, split: str) -> int:
         """Rows of a split in the first part: whether the stream has that split at all (all ranks decide alike)."""
         return int(self.first["splits"][split]["rows"])

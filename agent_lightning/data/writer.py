@@ -38,10 +38,16 @@ def check_features(chunk: Chunk, width: int | None) -> int:
 
 
 class LabelEncoder:
-    """Labels to class indices: whole numbers >= 0 kept; names (strings) numbered in sorted order at the end."""
+    """Labels to class indices: whole numbers >= 0 kept; names (strings) numbered in sorted order at the end.
 
-    def __init__(self, num_classes: int | None = None) -> None:
-        self.num_classes = num_classes
+    `class_names` fixes the classes and their order instead: names are numbered by that list (so data
+    prepared apart, e.g. a held-out file that lacks a class, numbers them as the training data does), and
+    whole-number labels get those names.
+    """
+
+    def __init__(self, num_classes: int | None = None, class_names: list[str] | None = None) -> None:
+        self.fixed = list(class_names) if class_names else None
+        self.num_classes = len(self.fixed) if self.fixed else num_classes
         self.names: dict[str, int] = {}  # name -> order of first appearance
         self.numeric: bool | None = None
         self.max_label = -1
@@ -55,7 +61,7 @@ class LabelEncoder:
         elif self.numeric != numeric:
             raise ConfigError(f"input file {chunk.source}: labels mix numbers and names")
         if not numeric:
-            return self._encode_names(labels.astype(str))
+            return self._encode_names(labels.astype(str), chunk)
         bad = ~np.isfinite(labels) if labels.dtype.kind == "f" else np.zeros(len(labels), dtype=bool)
         if labels.dtype.kind == "f":
             bad |= np.where(bad, False, labels != np.round(np.nan_to_num(labels)))
@@ -78,14 +84,25 @@ class LabelEncoder:
             self.max_label = max(self.max_label, int(codes.max()))
         return codes
 
-    def _encode_names(self, names: np.ndarray) -> np.ndarray:
+    def _encode_names(self, names: np.ndarray, chunk: Chunk) -> np.ndarray:
         uniques, inverse = np.unique(names, return_inverse=True)
+        if self.fixed is not None:
+            unknown = [str(u) for u in uniques if u not in self.fixed]
+            if unknown:
+                row = int(np.flatnonzero(names == unknown[0])[0])
+                raise ConfigError(
+                    f"input file {chunk.source}, row {chunk.first_row + row}: label {unknown[0]!r} is not one of "
+                    f"class_names={self.fixed}"
+                )
+            return np.asarray([self.fixed.index(str(u)) for u in uniques], dtype=np.int64)[inverse]
         for name in uniques:
             self.names.setdefault(str(name), len(self.names))
         return np.asarray([self.names[str(u)] for u in uniques], dtype=np.int64)[inverse]
 
     def finish(self) -> tuple[np.ndarray | None, list[str]]:
         """(remap from first-appearance codes to final indices or None, class names)."""
+        if self.fixed is not None:
+            return None, self.fixed  # names were numbered by the list itself
         if self.numeric is False:
             ordered = sorted(self.names)
             remap = np.empty(len(ordered), dtype=np.int64)
