@@ -83,6 +83,10 @@ def test_search_completes_prunes_the_hopeless_trial_and_reports_the_best(tmp_pat
     assert set(results.best_params) == {"optimizer", "optimizer.lr", "model.hidden_dim", "model.dropout"}
     assert results.best_value > 0.5
     assert "Best trial" in output and str(results.best_value)[:6] in output
+    # Where the best trial's checkpoints and metrics are (its job directory), in the summary and the table.
+    best_run = Path(results.best_run_dir)
+    assert best_run == sweep / str(results.best_trial) and (best_run / "summary.json").is_file()
+    assert trials[0].split(",")[-2:] == ["run_dir", "error"] and str(best_run) in trials[results.best_trial + 1]
     assert (sweep / "optimization_history.png").stat().st_size > 1000
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1", "2", "3"]
 

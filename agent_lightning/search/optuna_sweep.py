@@ -51,7 +51,7 @@ from agent_lightning.search.storage import (
     fail_stale_trials,
     open_storage,
 )
-from agent_lightning.search.summary import write_summary
+from agent_lightning.search.summary import RUN_DIR_ATTR, write_summary
 from agent_lightning.sweep_jobs import JobChecker, JobRefusedError
 
 log = logging.getLogger(__name__)
@@ -321,7 +321,11 @@ class OptunaSearch(Sweeper):
 
     def _tell(self, study: optuna.Study, trial: optuna.trial.Trial, future: Future, failures: int) -> int:
         try:
-            value = future.result().return_value
+            job = future.result()
+            run_dir = OmegaConf.select(job.hydra_cfg, "hydra.runtime.output_dir") if job.hydra_cfg else None
+            if run_dir:  # where its checkpoints and metrics are, for the summary's best trial
+                trial.set_user_attr(RUN_DIR_ATTR, str(run_dir))
+            value = job.return_value
         except Exception as err:  # a failed job fails its trial, not the whole search
             return self._fail(study, trial, str(err) or type(err).__name__, failures)
         if isinstance(value, Pruned):
