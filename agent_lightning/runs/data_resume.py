@@ -123,7 +123,8 @@ class DataAwareResume(pl.Callback):
             # Lightning counted groups of `steps_per_execution` batches (the last group of an epoch may hold fewer).
             grouped = ((checkpoint.get("hyper_parameters") or {}).get("step") or {}).get("steps_per_execution", 1)
             batches = restarted[1] * int(grouped)
-            where = f"epoch {restarted[0]} starts again from its first batch (it had run about {batches} batches)"
+            ran = f"{batches} batch" if batches == 1 else f"{batches} batches"
+            where = f"epoch {restarted[0]} starts again from its first batch (it had run about {ran})"
         else:
             where = "the next epoch starts as usual"
         log.warning("resuming with %s: %s", changed, where)
