@@ -28,7 +28,7 @@ from agent_lightning.parallel.degrees import choose_strategy, cpu_processes_per_
 from agent_lightning.runs.environment import environment_restored
 from agent_lightning.runs.identity import check_name_override, check_trackers_installed
 from agent_lightning.runs.in_place import discard_resume_record, in_place_arguments, resolve_latest
-from agent_lightning.runs.lock import refuse_busy_run_dir, run_directory_lock
+from agent_lightning.runs.lock import refuse_taken_run_dir, run_directory_lock
 from agent_lightning.runs.report import config_tree, hydra_choices, run_contents, saved_config_dir
 from agent_lightning.runs.threads import cpu_threads
 from agent_lightning.step import check_step_options
@@ -195,7 +195,7 @@ def main() -> None:
     try:
         check_name_override(sys.argv)  # before Hydra makes outputs/<name>/ of a name the run refuses
         sys.argv = in_place_arguments(sys.argv)
-        refuse_busy_run_dir(sys.argv)  # before Hydra writes .hydra/ and train.log into a directory in use
+        refuse_taken_run_dir(sys.argv)  # before Hydra writes .hydra/ and train.log into another run's directory
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)

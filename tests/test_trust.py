@@ -330,6 +330,13 @@ def test_a_second_run_on_the_same_directory_is_refused(compose_cfg, tmp_path: Pa
         holder.kill()
         holder.wait()
     assert train(compose_cfg("trainer.max_steps=2", "test=false", output_dir=run_dir))["run_dir"]  # free again
+    # Now it holds a run: a new one from the command line would replace its checkpoints; refused, nothing written.
+    before = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*"))
+    refused = run_cli(f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert f"hydra.run.dir={run_dir} holds a run ({last}): continue it with ckpt_path={last}" in refused.stderr
+    assert sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*")) == before
 
 
 def test_stale_writes_are_cleaned_and_a_directory_swap_keeps_the_old_one_until_the_new_is_there(tmp_path: Path) -> None:

@@ -20,13 +20,28 @@ def global_rank() -> int:
     return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
 
 
-def refuse_busy_run_dir(argv: Sequence[str]) -> None:
-    """Refuse (ConfigError) a `hydra.run.dir=` another run holds, before Hydra writes its config and log there."""
+def refuse_taken_run_dir(argv: Sequence[str]) -> None:
+    """Refuse (ConfigError) a `hydra.run.dir=` that another run holds, or that holds a run's checkpoints.
+
+    Checked before Hydra writes its config and log there. A new run in a finished run's directory would
+    replace its `last.ckpt`, config and metrics; `ckpt_path=` continues it instead (a resume in place).
+    """
     chosen = [arg.split("=", 1)[1].strip("'\"") for arg in argv if arg.lstrip("+").startswith("hydra.run.dir=")]
-    if not chosen or not (Path(chosen[-1]) / LOCK_FILE).is_file():
+    if not chosen:
         return
-    with run_directory_lock(chosen[-1]):  # taken and given back at once: the run takes it again when it starts
-        pass
+    directory = Path(chosen[-1])
+    if (directory / LOCK_FILE).is_file():
+        with run_directory_lock(directory):  # taken and given back at once: the run takes it again when it starts
+            pass
+    resumes = any(arg.lstrip("+").startswith("ckpt_path=") and arg.split("=", 1)[1] not in ("", "null") for arg in argv)
+    saved = sorted((directory / "checkpoints").glob("*.ckpt")) if (directory / "checkpoints").is_dir() else []
+    if saved and not resumes:
+        last = directory / "checkpoints" / "last.ckpt"
+        named = last if last in saved else saved[-1]
+        raise ConfigError(
+            f"hydra.run.dir={directory} holds a run ({named}): continue it with ckpt_path={named}, or choose "
+            "another hydra.run.dir (a new run there would replace its checkpoints and metrics)"
+        )
 
 
 @contextmanager
