@@ -48,7 +48,15 @@ from agent_lightning.data.stream_dir import (
     stream_num_classes,
     write_end,
 )
-from agent_lightning.data.writer import BucketSpill, LabelEncoder, RunningStats, ShardWriter, check_features
+from agent_lightning.data.writer import (
+    MAX_CLASSES,
+    BucketSpill,
+    LabelEncoder,
+    RunningStats,
+    ShardWriter,
+    aligned_features,
+    check_features,
+)
 from agent_lightning.errors import ConfigError
 
 log = logging.getLogger("agent_lightning.prepare")
@@ -87,7 +95,11 @@ RULES: tuple[Rule, ...] = (
     Rule("split_column", name_or_none, "a column or array name"),
     Rule("features", _features, "a column name or a list of them, e.g. features=[f0,f1] (or null: every column)"),
     Rule("features_key", name_or_none, "an array name (or null: detected)"),
-    Rule("num_classes", whole(1, also=(None,)), "a whole number >= 1 (or null: from the labels)"),
+    Rule(
+        "num_classes",
+        whole(1, MAX_CLASSES + 1, also=(None,)),
+        f"a whole number in [1, {MAX_CLASSES}] (or null: from the labels)",
+    ),
     Rule("class_names", _class_names, "a list of distinct names, e.g. class_names=[down,left,right,up] (or null)"),
     Rule("seed", SEED, SEED_VALID),
     Rule("shard_rows", whole(1), "a whole number of rows >= 1"),
@@ -301,12 +313,13 @@ def _write(
             for chunk in read_chunks(source, options):
                 width = check_features(chunk, width)
                 feature_names = feature_names or chunk.feature_names
+                features = aligned_features(chunk, feature_names)
                 codes = encoder.encode(chunk)
                 splits = assigner.assign(chunk, fixed_split)
                 groups = group_codes(chunk.groups) if options.group else None
                 if spill is None:
                     spill = BucketSpill(work, buckets, width, groups is not None, seed)
-                spill.add(splits, chunk.features, codes, groups)
+                spill.add(splits, features, codes, groups)
                 total += len(chunk)
                 bar.update(len(chunk))
     if spill is None or total == 0:

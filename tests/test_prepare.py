@@ -325,7 +325,7 @@ def test_each_bad_value_is_refused_naming_its_key(tmp_path: Path) -> None:
         "seed": (-1, "a whole number in [0, 4294967295]"),
         "shard_rows": ("abc", "a whole number of rows >= 1"),
         "bucket_mb": (0, "a whole number of MiB >= 1"),
-        "num_classes": ("abc", "a whole number >= 1"),
+        "num_classes": ("abc", "a whole number in [1, 1048576]"),
         "split": ("diagonal", "random, stratified, group, column, files"),
         "input": (123, "a file, a glob, a directory"),
     }
@@ -383,3 +383,30 @@ def test_class_names_number_data_prepared_apart_as_the_training_data(tmp_path: P
         prepare((x, moves), tmp_path / "short", class_names=["down", "left"], progress_bar=False)
     with pytest.raises(ConfigError, match=r"num_classes=3 but class_names names 4"):
         prepare((x, moves), tmp_path / "both", class_names=order, num_classes=3, progress_bar=False)
+
+
+def test_files_are_matched_by_column_name_and_other_columns_are_refused(tmp_path: Path) -> None:
+    frame = _table(rows=200).drop(columns="episode")
+    frame.iloc[:100].to_csv(tmp_path / "a.csv", index=False)
+    shuffled = frame.iloc[100:][["f3", "label", "f0", "f5", "f1", "f4", "f2"]]  # another export's column order
+    shuffled.to_csv(tmp_path / "b.csv", index=False)
+    manifest = prepare([tmp_path / "a.csv", tmp_path / "b.csv"], tmp_path / "out", val_fraction=0, test_fraction=0)
+    assert manifest["feature_names"] == [f"f{i}" for i in range(6)]
+    x, _ = _all_rows(tmp_path / "out", "train")
+    expected = frame[[f"f{i}" for i in range(6)]].to_numpy(np.float32)
+    assert sorted(map(tuple, x.tolist())) == sorted(map(tuple, expected.tolist()))  # every row whole, by name
+    shuffled.rename(columns={"f3": "speed"}).to_csv(tmp_path / "c.csv", index=False)
+    with pytest.raises(
+        ConfigError, match=r"c.csv: its feature columns differ from the first input's \(missing \['f3'\]"
+    ):
+        prepare([tmp_path / "a.csv", tmp_path / "c.csv"], tmp_path / "bad", progress_bar=False)
+
+
+def test_a_label_that_would_make_a_million_classes_is_refused_naming_its_row(tmp_path: Path) -> None:
+    frame = _table(rows=50)
+    frame.loc[7, "label"] = 10**9  # an id in the label column, or a typo
+    frame.to_csv(tmp_path / "big.csv", index=False)
+    with pytest.raises(ConfigError, match=r"big.csv, row 7: label 1000000000 would make 1,000,000,001 classes"):
+        prepare(tmp_path / "big.csv", tmp_path / "out", progress_bar=False)
+    with pytest.raises(ConfigError, match=r"num_classes=2000000 is invalid"):
+        prepare(tmp_path / "big.csv", tmp_path / "out", num_classes=2_000_000, progress_bar=False)

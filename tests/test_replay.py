@@ -10,6 +10,7 @@ import torch
 
 from agent_lightning.config import compose_config
 from agent_lightning.data import ClusterTask, PreparedDataModule, PreparedDataset
+from agent_lightning.data.replay import check_replay_matches
 from agent_lightning.errors import ConfigError
 from agent_lightning.export import load_agent
 from agent_lightning.prepare import prepare
@@ -119,3 +120,21 @@ def test_replay_of_another_width_is_refused(tasks, tmp_path):
     missing = tmp_path / "nope"
     with pytest.raises(ConfigError, match=r"^data.replay.path=.*nope is not a prepared dataset"):
         compose_config([*QUICK, f"data.path={tasks[1]}", f"data.replay.path={missing}", "data.replay.fraction=0.2"])
+
+
+def test_replay_and_stream_parts_with_other_columns_are_refused(tmp_path):
+    import pandas as pd
+
+    x = np.random.default_rng(0).normal(size=(200, 3)).astype(np.float32)
+    frame = pd.DataFrame(x, columns=["a", "b", "c"]).assign(label=np.arange(200) % 2)
+    frame.to_csv(tmp_path / "abc.csv", index=False)
+    frame.rename(columns={"c": "d"}).to_csv(tmp_path / "abd.csv", index=False)
+    prepare(tmp_path / "abc.csv", tmp_path / "abc", progress_bar=False)
+    prepare(tmp_path / "abd.csv", tmp_path / "abd", progress_bar=False)
+    with pytest.raises(
+        ConfigError, match=r"has the feature columns \['a', 'b', 'c'\] but data.path=.* has \['a', 'b', 'd'\]"
+    ):
+        check_replay_matches(tmp_path / "abd", tmp_path / "abc")
+    prepare(tmp_path / "abc.csv", tmp_path / "live", append=True, progress_bar=False)
+    with pytest.raises(ConfigError, match=r"the new part's feature columns \['a', 'b', 'd'\] differ from the stream"):
+        prepare(tmp_path / "abd.csv", tmp_path / "live", append=True, progress_bar=False)

@@ -60,6 +60,12 @@ def check_replay_matches(path: str | Path, replay_path: str | Path) -> None:
             f"data.replay.path={replay_path} names its classes {old['class_names']} but data.path={path} names "
             f"them {current['class_names']}: prepare both with the same labels (or num_classes)"
         )
+    names, old_names = current.get("feature_names"), old.get("feature_names")
+    if names and old_names and names != old_names:
+        raise ConfigError(
+            f"data.replay.path={replay_path} has the feature columns {old_names[:8]} but data.path={path} has "
+            f"{names[:8]}: replay needs datasets of the same columns in the same order"
+        )
     if not old["splits"]["train"]["rows"]:
         raise ConfigError(f"data.replay.path={replay_path}: its train split is empty, nothing to replay")
 

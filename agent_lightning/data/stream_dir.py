@@ -153,6 +153,12 @@ def check_part_matches(directory: str | Path, manifest: dict[str, Any]) -> None:
                 f"the new part has {manifest[key]} {what} but the stream {directory} has {first[key]} (its first "
                 "part): every part of a stream has the same width and classes"
             )
+    names, first_names = manifest.get("feature_names"), first.get("feature_names")
+    if names and first_names and names != first_names:
+        raise ConfigError(
+            f"the new part's feature columns {names[:8]} differ from the stream {directory}'s {first_names[:8]} (its "
+            "first part): every part of a stream has the same columns in the same order"
+        )
     if manifest.get("class_names") != first.get("class_names"):
         raise ConfigError(
             f"the new part names its classes {manifest.get('class_names')} but the stream {directory} names them "

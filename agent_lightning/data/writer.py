@@ -37,6 +37,28 @@ def check_features(chunk: Chunk, width: int | None) -> int:
     return features.shape[1]
 
 
+# A label this large is a typo or an id, not a class: the head and the class names would not fit in memory.
+MAX_CLASSES = 1 << 20
+
+
+def aligned_features(chunk: Chunk, names: list[str] | None) -> np.ndarray:
+    """The chunk's features in the column order `names` (the first input's); ConfigError if its columns differ.
+
+    Files with the same columns in another order (another export's column order) are matched by name, never
+    by position: a column taken by position would silently become another feature.
+    """
+    if not names or not chunk.feature_names or chunk.feature_names == names:
+        return chunk.features
+    if sorted(chunk.feature_names) != sorted(names):
+        missing = [n for n in names if n not in chunk.feature_names][:5]
+        extra = [n for n in chunk.feature_names if n not in names][:5]
+        raise ConfigError(
+            f"input file {chunk.source}: its feature columns differ from the first input's (missing {missing}, "
+            f"extra {extra}): give inputs with the same columns, or choose them with features=[...]"
+        )
+    return chunk.features[:, [chunk.feature_names.index(name) for name in names]]
+
+
 class LabelEncoder:
     """Labels to class indices: whole numbers >= 0 kept; names (strings) numbered in sorted order at the end.
 
@@ -71,6 +93,12 @@ class LabelEncoder:
                 f"input file {chunk.source}, row {chunk.first_row + row}: label {labels[row]} is not a whole number"
             )
         codes = labels.astype(np.int64)
+        if len(codes) and codes.max() >= MAX_CLASSES and not self.num_classes:
+            row = int(codes.argmax())
+            raise ConfigError(
+                f"input file {chunk.source}, row {chunk.first_row + row}: label {codes[row]} would make "
+                f"{codes[row] + 1:,} classes (at most {MAX_CLASSES:,}): is it the label column? (label=<column>)"
+            )
         limit = self.num_classes
         outside = (codes < 0) | (codes >= limit) if limit else codes < 0
         if outside.any():
