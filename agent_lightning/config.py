@@ -104,7 +104,7 @@ def hydra_command(
                 except Exception as err:
                     if asked:
                         raise  # the user asked for Hydra's traceback
-                    line = _one_line(err, config_name)
+                    line = _one_line(err, config_name) or _run_dir_unwritable(err, reported_job)
                     if line is None:  # a bug: its traceback
                         _print_from(reported_job, err)
                         sys.exit(1)
@@ -128,6 +128,21 @@ def _one_line(err: Exception, config_name: str) -> str | None:
         return describe_safely(err, config_name, sys.argv[1:])
     reported = user_facing(err)  # e.g. an interpolation `--cfg job --resolve` could not resolve
     return reported[1] if reported else None
+
+
+def _run_dir_unwritable(err: Exception, job: Callable[..., Any]) -> str | None:
+    """The line for a run or sweep directory Hydra could not create or write, before the job ran; else None."""
+    if not isinstance(err, OSError) or not err.filename:
+        return None
+    tb = err.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code is job.__code__:
+            return None  # raised inside the job: its own report, or a bug's traceback
+        tb = tb.tb_next
+    return (
+        f"cannot write the run directory {err.filename} ({err.strerror}): choose another hydra.run.dir "
+        "(hydra.sweep.dir for -m, paths.output_root for the default place)"
+    )
 
 
 def _print_from(job: Callable[..., Any], err: BaseException) -> None:

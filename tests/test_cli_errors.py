@@ -259,3 +259,13 @@ def test_each_commands_help_lists_its_own_groups(module, header, listed, not_lis
     assert stop.value.code == 0
     help_text = capsys.readouterr().out
     assert help_text.startswith(header) and listed in help_text and not_listed not in help_text, help_text
+
+
+def test_a_run_directory_that_cannot_be_made_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "a_file").write_text("not a directory")
+    result = run_cli(f"hydra.run.dir={tmp_path / 'a_file' / 'run'}", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip() == (
+        f"error: cannot write the run directory {tmp_path / 'a_file' / 'run'} (Not a directory): choose another "
+        "hydra.run.dir (hydra.sweep.dir for -m, paths.output_root for the default place)"
+    )
