@@ -13,8 +13,9 @@ from __future__ import annotations
 import inspect
 import math
 import os
+import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +202,20 @@ def _limit(value: Any) -> bool:  # Lightning: a fraction of the batches, or a wh
     return between(0, 1)(value) if isinstance(value, float) else whole_at_least(0)(value)
 
 
+def _limit_train(value: Any) -> bool:  # as `_limit`, but 0 would train nothing and still report test metrics
+    return value is None or (_limit(value) and value != 0)
+
+
+def _max_time(value: Any) -> bool:  # Lightning: "DD:HH:MM:SS", or {days, hours, minutes, seconds}
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return re.fullmatch(r"\d+:\d{1,2}:\d{1,2}:\d{1,2}", value) is not None
+    if not isinstance(value, Mapping) or not value:
+        return False
+    return set(value) <= {"days", "hours", "minutes", "seconds"} and all(_number(v) for v in value.values())
+
+
 def _val_interval(value: Any) -> bool:  # Lightning: a fraction of the epoch, or every N training batches
     if value is None:
         return True
@@ -266,7 +281,14 @@ RULES: tuple[Rule, ...] = (
     Rule("trainer.accumulate_grad_batches", whole_at_least(1), "a whole number >= 1"),
     Rule("trainer.gradient_clip_val", _optional(between(0, math.inf)), "a number >= 0 (or null: no clipping)"),
     Rule("trainer.limit_val_batches", _limit, "a fraction in [0.0, 1.0] or a whole number of batches"),
-    Rule("trainer.limit_train_batches", _limit, "a fraction in [0.0, 1.0] or a whole number of batches"),
+    Rule("trainer.limit_train_batches", _limit_train, "a fraction in (0.0, 1.0] or a whole number of batches >= 1"),
+    Rule("trainer.max_time", _max_time, "DD:HH:MM:SS, e.g. 00:12:00:00, or {hours: 12} (or null: no limit)"),
+    Rule("data.train_size", whole_at_least(1), "a whole number of rows >= 1"),
+    Rule("data.val_size", whole_at_least(0), "a whole number of rows >= 0"),
+    Rule("data.test_size", whole_at_least(0), "a whole number of rows >= 0"),
+    Rule("augment.noise.std", between(0, math.inf), "a number >= 0"),
+    Rule("augment.mask.p", between(0, 1, high_open=True), "a number in [0, 1)"),
+    Rule("augment.mixup.alpha", POSITIVE, "a positive number"),
     Rule("trainer.val_check_interval", _val_interval, "a fraction in (0.0, 1.0] of an epoch or a whole number >= 1"),
     Rule("trainer.limit_test_batches", _limit, "a fraction in [0.0, 1.0] or a whole number of batches"),
     Rule("trainer.num_sanity_val_steps", whole_at_least(-1), "a whole number >= -1 (-1: all)"),
