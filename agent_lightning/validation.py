@@ -310,6 +310,32 @@ RULES: tuple[Rule, ...] = (
 )
 
 
+# What `AgentModule` and `env_eval` log in the namespaces they own: another name there is a typo, found now rather
+# than after an epoch (a monitor) or after every trial of a search (`optimized_metric`). Other names are left alone.
+FIT_METRICS = ("val/acc", "val/acc_best", "val/loss", "train/acc", "train/loss_epoch", "train/loss")
+FINAL_METRICS = ("test/acc", "test/loss", *(f"env/{k}" for k in ("return_mean", "return_std", "return_min")),
+                 *(f"env/{k}" for k in ("return_max", "success_rate", "length_mean")))  # fmt: skip
+OWNED_NAMESPACES = ("val/", "train/", "test/", "env/")
+
+
+def _check_metric_names(cfg: DictConfig) -> None:
+    """Monitors and `optimized_metric` that name a metric of this package's namespaces name one it logs."""
+    callbacks = cfg.get("callbacks") or {}
+    for name in ("best_checkpoint", "early_stopping"):
+        monitor = (callbacks.get(name) or {}).get("monitor")
+        if isinstance(monitor, str) and monitor.startswith(OWNED_NAMESPACES) and monitor not in FIT_METRICS:
+            raise ConfigError(
+                f"callbacks.{name}.monitor={monitor!r} is not a metric the run logs while it trains: use one of "
+                f"{', '.join(FIT_METRICS)}"
+            )
+    metric = cfg.get("optimized_metric")
+    if isinstance(metric, str) and metric.startswith(OWNED_NAMESPACES) and metric not in FIT_METRICS + FINAL_METRICS:
+        raise ConfigError(
+            f"optimized_metric={metric!r} is not a metric the run logs: use one of {', '.join(FIT_METRICS)}, "
+            f"{', '.join(FINAL_METRICS[:2])} (with test=true) or env/return_mean, env/success_rate, ... (with env_eval)"
+        )
+
+
 def check_values(cfg: DictConfig) -> None:
     """Raise ConfigError for the first value in `RULES` that is set and invalid, naming key and valid range."""
     for rule in RULES:
@@ -332,6 +358,7 @@ def check_values(cfg: DictConfig) -> None:
         raise ConfigError("optimizer.nesterov=true needs optimizer.momentum > 0")
     for group, built_with in (("optimizer", {"params"}), ("scheduler", {"optimizer", "interval"})):
         _check_arguments(group, cfg.get(group) or {}, built_with)
+    _check_metric_names(cfg)
 
 
 def _check_arguments(group: str, node: Any, built_with: set[str]) -> None:

@@ -62,6 +62,11 @@ CHECKED_CASES = {
     "interpolation of a key that does not exist": (["optimizer.lr=${nope}"], "optimizer.lr: Interpolation key 'nope'"),
     "nodes without a rendezvous": (["strategy=ddp", "num_nodes=2"], "num_nodes=2 needs rdzv_endpoint=HOST:PORT"),
     "no training batches": (["trainer.limit_train_batches=0"], "trainer.limit_train_batches=0 is invalid"),
+    "a monitor the run never logs": (
+        ["callbacks.early_stopping.monitor=val/accuracy"],
+        "callbacks.early_stopping.monitor='val/accuracy' is not a metric the run logs while it trains: use one of",
+    ),
+    "an optimized metric the run never logs": (["optimized_metric=val/nosuch"], "optimized_metric='val/nosuch' is not"),
     "a data size that is not a number": (["data.train_size=abc"], "data.train_size='abc' is invalid"),
     "negative noise": (["augment=noise", "augment.noise.std=-1"], "augment.noise.std=-1 is invalid: use a number >= 0"),
     "a time limit Lightning cannot read": (["trainer.max_time=garbage"], "trainer.max_time='garbage' is invalid"),

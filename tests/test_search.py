@@ -190,7 +190,7 @@ def test_a_grid_with_one_bad_job_is_refused_before_any_job_trains(tmp_path: Path
                 "optimized_metric=val/nope",
                 "trainer.max_steps=3",
             ],
-            "optimized_metric='val/nope' was never logged",
+            "optimized_metric='val/nope' is not a metric the run logs",
         ),
         (["-m", "optimizer.lr=range(1,1)"], "empty grid: optimizer.lr=range(1,1)"),
         (["hparams_search=optuna", "+hydra.sweeper.params.lr='interval(1)'"], "malformed search space"),

@@ -194,3 +194,9 @@ def test_a_space_is_refused_for_a_value_refused_by_name_or_that_cannot_be_compos
     space = {"optimizer.lr": FloatDistribution(1e-4, 1e-2)}
     with pytest.raises(ConfigError, match=r"hydra.sweeper.enqueue_trials\[1\] \(optimizer.lr=-1.0\): optimizer.lr"):
         check_enqueued([{"optimizer.lr": 0.001}, {"optimizer.lr": -1.0, "not.searched": 1}], space, [], checker)
+
+    def fixed_setting_refused(overrides: list[str]) -> None:  # a fixed setting every trial would have
+        raise JobRefusedError("optimized_metric='val/nope' is not a metric the run logs", composing=False)
+
+    with pytest.raises(ConfigError, match=r"^optimized_metric='val/nope' is not .* \(every value of the search space"):
+        check_space({"model.dropout": FloatDistribution(0.0, 0.5)}, [], fixed_setting_refused)

@@ -27,16 +27,22 @@ def check_space(space: dict[str, BaseDistribution], fixed: Sequence[str], check:
 
     Each value is tried with the other searched keys as the config sets them. A value is refused when its
     config cannot be composed, or when the run's own check refuses it naming this key (a refusal naming
-    another key may come from that key's config value, which trials replace).
+    another key may come from that key's config value, which trials replace). When every value is refused
+    with the same line, the search's fixed settings are at fault: no trial could run, and that line is raised.
     """
+    probes, others = 0, []
     for key, distribution in space.items():
         for value in probe_values(distribution):
             setting = as_override(key, value)
+            probes += 1
             try:
                 check([*fixed, setting])
             except JobRefusedError as refused:
                 if refused.composing or _names(refused.line, key):
                     raise ConfigError(f"search space {key}: no trial can run {setting}: {refused.line}") from None
+                others.append(refused.line)
+    if probes and len(others) == probes and len(set(others)) == 1:
+        raise ConfigError(f"{others[0]} (every value of the search space is refused so: no trial can run)")
 
 
 def check_enqueued(
