@@ -116,3 +116,19 @@ def test_command_line_overwrite_no_keeps_the_existing_dataset(tmp_path):
     lines = [ln for ln in (done.stdout + done.stderr).splitlines() if ln.strip()]
     assert done.returncode == 2 and lines == ["overwrite='no' must be true or false"], lines
     assert json.loads((existing / "manifest.json").read_text()) == {"kept": True}
+
+
+def test_an_expert_that_fails_or_returns_no_action_is_one_line(tmp_path, monkeypatch):
+    from agent_lightning.errors import ConfigError
+
+    (tmp_path / "flawed.py").write_text(
+        "def seven(env, obs):\n    return 7\n\ndef no_obs(env):\n    return 0\n\ndef half(env, obs):\n    return 0.5\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for expert, message in (
+        ("flawed:seven", r"^seven returned 7 for an observation: an action of CartPole-v1 is 0..1$"),
+        ("flawed:half", r"^half returned 0.5 for an observation"),
+        ("flawed:no_obs", r"^no_obs raised TypeError: .* \(an expert is a function \(env, obs\) -> action\)$"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            collect("cartpole", tmp_path / expert.replace(":", "_"), steps=20, expert=expert, random_episodes=0)

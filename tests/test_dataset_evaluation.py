@@ -110,3 +110,13 @@ def test_a_held_out_file_prepared_alone_is_scored_and_refused_for_training(setup
         PreparedDataModule(str(tmp_path / "held"))
     with pytest.raises(ConfigError, match=r"leaves no training rows"):  # only files given per split hold none
         prepare((x, y), tmp_path / "none", val_fraction=0.5, test_fraction=0.5, progress_bar=False)
+
+
+def test_a_shard_changed_to_hold_inf_after_prepare_is_one_line(setup, tmp_path: Path) -> None:
+    x = np.random.default_rng(0).normal(size=(100, 4)).astype(np.float32)
+    manifest = prepare({"test": (x, np.arange(100) % CLASSES)}, tmp_path / "ds", progress_bar=False)
+    shard = np.load(tmp_path / "ds" / manifest["splits"]["test"]["shards"][0]["files"]["x"]["file"], mmap_mode="r+")
+    shard[5, 2] = np.inf
+    shard.flush()
+    with pytest.raises(ConfigError, match=r"data.path=.*ds test row 5 holds NaN or inf: the shard changed after"):
+        evaluate_dataset(setup["policy"], tmp_path / "ds")

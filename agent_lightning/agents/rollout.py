@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from agent_lightning.agents.environments import env_config, make_env, make_vector_env
+from agent_lightning.errors import ConfigError
 
 BatchActor = Callable[[np.ndarray], np.ndarray]  # observations [n, width] -> actions [n]
 Actor = Callable[[Any, np.ndarray], int]  # (env, one observation) -> action, as experts are called
@@ -100,6 +101,23 @@ class Rollout:
         return len(self.actions)
 
 
+def _chosen(actor: Actor, env: Any, obs: np.ndarray) -> int:
+    """The actor's action for `obs`; ConfigError in one line when it fails or is not one of the env's actions."""
+    name = getattr(actor, "__qualname__", None) or type(actor).__name__
+    try:
+        action = actor(env.unwrapped, obs)
+    except Exception as err:  # a user expert's own error: said in its words, with what an expert is
+        raise ConfigError(
+            f"{name} raised {type(err).__name__}: {err} (an expert is a function (env, obs) -> action)"
+        ) from None
+    count = getattr(env.action_space, "n", None)
+    number = action.item() if isinstance(action, np.ndarray) and action.size == 1 else action
+    if isinstance(number, bool) or not isinstance(number, int | np.integer) or (count and not 0 <= number < count):
+        valid = f"0..{int(count) - 1}" if count else "a whole number"
+        raise ConfigError(f"{name} returned {action!r} for an observation: an action of {env.spec.id} is {valid}")
+    return int(number)
+
+
 def rollout(
     env: str | Mapping[str, Any],
     steps: int,
@@ -122,8 +140,8 @@ def rollout(
             obs, _ = made.reset(seed=seed + episode)
             total, done = 0.0, False
             while not done and len(actions) < steps:
-                wanted = int(label(made.unwrapped, obs))
-                taken = wanted if label is act else int(act(made.unwrapped, obs))
+                wanted = _chosen(label, made, obs)
+                taken = wanted if label is act else _chosen(act, made, obs)
                 observations.append(np.asarray(obs, dtype=np.float32))
                 actions.append(wanted)
                 episode_ids.append(first_episode + episode)

@@ -105,6 +105,13 @@ def evaluate_dataset(
     nll, view = 0.0, data.splits[split]
     for start in range(0, view.rows, batch_size):
         x, y = view.rows_of(start, min(start + batch_size, view.rows))
+        finite = torch.isfinite(torch.as_tensor(x))
+        if not bool(finite.all()):  # prepare refuses such rows: the shard changed since (data.verify=true checks)
+            row = start + int((~finite).nonzero()[0][0])
+            raise ConfigError(
+                f"data.path={data.path} {split} row {row} holds NaN or inf: the shard changed after prepare; re-run "
+                "prepare (data.verify=true checks every shard's checksum)"
+            )
         logits = policy.logits(x).cpu()
         target = torch.from_numpy(y)
         probs = torch.softmax(logits, dim=1)
