@@ -98,6 +98,8 @@ def load_file(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     try:
         checkpoint = weights_only_load(path, mmap=mmap and zipfile.is_zipfile(path))
     except pickle.UnpicklingError as err:  # loading it would need to run code from the file
+        if not _pickle_or_zip(path):  # text, random bytes, an ONNX graph: torch tried it as a legacy pickle
+            raise ConfigError(f"{path} is not a torch checkpoint file (neither a zip archive nor a pickle)") from None
         reason = refusal_reason(err)
         raise ConfigError(f"{path} was refused without running it: not a plain-tensor checkpoint ({reason})") from None
     except Exception as err:  # truncated, random bytes, not a torch file
@@ -106,6 +108,13 @@ def load_file(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     if not isinstance(checkpoint, dict):
         raise ConfigError(f"{path} holds a {type(checkpoint).__name__}, not a checkpoint dictionary")
     return checkpoint
+
+
+def _pickle_or_zip(path: Path) -> bool:
+    """Whether the file starts as torch's formats do: a zip archive, or a pickle (protocol 2 and up: 0x80)."""
+    with path.open("rb") as stream:
+        head = stream.read(4)
+    return head.startswith(b"PK") or head[:1] == b"\x80"
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -412,6 +412,12 @@ def compare_layers(where: str, stored: dict[str, tuple[int, ...]], expected: dic
                 f"{where}: its model reads {stored[name][0]} features per observation but this run's has "
                 f"{shape[0]} (model.input_dim, from the data): train on data with the checkpoint's features"
             )
+        if name in stored and stored[name] != shape and name.startswith("head.") and stored[name][0] != shape[0]:
+            raise ConfigError(  # the class count: set by the data (model.output_dim follows it)
+                f"{where}: its model has {stored[name][0]} outputs (classes) but this run's has {shape[0]} "
+                "(model.output_dim, from the data's classes): use data with the checkpoint's classes (prepare "
+                "with num_classes= or class_names=)"
+            )
         if name in stored and stored[name] != shape:
             raise ConfigError(
                 f"{where}: layer {name} is {list(stored[name])} in the checkpoint but {list(shape)} with "
@@ -435,6 +441,11 @@ def check_resume_checkpoint(cfg: DictConfig) -> None:
         raise ConfigError(f"ckpt_path={path} does not exist")
     sharded = cfg.strategy.get("name") in SHARDED
     if path.is_dir():
+        if not (path / safe_load.DCP_METADATA).is_file():
+            raise ConfigError(
+                f"ckpt_path={path} is a directory without a checkpoint (no {safe_load.DCP_METADATA}): give a "
+                "checkpoint file (e.g. <run>/checkpoints/last.ckpt) or a sharded checkpoint directory"
+            )
         if not sharded:
             raise ConfigError(
                 f"ckpt_path={path} is a sharded checkpoint directory (written by strategy=fsdp/model_parallel): "
@@ -508,6 +519,13 @@ def _check_same_training_setup(cfg: DictConfig, path: Path, checkpoint: dict[str
                 f"ckpt_path={path} holds the state of {group} {before.rsplit('.', 1)[-1]} but this run's {group} is "
                 f"{now.rsplit('.', 1)[-1]}: resume with the {group} that wrote it, or start a new run from its "
                 f"weights with init_from={path}"
+            )
+    for key in ("activation", "norm"):  # the same weights computing another function: shapes cannot tell
+        before, now = (saved.get("model") or {}).get(key), (cfg.get("model") or {}).get(key)
+        if before is not None and now is not None and before != now:
+            raise ConfigError(
+                f"ckpt_path={path} was trained with model.{key}={before} but this run has model.{key}={now}: "
+                f"resume with model.{key}={before}"
             )
     _check_same_planned_length(cfg, path, checkpoint, saved)  # once the schedule is known to be the same kind
 

@@ -381,6 +381,20 @@ def test_a_resume_with_another_optimizer_is_refused_and_one_with_nothing_left_ke
         validate(compose_cfg(*first, "optimizer=sgd", f"ckpt_path={last}", output_dir=tmp_path / "run"))
     with pytest.raises(ConfigError, match=r"holds the state of scheduler none but this run's scheduler is"):
         validate(compose_cfg(*first, "scheduler=cosine", f"ckpt_path={last}", output_dir=tmp_path / "run"))
+    # The same shapes computing another function: what the weights were learnt with must stay.
+    with pytest.raises(ConfigError, match=r"trained with model.activation=relu but this run has model.activation=gelu"):
+        validate(compose_cfg(*first, "model.activation=gelu", f"ckpt_path={last}", output_dir=tmp_path / "run"))
+    with pytest.raises(
+        ConfigError, match=r"its model has 10 outputs \(classes\) but this run's has 4 \(model.output_dim"
+    ):
+        validate(compose_cfg(*first, "data.source.num_classes=4", f"ckpt_path={last}", output_dir=tmp_path / "run"))
+    for junk in (b'{"not": "a checkpoint"}', b"\x00\x01 random bytes"):
+        (tmp_path / "junk.ckpt").write_bytes(junk)
+        with pytest.raises(ConfigError, match=r"junk.ckpt is not a torch checkpoint file \(neither a zip archive nor"):
+            validate(compose_cfg(*first, f"ckpt_path={tmp_path / 'junk.ckpt'}", output_dir=tmp_path / "junk"))
+    (tmp_path / "empty_dir").mkdir()
+    with pytest.raises(ConfigError, match=r"empty_dir is a directory without a checkpoint \(no .metadata\)"):
+        validate(compose_cfg(*first, f"ckpt_path={tmp_path / 'empty_dir'}", output_dir=tmp_path / "junk"))
     for fewer in (1, 2):  # it ran 3 epochs
         with pytest.raises(ConfigError, match=rf"has run 3 epochs but trainer.max_epochs={fewer}: .* more than 3"):
             validate(compose_cfg(f"trainer.max_epochs={fewer}", f"ckpt_path={last}", output_dir=tmp_path / "run"))
