@@ -202,6 +202,10 @@ class _Context:
         if override is None:
             return "a config group was given a value that is not an option's name"
         group, value = groups[override], override.partition("=")[2]
+        from agent_lightning.config import REQUIRED_GROUPS  # composition_errors is imported by config
+
+        if value == "null" and group in REQUIRED_GROUPS:
+            return f"{override}: {group} is required; leave it out for its default, or choose another of its options"
         if value == "null":
             return (
                 f"{override}: a group is not set to null here; leave it out for its default, or remove it with ~{group}"

@@ -16,7 +16,18 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from agent_lightning.errors import EXIT_CONFIG, exit_if_reported
+from agent_lightning.errors import EXIT_CONFIG, ConfigError, exit_if_reported
+
+# Groups a training run cannot do without: `~group` (or `group=null`) removing one is refused naming its options.
+REQUIRED_GROUPS = ("model", "data", "optimizer", "trainer", "strategy")
+
+
+def check_required_groups(cfg: DictConfig) -> None:
+    """ConfigError naming a required group the command line removed, and the options it takes."""
+    for group in REQUIRED_GROUPS:
+        if not cfg.get(group):
+            options = sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+            raise ConfigError(f"{group} is required: choose one of {', '.join(options)} ({group}=<option>)")
 
 
 def config_dir() -> Path:

@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from agent_lightning.agents.environments import check_env_eval
-from agent_lightning.config import config_dir, hydra_command
+from agent_lightning.config import check_required_groups, config_dir, hydra_command
 from agent_lightning.data.fitting import resolve_data_dims
 from agent_lightning.errors import ConfigError, exit_if_reported, signal_exit_code
 from agent_lightning.launch import launch_ranks, setup_rank_logging
@@ -86,6 +86,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
 
 def _resolve_and_check(cfg: DictConfig) -> tuple[int, int]:
     # Once per process: the checks read manifests and checkpoints, which can be large.
+    check_required_groups(cfg)
     resolve_latest(cfg)
     resolve_data_dims(cfg)
     resolve_auto_strategy(cfg)

@@ -62,6 +62,7 @@ CHECKED_CASES = {
     "interpolation of a key that does not exist": (["optimizer.lr=${nope}"], "optimizer.lr: Interpolation key 'nope'"),
     "nodes without a rendezvous": (["strategy=ddp", "num_nodes=2"], "num_nodes=2 needs rdzv_endpoint=HOST:PORT"),
     "no training batches": (["trainer.limit_train_batches=0"], "trainer.limit_train_batches=0 is invalid"),
+    "a required group removed": (["~optimizer"], "optimizer is required: choose one of adam, adamw, lamb, sgd"),
     "a monitor the run never logs": (
         ["callbacks.early_stopping.monitor=val/accuracy"],
         "callbacks.early_stopping.monitor='val/accuracy' is not a metric the run logs while it trains: use one of",
