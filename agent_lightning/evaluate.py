@@ -80,6 +80,8 @@ def check_request(cfg: DictConfig) -> None:
     check_arguments(cfg, RULES)
     if cfg.get("data") is not None and "path" not in cfg.data:  # synthetic or stream: nothing to score on
         raise ConfigError("evaluate reads a prepared dataset: data=dataset data.path=DIR (or env=<name>)")
+    if cfg.get("data") is not None and cfg.get("env") is not None:  # one would be ignored without a word
+        raise ConfigError("give env=<name> or data=dataset data.path=DIR, not both: evaluate scores one at a time")
     if cfg.get("data") is None and cfg.get("env") is None:
         raise ConfigError(
             f"nothing to evaluate on: give env=<name> (one of {', '.join(env_names())}) or data=dataset data.path=DIR"

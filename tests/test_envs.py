@@ -125,6 +125,8 @@ def test_unknown_names_give_one_line_with_the_valid_ones(compose_cfg):
 
     with pytest.raises(ConfigError, match=r"env_eval.env=cartpole has 4 observations but model.input_dim=128"):
         check_env_eval(compose_cfg("env_eval={env: cartpole, episodes: 5}"))
+    with pytest.raises(ConfigError, match=r"env_eval.episode is not a setting of env_eval: use env, episodes"):
+        check_env_eval(compose_cfg("env_eval={env: cartpole, episode: 3}"))
     # Observations that are not a vector (Taxi's are one integer of 500 states) are named, not an IndexError.
     with pytest.raises(ConfigError, match=r"env.id=Taxi-v4 has Discrete\(500\) observations: .*\(a 1-d Box\)"):
         make_env({"id": "Taxi-v4"})
@@ -168,6 +170,9 @@ def test_evaluate_refuses_bad_values_and_a_missing_env_in_one_line(tmp_path):
     synthetic = {"_target_": "agent_lightning.data.AgentDataModule", "train_size": 100}  # data=synthetic: no path
     with pytest.raises(ConfigError, match=r"evaluate reads a prepared dataset: data=dataset data.path=DIR"):
         check_request(OmegaConf.create({**good, "env": None, "data": synthetic}))
+    prepared = {"_target_": "agent_lightning.data.PreparedDataModule", "path": "data/demo"}
+    with pytest.raises(ConfigError, match=r"give env=<name> or data=dataset data.path=DIR, not both"):
+        check_request(OmegaConf.create({**good, "data": prepared}))
     done = run_module("agent_lightning.evaluate", "ckpt_path=missing.ckpt", cwd=tmp_path)
     lines = [ln for ln in done.stderr.splitlines() + done.stdout.splitlines() if ln.strip()]
     assert done.returncode == 2 and len(lines) == 1 and "Traceback" not in done.stderr

@@ -121,6 +121,10 @@ def check_env_eval(cfg: DictConfig) -> None:
         return
     if "env" not in spec:
         raise ConfigError("env_eval needs an env, e.g. env_eval='{env: cartpole}' or +env_eval.env=cartpole")
+    known = ("env", "episodes", "first_seed", "num_envs")
+    unknown = sorted(str(key) for key in spec if key not in known)
+    if unknown:  # a typo (`episode`) would silently play the default count
+        raise ConfigError(f"env_eval.{unknown[0]} is not a setting of env_eval: use {', '.join(known)}")
     width, actions = space_sizes(env_config(spec.env))
     model = cfg.get("model") or {}
     for key, value, what in (("input_dim", width, "observations"), ("output_dim", actions, "actions")):
