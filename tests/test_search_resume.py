@@ -104,6 +104,10 @@ def test_a_space_with_a_value_no_trial_can_run_is_refused_before_the_first(tmp_p
     [
         (["hparams_search=ray", "devices=2"], "a Ray Tune trial trains in one process"),
         (["hparams_search=optuna", "hydra.sweeper.max_failures=0"], "hydra.sweeper.max_failures=0 must be"),
+        (
+            ["hparams_search=optuna", "hydra.sweeper.storage=bogus://x", "hydra.sweeper.sampler._target_=a.NoSuch"],
+            "hydra.sweeper.storage=bogus://x cannot hold the study (NoSuchModuleError",
+        ),
     ],
 )
 def test_bad_sweeper_settings_exit_2_with_one_line(args: list[str], message: str, tmp_path: Path) -> None:

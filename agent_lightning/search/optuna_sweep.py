@@ -37,7 +37,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from agent_lightning.errors import ConfigError
 from agent_lightning.search.pruning import Pruned
@@ -184,10 +184,15 @@ class OptunaSearch(Sweeper):
                     load_if_exists=True,
                 )
                 break
-            except SQLAlchemyError:
-                # Searches started together race to create a new database's tables: the loser retries.
-                if attempt == 4:
-                    raise
+            except SQLAlchemyError as err:
+                # Searches started together race to create a new database's tables: the loser retries. A URL
+                # no driver reads, or a file that is not a database, fails alike every time: said at once.
+                unreadable = isinstance(err, NoSuchModuleError | ArgumentError) or "not a database" in str(err)
+                if attempt == 4 or unreadable:
+                    raise ConfigError(
+                        f"hydra.sweeper.storage={spec} cannot hold the study ({type(err).__name__}: "
+                        f"{str(err).strip().splitlines()[0]}): give an Optuna storage, e.g. sqlite:///search.db"
+                    ) from None
                 time.sleep(0.5 + random.random())
         # Trials run in other processes: they rebuild the pruner from the study itself.
         pruner_spec = OmegaConf.to_container(self.pruner, resolve=True) if self.pruner else None
@@ -202,7 +207,11 @@ class OptunaSearch(Sweeper):
         seed = self.sampler.get("seed")
         started = sum(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
         offset = {} if seed is None else {"seed": int(seed) + started}
-        study.sampler = hydra.utils.instantiate(self.sampler, **offset)
+        try:
+            study.sampler = hydra.utils.instantiate(self.sampler, **offset)
+        except Exception as err:  # a target that does not exist, an argument it does not take
+            cause = err.__cause__ or err
+            raise ConfigError(f"hydra.sweeper.sampler: {' '.join(str(cause).split())[:300]}") from None
 
     def _slots(self) -> int:
         # Hydra's basic launcher runs a job in this process, so its trials run one at a time.
