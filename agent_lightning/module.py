@@ -19,6 +19,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from agent_lightning.data.executions import ExecutionBatches, batches_of, is_group
 from agent_lightning.epoch_counts import EpochCounts
+from agent_lightning.errors import ConfigError
 from agent_lightning.optim import build_optimizer, build_scheduler
 from agent_lightning.parallel.sharding import apply_parallelism, is_parallelized
 from agent_lightning.parallel.strategies import data_parallel_coords
@@ -212,16 +213,31 @@ class AgentModule(pl.LightningModule):
         if clip is not None:
             self.clip_gradients(optimizer, clip, self.step_options.gradient_clip_algorithm)
 
+    def on_validation_epoch_start(self) -> None:
+        """Start counting the validation batches whose loss is not finite."""
+        self._val_nonfinite = torch.zeros((), device=self.device)
+
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         """Loss and accuracy on the held-out split."""
         features, labels = batch
         logits = self(features)
         self.val_acc(logits, labels)
-        self.log("val/loss", self._loss(logits, labels), sync_dist=True, prog_bar=True)
+        loss = self._loss(logits, labels)
+        self._val_nonfinite += ~torch.isfinite(loss)  # on the device: looked at once, at the epoch's end
+        self.log("val/loss", loss, sync_dist=True, prog_bar=True)
         self.log("val/acc", self.val_acc, prog_bar=True)
 
     def on_validation_epoch_end(self) -> None:
-        """Track the best validation accuracy so far (the sanity check does not count)."""
+        """Stop on a NaN or infinite validation loss; track the best validation accuracy (not in the sanity check)."""
+        nonfinite = self.trainer.strategy.reduce(self._val_nonfinite, reduce_op="sum")  # every rank decides alike
+        if float(nonfinite) > 0:
+            data = self.trainer.datamodule
+            where = getattr(data, "path", None) or getattr(getattr(data, "dataset", None), "path", None)
+            raise ConfigError(
+                f"val/loss is not finite in {int(nonfinite)} validation batches: the val split "
+                f"{f'of data.path={where} ' if where else ''}holds NaN or inf values (re-run prepare; "
+                "data.verify=true checks every shard), or the model's outputs are"
+            )
         if self.trainer.sanity_checking:
             return
         self._validated = True

@@ -185,3 +185,16 @@ def test_two_ddp_ranks_over_an_uneven_row_count_cover_every_row(compose_cfg, tmp
     ids = torch.cat(ranks)
     assert len(ids) == train_rows and len(torch.unique(ids)) == train_rows  # every row, once
     assert metrics["val/acc"] > 0.8
+
+
+def test_a_nan_written_into_a_val_shard_stops_the_run_in_one_line(task, tmp_path: Path) -> None:
+    from agent_lightning.errors import ConfigError, user_facing
+
+    manifest = prepare((task[0][:2000], task[1][:2000]), tmp_path / "ds", progress_bar=False)
+    shard = np.load(tmp_path / "ds" / manifest["splits"]["val"]["shards"][0]["files"]["x"]["file"], mmap_mode="r+")
+    shard[3, 1] = np.nan  # after prepare, which refuses NaN: a disk error, or a hand edit
+    shard.flush()
+    with pytest.raises(ConfigError) as caught:
+        train(compose_config([*QUICK, f"data.path={tmp_path / 'ds'}", "trainer.max_epochs=1"], tmp_path / "run"))
+    assert user_facing(caught.value) == (2, str(caught.value))
+    assert str(caught.value).startswith("val/loss is not finite in 1 validation batches: the val split of data.path=")
