@@ -214,7 +214,7 @@ class AgentModule(pl.LightningModule):
             self.clip_gradients(optimizer, clip, self.step_options.gradient_clip_algorithm)
 
     def on_validation_epoch_start(self) -> None:
-        """Start counting the validation batches whose loss is not finite."""
+        """Start counting the validation batches that hold a NaN or infinite observation."""
         self._val_nonfinite = torch.zeros((), device=self.device)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
@@ -222,21 +222,23 @@ class AgentModule(pl.LightningModule):
         features, labels = batch
         logits = self(features)
         self.val_acc(logits, labels)
-        loss = self._loss(logits, labels)
-        self._val_nonfinite += ~torch.isfinite(loss)  # on the device: looked at once, at the epoch's end
-        self.log("val/loss", loss, sync_dist=True, prog_bar=True)
+        # On the device, looked at once at the epoch's end. A diverged model is the training guards' to report.
+        self._val_nonfinite += ~torch.isfinite(features).all()
+        self.log("val/loss", self._loss(logits, labels), sync_dist=True, prog_bar=True)
         self.log("val/acc", self.val_acc, prog_bar=True)
 
     def on_validation_epoch_end(self) -> None:
-        """Stop on a NaN or infinite validation loss; track the best validation accuracy (not in the sanity check)."""
+        """Stop on NaN or infinite validation data; track the best validation accuracy (not in the sanity check)."""
         nonfinite = self.trainer.strategy.reduce(self._val_nonfinite, reduce_op="sum")  # every rank decides alike
         if float(nonfinite) > 0:
             data = self.trainer.datamodule
             where = getattr(data, "path", None) or getattr(getattr(data, "dataset", None), "path", None)
+            count = int(nonfinite)
+            batches = "1 validation batch holds" if count == 1 else f"{count} validation batches hold"
             raise ConfigError(
-                f"val/loss is not finite in {int(nonfinite)} validation batches: the val split "
-                f"{f'of data.path={where} ' if where else ''}holds NaN or inf values (re-run prepare; "
-                "data.verify=true checks every shard), or the model's outputs are"
+                f"{batches} NaN or inf observations: the val split "
+                f"{f'of data.path={where} ' if where else ''}changed after prepare (re-run prepare; "
+                "data.verify=true checks every shard)"
             )
         if self.trainer.sanity_checking:
             return

@@ -197,4 +197,4 @@ def test_a_nan_written_into_a_val_shard_stops_the_run_in_one_line(task, tmp_path
     with pytest.raises(ConfigError) as caught:
         train(compose_config([*QUICK, f"data.path={tmp_path / 'ds'}", "trainer.max_epochs=1"], tmp_path / "run"))
     assert user_facing(caught.value) == (2, str(caught.value))
-    assert str(caught.value).startswith("val/loss is not finite in 1 validation batches: the val split of data.path=")
+    assert str(caught.value).startswith("1 validation batch holds NaN or inf observations: the val split of data.")
