@@ -313,8 +313,8 @@ RULES: tuple[Rule, ...] = (
 # What `AgentModule` and `env_eval` log in the namespaces they own: another name there is a typo, found now rather
 # than after an epoch (a monitor) or after every trial of a search (`optimized_metric`). Other names are left alone.
 FIT_METRICS = ("val/acc", "val/acc_best", "val/loss", "train/acc", "train/loss_epoch", "train/loss")
-FINAL_METRICS = ("test/acc", "test/loss", *(f"env/{k}" for k in ("return_mean", "return_std", "return_min")),
-                 *(f"env/{k}" for k in ("return_max", "success_rate", "length_mean")))  # fmt: skip
+ENV_STATS = ("return_mean", "return_std", "return_min", "return_max", "success_rate", "length_mean")
+FINAL_METRICS = ("test/acc", "test/loss", *(f"env/{stat}" for stat in ENV_STATS))
 OWNED_NAMESPACES = ("val/", "train/", "test/", "env/")
 
 
