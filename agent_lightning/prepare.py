@@ -111,6 +111,12 @@ RULES: tuple[Rule, ...] = (
 
 def _sources(input: Any) -> list[tuple[Path | Arrays, str | None]]:
     """(input, its fixed split or None) pairs; a mapping with split names as keys means one input per split."""
+    files_per_split = isinstance(input, Mapping) and any(
+        key in SPLITS and isinstance(spec, str | Path | list) for key, spec in input.items()
+    )
+    if files_per_split and not set(input) <= set(SPLITS):  # e.g. `tset:`: its files would be read as arrays
+        unknown = sorted(str(key) for key in input if key not in SPLITS)
+        raise ConfigError(f"input.{unknown[0]} is not a split: one input per split takes train, val and test")
     if isinstance(input, Mapping) and set(input) and set(input) <= set(SPLITS):
         pairs: list[tuple[Path | Arrays, str | None]] = []
         for name, spec in input.items():
@@ -253,7 +259,9 @@ def check_output(output: Path, overwrite: bool, inputs: Sequence[Path] = ()) -> 
         source = Path(file).resolve()
         if source == target or target in source.parents:
             raise ConfigError(f"output={output} holds the input {file}: write the dataset to another directory")
-    if output.is_file() or (output.exists() and any(output.iterdir()) and not overwrite):
+    if output.is_file():
+        raise ConfigError(f"output={output} is a file: name a directory for the dataset, e.g. output=data/mine")
+    if output.exists() and any(output.iterdir()) and not overwrite:
         raise ConfigError(f"output={output} exists and is not empty: choose another or set overwrite=true")
     if not _replaceable(output):
         raise ConfigError(

@@ -410,3 +410,13 @@ def test_a_label_that_would_make_a_million_classes_is_refused_naming_its_row(tmp
         prepare(tmp_path / "big.csv", tmp_path / "out", progress_bar=False)
     with pytest.raises(ConfigError, match=r"num_classes=2000000 is invalid"):
         prepare(tmp_path / "big.csv", tmp_path / "out", num_classes=2_000_000, progress_bar=False)
+
+
+def test_a_misspelt_split_and_a_file_as_output_are_named(tmp_path: Path) -> None:
+    _table(rows=50).to_csv(tmp_path / "a.csv", index=False)
+    with pytest.raises(ConfigError, match=r"^input.tset is not a split: one input per split takes train, val and"):
+        prepare({"train": str(tmp_path / "a.csv"), "tset": str(tmp_path / "a.csv")}, tmp_path / "o", progress_bar=False)
+    (tmp_path / "a_file").write_text("not a dataset")
+    with pytest.raises(ConfigError, match=r"^output=.*a_file is a file: name a directory for the dataset"):
+        prepare(tmp_path / "a.csv", tmp_path / "a_file", overwrite=True, progress_bar=False)
+    assert (tmp_path / "a_file").read_text() == "not a dataset"
