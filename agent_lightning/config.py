@@ -26,8 +26,9 @@ def check_required_groups(cfg: DictConfig) -> None:
     """ConfigError naming a required group the command line removed, and the options it takes."""
     for group in REQUIRED_GROUPS:
         if not cfg.get(group):
-            options = sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
-            raise ConfigError(f"{group} is required: choose one of {', '.join(options)} ({group}=<option>)")
+            raise ConfigError(
+                f"{group} is required: choose one of {', '.join(group_option_names(group))} ({group}=<option>)"
+            )
 
 
 def config_dir() -> Path:
@@ -39,14 +40,18 @@ def config_dir() -> Path:
     raise FileNotFoundError(f"no conf/config.yaml next to {package}")
 
 
+def group_option_names(group: str) -> list[str]:
+    """The options of a config group: its YAML files under `conf/<group>/`, sorted."""
+    return sorted(path.stem for path in (config_dir() / group).glob("*.yaml"))
+
+
 def group_options(choices: Mapping[str, str | None]) -> str:
     """The `--help` section on the config groups a command composes: each one's choice, then its other options."""
     lines = []
     for group, chosen in sorted(choices.items()):
         if group == "hydra" or group.startswith("hydra/"):
             continue
-        options = sorted(path.stem for path in (config_dir() / group).glob("*.yaml"))
-        others = ", ".join(option for option in options if option != chosen)
+        others = ", ".join(option for option in group_option_names(group) if option != chosen)
         lines.append(f"{group}: {chosen or '(none)'}" + (f" | {others}" if others else ""))
     if not lines:
         return ""

@@ -16,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from agent_lightning.arguments import SEED, SEED_VALID, Rule, check_arguments, whole
-from agent_lightning.config import compose_raw, config_dir, hydra_command
+from agent_lightning.config import compose_raw, config_dir, group_option_names, hydra_command
 from agent_lightning.errors import ConfigError
 
 log = logging.getLogger("agent_lightning.dagger")
@@ -33,7 +33,7 @@ RULES: tuple[Rule, ...] = (
 def _train_overrides(cfg: DictConfig, env_name: str | None) -> list[str]:
     experiment = cfg.get("train_experiment") or (f"bc_{env_name}" if env_name else None)
     if experiment and not (config_dir() / "experiment" / f"{experiment}.yaml").is_file():
-        names = ", ".join(sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml")))
+        names = ", ".join(group_option_names("experiment"))
         raise ConfigError(f"train_experiment={experiment} is not one of {names}: name one, or give train=[...]")
     extra = OmegaConf.to_container(cfg.train, resolve=True) if cfg.get("train") else []
     if not isinstance(extra, list):

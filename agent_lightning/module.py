@@ -139,7 +139,7 @@ class AgentModule(pl.LightningModule):
             losses.append(loss.detach())
             sizes.append(len(targets))
         assert loss is not None  # Lightning stops before an item once max_steps is reached
-        step_losses = torch.stack(losses) if grouped else loss.detach().reshape(1)
+        step_losses = torch.stack(losses) if grouped else losses[0].reshape(1)
         self._counts.add_losses(step_losses, sizes)  # the epoch's mean loss: one sum per item, no host sync
         if not grouped:
             # `self.log` costs about as much as this model's forward pass, so the step loss is logged

@@ -11,7 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from agent_lightning.config import config_dir
+from agent_lightning.config import config_dir, group_option_names
 from agent_lightning.errors import ConfigError
 
 INSTALL_HINT = "pip install 'lightning-agent-trainer[env]'"
@@ -20,7 +20,7 @@ VECTORIZATIONS = ("sync", "async")
 
 def env_names() -> list[str]:
     """The environments configured under `conf/env/`."""
-    return sorted(p.stem for p in (config_dir() / "env").glob("*.yaml"))
+    return group_option_names("env")
 
 
 def env_config(env: str | Mapping[str, Any] | None) -> DictConfig:
