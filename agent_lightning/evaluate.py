@@ -67,9 +67,9 @@ def evaluate_on_dataset(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         from agent_lightning.evaluation.classification import evaluate_dataset
     except ImportError:
         raise ConfigError("data=dataset evaluation is not available in this build: use env=<name>") from None
-    from agent_lightning.runs.class_names import check_same_classes, saved_class_names
+    from agent_lightning.runs.data_schema import check_same_schema, saved_schema
 
-    check_same_classes(f"ckpt_path={cfg.ckpt_path}", saved_class_names(cfg.ckpt_path), cfg.data)
+    check_same_schema(f"ckpt_path={cfg.ckpt_path}", saved_schema(cfg.ckpt_path), cfg.data)
     return evaluate_dataset(Policy.load(cfg.ckpt_path), cfg.data.path, split=cfg.split, output_dir=output_dir)
 
 

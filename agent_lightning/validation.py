@@ -28,7 +28,7 @@ from agent_lightning.arguments import Rule
 from agent_lightning.errors import ConfigError
 from agent_lightning.parallel.degrees import SHARDED, STRATEGIES, Degrees, resolve_degrees
 from agent_lightning.parallel.sharding import tensor_parallel_plan
-from agent_lightning.runs.class_names import check_same_classes, saved_class_names
+from agent_lightning.runs.data_schema import check_same_schema, saved_schema
 from agent_lightning.runs.identity import check_run_identity
 from agent_lightning.runs.init_from import check_init_from
 from agent_lightning.runs.lock import global_rank
@@ -468,7 +468,7 @@ def check_resume_checkpoint(cfg: DictConfig) -> None:
             )
         training_state = safe_load.load_file(meta, mmap=True)
         _check_same_training_setup(cfg, path, training_state)
-        check_same_classes(f"ckpt_path={path}", saved_class_names(training_state), cfg.data)
+        check_same_schema(f"ckpt_path={path}", saved_schema(training_state), cfg.data)
     else:
         if sharded:
             raise ConfigError(
@@ -492,7 +492,7 @@ def check_resume_checkpoint(cfg: DictConfig) -> None:
             if k.startswith("model.") and isinstance(v, torch.Tensor)
         }
         _check_same_training_setup(cfg, path, checkpoint)
-        check_same_classes(f"ckpt_path={path}", saved_class_names(checkpoint), cfg.data)
+        check_same_schema(f"ckpt_path={path}", saved_schema(checkpoint), cfg.data)
     compare_layers(f"ckpt_path={path}", stored, model_shapes(cfg))
 
 

@@ -42,12 +42,23 @@ def _day(rows: int, start: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
     return (x.numpy() * scale + 3.0).astype(np.float32), y.numpy()
 
 
+def _table(
+    x: np.ndarray, y: np.ndarray, path: Path, columns: list[str] | None = None, rename: dict[str, str] | None = None
+) -> Path:
+    """A Parquet file of feature columns f0, f1, ... (`columns`: their order in the file) and an `action` column."""
+    import pandas as pd
+
+    frame = pd.DataFrame(x, columns=[f"f{i}" for i in range(x.shape[1])]).assign(action=y)
+    frame[columns or list(frame.columns)].rename(columns=rename or {}).to_parquet(path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def yesterday(tmp_path_factory) -> dict[str, Path]:
     """Yesterday's dataset and the last checkpoint of one epoch trained on it; today's dataset, not trained on."""
     root = tmp_path_factory.mktemp("days")
-    prepare(_day(3000, 0, 5.0), root / "day1", progress_bar=False)
-    prepare(_day(3000, 3000, 6.0), root / "day2", progress_bar=False)
+    prepare(_table(*_day(3000, 0, 5.0), root / "day1.parquet"), root / "day1", progress_bar=False)
+    prepare(_table(*_day(3000, 3000, 6.0), root / "day2.parquet"), root / "day2", progress_bar=False)
     train(compose_config([*QUICK, f"data.path={root / 'day1'}"], output_dir=root / "run1"))
     return {"day1": root / "day1", "day2": root / "day2", "ckpt": root / "run1" / "checkpoints" / "last.ckpt"}
 
@@ -165,9 +176,9 @@ def test_the_stop_message_command_resumes_a_run_started_from_init_from(yesterday
 
 
 def test_data_that_numbers_its_classes_otherwise_is_refused_naming_the_fix(yesterday, tmp_path: Path) -> None:
-    from agent_lightning.runs.class_names import saved_class_names
+    from agent_lightning.runs.data_schema import saved_schema
 
-    assert saved_class_names(yesterday["ckpt"]) == [str(c) for c in range(6)]  # recorded from the training data
+    assert saved_schema(yesterday["ckpt"]).class_names == [str(c) for c in range(6)]  # recorded from the training data
     x, y = _day(600, 9000, 5.0)
     names = np.array(["a", "b", "c", "d", "e", "f"])
     prepare((x[y > 0], names[y[y > 0]]), tmp_path / "lacks_a", progress_bar=False)  # b..f numbered 0..4
@@ -186,3 +197,35 @@ def test_data_that_numbers_its_classes_otherwise_is_refused_naming_the_fix(yeste
     with pytest.raises(ConfigError, match=r"ckpt_path=.* was trained on classes \[0, 1, 2, 3, 4, 5\] but data.path="):
         evaluate_on_dataset(scoring, tmp_path / "scored")
     assert not (tmp_path / "scored").exists()
+
+
+def test_data_whose_columns_mean_otherwise_is_refused_naming_the_fix(yesterday, tmp_path: Path) -> None:
+    from agent_lightning.config import compose_raw
+    from agent_lightning.evaluate import evaluate_on_dataset
+    from agent_lightning.runs.data_schema import saved_schema
+
+    trained_order = [f"f{i}" for i in range(32)]
+    assert saved_schema(yesterday["ckpt"]).feature_names == trained_order  # recorded from the training data
+    x, y = _day(600, 9000, 5.0)
+    swapped = ["f1", "f0", *trained_order[2:], "action"]  # same width and names, two columns exchanged
+    _table(x, y, tmp_path / "swapped.parquet", swapped)
+    prepare(tmp_path / "swapped.parquet", tmp_path / "swapped", progress_bar=False)
+    _table(x, y, tmp_path / "renamed.parquet", [*trained_order, "action"], rename={"f5": "speed"})
+    prepare(tmp_path / "renamed.parquet", tmp_path / "renamed", progress_bar=False)
+    fix = rf"prepare it with features=\[{','.join(trained_order)}\]"
+    reordered = rf"in another order \(column 0: 'f0' in training, 'f1' here\): {fix}"
+    renamed_refused = r"was trained on \(missing \['f5'\], new \['speed'\]\)"
+    for key in ("init_from", "ckpt_path"):
+        cfg = compose_config([*QUICK, f"data.path={tmp_path / 'swapped'}", f"{key}={yesterday['ckpt']}"])
+        with pytest.raises(ConfigError, match=rf"{key}=.* was trained on {reordered}"):
+            validate(cfg)
+        cfg = compose_config([*QUICK, f"data.path={tmp_path / 'renamed'}", f"{key}={yesterday['ckpt']}"])
+        with pytest.raises(ConfigError, match=rf"other feature columns than {key}=.* {renamed_refused}"):
+            validate(cfg)
+    scored = [f"ckpt_path={yesterday['ckpt']}", "data=dataset", f"data.path={tmp_path / 'swapped'}"]
+    scoring = compose_raw("evaluate", scored)
+    with pytest.raises(ConfigError, match=r"in another order"):
+        evaluate_on_dataset(scoring, tmp_path / "scored")
+    # The fix the message names: the same file prepared with the training order is taken.
+    prepare(tmp_path / "swapped.parquet", tmp_path / "ordered", features=trained_order, progress_bar=False)
+    validate(compose_config([*QUICK, f"data.path={tmp_path / 'ordered'}", f"init_from={yesterday['ckpt']}"]))

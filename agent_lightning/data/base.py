@@ -53,6 +53,11 @@ class RankBatchesDataModule(pl.LightningDataModule):
         return None
 
     @property
+    def feature_names(self) -> list[str] | None:
+        """The data's feature columns in the order the model reads them, where it names them (None: not named)."""
+        return None
+
+    @property
     def class_names(self) -> list[str] | None:
         """The data's classes in the order of their indices, where it names them (None: not named)."""
         return None

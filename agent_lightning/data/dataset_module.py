@@ -67,6 +67,11 @@ class PreparedDataModule(RankBatchesDataModule):
         return self.dataset.fingerprint or None
 
     @property
+    def feature_names(self) -> list[str] | None:
+        """The manifest's feature columns, in the order the model reads them."""
+        return list(self.dataset.manifest.get("feature_names") or []) or None
+
+    @property
     def class_names(self) -> list[str] | None:
         """The manifest's classes, in the order of their indices."""
         return list(self.dataset.class_names) or None

@@ -334,6 +334,11 @@ class StreamDataModule(RankBatchesDataModule):
         self.move_head(max(self.head, 1))
 
     @property
+    def feature_names(self) -> list[str] | None:
+        """The first part's feature columns (every part has them alike), in the order the model reads them."""
+        return list(self.first.get("feature_names") or []) or None
+
+    @property
     def class_names(self) -> list[str] | None:
         """The first part's classes (every part names them alike), in the order of their indices."""
         return list(self.first.get("class_names") or []) or None

@@ -18,7 +18,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 
-from agent_lightning.runs.class_names import CLASS_NAMES_KEY
+from agent_lightning.runs.data_schema import DataSchema
 from agent_lightning.runs.loop_progress import (
     BATCHES,
     EPOCHS,
@@ -103,9 +103,9 @@ class DataAwareResume(pl.Callback):
             checkpoint[FINGERPRINT_KEY] = fingerprint
         if batching is not None:
             checkpoint[BATCHING_KEY] = batching
-        names = getattr(trainer.datamodule, "class_names", None)
-        if names:  # what each output meant: checked when it is resumed, fine-tuned or evaluated on other data
-            checkpoint[CLASS_NAMES_KEY] = list(names)
+        # What each input and output meant: checked when it is resumed, fine-tuned or evaluated on other data.
+        data = trainer.datamodule
+        DataSchema(getattr(data, "feature_names", None), getattr(data, "class_names", None)).record(checkpoint)
 
     def on_load_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]

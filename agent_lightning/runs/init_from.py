@@ -24,7 +24,7 @@ from torch import nn
 
 from agent_lightning import safe_load
 from agent_lightning.errors import ConfigError
-from agent_lightning.runs.class_names import check_same_classes, saved_class_names
+from agent_lightning.runs.data_schema import check_same_schema, saved_schema
 from agent_lightning.runs.lock import global_rank
 
 log = logging.getLogger("agent_lightning")
@@ -80,7 +80,7 @@ def check_init_from(cfg: DictConfig) -> None:
     from agent_lightning.validation import compare_layers, model_shapes
 
     if "data" in cfg:  # first: other classes also change the head's shape, and this says why
-        check_same_classes(f"{KEY}={path}", saved_class_names(path), cfg.data)
+        check_same_schema(f"{KEY}={path}", saved_schema(path), cfg.data)
     compare_layers(f"{KEY}={path}", _stored_shapes(path), model_shapes(cfg))
 
 

@@ -1,0 +1,101 @@
+"""What a model's inputs and outputs mean: the feature columns and class names of its training data, checked.
+
+A model reads its inputs by position and its outputs are class numbers. Data prepared apart can keep the
+width and the number of classes and still mean something else: its columns in another order, or a class
+missing so that the others are numbered differently (a prepared dataset numbers named labels in sorted
+order). Every checkpoint records its training data's schema (`runs/data_resume.py`); a resume, `init_from`
+and `evaluate` on a prepared dataset refuse data whose schema differs, before anything runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from agent_lightning import safe_load
+from agent_lightning.errors import ConfigError
+
+CLASS_NAMES_KEY = "data_class_names"
+FEATURE_NAMES_KEY = "data_feature_names"
+
+
+@dataclass(frozen=True)
+class DataSchema:
+    """The named columns and classes of a dataset, in the order the model sees them (None: not named)."""
+
+    feature_names: list[str] | None = None
+    class_names: list[str] | None = None
+
+    @classmethod
+    def from_mapping(cls, source: dict[str, Any], feature_key: str, class_key: str) -> DataSchema:
+        """The schema kept under two keys of a checkpoint or a manifest."""
+        return cls(_names(source.get(feature_key)), _names(source.get(class_key)))
+
+    def record(self, checkpoint: dict[str, Any]) -> None:
+        """Write the named parts of this schema into a checkpoint being saved."""
+        if self.feature_names:
+            checkpoint[FEATURE_NAMES_KEY] = list(self.feature_names)
+        if self.class_names:
+            checkpoint[CLASS_NAMES_KEY] = list(self.class_names)
+
+
+def _names(value: Any) -> list[str] | None:
+    return [str(name) for name in value] if isinstance(value, list | tuple) and value else None
+
+
+def saved_schema(checkpoint: dict[str, Any] | str | Path) -> DataSchema:
+    """The schema a checkpoint (loaded, a file or a sharded directory) was trained with; empty: not recorded."""
+    if not isinstance(checkpoint, dict):
+        path = Path(checkpoint)
+        if path.is_dir():
+            path = path / safe_load.LIGHTNING_META  # the non-tensor state beside the shards
+        if path.suffix.lower() not in (".ckpt", ".pt") or not path.is_file():
+            return DataSchema()  # an export (.safetensors, .onnx, .ts) keeps the model only
+        checkpoint = safe_load.load_file(path, mmap=True)
+    return DataSchema.from_mapping(checkpoint, FEATURE_NAMES_KEY, CLASS_NAMES_KEY)
+
+
+def data_schema(data_cfg: DictConfig) -> DataSchema:
+    """The schema of the configured prepared dataset or stream (its first part); empty for the synthetic task."""
+    from agent_lightning.data.fitting import is_stream_config
+    from agent_lightning.data.manifest import read_manifest
+    from agent_lightning.data.stream_dir import first_manifest
+
+    path = data_cfg.get("path") if "path" in data_cfg else None
+    if path is None or str(path) == "???":
+        return DataSchema()  # the synthetic task numbers its classes and columns
+    manifest = first_manifest(path) if is_stream_config(data_cfg) else read_manifest(path)
+    return DataSchema.from_mapping(manifest or {}, "feature_names", "class_names")
+
+
+def check_same_schema(where: str, saved: DataSchema, data_cfg: DictConfig) -> None:
+    """ConfigError when the data's columns or classes mean otherwise than those the checkpoint `where` learnt."""
+    now = data_schema(data_cfg)
+    _check_same_features(where, saved.feature_names, now.feature_names, data_cfg.get("path"))
+    if saved.class_names is None or now.class_names is None or saved.class_names == now.class_names:
+        return
+    raise ConfigError(
+        f"{where} was trained on classes [{', '.join(saved.class_names)}] but data.path={data_cfg.path} numbers its "
+        f"classes [{', '.join(now.class_names)}]: prepare it with class_names=[{','.join(saved.class_names)}] so "
+        "each output keeps its meaning"
+    )
+
+
+def _check_same_features(where: str, saved: list[str] | None, now: list[str] | None, path: Any) -> None:
+    if saved is None or now is None or saved == now or len(saved) != len(now):
+        return  # another width is named by the layer shapes' check
+    if sorted(saved) == sorted(now):
+        at = next(i for i, (a, b) in enumerate(zip(saved, now, strict=True)) if a != b)
+        raise ConfigError(
+            f"data.path={path} has the feature columns {where} was trained on in another order (column {at}: "
+            f"{saved[at]!r} in training, {now[at]!r} here): prepare it with features=[{','.join(saved)}] so each "
+            "input keeps its meaning"
+        )
+    missing, new = [n for n in saved if n not in now], [n for n in now if n not in saved]
+    raise ConfigError(
+        f"data.path={path} has other feature columns than {where} was trained on (missing {missing[:5]}, new "
+        f"{new[:5]}): the model reads its inputs by position, so prepare data with the training columns"
+    )
