@@ -149,6 +149,26 @@ def test_class_names_come_from_string_labels(tmp_path: Path) -> None:
     assert sorted(labels.tolist()) == [0, 1, 2, 2]
 
 
+def test_class_numbers_written_as_text_keep_their_numbers_and_a_stray_word_is_named(tmp_path: Path) -> None:
+    # Sorted as names, "10" would come before "2": class 2 would be output 4 of the model, silently.
+    frame = pd.DataFrame({"a": np.arange(12.0), "action": [str(c) for c in (11, 2, 10, 0, 1, 3, 4, 5, 6, 7, 8, 9)]})
+    frame.to_parquet(tmp_path / "text.parquet")
+    manifest = prepare(tmp_path / "text.parquet", tmp_path / "text", val_fraction=0, test_fraction=0)
+    assert manifest["class_names"] == [str(c) for c in range(12)]
+    features, labels = _all_rows(tmp_path / "text", "train")
+    assert labels.tolist() == [int(frame["action"][int(row)]) for row in features[:, 0]]  # each its own number
+    frame.loc[5, "action"] = "x"
+    frame.to_csv(tmp_path / "stray.csv", index=False)
+    with pytest.raises(
+        ConfigError, match=r"stray.csv, row 5: label 'x' is not a class number but others are \(e.g. '11'\)"
+    ):
+        prepare(tmp_path / "stray.csv", tmp_path / "stray", progress_bar=False)
+    named = prepare(
+        tmp_path / "stray.csv", tmp_path / "named", class_names=[*map(str, range(12)), "x"], progress_bar=False
+    )
+    assert named["num_classes"] == 13  # the escape the message names: every class named, in the given order
+
+
 def _bad_inputs(tmp: Path) -> dict[str, tuple[Path, dict, str]]:
     frame = _table(rows=50)
     cases: dict[str, tuple[Path, dict, str]] = {}

@@ -59,6 +59,25 @@ def aligned_features(chunk: Chunk, names: list[str] | None) -> np.ndarray:
     return chunk.features[:, [chunk.feature_names.index(name) for name in names]]
 
 
+def _class_numbers_written_as_text(labels: np.ndarray, chunk: Chunk) -> np.ndarray:
+    """Text labels that are all whole numbers, as numbers; other text as it is; ConfigError for a mix of both.
+
+    Class numbers stored as text (a Parquet string column, a CSV label column with a stray word) would
+    otherwise become names numbered in sorted order: "10" before "2", so class 2 would be output 4.
+    """
+    text = np.char.strip(labels.astype(str))
+    whole = np.char.isdigit(text) & (np.char.str_len(text) <= 18)  # ASCII-or-not digits that fit int64
+    if whole.all():
+        return text.astype(np.int64)
+    if whole.any():
+        row, example = int(np.flatnonzero(~whole)[0]), str(text[np.flatnonzero(whole)[0]])
+        raise ConfigError(
+            f"input file {chunk.source}, row {chunk.first_row + row}: label {str(text[row])!r} is not a class number "
+            f"but others are (e.g. {example!r}): correct that row, or give class_names=[...] to name every class"
+        )
+    return labels
+
+
 class LabelEncoder:
     """Labels to class indices: whole numbers >= 0 kept; names (strings) numbered in sorted order at the end.
 
@@ -77,11 +96,17 @@ class LabelEncoder:
     def encode(self, chunk: Chunk) -> np.ndarray:
         """int64 codes of the chunk's labels (names: by first appearance, remapped by `finish`)."""
         labels = chunk.labels
+        if labels.dtype.kind not in "iufb" and self.fixed is None:
+            labels = _class_numbers_written_as_text(labels, chunk)
         numeric = labels.dtype.kind in "iufb"
         if self.numeric is None:
             self.numeric = numeric
         elif self.numeric != numeric:
-            raise ConfigError(f"input file {chunk.source}: labels mix numbers and names")
+            kind, before = ("a class number", "names") if numeric else ("a name", "class numbers")
+            raise ConfigError(
+                f"input file {chunk.source}, row {chunk.first_row}: label {str(labels[0])!r} is {kind} but the "
+                f"labels before it are {before}: give one kind of label (or class_names=[...] to name them all)"
+            )
         if not numeric:
             return self._encode_names(labels.astype(str), chunk)
         bad = ~np.isfinite(labels) if labels.dtype.kind == "f" else np.zeros(len(labels), dtype=bool)
