@@ -11,13 +11,14 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.strategies import ModelParallelStrategy
+
+from agent_lightning.replacing import remove_path, replace_directory, restore_aside
 
 STAGING_SUFFIX = ".tmp"
 PREVIOUS_SUFFIX = ".old"
@@ -37,23 +38,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         os.replace(tmp, path)
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
-
-
-def replace_directory(staged: Path, target: Path) -> None:
-    """Move the fully written `staged` directory to `target`, keeping `target` until the new one is there."""
-    previous = target.with_name(target.name + PREVIOUS_SUFFIX)
-    _remove(previous)
-    if target.exists():
-        os.replace(target, previous)
-    os.replace(staged, target)
-    _remove(previous)
-
-
 def clean_stale_writes(directory: str | Path) -> list[Path]:
     """Remove what a killed write left in `directory`; restore a checkpoint caught between two renames.
 
@@ -66,13 +50,12 @@ def clean_stale_writes(directory: str | Path) -> list[Path]:
     for entry in sorted(directory.iterdir()):
         if entry.name.endswith(PREVIOUS_SUFFIX):
             target = entry.with_name(entry.name.removesuffix(PREVIOUS_SUFFIX))
-            if not target.exists():
-                os.replace(entry, target)  # the new checkpoint never arrived: keep the previous one
-                continue
-            _remove(entry)
-            cleaned.append(entry)
+            restored = not target.exists()  # the new checkpoint never arrived: keep the previous one
+            restore_aside(entry, target)
+            if not restored:
+                cleaned.append(entry)
         elif entry.name.endswith(STAGING_SUFFIX):
-            _remove(entry)
+            remove_path(entry)
             cleaned.append(entry)
     return cleaned
 
@@ -92,10 +75,10 @@ class AtomicModelParallelStrategy(ModelParallelStrategy):
         target = Path(self.broadcast(filepath))
         staged = target.with_name(target.name + STAGING_SUFFIX)
         if self.global_rank == 0:
-            _remove(staged)
+            remove_path(staged)
         self.barrier("atomic_checkpoint_staging")
         super().save_checkpoint(checkpoint, staged, storage_options)
         self.barrier("atomic_checkpoint_written")
         if self.global_rank == 0:
-            replace_directory(staged, target)
+            replace_directory(staged, target, target.with_name(target.name + PREVIOUS_SUFFIX))
         self.barrier("atomic_checkpoint_renamed")

@@ -7,10 +7,14 @@ fixed by the config); 3 a rank crashed on an unexpected error; 128 + N stopped b
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import signal
 import sys
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
 
 EXIT_CONFIG = 2
 EXIT_CRASHED = 3
@@ -34,7 +38,7 @@ def signal_exit_code(signum: int) -> int:
 
 
 class StoppedBySignalError(Exception):
-    """A signal asked the run to stop; a current last.ckpt was saved and the message says how to resume."""
+    """A signal asked the command to stop; the message says what was kept (a run: its last.ckpt) and how to go on."""
 
     def __init__(self, signum: int, message: str) -> None:
         super().__init__(message)
@@ -49,6 +53,28 @@ class StoppedBySignalError(Exception):
     def signal_name(self) -> str:
         """SIGTERM, SIGINT, ..."""
         return signal.Signals(self.signum).name
+
+
+@contextlib.contextmanager
+def signals_stop(message: Callable[[str], str]) -> Iterator[None]:
+    """Within the block, SIGTERM, SIGINT and SIGHUP raise StoppedBySignalError(`message(signal name)`).
+
+    So `finally` blocks clean up and the command ends with one line and 128 + the signal's number,
+    where the default action would end it silently (SIGTERM) or with a traceback (Ctrl+C).
+    """
+    if threading.current_thread() is not threading.main_thread():  # handlers can only be set there
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise StoppedBySignalError(signum, message(signal.Signals(signum).name))
+
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _first_line(err: BaseException) -> str:

@@ -57,9 +57,11 @@ from agent_lightning.data.writer import (
     aligned_features,
     check_features,
 )
-from agent_lightning.errors import ConfigError
+from agent_lightning.errors import ConfigError, signals_stop
+from agent_lightning.replacing import replace_directory, restore_aside
 
 log = logging.getLogger("agent_lightning.prepare")
+ASIDE = ".replaced-"  # `.<output>.replaced-<pid>`: the old dataset while an overwrite renames the new one in
 Arrays = Mapping[str, Any] | tuple
 
 
@@ -169,6 +171,7 @@ def prepare(
     if isinstance(features, str):  # `features=f0`: one column, not its letters
         features = [features]
     sources = _sources(input)
+    _restore_interrupted_replace(output)  # first: the dataset a killed overwrite left aside is the output again
     if not append:
         named = [Path(p) for p in (label, group) if p and str(p).endswith(".npy")]  # a bare .npy's labels/groups
         check_output(output, overwrite, [*(s for s, _ in sources if isinstance(s, Path)), *named])
@@ -227,11 +230,9 @@ def prepare(
             if end_stream:
                 write_end(output)
             return manifest
-        if output.exists():
-            if not _replaceable(output):  # filled by someone else while this ran: keep their files
-                raise ConfigError(f"output={output} was filled while preparing: choose another output")
-            shutil.rmtree(output)
-        os.replace(work, output)
+        if not _replaceable(output):  # filled by someone else while this ran: keep their files
+            raise ConfigError(f"output={output} was filled while preparing: choose another output")
+        replace_directory(work, output, aside=output.parent / f".{output.name}{ASIDE}{os.getpid()}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return manifest
@@ -283,13 +284,26 @@ def _check_writable(output: Path) -> None:
 def _remove_abandoned_work(output: Path) -> None:
     # A killed prepare leaves its hidden work directory (bucket files): remove those whose process is gone.
     for work in output.parent.glob(f".{output.name}.prepare-*"):
-        pid = work.name.rpartition("-")[2]
-        try:
-            os.kill(int(pid), 0)
-        except (ValueError, ProcessLookupError):
+        if _process_gone(work):
             shutil.rmtree(work, ignore_errors=True)
-        except PermissionError:
-            pass  # alive, another user's
+
+
+def _restore_interrupted_replace(output: Path) -> None:
+    # An overwrite killed between its two renames left the old dataset aside: it is the output until replaced.
+    for aside in output.parent.glob(f".{output.name}{ASIDE}*"):
+        if _process_gone(aside) and restore_aside(aside, output):
+            log.info("restored %s, left aside by an overwrite that was stopped", output)
+
+
+def _process_gone(path: Path) -> bool:
+    """Whether the process whose id ends `path`'s name has ended (a hidden directory it was writing)."""
+    try:
+        os.kill(int(path.name.rpartition("-")[2]), 0)
+    except (ValueError, ProcessLookupError):
+        return True
+    except PermissionError:
+        pass  # alive, another user's
+    return False
 
 
 def _arrays_of(input: Any) -> list[Any]:
@@ -415,7 +429,10 @@ def main(cfg: DictConfig) -> None:
             raise ConfigError(f"{key} is required: {what}, e.g. {key}={'raw/*.csv' if key == 'input' else 'data/mine'}")
     options = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(options, dict)
-    manifest = prepare(**options)
+    # A stop removes the work directory on its way out and leaves the output as it was.
+    kept = "the stream keeps the parts it had" if cfg.get("append") else f"{cfg.output} is as it was"
+    with signals_stop(lambda name: f"prepare stopped by {name} before it finished: {kept}; run it again to prepare"):
+        manifest = prepare(**options)
     output = Path(cfg.output) / manifest["part"] if cfg.get("append") else Path(cfg.output)
     log.info("%s", _summary(manifest, output))
 

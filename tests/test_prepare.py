@@ -337,6 +337,47 @@ def test_overwrite_replaces_only_a_prepared_dataset_and_never_the_input(tmp_path
     assert (inputs / "good.csv").is_file() and (tmp_path / "work" / "notes.txt").read_text() == "keep me"
 
 
+def test_a_stop_while_preparing_or_replacing_keeps_the_old_dataset_whole(tmp_path: Path, monkeypatch) -> None:
+    import signal
+
+    import agent_lightning.prepare as preparing
+    from agent_lightning.errors import StoppedBySignalError, signals_stop
+
+    table = _table(rows=60)
+    arrays = (table.filter(like="f").to_numpy(np.float32), table["label"].to_numpy())
+    out = tmp_path / "data" / "out"
+    prepare(arrays, out, seed=1, progress_bar=False)
+    before = _snapshot(tmp_path)
+    again = dict(output=out, overwrite=True, seed=2, progress_bar=False)
+    # SIGTERM while the new dataset is being written: the work directory goes, the old dataset stays.
+    monkeypatch.setattr(preparing, "_verify", lambda *args: os.kill(os.getpid(), signal.SIGTERM))
+    with pytest.raises(StoppedBySignalError, match=r"^stopped by SIGTERM$"), signals_stop(lambda n: f"stopped by {n}"):
+        prepare(arrays, **again)
+    assert _snapshot(tmp_path) == before
+    monkeypatch.undo()
+    # A stop between the old dataset's move aside and the new one's move in: the old one is put back at once.
+    real_replace, moves = os.replace, []
+
+    def stopped_at_the_second_move(source: Path, target: Path) -> None:
+        if Path(target).parent == out.parent:  # not the manifest's own atomic write
+            moves.append(Path(target))
+        if len(moves) == 2:
+            raise StoppedBySignalError(signal.SIGTERM, "stopped")
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", stopped_at_the_second_move)
+    with pytest.raises(StoppedBySignalError):
+        prepare(arrays, **again)
+    monkeypatch.undo()
+    assert moves[:2] == [out.parent / f".out.replaced-{os.getpid()}", out] and _snapshot(tmp_path) == before
+    # Killed there (no stop to put it back): the next prepare of that output restores it before anything else.
+    os.replace(out, out.parent / ".out.replaced-999999999")
+    with pytest.raises(ConfigError, match="exists and is not empty"):
+        prepare(arrays, out, progress_bar=False)
+    assert _snapshot(tmp_path) == before and [p.name for p in out.parent.iterdir()] == ["out"]
+    assert json.loads((out / "manifest.json").read_text())["source"]["seed"] == 1
+
+
 def test_each_bad_value_is_refused_naming_its_key(tmp_path: Path) -> None:
     _table(rows=60).to_csv(tmp_path / "good.csv", index=False)
     cases = {

@@ -22,8 +22,9 @@ from hydra.errors import InstantiationException
 
 from agent_lightning import export
 from agent_lightning.callbacks import NonFiniteLossError
-from agent_lightning.checkpoint_io import clean_stale_writes, replace_directory
+from agent_lightning.checkpoint_io import clean_stale_writes
 from agent_lightning.errors import ConfigError, StoppedBySignalError, user_facing
+from agent_lightning.replacing import replace_directory
 from agent_lightning.runs.lock import LOCK_FILE
 from agent_lightning.runs.nothing_left import summary_metrics
 from agent_lightning.safe_load import check_distributed_metadata
@@ -352,7 +353,7 @@ def test_stale_writes_are_cleaned_and_a_directory_swap_keeps_the_old_one_until_t
     staged = tmp_path / "dir.ckpt.tmp"
     staged.mkdir()
     (staged / ".metadata").write_bytes(b"new")
-    replace_directory(staged, tmp_path / "dir.ckpt")
+    replace_directory(staged, tmp_path / "dir.ckpt", tmp_path / "dir.ckpt.old")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.ckpt"]
     assert (tmp_path / "dir.ckpt" / ".metadata").read_bytes() == b"new"
 
