@@ -329,24 +329,28 @@ def _write(
     width: int | None = None
     feature_names: list[str] | None = None
     total = 0
-    # Closed on an error too, so that the error's line starts a line of its own.
-    with tqdm(desc="prepare: read", unit=" rows", disable=not progress_bar, file=sys.stderr) as bar:
-        for source, fixed_split in sources:
-            for chunk in read_chunks(source, options):
-                width = check_features(chunk, width)
-                feature_names = feature_names or chunk.feature_names
-                features = aligned_features(chunk, feature_names)
-                codes = encoder.encode(chunk)
-                splits = assigner.assign(chunk, fixed_split)
-                groups = group_codes(chunk.groups) if options.group else None
-                if spill is None:
-                    spill = BucketSpill(work, buckets, width, groups is not None, seed)
-                spill.add(splits, features, codes, groups)
-                total += len(chunk)
-                bar.update(len(chunk))
+    # Closed on an error too: the bar, so that the error's line starts a line of its own; the bucket files,
+    # so that a caller in Python (StreamWriter, collect) keeps no open files from a refused input.
+    try:
+        with tqdm(desc="prepare: read", unit=" rows", disable=not progress_bar, file=sys.stderr) as bar:
+            for source, fixed_split in sources:
+                for chunk in read_chunks(source, options):
+                    width = check_features(chunk, width)
+                    feature_names = feature_names or chunk.feature_names
+                    features = aligned_features(chunk, feature_names)
+                    codes = encoder.encode(chunk)
+                    splits = assigner.assign(chunk, fixed_split)
+                    groups = group_codes(chunk.groups) if options.group else None
+                    if spill is None:
+                        spill = BucketSpill(work, buckets, width, groups is not None, seed)
+                    spill.add(splits, features, codes, groups)
+                    total += len(chunk)
+                    bar.update(len(chunk))
+    finally:
+        if spill is not None:
+            spill.close()
     if spill is None or total == 0:
         raise ConfigError(f"input {', '.join(str(s) for s, _ in sources)} has no rows")
-    spill.close()
     remap, class_names = encoder.finish()
     count = len(class_names)
     stats = RunningStats(spill.width)

@@ -109,6 +109,20 @@ def test_group_split_never_shares_a_group(tmp_path: Path) -> None:
     assert dataset.num_features == 6  # the group column is not a feature
 
 
+def test_a_split_smaller_than_its_buckets_keeps_its_group_ids(tmp_path: Path) -> None:
+    # Input over bucket_mb spills into several buckets per split; a 2-row split leaves most of its buckets empty.
+    rows = 50_000
+    x = np.random.default_rng(0).normal(size=(rows, 16)).astype(np.float32)  # 3.2 MB: 4 buckets of 1 MiB
+    split = np.where(np.arange(rows) < rows - 2, "train", "val")
+    arrays = {"features": x, "labels": np.arange(rows) % 3, "groups": np.arange(rows), "split": split}
+    prepare(arrays, tmp_path / "out", group="groups", split="column", bucket_mb=1, progress_bar=False)
+    dataset = PreparedDataset(tmp_path / "out")
+    for name, expected in (("train", range(rows - 2)), ("val", range(rows - 2, rows))):
+        view = dataset.splits[name]
+        groups = np.concatenate([view.groups(i) for i in range(len(view.shards))])
+        assert view.rows == len(expected) and sorted(groups.tolist()) == list(expected)
+
+
 def test_stratified_split_keeps_class_proportions(tmp_path: Path) -> None:
     y = np.array([0] * 900 + [1] * 100)
     x = np.random.default_rng(0).normal(size=(1000, 2))

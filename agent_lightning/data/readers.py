@@ -308,7 +308,8 @@ def _csv_batches(path: Path, options: ReadOptions) -> Iterator[Any]:
     parse = csv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid)
     read = csv.ReadOptions(block_size=1 << 24)
     try:
-        header = csv.open_csv(path, read_options=read, parse_options=parse).schema
+        with csv.open_csv(path, read_options=read, parse_options=parse) as first_block:
+            header = first_block.schema
         # Every feature column is read as float64, so a column whose first block looks integral
         # does not fail later; the label as float64 too when numeric, checked for whole numbers here.
         special = {options.label, options.group, options.split_column}

@@ -299,14 +299,16 @@ class BucketSpill:
         return self._files[key]
 
     def close(self) -> None:
-        """Flush and close every bucket file."""
+        """Flush and close every bucket file (again: nothing)."""
         for file in self._files.values():
             file.close()
+        self._files.clear()
 
     def read(self, split: int, bucket: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """One bucket's rows, then its files are deleted."""
-        if not self.rows[split, bucket]:
-            return np.empty((0, self.width), np.float32), np.empty(0, np.int64), None
+        if not self.rows[split, bucket]:  # a small split leaves buckets empty: still with (no) group ids
+            groups = np.empty(0, np.int64) if self.has_groups else None
+            return np.empty((0, self.width), np.float32), np.empty(0, np.int64), groups
         stem = self.directory / f"bucket-{split}-{bucket}"
         x = np.fromfile(f"{stem}.x", dtype=np.float32).reshape(-1, self.width)
         y = np.fromfile(f"{stem}.y", dtype=np.int64)
