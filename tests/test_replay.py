@@ -117,6 +117,14 @@ def test_replay_of_another_width_is_refused(tasks, tmp_path):
         compose_config([*QUICK, f"data.path={tasks[1]}", f"data.replay.path={tasks[0]}", "data.replay.fraction=1.5"])
     with pytest.raises(ConfigError, match=r"data.replay.fraction=0.2 needs data.replay.path"):
         compose_config([*QUICK, f"data.path={tasks[1]}", "data.replay.fraction=0.2"])
+    replay = [f"data.path={tasks[1]}", f"data.replay.path={tasks[0]}", "data.replay.fraction=0.2"]
+    one_row = r"data.batch_size=1 leaves 1 row per batch: give each rank's batch at least 2 rows"
+    with pytest.raises(ConfigError, match=one_row):  # no room for an old row and a new one
+        compose_config([*QUICK, *replay, "data.batch_size=1"])
+    two_ranks = _module(tasks, 0.2, 0, 2)
+    two_ranks.batch_size = 2  # data.batch_size=2 passes the check above; each of 2 ranks gets one row
+    with pytest.raises(ConfigError, match=r"data.batch_size=2 over 2 data-parallel ranks leaves 1 row per batch"):
+        two_ranks.train_dataloader()
     missing = tmp_path / "nope"
     with pytest.raises(ConfigError, match=r"^data.replay.path=.*nope is not a prepared dataset"):
         compose_config([*QUICK, f"data.path={tasks[1]}", f"data.replay.path={missing}", "data.replay.fraction=0.2"])

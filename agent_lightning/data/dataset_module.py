@@ -87,7 +87,7 @@ class PreparedDataModule(RankBatchesDataModule):
     def _loader(self, split: str, train: bool) -> BlockBatchLoader | ReplayMixLoader:
         if not train or self.replay_dataset is None:
             return self._block_loader(self.dataset, split, self.local_batch_size, self.seed, train)
-        old_rows = replay_rows(self.local_batch_size, self.replay_fraction)
+        old_rows = replay_rows(self.local_batch_size, self.replay_fraction, self.data_parallel_size)
         current = self._block_loader(self.dataset, "train", self.local_batch_size - old_rows, self.seed, True)
         # Its own seed stream: the old rows' order does not repeat the new rows' block order.
         replay = self._block_loader(self.replay_dataset, "train", old_rows, self.seed + 1_000_003, True)

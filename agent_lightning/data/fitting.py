@@ -95,4 +95,4 @@ def check_data_config(cfg: DictConfig) -> None:
     if cfg.data.get("replay"):
         from agent_lightning.data.replay import check_replay_config
 
-        check_replay_config(cfg.data.path, cfg.data.replay)
+        check_replay_config(cfg.data.path, cfg.data.replay, int(cfg.data.batch_size))

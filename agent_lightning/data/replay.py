@@ -21,10 +21,19 @@ from agent_lightning.data.prepared import BlockBatchLoader
 from agent_lightning.errors import ConfigError
 
 
-def replay_rows(batch_size: int, fraction: float) -> int:
-    """Rows of a batch of `batch_size` taken from the replay data (0 when the fraction is 0)."""
+def replay_rows(batch_size: int, fraction: float, ranks: int = 1) -> int:
+    """Rows of a rank's batch of `batch_size` taken from the replay data (0 when the fraction is 0).
+
+    ConfigError when the batch cannot hold a new row and an old one (`ranks`: how many share the global batch).
+    """
     if fraction <= 0:
         return 0
+    if batch_size < 2:
+        shared = f" over {ranks} data-parallel ranks" if ranks > 1 else ""
+        raise ConfigError(
+            f"data.replay.fraction={fraction} mixes old and new rows in every batch, but data.batch_size="
+            f"{batch_size * ranks}{shared} leaves {batch_size} row per batch: give each rank's batch at least 2 rows"
+        )
     return min(batch_size - 1, max(1, round(fraction * batch_size)))
 
 
@@ -35,13 +44,15 @@ def check_fraction(fraction: Any) -> float:
     return float(fraction)
 
 
-def check_replay_config(path: str | Path, replay: Any) -> None:
+def check_replay_config(path: str | Path, replay: Any, batch_size: int) -> None:
     """`data.replay` is usable with `data.path` (checked before any rank starts); ConfigError otherwise."""
     fraction = check_fraction(replay.get("fraction", 0.0))
     if fraction > 0 and not replay.get("path"):
         raise ConfigError(
             f"data.replay.fraction={fraction} needs data.replay.path=<an older dataset written by prepare>"
         )
+    if replay.get("path"):
+        replay_rows(batch_size, fraction)  # each rank's share is checked again once the ranks are known
     if replay.get("path"):
         check_replay_matches(path, replay["path"])
 

@@ -248,7 +248,7 @@ class StreamDataModule(RankBatchesDataModule):
     @property
     def replay_local_rows(self) -> int:
         """Rows of each rank's batch drawn from older data, when there is any."""
-        return replay_rows(self.local_batch_size, self.replay_fraction)
+        return replay_rows(self.local_batch_size, self.replay_fraction, self.data_parallel_size)
 
     # --- what the ranks agree on --------------------------------------------------------------------
 
