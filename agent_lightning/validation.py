@@ -328,6 +328,13 @@ def _check_metric_names(cfg: DictConfig) -> None:
                 f"callbacks.{name}.monitor={monitor!r} is not a metric the run logs while it trains: use one of "
                 f"{', '.join(FIT_METRICS)}"
             )
+    # Reported at each validation's end, before the training epoch's own metrics are logged.
+    validated = [name for name in FIT_METRICS if name.startswith("val/")]
+    monitor = (cfg.get("optuna_trial") or {}).get("monitor")
+    if isinstance(monitor, str) and monitor.startswith(OWNED_NAMESPACES) and monitor not in validated:
+        raise ConfigError(
+            f"optuna_trial.monitor={monitor!r} is not a metric each validation logs: use one of {', '.join(validated)}"
+        )
     metric = cfg.get("optimized_metric")
     if isinstance(metric, str) and metric.startswith(OWNED_NAMESPACES) and metric not in FIT_METRICS + FINAL_METRICS:
         raise ConfigError(

@@ -68,6 +68,10 @@ CHECKED_CASES = {
         "callbacks.early_stopping.monitor='val/accuracy' is not a metric the run logs while it trains: use one of",
     ),
     "an optimized metric the run never logs": (["optimized_metric=val/nosuch"], "optimized_metric='val/nosuch' is not"),
+    "a pruning metric validation does not log": (
+        ["optuna_trial.monitor=train/loss_epoch"],
+        "optuna_trial.monitor='train/loss_epoch' is not a metric each validation logs: use one of val/acc",
+    ),
     "a data size that is not a number": (["data.train_size=abc"], "data.train_size='abc' is invalid"),
     "negative noise": (["augment=noise", "augment.noise.std=-1"], "augment.noise.std=-1 is invalid: use a number >= 0"),
     "a time limit Lightning cannot read": (["trainer.max_time=garbage"], "trainer.max_time='garbage' is invalid"),

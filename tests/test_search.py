@@ -105,6 +105,42 @@ def test_a_stored_study_resumes_and_keeps_counting(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "second").iterdir() if p.is_dir()) == ["2"]  # only the missing trial
 
 
+def test_a_pruning_report_that_fails_on_rank_0_stops_every_rank_with_its_line(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from agent_lightning.search.pruning import OptunaPruning
+
+    sent: list[object] = []
+
+    def trainer(rank_0: bool, from_rank_0: object = None) -> SimpleNamespace:
+        def broadcast(obj: object, src: int = 0) -> object:
+            sent.append(obj)
+            return obj if rank_0 else from_rank_0
+
+        metrics = {"val/acc": 0.5}
+        return SimpleNamespace(
+            sanity_checking=False,
+            is_global_zero=rank_0,
+            callback_metrics=metrics,
+            current_epoch=0,
+            strategy=SimpleNamespace(broadcast=broadcast),
+            should_stop=False,
+        )
+
+    pruning = OptunaPruning(storage=f"sqlite:///{tmp_path / 'search.db'}", study_name="gone", trial_id=0)
+    refused = r"optuna_trial.storage=sqlite:///.*search.db: reporting to study 'gone' failed \(.*Record does not exist"
+    with pytest.raises(ConfigError, match=refused):
+        pruning.on_validation_end(trainer(rank_0=True), None)
+    (decision,) = sent
+    assert decision[0] is False and "gone" in decision[1]  # the error went to the other ranks before it was raised
+    with pytest.raises(ConfigError, match=refused):  # another rank raises rank 0's line instead of waiting for it
+        OptunaPruning("unused", "gone", 0).on_validation_end(trainer(rank_0=False, from_rank_0=decision), None)
+    unlogged = trainer(rank_0=True)
+    unlogged.callback_metrics = {}
+    with pytest.raises(ConfigError, match=r"optuna_trial.monitor='val/acc' was not logged"):
+        pruning.on_validation_end(unlogged, None)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_pruning_works_when_trials_run_ddp_ranks(tmp_path: Path) -> None:

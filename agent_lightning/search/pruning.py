@@ -44,14 +44,28 @@ class OptunaPruning(pl.Callback):
         """Report this epoch's metric; decide on rank 0 whether to prune, and stop every rank if so."""
         if trainer.sanity_checking:
             return
-        prune = False
+        decision: tuple[bool, str | None] = (False, None)
         if trainer.is_global_zero:
-            value = trainer.callback_metrics.get(self.monitor)
-            if value is None:
-                raise ConfigError(f"optuna_trial.monitor={self.monitor!r} was not logged; pruning needs it")
-            trial = self._get_trial()
-            trial.report(float(value), step=trainer.current_epoch)
-            prune = trial.should_prune()
-        if trainer.strategy.broadcast(prune, src=0):
+            decision = self._report(trainer)
+        # Every rank learns the decision, or rank 0's error: raised on rank 0 alone, the others would wait forever.
+        prune, error = trainer.strategy.broadcast(decision, src=0)
+        if error is not None:
+            raise ConfigError(error)
+        if prune:
             self.pruned_at_epoch = trainer.current_epoch
             trainer.should_stop = True
+
+    def _report(self, trainer: pl.Trainer) -> tuple[bool, str | None]:
+        """(whether to prune, None) after reporting the metric; (False, the error's line) when it cannot be."""
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None:
+            return False, f"optuna_trial.monitor={self.monitor!r} was not logged; pruning needs it"
+        try:
+            trial = self._get_trial()
+            trial.report(float(value), step=trainer.current_epoch)
+            return trial.should_prune(), None
+        except Exception as err:  # the study's storage went away or refused: one line on every rank
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            return False, (
+                f"optuna_trial.storage={self.storage}: reporting to study {self.study_name!r} failed ({first})"
+            )
