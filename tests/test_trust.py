@@ -341,6 +341,24 @@ def test_a_second_run_on_the_same_directory_is_refused(compose_cfg, tmp_path: Pa
     assert sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*")) == before
 
 
+def test_a_lock_won_on_a_lock_file_its_holder_just_removed_is_taken_again(tmp_path: Path, monkeypatch) -> None:
+    from agent_lightning.runs import lock
+
+    real_open, opened = Path.open, []
+
+    def open_as_the_holder_leaves(self: Path, *args, **kwargs):
+        handle = real_open(self, *args, **kwargs)
+        if not opened:  # the holder removes its file (and then unlocks it) between this open and the flock
+            self.unlink()
+        opened.append(handle)
+        return handle
+
+    monkeypatch.setattr(Path, "open", open_as_the_holder_leaves)
+    handle = lock._lock(tmp_path / LOCK_FILE, tmp_path)
+    assert len(opened) == 2 and os.fstat(handle.fileno()).st_ino == os.stat(tmp_path / LOCK_FILE).st_ino
+    handle.close()
+
+
 def test_stale_writes_are_cleaned_and_a_directory_swap_keeps_the_old_one_until_the_new_is_there(tmp_path: Path) -> None:
     (tmp_path / "last.ckpt.tmp").write_bytes(b"half")
     (tmp_path / "best.ckpt.tmp").mkdir()

@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 from agent_lightning.errors import ConfigError
 
@@ -49,7 +50,7 @@ def run_directory_lock(output_dir: str | Path) -> Iterator[None]:
     """Hold an exclusive lock on `output_dir` for the duration; raise ConfigError if another run holds it.
 
     The lock is `flock` on `<output_dir>/.run.lock`: the kernel drops it when the holder exits, even
-    on SIGKILL, so a crashed run never leaves a stale lock behind (only an empty file, reused).
+    on SIGKILL, so a crashed run never leaves a stale lock behind (only its file, reused).
     """
     directory = Path(output_dir).resolve()
     if os.environ.get(HELD_ENV) == str(directory):
@@ -60,17 +61,7 @@ def run_directory_lock(output_dir: str | Path) -> Iterator[None]:
         return
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / LOCK_FILE
-    handle = path.open("a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        handle.close()
-        raise ConfigError(
-            f"run directory {directory} is in use by another run ({holder}); wait for it to finish or choose "
-            "another hydra.run.dir / paths.output_dir"
-        ) from None
+    handle = _lock(path, directory)
     handle.seek(0)
     handle.truncate()
     handle.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
@@ -86,4 +77,27 @@ def run_directory_lock(output_dir: str | Path) -> Iterator[None]:
             os.environ[HELD_ENV] = previous
         path.unlink(missing_ok=True)  # leave the run directory as the run made it (removed while still held)
         fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def _lock(path: Path, directory: Path) -> IO[str]:
+    """The lock file `path`, opened and exclusively locked; ConfigError naming the holder if another run has it."""
+    while True:
+        handle = path.open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise ConfigError(
+                f"run directory {directory} is in use by another run ({holder}); wait for it to finish or choose "
+                "another hydra.run.dir / paths.output_dir"
+            ) from None
+        # A holder removes the file before it lets go: a lock won on that removed file would be a second lock.
+        try:
+            if os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino:
+                return handle
+        except FileNotFoundError:
+            pass
         handle.close()
