@@ -284,8 +284,10 @@ RULES: tuple[Rule, ...] = (
     Rule("trainer.limit_train_batches", _limit_train, "a fraction in (0.0, 1.0] or a whole number of batches >= 1"),
     Rule("trainer.max_time", _max_time, "DD:HH:MM:SS, e.g. 00:12:00:00, or {hours: 12} (or null: no limit)"),
     Rule("data.train_size", whole_at_least(1), "a whole number of rows >= 1"),
-    Rule("data.val_size", whole_at_least(0), "a whole number of rows >= 0"),
-    Rule("data.test_size", whole_at_least(0), "a whole number of rows >= 0"),
+    Rule(
+        "data.val_size", whole_at_least(1), "a whole number of rows >= 1 (no validation: trainer.limit_val_batches=0)"
+    ),
+    Rule("data.test_size", whole_at_least(1), "a whole number of rows >= 1 (no test: test=false)"),
     Rule("augment.noise.std", between(0, math.inf), "a number >= 0"),
     Rule("augment.mask.p", between(0, 1, high_open=True), "a number in [0, 1)"),
     Rule("augment.mixup.alpha", POSITIVE, "a positive number"),

@@ -73,6 +73,10 @@ CHECKED_CASES = {
         "optuna_trial.monitor='train/loss_epoch' is not a metric each validation logs: use one of val/acc",
     ),
     "a data size that is not a number": (["data.train_size=abc"], "data.train_size='abc' is invalid"),
+    "no validation rows": (
+        ["data.val_size=0"],
+        "data.val_size=0 is invalid: use a whole number of rows >= 1 (no valid",
+    ),
     "negative noise": (["augment=noise", "augment.noise.std=-1"], "augment.noise.std=-1 is invalid: use a number >= 0"),
     "a time limit Lightning cannot read": (["trainer.max_time=garbage"], "trainer.max_time='garbage' is invalid"),
 }
