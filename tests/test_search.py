@@ -105,6 +105,28 @@ def test_a_stored_study_resumes_and_keeps_counting(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "second").iterdir() if p.is_dir()) == ["2"]  # only the missing trial
 
 
+def test_tune_reports_each_epochs_own_training_metrics(compose_cfg, tmp_path: Path) -> None:
+    import csv
+
+    from agent_lightning.search.ray_tune import TuneReport
+    from agent_lightning.train import train
+
+    class Reported(TuneReport):
+        def __init__(self) -> None:
+            self.losses: list[float | None] = []
+
+        def report(self, trainer) -> None:  # what Tune would be handed, without a Ray session
+            value = trainer.callback_metrics.get("train/loss_epoch")
+            self.losses.append(None if value is None else float(value))
+
+    reported = Reported()
+    small = ["data.train_size=2048", "data.val_size=512", "test=false", "logger=csv"]
+    train(compose_cfg(*small), extra_callbacks=[reported])
+    with next((tmp_path / "run").glob("csv/**/metrics.csv")).open() as rows:
+        logged = [float(row["train/loss_epoch"]) for row in csv.DictReader(rows) if row.get("train/loss_epoch")]
+    assert len(logged) == 2 and reported.losses == pytest.approx(logged)  # each epoch's, not the one before
+
+
 def test_a_pruning_report_that_fails_on_rank_0_stops_every_rank_with_its_line(tmp_path: Path) -> None:
     from types import SimpleNamespace
 

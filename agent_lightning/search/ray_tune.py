@@ -35,9 +35,28 @@ CHECKPOINT = "tune.ckpt"
 
 
 class TuneReport(pl.Callback):
-    """Reports the epoch's metrics and a checkpoint to Ray Tune after every training epoch (validation included)."""
+    """Reports the epoch's metrics and a checkpoint to Ray Tune after every training epoch (validation included).
 
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    Lightning calls a callback's `on_train_epoch_end` before the module's, where the module logs the
+    epoch's `train/acc` and `train/loss_epoch`: reported from there, they would be the previous epoch's.
+    So the report follows the module's own hook, for the duration of the fit.
+    """
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Report right after the module's `on_train_epoch_end` has logged the epoch's metrics."""
+        module_hook = pl_module.on_train_epoch_end
+
+        def then_report() -> None:
+            module_hook()
+            self.report(trainer)
+
+        pl_module.on_train_epoch_end = then_report  # type: ignore[method-assign]
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Give the module its own hook back."""
+        pl_module.__dict__.pop("on_train_epoch_end", None)
+
+    def report(self, trainer: pl.Trainer) -> None:
         """Save a checkpoint to a temporary directory and hand it, with the metrics, to Tune."""
         from ray import tune
 
