@@ -104,25 +104,32 @@ class EpochCounts:
         self._count_pending()
         return self.carried + (int(self._correct) if self._correct is not None else 0)
 
-    def accuracy(self) -> Tensor | None:
-        """Right predictions over samples seen, as a device tensor (None before any sample)."""
+    def accuracy(self) -> Tensor | float | None:
+        """Right predictions over samples seen, as a device tensor (None before any sample).
+
+        A float where every count was restored and none trained yet: `self.log` puts it on the module's
+        device, where a CPU tensor would reach a GPU all-reduce.
+        """
         if not self.seen:
             return None
         self._count_pending()
         if self._correct is None:  # only restored counts
-            return torch.tensor(self.carried / self.seen)
+            return self.carried / self.seen
         return (self._correct.float() + self.carried) / self.seen
 
     def loss_sum(self) -> float:
         """The sum of loss x batch size so far (one host sync), restored steps included."""
         return self.carried_loss + (float(self._loss_sum) if self._loss_sum is not None else 0.0)
 
-    def mean_loss(self) -> Tensor | None:
-        """The epoch's training loss so far, each sample weighted alike, as a device tensor (None before any)."""
+    def mean_loss(self) -> Tensor | float | None:
+        """The epoch's training loss so far, each sample weighted alike, as a device tensor (None before any).
+
+        A float where only restored steps count (see `accuracy`).
+        """
         if not self.loss_seen:
             return None
         if self._loss_sum is None:  # only restored steps
-            return torch.tensor(self.carried_loss / self.loss_seen)
+            return self.carried_loss / self.loss_seen
         return (self._loss_sum + self.carried_loss) / self.loss_seen
 
     def restore(self, correct: float, seen: int, loss_sum: float | None = None) -> None:

@@ -96,3 +96,7 @@ def test_the_epoch_loss_weighs_every_sample_alike_and_an_old_checkpoint_restores
     assert counts.mean_loss() is None
     counts.add_losses(torch.tensor([0.5]), [512])
     assert float(counts.mean_loss()) == pytest.approx(0.5)
+    # Restored counts and nothing trained since: plain numbers, which `self.log` puts on the module's device
+    # (a CPU tensor would reach a GPU rank's all-reduce).
+    counts.restore(correct=30, seen=100, loss_sum=25.0)
+    assert counts.accuracy() == 0.3 and counts.mean_loss() == 0.25
