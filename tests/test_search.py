@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -125,6 +126,59 @@ def test_tune_reports_each_epochs_own_training_metrics(compose_cfg, tmp_path: Pa
     with next((tmp_path / "run").glob("csv/**/metrics.csv")).open() as rows:
         logged = [float(row["train/loss_epoch"]) for row in csv.DictReader(rows) if row.get("train/loss_epoch")]
     assert len(logged) == 2 and reported.losses == pytest.approx(logged)  # each epoch's, not the one before
+
+
+def test_max_failures_stops_new_trials_and_tells_the_running_ones(tmp_path: Path) -> None:
+    import threading
+    from types import SimpleNamespace
+
+    from optuna.trial import TrialState
+
+    from agent_lightning.search.optuna_sweep import OptunaSearch
+    from agent_lightning.search.storage import open_storage
+
+    first_running = threading.Event()
+
+    class Job:  # what Hydra's launcher returns: the value, or the job's error when it is read
+        def __init__(self, number: int) -> None:
+            self.number, self.hydra_cfg = number, None
+
+        @property
+        def return_value(self) -> float:
+            if self.number == 0:
+                return 0.9
+            raise RuntimeError("training diverged")
+
+    def launch(jobs: list[list[str]], initial_job_idx: int) -> list[Job]:
+        if initial_job_idx == 0:  # the first trial runs on while the next ones fail
+            first_running.set()
+            time.sleep(1.0)
+        else:
+            first_running.wait()
+        return [Job(initial_job_idx)]
+
+    search = OptunaSearch(
+        None, None, "maximize", "failing", None, n_trials=10, n_jobs=2, params={"seed": "range(0, 100)"}, max_failures=2
+    )
+    search.config, search.sweep_dir = OmegaConf.create({}), tmp_path / "sweep"
+
+    class EveryJobComposes:
+        def __call__(self, overrides: list[str]) -> None:
+            pass
+
+        def composing_only(self) -> "EveryJobComposes":
+            return self
+
+    search.job_checker = EveryJobComposes()
+    search.launcher = SimpleNamespace(launch=launch)
+    with pytest.raises(SystemExit) as stopped:
+        search.sweep([])
+    study = optuna.load_study(
+        study_name="failing", storage=open_storage(f"journal:///{tmp_path / 'sweep' / 'optuna.journal'}")
+    )
+    states = [t.state for t in study.trials]
+    assert stopped.value.code == 1 and states[0] == TrialState.COMPLETE and study.trials[0].value == 0.9
+    assert states[1:] == [TrialState.FAIL, TrialState.FAIL]  # no trial started after the second failure in a row
 
 
 def test_a_pruning_report_that_fails_on_rank_0_stops_every_rank_with_its_line(tmp_path: Path) -> None:

@@ -253,11 +253,13 @@ class OptunaSearch(Sweeper):
         )
         pool = _InThisThread() if slots == 1 else ThreadPoolExecutor(max_workers=slots, thread_name_prefix="trial")
         in_flight: dict[Future, optuna.trial.Trial] = {}
-        failures = 0
+        failures, stopping = 0, False
         with Heartbeat(storage) as heartbeat:
             try:
                 while True:
-                    while len(in_flight) < slots and self._remaining(study) > len(in_flight):
+                    # After max_failures in a row no trial starts; those running finish and are told.
+                    stopping = stopping or failures >= self.max_failures
+                    while not stopping and len(in_flight) < slots and self._remaining(study) > len(in_flight):
                         trial = self._ask(study, space)
                         heartbeat.add(trial._trial_id)  # at once: a trial without a heartbeat is never stale
                         overrides = self._overrides(trial, fixed, spec, study.study_name)
@@ -265,6 +267,7 @@ class OptunaSearch(Sweeper):
                         if error:
                             failures = self._fail(study, trial, error, failures)
                             heartbeat.remove(trial._trial_id)
+                            stopping = failures >= self.max_failures
                             continue
                         in_flight[pool.submit(self._launch, trial, overrides)] = trial
                     if not in_flight:
@@ -278,6 +281,10 @@ class OptunaSearch(Sweeper):
                         log.warning("Trial %d had stopped (its search was killed): marked FAIL, rerun", number)
             finally:
                 pool.shutdown()
+        if stopping:
+            log.error("%d trials failed in a row (hydra.sweeper.max_failures): search stopped", self.max_failures)
+            write_summary(study, self.sweep_dir)
+            sys.exit(1)
         running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
         if running:
             log.info("Trials %s are still running in another search process (or are stale: rerun later)", running)
@@ -321,12 +328,7 @@ class OptunaSearch(Sweeper):
         trial.set_user_attr("error", error[:2000])
         study.tell(trial, state=TrialState.FAIL)
         log.error("Trial %d %s failed: %s", trial.number, trial.params, error)
-        failures += 1
-        if failures >= self.max_failures:
-            log.error("%d trials failed in a row (hydra.sweeper.max_failures): stopping the search", failures)
-            write_summary(study, self.sweep_dir)
-            sys.exit(1)
-        return failures
+        return failures + 1
 
     def _tell(self, study: optuna.Study, trial: optuna.trial.Trial, future: Future, failures: int) -> int:
         try:
