@@ -61,6 +61,13 @@ def test_torchscript_matches_torch_and_loads_without_this_package(run, tmp_path:
     other = tmp_path / "agent.model"
     assert export_main([str(run["ckpt"]), str(other), "format=torchscript"]) == 0
     np.testing.assert_array_equal(Policy.load(other).act(obs), Policy.load(run["ckpt"]).act(obs))
+    # A name that promises weights (read without running code) is never given to a program, nor run as one.
+    weights_name = tmp_path / "agent.pt"
+    with pytest.raises(ConfigError, match=r"format=torchscript writes a program, and .*agent.pt is a name for weights"):
+        export.export(run["ckpt"], weights_name, format="torchscript")
+    other.rename(weights_name)
+    with pytest.raises(ConfigError, match=r"agent.pt is a TorchScript program, not weights: .* name it agent.ts"):
+        Policy.load(weights_name)
 
 
 def test_safetensors_round_trip_keeps_weights_statistics_and_config(run, tmp_path: Path) -> None:

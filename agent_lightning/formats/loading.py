@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from agent_lightning.errors import ConfigError
-from agent_lightning.formats.registry import SUFFIXES, is_torchscript_archive
+from agent_lightning.formats.registry import SUFFIXES, WEIGHTS_SUFFIXES, is_torchscript_archive
 
 
 def load_policy_model(path: Path, device: torch.device) -> tuple[Any, dict[str, int]]:
@@ -28,7 +28,13 @@ def load_policy_model(path: Path, device: torch.device) -> tuple[Any, dict[str, 
         from agent_lightning.formats import safetensors_file
 
         return safetensors_file.read(path).to(device), {}
-    if suffix == "torchscript" or is_torchscript_archive(path):
+    program = suffix == "torchscript" or is_torchscript_archive(path)
+    if program and path.suffix.lower() in WEIGHTS_SUFFIXES:  # a program in a file named for weights: not run unasked
+        raise ConfigError(
+            f"{path} is a TorchScript program, not weights: it runs its own code when it acts; to run it as a "
+            f"policy, name it {path.with_suffix('.ts').name}"
+        )
+    if program:
         from agent_lightning.formats import torchscript_file
 
         return torchscript_file.read(path, device)

@@ -13,6 +13,8 @@ FORMATS = ("torch", "safetensors", "onnx", "torchscript")
 SUFFIXES = {".pt": "torch", ".pth": "torch", ".safetensors": "safetensors", ".onnx": "onnx"}
 SUFFIXES |= {".ts": "torchscript", ".torchscript": "torchscript"}
 INSTALL_EXPORT = "pip install 'lightning-agent-trainer[export]'"
+# Names that promise weights, read without running code: a TorchScript program (it runs its own code) never has one.
+WEIGHTS_SUFFIXES = (".pt", ".pth", ".ckpt")
 
 
 def format_for_path(path: str | Path, explicit: str | None = None) -> str:
@@ -20,6 +22,11 @@ def format_for_path(path: str | Path, explicit: str | None = None) -> str:
     if explicit:
         if explicit not in FORMATS:
             raise ConfigError(f"format={explicit!r} is not one of {', '.join(FORMATS)}")
+        if explicit == "torchscript" and Path(path).suffix.lower() in WEIGHTS_SUFFIXES:
+            raise ConfigError(
+                f"format=torchscript writes a program, and {path} is a name for weights (loaded without running "
+                f"code): name it {Path(path).with_suffix('.ts').name}"
+            )
         return explicit
     suffix = Path(path).suffix.lower()
     if suffix not in SUFFIXES:
