@@ -73,7 +73,7 @@ def compose_config(overrides: Sequence[str] = (), output_dir: str | Path | None 
     """The run config for `overrides` (as on the command line), writing under `output_dir`.
 
     Outside a Hydra run there is no run directory to interpolate, so `output_dir` names it
-    (default: `runs/<experiment or 'default'>` under the current directory).
+    (default: `runs/default` under the current directory).
     """
     cfg = compose_raw("config", overrides)
     with open_dict(cfg):

@@ -65,8 +65,8 @@ def evaluate_on_dataset(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     try:
         from agent_lightning.agents.policy import Policy
         from agent_lightning.evaluation.classification import evaluate_dataset
-    except ImportError:
-        raise ConfigError("data=dataset evaluation is not available in this build: use env=<name>") from None
+    except ImportError as err:  # a core package that does not import: name it rather than the feature
+        raise ConfigError(f"data=dataset evaluation cannot import {err.name or err}: reinstall it ({err})") from None
     from agent_lightning.runs.data_schema import check_same_schema, saved_schema
 
     check_same_schema(f"ckpt_path={cfg.ckpt_path}", saved_schema(cfg.ckpt_path), cfg.data)

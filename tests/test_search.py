@@ -83,7 +83,7 @@ def test_search_completes_prunes_the_hopeless_trial_and_reports_the_best(tmp_pat
     assert trials[2].startswith("1,PRUNED,")  # the hopeless one
     assert set(results.best_params) == {"optimizer", "optimizer.lr", "model.hidden_dim", "model.dropout"}
     assert results.best_value > 0.5
-    assert "Best trial" in output and str(results.best_value)[:6] in output
+    assert f"Best trial {results.best_trial}: val/acc_best = {results.best_value:.6g}" in output
     # Where the best trial's checkpoints and metrics are (its job directory), in the summary and the table.
     best_run = Path(results.best_run_dir)
     assert best_run == sweep / str(results.best_trial) and (best_run / "summary.json").is_file()

@@ -13,7 +13,8 @@ from agent_lightning.data.replay import ReplayMixLoader, check_fraction, check_r
 from agent_lightning.errors import ConfigError
 
 # auto: the train split's statistics, but a run started from `init_from` keeps the weights' own;
-# standard: the train split's, always; none: raw observations.
+# standard: the train split's, always; none: none from the data (a new model sees raw observations,
+# init_from's weights keep their own).
 NORMALIZE = ("auto", "standard", "none")
 
 

@@ -82,7 +82,10 @@ def resolve_degrees(strategy_cfg: DictConfig, world: int) -> Degrees:
     if tp == -1:
         tp = world // dp if world % dp == 0 else -1
     if dp < 1 or tp < 1 or dp * tp != world:
-        asked_dp, asked_tp = strategy_cfg.get("data_parallel", -1), strategy_cfg.get("tensor_parallel", 1)
+        asked_dp, asked_tp = (
+            strategy_cfg.get("data_parallel", -1),
+            1 if name == "fsdp" else strategy_cfg.get("tensor_parallel", -1),
+        )
         raise ConfigError(
             f"strategy={name}: dp({asked_dp}) x tp({asked_tp}) != world size {world} (devices x num_nodes): "
             f"choose degrees whose product is {world}"

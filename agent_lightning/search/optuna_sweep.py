@@ -283,12 +283,16 @@ class OptunaSearch(Sweeper):
                 pool.shutdown()
         if stopping:
             log.error("%d trials failed in a row (hydra.sweeper.max_failures): search stopped", self.max_failures)
-            write_summary(study, self.sweep_dir)
+            write_summary(study, self.sweep_dir, self._metric())
             sys.exit(1)
         running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
         if running:
             log.info("Trials %s are still running in another search process (or are stale: rerun later)", running)
-        write_summary(study, self.sweep_dir)
+        write_summary(study, self.sweep_dir, self._metric())
+
+    def _metric(self) -> str:
+        """The name of what the trials return (the run's `optimized_metric`), for the log."""
+        return str(OmegaConf.select(self.config, "optimized_metric", default=None) or "value")
 
     def _remaining(self, study: optuna.Study) -> int:
         return self.n_trials - sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))

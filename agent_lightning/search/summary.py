@@ -16,8 +16,8 @@ log = logging.getLogger(__name__)
 RUN_DIR_ATTR = "run_dir"  # a trial's job directory (its checkpoints, metrics and summary.json)
 
 
-def write_summary(study: optuna.Study, sweep_dir: Path) -> None:
-    """Log the best trial; write optimization_results.yaml, trials.csv and optimization_history.png."""
+def write_summary(study: optuna.Study, sweep_dir: Path, metric: str = "value") -> None:
+    """Log the best trial (its `metric`); write optimization_results.yaml, trials.csv and optimization_history.png."""
     completed = [t for t in study.trials if t.state == TrialState.COMPLETE]
     counts = {state.name.lower(): sum(t.state == state for t in study.trials) for state in TrialState}
     results: dict[str, Any] = {"name": study.study_name, "direction": study.direction.name.lower(), "trials": counts}
@@ -26,7 +26,7 @@ def write_summary(study: optuna.Study, sweep_dir: Path) -> None:
         run_dir = best.user_attrs.get(RUN_DIR_ATTR)
         results.update(best_value=best.value, best_params=best.params, best_trial=best.number, best_run_dir=run_dir)
         where = f" in {run_dir}" if run_dir else ""
-        log.info("Best trial %d: %s = %.6g with %s%s", best.number, "value", best.value, best.params, where)
+        log.info("Best trial %d: %s = %.6g with %s%s", best.number, metric, best.value, best.params, where)
     else:
         log.warning("No trial of study %s completed", study.study_name)
     OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
