@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import csv
 import logging
-import warnings
 from pathlib import Path
 from typing import Any
 
 import optuna
 from omegaconf import OmegaConf
+from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 log = logging.getLogger(__name__)
@@ -42,15 +42,23 @@ def write_summary(study: optuna.Study, sweep_dir: Path, metric: str = "value") -
             writer.writerow([*row, t.user_attrs.get(RUN_DIR_ATTR, ""), t.user_attrs.get("error", "")])
 
     if completed:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from optuna.visualization.matplotlib import plot_optimization_history
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            ax = plot_optimization_history(study)
-        ax.figure.savefig(sweep_dir / "optimization_history.png", dpi=100, bbox_inches="tight")
-        plt.close(ax.figure)
+        _plot_history(completed, study.direction, metric, sweep_dir / "optimization_history.png")
     log.info("Search summary in %s", sweep_dir)
+
+
+def _plot_history(
+    completed: list[optuna.trial.FrozenTrial], direction: StudyDirection, metric: str, path: Path
+) -> None:
+    """Each completed trial's value and the best so far, by trial number (no pyplot: a notebook keeps its backend)."""
+    from agent_lightning.evaluation.plots import new_figure
+
+    numbers, values = [t.number for t in completed], [float(t.value) for t in completed]
+    pick = max if direction == StudyDirection.MAXIMIZE else min
+    best = [pick(values[: i + 1]) for i in range(len(values))]
+    figure = new_figure(6.4, 4.0)
+    ax = figure.subplots()
+    ax.scatter(numbers, values, s=16, label=metric)
+    ax.step(numbers, best, where="post", color="tab:red", label="best so far")
+    ax.set(xlabel="trial", ylabel=metric, title="Optimization history")
+    ax.legend()
+    figure.savefig(path, dpi=100, bbox_inches="tight")
