@@ -105,13 +105,13 @@ def test_resume_mid_epoch_matches_an_uninterrupted_run(compose_cfg, task, tmp_pa
     with pytest.raises(CrashError):
         train(compose_cfg(*common, fast=False, output_dir=tmp_path / "cut"), extra_callbacks=[CrashAtStep(11)])
     last = tmp_path / "cut" / "checkpoints" / "last.ckpt"
-    saved = torch.load(last, map_location="cpu", weights_only=False)
+    saved = torch.load(last, map_location="cpu", weights_only=True)
     position = saved["PreparedDataModule"]["train_position"]
     assert saved["global_step"] == 10 and position["epoch"] == 1 and position["batches_served"] == 2
     resumed = train(compose_cfg(*common, f"ckpt_path={last}", fast=False, output_dir=tmp_path / "cut"))
     assert resumed["val/acc"] == pytest.approx(whole["val/acc"], abs=1e-6)
     final = [
-        torch.load(p / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+        torch.load(p / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
         for p in (tmp_path / "whole", tmp_path / "cut")
     ]
     assert all(torch.allclose(final[0][k], final[1][k], atol=1e-6) for k in final[0])
@@ -127,7 +127,7 @@ def test_without_val_and_test_splits_the_run_checkpoints_by_step_and_skips_testi
     assert "test/acc" not in metrics and "val/acc" not in metrics and metrics["train/acc"] > 0.5
     messages = caplog.text
     assert "no validation split" in messages and "no test split: testing skipped" in messages
-    last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["global_step"] == 2 * 12  # 3,000 rows in batches of 256: 12 per epoch
 
 

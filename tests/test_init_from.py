@@ -129,7 +129,7 @@ def test_an_export_and_a_sharded_directory_give_the_same_weights(yesterday, tmp_
         module = build_module(cfg)
         load_initial_weights(module.model, cfg)
         loaded = module.model.state_dict()
-        assert all(torch.equal(loaded[k], v) for k, v in saved.items()), source
+        assert loaded.keys() == saved.keys() and all(torch.equal(loaded[k], v) for k, v in saved.items()), source
     # Shards alone (no meta.pt beside them) give their weights, but no run to resume.
     resume = [*QUICK, f"data.path={yesterday['day1']}", "strategy=fsdp", f"ckpt_path={sharded}"]
     with pytest.raises(ConfigError, match=r"has no meta.pt .* not a whole checkpoint; .* with init_from="):
@@ -160,7 +160,8 @@ def test_a_safetensors_export_gives_the_same_weights(yesterday, tmp_path: Path) 
     validate(cfg)
     module = build_module(cfg)
     load_initial_weights(module.model, cfg)
-    assert all(torch.equal(module.model.state_dict()[k], v) for k, v in saved.items())
+    loaded = module.model.state_dict()
+    assert loaded.keys() == saved.keys() and all(torch.equal(loaded[k], v) for k, v in saved.items())
 
 
 def test_the_stop_message_command_resumes_a_run_started_from_init_from(yesterday) -> None:

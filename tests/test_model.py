@@ -1,7 +1,9 @@
 import pytest
 import torch
 
-from agent_lightning.model import AgentMLP
+from agent_lightning.model import ACTIVATIONS, NORMS, AgentMLP
+
+NORM_TYPES = {norm for norm in NORMS.values() if norm is not None}
 
 
 def test_reference_shape_and_parameter_count() -> None:
@@ -19,6 +21,8 @@ def test_every_activation_and_norm_builds_and_backprops(activation: str, norm: s
     )
     model(torch.randn(5, 8)).sum().backward()
     assert all(p.grad is not None for p in model.parameters())
+    built = {type(m) for m in model.modules()}  # the asked-for blocks, not a default in their place
+    assert ACTIVATIONS[activation] in built and (NORMS[norm] in built if NORMS[norm] else not built & NORM_TYPES)
 
 
 def test_dropout_is_active_only_in_training() -> None:

@@ -146,7 +146,7 @@ def test_gradient_accumulation_and_clipping_come_from_the_trainer(compose_cfg, t
         cfg = compose_cfg("optimizer=sgd", "test=false", "trainer.max_epochs=1", *overrides, output_dir=tmp_path / name)
         initial = InitialWeights()
         metrics = train(cfg, extra_callbacks=[initial])
-        state = torch.load(metrics["run_dir"] + "/checkpoints/last.ckpt", weights_only=False)
+        state = torch.load(metrics["run_dir"] + "/checkpoints/last.ckpt", weights_only=True)
         end = {k.removeprefix("model."): v for k, v in state["state_dict"].items() if k.startswith("model.")}
         moved = sum((end[k] - v).norm().item() for k, v in initial.state.items())
         return moved, state["global_step"]

@@ -30,7 +30,7 @@ def test_default_run_learns_far_above_chance(compose_cfg) -> None:
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
-    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
     return {k: v for k, v in state.items() if k.startswith("model.")}
 
 
@@ -55,7 +55,7 @@ def test_resume_mid_epoch_reaches_the_same_numbers(compose_cfg, tmp_path: Path) 
     with pytest.raises(CrashError):
         train(compose_cfg(*common, output_dir=tmp_path / "cut"), extra_callbacks=[CrashAtStep(45)])
     last = tmp_path / "cut" / "checkpoints" / "last.ckpt"
-    saved = torch.load(last, map_location="cpu", weights_only=False)
+    saved = torch.load(last, map_location="cpu", weights_only=True)
     assert saved["global_step"] == 45 and saved["epoch"] == 1
     assert saved["AgentDataModule"] == {"train_position": {"epoch": 1, "batches_served": 13}}
 
@@ -69,7 +69,7 @@ def test_resume_mid_epoch_reaches_the_same_numbers(compose_cfg, tmp_path: Path) 
     final_whole = _weights(tmp_path / "whole" / "checkpoints" / "last.ckpt")
     final_resumed = _weights(last)
     assert all(torch.allclose(final_whole[k], final_resumed[k], atol=1e-6) for k in final_whole)
-    assert torch.load(last, weights_only=False)["global_step"] == 96
+    assert torch.load(last, weights_only=True)["global_step"] == 96
 
 
 def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(compose_cfg, tmp_path: Path) -> None:
