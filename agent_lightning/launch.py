@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 FORWARDED_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
 
 
-def launch_ranks(cfg: DictConfig, devices: int) -> dict[str, Any]:
+def launch_ranks(cfg: DictConfig, devices: int, world: int) -> dict[str, Any]:
     """Run `train(cfg)` on `devices` local ranks (x `cfg.num_nodes`) and return this node's first rank's metrics.
 
     Each rank that fails writes its error (one line, and where it was raised) to a report file; the
@@ -70,7 +70,7 @@ def launch_ranks(cfg: DictConfig, devices: int) -> dict[str, Any]:
     signals_before = os.environ.get("TORCHELASTIC_SIGNALS_TO_HANDLE")  # torch elastic sets it for good
     handlers = {sig: signal.getsignal(sig) for sig in _forwarded()}  # torch elastic replaces them
     try:
-        results = elastic_launch(config, _rank_main)(resolved, log_file, str(reports))
+        results = elastic_launch(config, _rank_main)(resolved, devices, world, log_file, str(reports))
     except ChildFailedError as err:
         raise _failure(reports, err) from None
     except SignalException as err:  # this process was signalled: the ranks got the same signal and stopped
@@ -181,24 +181,39 @@ def _report(reports: str, rank: int, code: int, message: str) -> None:
     path.write_text(json.dumps({"rank": rank, "code": code, "message": message, "time": time.time()}))
 
 
-def _rank_main(resolved: dict[str, Any], log_file: str | None, reports: str) -> dict[str, Any]:
-    """Entry point of one rank: the job's resolved config in, metrics out (rank 0's are kept).
+def _rank_main(
+    resolved: dict[str, Any], devices: int, world: int, log_file: str | None, reports: str
+) -> dict[str, Any]:
+    """Entry point of one rank: the job's resolved and checked config in, metrics out (rank 0's are kept).
 
+    The launcher has checked the config (manifests, checkpoints, an environment): the ranks train it.
     A failing rank does not print: it reports its error to the launcher, which prints the cause once.
     """
-    from agent_lightning.train import train
+    from agent_lightning.train import train_checked
 
     rank = int(os.environ.get("RANK", "0"))
     setup_rank_logging(rank, log_file)
+    cfg = OmegaConf.create(resolved)
     try:
-        return train(OmegaConf.create(resolved))
+        return train_checked(cfg, devices, world)
     except Exception as err:
         known = user_facing(err)  # a bad value or file, a diverged run, a requested stop
-        if known is None:  # a crash: its type, first line and where it was raised
+        if known is None:  # a crash: its type, first line and where it was raised; the traceback in the run dir
             first = (str(err).strip().splitlines() or [""])[0]
-            known = (EXIT_CRASHED_CODE, f"{type(err).__name__}: {first}{_where(err)}")
+            kept = _keep_traceback(Path(str(cfg.paths.output_dir)), rank)
+            known = (EXIT_CRASHED_CODE, f"{type(err).__name__}: {first}{_where(err)}{kept}")
         _report(reports, rank, *known)
         sys.exit(known[0])
+
+
+def _keep_traceback(run_dir: Path, rank: int) -> str:
+    """Write the exception being handled, whole, to the run directory; the line's ending that names the file."""
+    path = run_dir / f"crash-rank{rank}.log"
+    try:
+        path.write_text(traceback.format_exc())
+    except OSError:
+        return ""
+    return f"; traceback in {path}"
 
 
 __all__ = ["LaunchError", "launch_ranks", "setup_rank_logging"]

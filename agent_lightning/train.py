@@ -81,11 +81,11 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str
 
     The run directory is locked for the run; the caller's CPU threads and environment are restored after.
     """
-    return _train_checked(cfg, *_resolve_and_check(cfg), extra_callbacks)
+    return train_checked(cfg, *_resolve_and_check(cfg), extra_callbacks)
 
 
 def _resolve_and_check(cfg: DictConfig) -> tuple[int, int]:
-    # Once per process: the checks read manifests and checkpoints, which can be large.
+    # Once per job (a launcher's ranks get the checked config): the checks read manifests and checkpoints.
     check_required_groups(cfg)
     resolve_latest(cfg)
     resolve_data_dims(cfg)
@@ -98,7 +98,10 @@ def _resolve_and_check(cfg: DictConfig) -> tuple[int, int]:
     return devices, world
 
 
-def _train_checked(cfg: DictConfig, devices: int, world: int, extra_callbacks: Sequence[Callback]) -> dict[str, Any]:
+def train_checked(
+    cfg: DictConfig, devices: int, world: int, extra_callbacks: Sequence[Callback] = ()
+) -> dict[str, Any]:
+    """`train` of a config already resolved and checked for `devices` per node and `world` ranks (a launched rank)."""
     kind, cores = available_devices(str(cfg.trainer.accelerator))
     threads = cfg.trainer.get("threads")
     with (
@@ -136,8 +139,8 @@ def _run_checked(cfg: DictConfig, devices: int, world: int) -> dict[str, Any]:
         # One node: its ranks run under this process's lock. Several: every node's launcher shares the
         # run directory, so global rank 0 takes the lock, wherever it runs.
         with run_directory_lock(cfg.paths.output_dir) if cfg.num_nodes == 1 else contextlib.nullcontext():
-            return launch_ranks(cfg, devices)
-    return _train_checked(cfg, devices, world, ())
+            return launch_ranks(cfg, devices, world)
+    return train_checked(cfg, devices, world)
 
 
 def _summary(metrics: dict[str, Any]) -> str:

@@ -66,3 +66,5 @@ def test_a_rank_side_error_is_printed_once_by_the_launcher(tmp_path: Path) -> No
     assert result.returncode == 3, output[-2000:]  # a crashed rank, not a config error (2)
     cause = "training failed on rank 1: KeyError: 'boom on purpose' (at helpers.py:"
     assert output.count(cause) == 1 and "Traceback" not in output, output[-2000:]
+    kept = tmp_path / "run" / "crash-rank1.log"  # the whole traceback, named at the end of the line
+    assert f"traceback in {kept}" in output and "KeyError: 'boom on purpose'" in kept.read_text()
