@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -61,7 +62,8 @@ from agent_lightning.errors import ConfigError, signals_stop
 from agent_lightning.replacing import replace_directory, restore_aside
 
 log = logging.getLogger("agent_lightning.prepare")
-ASIDE = ".replaced-"  # `.<output>.replaced-<pid>`: the old dataset while an overwrite renames the new one in
+WORK = ".prepare-"  # `.<output>.prepare-<host>-<pid>`: the dataset being written
+ASIDE = ".replaced-"  # `.<output>.replaced-<host>-<pid>`: the old dataset while an overwrite renames the new one in
 Arrays = Mapping[str, Any] | tuple
 
 
@@ -205,10 +207,10 @@ def prepare(
     _remove_abandoned_work(output)
     if append:  # the part is written inside the stream, under a name readers never list
         output.mkdir(exist_ok=True)
-        work = output / f".part.prepare-{os.getpid()}"
+        work = output / f".part{WORK}{_owner()}"
         _remove_abandoned_work(output / "part")  # this stream's killed appends
     else:
-        work = output.parent / f".{output.name}.prepare-{os.getpid()}"
+        work = output.parent / f".{output.name}{WORK}{_owner()}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     try:
@@ -232,7 +234,7 @@ def prepare(
             return manifest
         if not _replaceable(output):  # filled by someone else while this ran: keep their files
             raise ConfigError(f"output={output} was filled while preparing: choose another output")
-        replace_directory(work, output, aside=output.parent / f".{output.name}{ASIDE}{os.getpid()}")
+        replace_directory(work, output, aside=output.parent / f".{output.name}{ASIDE}{_owner()}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return manifest
@@ -283,22 +285,33 @@ def _check_writable(output: Path) -> None:
 
 def _remove_abandoned_work(output: Path) -> None:
     # A killed prepare leaves its hidden work directory (bucket files): remove those whose process is gone.
-    for work in output.parent.glob(f".{output.name}.prepare-*"):
-        if _process_gone(work):
+    for work in output.parent.glob(f".{output.name}{WORK}*"):
+        if _process_gone(work, WORK):
             shutil.rmtree(work, ignore_errors=True)
 
 
 def _restore_interrupted_replace(output: Path) -> None:
     # An overwrite killed between its two renames left the old dataset aside: it is the output until replaced.
     for aside in output.parent.glob(f".{output.name}{ASIDE}*"):
-        if _process_gone(aside) and restore_aside(aside, output):
+        if _process_gone(aside, ASIDE) and restore_aside(aside, output):
             log.info("restored %s, left aside by an overwrite that was stopped", output)
 
 
-def _process_gone(path: Path) -> bool:
-    """Whether the process whose id ends `path`'s name has ended (a hidden directory it was writing)."""
+def _owner() -> str:
+    """`<host>-<pid>` of this process: the end of the hidden directories it writes."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _process_gone(path: Path, marker: str) -> bool:
+    """Whether the process that wrote `path` (named `...<marker><host>-<pid>`) has ended.
+
+    Another host's directory is left alone (on a shared file system its process cannot be seen from here).
+    """
+    host, _, pid = path.name.partition(marker)[2].rpartition("-")
+    if host != socket.gethostname():
+        return False
     try:
-        os.kill(int(path.name.rpartition("-")[2]), 0)
+        os.kill(int(pid), 0)
     except (ValueError, ProcessLookupError):
         return True
     except PermissionError:

@@ -6,6 +6,7 @@ import json
 import os
 import pickle
 import re
+import socket
 import subprocess
 import sys
 import warnings
@@ -80,8 +81,10 @@ def test_csv_parquet_npz_pt_and_arrays_give_the_same_dataset(tmp_path: Path) -> 
 def test_rows_are_shuffled_and_sharded_at_fixed_size(tmp_path: Path) -> None:
     x = np.arange(10_000, dtype=np.float32).reshape(-1, 1)
     y = np.repeat(np.arange(10), 1000)  # class-sorted
-    abandoned = tmp_path / ".out.prepare-999999999"  # left by a killed prepare (no such process)
-    (abandoned / "bucket-0-0.x").parent.mkdir()
+    abandoned = tmp_path / f".out.prepare-{socket.gethostname()}-999999999"  # a killed prepare's (no such process)
+    abandoned.mkdir()
+    elsewhere = tmp_path / ".out.prepare-another-host-1"  # on a shared file system: whether it runs is unknown
+    elsewhere.mkdir()
     manifest = prepare(  # numpy numbers (as a script computes them) are plain numbers in the manifest
         (x, y), tmp_path / "out", shard_rows=np.int64(1000), val_fraction=0.0, test_fraction=np.float32(0.0),
         seed=np.int64(0), progress_bar=False,
@@ -91,7 +94,7 @@ def test_rows_are_shuffled_and_sharded_at_fixed_size(tmp_path: Path) -> None:
     assert sorted(rows[:, 0].tolist()) == list(range(10_000))  # every row once
     assert len(np.unique(labels[:1000])) == 10  # the first shard holds every class: shuffled
     assert manifest["splits"]["val"]["rows"] == manifest["splits"]["test"]["rows"] == 0
-    assert not abandoned.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert not abandoned.exists() and sorted(p.name for p in tmp_path.iterdir()) == [elsewhere.name, "out"]
 
 
 def test_group_split_never_shares_a_group(tmp_path: Path) -> None:
@@ -383,9 +386,10 @@ def test_a_stop_while_preparing_or_replacing_keeps_the_old_dataset_whole(tmp_pat
     with pytest.raises(StoppedBySignalError):
         prepare(arrays, **again)
     monkeypatch.undo()
-    assert moves[:2] == [out.parent / f".out.replaced-{os.getpid()}", out] and _snapshot(tmp_path) == before
+    aside = out.parent / f".out.replaced-{socket.gethostname()}-{os.getpid()}"
+    assert moves[:2] == [aside, out] and _snapshot(tmp_path) == before
     # Killed there (no stop to put it back): the next prepare of that output restores it before anything else.
-    os.replace(out, out.parent / ".out.replaced-999999999")
+    os.replace(out, out.parent / f".out.replaced-{socket.gethostname()}-999999999")
     with pytest.raises(ConfigError, match="exists and is not empty"):
         prepare(arrays, out, progress_bar=False)
     assert _snapshot(tmp_path) == before and [p.name for p in out.parent.iterdir()] == ["out"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -121,7 +122,7 @@ def test_online_run_follows_a_producer_to_its_end_marker(tmp_path):
 
 def test_writer_parts_are_whole_when_listed(tmp_path):
     stream = tmp_path / "stream"
-    abandoned = stream / ".part.prepare-999999999"  # what a killed producer leaves
+    abandoned = stream / f".part.prepare-{socket.gethostname()}-999999999"  # what a killed producer leaves
     abandoned.mkdir(parents=True)
     (abandoned / "train-00000.x.npy").write_bytes(b"\x93NUMPY half")
     x, y = ClusterTask(num_features=32, num_classes=4, seed=2).samples(0, 40_000)
