@@ -25,9 +25,9 @@ from agent_lightning import safe_load
 from agent_lightning.errors import EXIT_CONFIG, ConfigError
 from agent_lightning.formats.registry import FORMATS, format_for_path
 from agent_lightning.model import AgentMLP
+from agent_lightning.safe_load import plain_name
 
 # Wrappers that sharding options add to parameter names, not part of the model itself.
-_WRAPPER_PREFIXES = ("_checkpoint_wrapped_module.", "_fsdp_wrapped_module.", "_orig_mod.")
 # Float32 logits through another runtime agree to rounding: relative to the logits' scale.
 EXPORT_TOLERANCE = 1e-5
 CHECK_ROWS = 256  # random observations each export is checked on
@@ -39,18 +39,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return safe_load.load_checkpoint(path)
 
 
-def _plain_name(key: str) -> str:
-    for prefix in _WRAPPER_PREFIXES:
-        key = key.replace(prefix, "")
-    return key
-
-
 def model_state(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
     """The `AgentMLP` weights of a Lightning checkpoint, with wrapper prefixes removed."""
     state = checkpoint.get("state_dict")
     if not isinstance(state, dict):
         raise ConfigError("the checkpoint has no 'state_dict': not a checkpoint written by agent_lightning")
-    return {_plain_name(k.removeprefix("model.")): v for k, v in state.items() if k.startswith("model.")}
+    return {plain_name(k.removeprefix("model.")): v for k, v in state.items() if k.startswith("model.")}
 
 
 def model_config(checkpoint: dict[str, Any]) -> dict[str, Any]:
@@ -83,7 +77,7 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
         config = model_config(checkpoint) if _has_run_config(checkpoint) else None
     if not isinstance(config, dict | None) or not isinstance(state, dict):
         raise ConfigError(f"{path}: not a checkpoint or export written by agent_lightning")
-    return {_plain_name(k): v for k, v in state.items() if isinstance(v, torch.Tensor)}, config
+    return {plain_name(k): v for k, v in state.items() if isinstance(v, torch.Tensor)}, config
 
 
 def _has_run_config(checkpoint: dict[str, Any]) -> bool:

@@ -26,7 +26,8 @@ from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, SignalEx
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-from agent_lightning.errors import EXIT_CONFIG, RankCrashError, signal_exit_code, user_facing
+from agent_lightning.errors import EXIT_CONFIG, EXIT_CRASHED, signal_exit_code, user_facing
+from agent_lightning.runs.lock import global_rank
 
 log = logging.getLogger(__name__)
 # Signals the launcher passes on to its ranks (torch elastic's default list, plus SIGUSR1 that
@@ -132,12 +133,9 @@ def _failure(reports: Path, err: ChildFailedError | None, signal_code: int | Non
     # No report: a rank was killed (SIGKILL, out of memory) or died before it could write one.
     rank, failure = err.get_first_failure() if err else (-1, None)
     if failure is None:
-        return LaunchError(EXIT_CRASHED_CODE, "training failed on a rank that reported nothing")
+        return LaunchError(EXIT_CRASHED, "training failed on a rank that reported nothing")
     how = f"was killed by {failure.signal_name()}" if failure.exitcode < 0 else f"exited with code {failure.exitcode}"
-    return LaunchError(EXIT_CRASHED_CODE, f"training failed: rank {rank} {how} without reporting an error")
-
-
-EXIT_CRASHED_CODE = RankCrashError.exit_code
+    return LaunchError(EXIT_CRASHED, f"training failed: rank {rank} {how} without reporting an error")
 
 
 def _job_log_file() -> str | None:
@@ -191,7 +189,7 @@ def _rank_main(
     """
     from agent_lightning.train import train_checked
 
-    rank = int(os.environ.get("RANK", "0"))
+    rank = global_rank()
     setup_rank_logging(rank, log_file)
     cfg = OmegaConf.create(resolved)
     try:
@@ -201,7 +199,7 @@ def _rank_main(
         if known is None:  # a crash: its type, first line and where it was raised; the traceback in the run dir
             first = (str(err).strip().splitlines() or [""])[0]
             kept = _keep_traceback(Path(str(cfg.paths.output_dir)), rank)
-            known = (EXIT_CRASHED_CODE, f"{type(err).__name__}: {first}{_where(err)}{kept}")
+            known = (EXIT_CRASHED, f"{type(err).__name__}: {first}{_where(err)}{kept}")
         _report(reports, rank, *known)
         sys.exit(known[0])
 

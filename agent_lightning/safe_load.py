@@ -47,6 +47,17 @@ class _MetadataUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+# What wrappers add to a parameter's name (activation checkpointing, FSDP1, torch.compile).
+WRAPPER_PREFIXES = ("_checkpoint_wrapped_module.", "_fsdp_wrapped_module.", "_orig_mod.")
+
+
+def plain_name(key: str) -> str:
+    """A parameter's name as the bare model names it (wrapper prefixes removed)."""
+    for prefix in WRAPPER_PREFIXES:
+        key = key.replace(prefix, "")
+    return key
+
+
 def check_distributed_metadata(directory: Path) -> None:
     """Raise ConfigError unless `directory/.metadata` holds only what torch's checkpoint writer puts there."""
     path = directory / DCP_METADATA

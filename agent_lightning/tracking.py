@@ -24,6 +24,7 @@ from agent_lightning.errors import ConfigError
 from agent_lightning.runs.continued_mlflow import RUN_DIR_TAG, run_dir_tag
 from agent_lightning.runs.continued_wandb import previous_online_run_id
 from agent_lightning.runs.identity import run_tags
+from agent_lightning.runs.lock import global_rank
 
 log = logging.getLogger("agent_lightning")
 SUMMARY_FILE = "summary.json"
@@ -59,11 +60,6 @@ def run_label(cfg: DictConfig) -> str:
     return output.name
 
 
-def _global_rank() -> int:
-    # From the launcher's environment: Lightning sets its own rank only once fitting starts.
-    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
-
-
 def build_loggers(cfg: DictConfig) -> list[Logger]:
     """Instantiate each `logger` entry, giving the trackers that support it the run's name and tags."""
     tags = run_tags(cfg)
@@ -72,7 +68,7 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
         if not item or "_target_" not in item:
             continue
         kind = hydra.utils.get_class(str(item._target_))
-        if issubclass(kind, MLFlowLogger | WandbLogger) and _global_rank() != 0:
+        if issubclass(kind, MLFlowLogger | WandbLogger) and global_rank() != 0:
             # Only rank 0 writes to a tracker; these two connect to their store when built, and
             # several ranks creating one SQLite store at once fail.
             continue

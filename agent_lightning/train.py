@@ -28,7 +28,7 @@ from agent_lightning.parallel.degrees import choose_strategy, cpu_processes_per_
 from agent_lightning.runs.environment import environment_restored
 from agent_lightning.runs.identity import check_name_override, check_trackers_installed
 from agent_lightning.runs.in_place import discard_resume_record, in_place_arguments, resolve_latest
-from agent_lightning.runs.lock import refuse_taken_run_dir, run_directory_lock
+from agent_lightning.runs.lock import global_rank, refuse_taken_run_dir, run_directory_lock
 from agent_lightning.runs.report import config_tree, hydra_choices, run_contents, saved_config_dir
 from agent_lightning.runs.threads import cpu_threads
 from agent_lightning.step import check_step_options
@@ -151,7 +151,7 @@ def _summary(metrics: dict[str, Any]) -> str:
 @hydra_command("config", check_job=_resolve_and_check)
 def hydra_main(cfg: DictConfig) -> float | Pruned | None:
     """Hydra entry: one job (or one job of a sweep); returns `cfg.optimized_metric` for sweepers."""
-    rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+    rank = global_rank()
     if launched_externally() and rank != 0:
         setup_rank_logging(rank, log_file=None)  # torchrun/SLURM ran Hydra on every rank: keep rank 0's log
     log.info("Run directory: %s", cfg.paths.output_dir)

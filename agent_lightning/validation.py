@@ -443,8 +443,6 @@ def compare_layers(where: str, stored: dict[str, tuple[int, ...]], expected: dic
 
 def check_resume_checkpoint(cfg: DictConfig) -> None:
     """`ckpt_path` exists, is safe to read, suits the strategy, and its layers fit this config's model."""
-    from agent_lightning.export import _plain_name
-
     path = Path(str(cfg.ckpt_path))
     if not path.exists():
         raise ConfigError(f"ckpt_path={path} does not exist")
@@ -465,7 +463,7 @@ def check_resume_checkpoint(cfg: DictConfig) -> None:
         except ConfigError as err:
             raise ConfigError(f"ckpt_path={path}: {err}") from None
         stored = {
-            _plain_name(k.removeprefix("state_dict.model.")): v
+            safe_load.plain_name(k.removeprefix("state_dict.model.")): v
             for k, v in shapes.items()
             if k.startswith("state_dict.model.")
         }
@@ -496,7 +494,7 @@ def check_resume_checkpoint(cfg: DictConfig) -> None:
                 f"ckpt_path={path} is not a training checkpoint written by agent_lightning (no state_dict/loops)"
             )
         stored = {
-            _plain_name(k.removeprefix("model.")): tuple(v.shape)
+            safe_load.plain_name(k.removeprefix("model.")): tuple(v.shape)
             for k, v in state.items()
             if k.startswith("model.") and isinstance(v, torch.Tensor)
         }

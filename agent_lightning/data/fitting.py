@@ -63,7 +63,7 @@ def resolve_data_dims(cfg: DictConfig, required: bool = True) -> None:
         return
     if _missing_path(cfg.data):
         if required:
-            kind = "stream" if "stream" in str(cfg.data.get("_target_", "")).lower() else "dataset"
+            kind = "stream" if is_stream_config(cfg.data) else "dataset"
             raise ConfigError(f"data={kind} needs data.path=<a directory written by agent_lightning.prepare>")
         return
     dims = data_dims(cfg.data, wait=required)

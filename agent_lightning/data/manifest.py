@@ -19,7 +19,6 @@ FORMAT = "agent_lightning.prepared"
 VERSION = 1
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val", "test")
-ARRAYS = {"x": "features", "y": "labels", "g": "groups"}
 
 
 def sha256_of(path: Path, chunk_bytes: int = 1 << 22) -> str:

@@ -34,9 +34,7 @@ _GRAPH_SUFFIXES = {".onnx": "ONNX", ".ts": "TorchScript", ".torchscript": "Torch
 
 
 def _plain(key: str) -> str:
-    from agent_lightning.export import _plain_name  # wrapper prefixes (fsdp, compile) removed
-
-    return _plain_name(key)
+    return safe_load.plain_name(key)  # wrapper prefixes (fsdp, compile) removed
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
