@@ -317,8 +317,8 @@ class TrainingStateMemory(pl.Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        """Measure right after the first step, while gradients and optimizer state both exist."""
-        if self._measured:
+        """Measure right after the first optimizer step, while gradients and optimizer state both exist."""
+        if self._measured or trainer.global_step == 0:  # accumulating: no optimizer state before the first step
             return
         self._measured = True
         params = list(pl_module.parameters())

@@ -29,6 +29,14 @@ def test_default_run_learns_far_above_chance(compose_cfg) -> None:
     assert {"train/loss", "perf/samples_per_s", *epoch_metrics} <= set(logged)
 
 
+def test_training_state_is_measured_after_the_first_optimizer_step_when_accumulating(compose_cfg, tmp_path) -> None:
+    # Batch by batch, 4 to a step: the first batch's end comes before Adam has any state.
+    small = ["data.train_size=4096", "trainer.max_epochs=1", "test=false", "logger=none"]
+    accumulating = ["trainer.accumulate_grad_batches=4", "trainer.steps_per_execution=1"]
+    metrics = train(compose_cfg(*small, *accumulating, output_dir=tmp_path / "accumulating"))
+    assert metrics["mem/state_mib"] == pytest.approx(101_386 * 16 / 2**20, rel=0.01)
+
+
 def _weights(path: Path) -> dict[str, torch.Tensor]:
     state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
     return {k: v for k, v in state.items() if k.startswith("model.")}
