@@ -151,7 +151,9 @@ class AgentModule(pl.LightningModule):
         # and a resumed run's count are the same as at one batch per item.
         loop._batches_that_stepped += len(losses) - 1
         for step, value in due:  # the loss of each due batch, at its own step, to every logger (as Lightning would)
-            self.trainer._logger_connector.log_metrics({"train/loss": value, "epoch": self.current_epoch}, step=step)
+            for logger in self.loggers:
+                logger.log_metrics({"train/loss": float(value), "epoch": self.current_epoch}, step=step)
+                logger.save()
         if due:
             self.log("train/loss", due[-1][1], prog_bar=True, logger=False)  # the bar and callback_metrics
         return {"loss": loss, "losses": step_losses}  # each step's loss, for the guards
