@@ -193,6 +193,12 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[Path, dict, str]]:
     nan.loc[17, "f2"] = np.nan
     nan.to_csv(tmp / "nan.csv", index=False)
     cases["nan"] = (tmp / "nan.csv", {}, r"nan.csv, row 17: feature f2 is nan")
+    (tmp / "binary.csv").write_bytes(bytes(range(256)) * 8)  # e.g. a Parquet file named .csv
+    cases["binary"] = (
+        tmp / "binary.csv",
+        {},
+        r"^input file .*binary.csv is not a text CSV \(binary bytes in its first",
+    )
     inf = frame.copy()
     inf.loc[3, "f0"] = np.inf
     inf.to_parquet(tmp / "inf.parquet")

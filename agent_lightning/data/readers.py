@@ -8,6 +8,7 @@ needs code to load is refused); in-memory arrays are sliced. Array names are det
 
 from __future__ import annotations
 
+import codecs
 import glob
 import math
 import zipfile
@@ -294,10 +295,27 @@ def _pyarrow() -> Any:
     return pyarrow
 
 
+def _check_text(path: Path, sample_bytes: int = 1 << 16) -> None:
+    """ConfigError for a file named as text (CSV/TSV) whose first bytes are not UTF-8 text."""
+    with open(path, "rb") as file:
+        sample = file.read(sample_bytes)
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(sample, final=False)  # a character cut at the end is fine
+        text = b"\x00" not in sample
+    except UnicodeDecodeError:
+        text = False
+    if not text:
+        raise ConfigError(
+            f"input file {path} is not a text CSV (binary bytes in its first {len(sample):,}): give CSV/TSV text, "
+            "Parquet, .npy, .npz or .pt"
+        )
+
+
 def _csv_batches(path: Path, options: ReadOptions) -> Iterator[Any]:
     pa = _pyarrow()
     from pyarrow import csv
 
+    _check_text(path)  # pyarrow would fail on the bytes inside its row handler, with a traceback of its own
     bad_row: list[Any] = []
 
     def on_invalid(row: Any) -> str:
