@@ -181,6 +181,19 @@ def test_max_failures_stops_new_trials_and_tells_the_running_ones(tmp_path: Path
     assert states[1:] == [TrialState.FAIL, TrialState.FAIL]  # no trial started after the second failure in a row
 
 
+def test_a_sampler_that_cannot_be_built_is_one_line_naming_the_key() -> None:
+    from agent_lightning.search.optuna_sweep import OptunaSearch
+
+    study = optuna.create_study()
+    for sampler, why in (
+        ({"_target_": "optuna.samplers.NoSuchSampler"}, "NoSuchSampler"),
+        ({"_target_": "optuna.samplers.TPESampler", "n_startup": 3}, "n_startup"),
+    ):
+        search = OptunaSearch(OmegaConf.create(sampler), None, "maximize", "s", None, n_trials=1, n_jobs=1, params={})
+        with pytest.raises(ConfigError, match=rf"^hydra.sweeper.sampler: .*{why}"):
+            search._reseed(study)
+
+
 def test_a_pruning_report_that_fails_on_rank_0_stops_every_rank_with_its_line(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
