@@ -132,3 +132,11 @@ def test_an_expert_that_fails_or_returns_no_action_is_one_line(tmp_path, monkeyp
     ):
         with pytest.raises(ConfigError, match=message):
             collect("cartpole", tmp_path / expert.replace(":", "_"), steps=20, expert=expert, random_episodes=0)
+    # In DAgger the policy acting is the learner: its failure is not described as an expert's.
+    from agent_lightning.agents.rollout import rollout
+
+    def learner(env, obs):
+        raise ValueError("observation of shape [4] does not fit this policy")
+
+    with pytest.raises(ConfigError, match=r"^learner raised ValueError: observation .* \(the learner acting\)$"):
+        rollout("cartpole", 20, act=learner, label=lambda env, obs: 0)

@@ -101,15 +101,17 @@ class Rollout:
         return len(self.actions)
 
 
-def _chosen(actor: Actor, env: Any, obs: np.ndarray) -> int:
-    """The actor's action for `obs`; ConfigError in one line when it fails or is not one of the env's actions."""
-    name = getattr(actor, "__qualname__", None) or type(actor).__name__
+def _chosen(actor: Actor, env: Any, obs: np.ndarray, role: str = "expert") -> int:
+    """The actor's action for `obs`; ConfigError in one line when it fails or is not one of the env's actions.
+
+    `role` says what the actor is in the message: the `expert` (a user's function) or the `learner` (a policy).
+    """
+    name = getattr(actor, "__name__", None) or type(actor).__name__
     try:
         action = actor(env.unwrapped, obs)
-    except Exception as err:  # a user expert's own error: said in its words, with what an expert is
-        raise ConfigError(
-            f"{name} raised {type(err).__name__}: {err} (an expert is a function (env, obs) -> action)"
-        ) from None
+    except Exception as err:  # the actor's own error, said in its words
+        what = "an expert is a function (env, obs) -> action" if role == "expert" else f"the {role} acting"
+        raise ConfigError(f"{name} raised {type(err).__name__}: {err} ({what})") from None
     count = getattr(env.action_space, "n", None)
     number = action.item() if isinstance(action, np.ndarray) and action.size == 1 else action
     if isinstance(number, bool) or not isinstance(number, int | np.integer) or (count and not 0 <= number < count):
@@ -141,7 +143,7 @@ def rollout(
             total, done = 0.0, False
             while not done and len(actions) < steps:
                 wanted = _chosen(label, made, obs)
-                taken = wanted if label is act else _chosen(act, made, obs)
+                taken = wanted if label is act else _chosen(act, made, obs, role="learner")
                 observations.append(np.asarray(obs, dtype=np.float32))
                 actions.append(wanted)
                 episode_ids.append(first_episode + episode)
