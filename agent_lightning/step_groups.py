@@ -132,9 +132,15 @@ def _steps_in_group_seconds(cfg: DictConfig, world: int) -> tuple[int, str]:
 
 
 def checkpoint_steps_per_execution(path: str | Path) -> int:
-    """The batches per Lightning step a training checkpoint was written with (1 for one from before `auto`)."""
+    """The batches per Lightning step a training checkpoint file (or sharded directory) was written with."""
     path = Path(path)
-    checkpoint = safe_load.load_file(path / safe_load.LIGHTNING_META if path.is_dir() else path, mmap=True)
+    return written_steps_per_execution(
+        safe_load.load_file(path / safe_load.LIGHTNING_META if path.is_dir() else path, mmap=True)
+    )
+
+
+def written_steps_per_execution(checkpoint: dict[str, Any]) -> int:
+    """The batches per Lightning step a loaded checkpoint was written with (1 for one from before groups)."""
     step = (checkpoint.get("hyper_parameters") or {}).get("step") or {}
     return int(step.get("steps_per_execution", 1))
 

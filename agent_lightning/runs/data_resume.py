@@ -27,6 +27,7 @@ from agent_lightning.runs.loop_progress import (
     last_batch_ran,
     saved_within_epoch,
 )
+from agent_lightning.step_groups import written_steps_per_execution
 
 log = logging.getLogger("agent_lightning")
 FINGERPRINT_KEY = "data_fingerprint"
@@ -121,8 +122,7 @@ class DataAwareResume(pl.Callback):
         restarted = _restart_epoch(fit_loop_state(checkpoint))
         if restarted:
             # Lightning counted groups of `steps_per_execution` batches (the last group of an epoch may hold fewer).
-            grouped = ((checkpoint.get("hyper_parameters") or {}).get("step") or {}).get("steps_per_execution", 1)
-            batches = restarted[1] * int(grouped)
+            batches = restarted[1] * written_steps_per_execution(checkpoint)
             ran = f"{batches} batch" if batches == 1 else f"{batches} batches"
             where = f"epoch {restarted[0]} starts again from its first batch (it had run about {ran})"
         else:
@@ -143,9 +143,8 @@ def _continue_an_epoch_cut_short(checkpoint: dict[str, Any], datamodule: Any) ->
         return
     for progress in (fit_loop[EPOCHS]["current"], fit_loop[EPOCHS]["total"]):
         progress["processed"] = min(progress["processed"], progress["started"] - 1)
-    grouped = ((checkpoint.get("hyper_parameters") or {}).get("step") or {}).get("steps_per_execution", 1)
     log.info(
         "resuming inside epoch %d, which trainer.max_steps had ended after %d batches",
         int(fit_loop[EPOCHS]["current"]["started"]) - 1,
-        cut * int(grouped),
+        cut * written_steps_per_execution(checkpoint),
     )
