@@ -33,6 +33,7 @@ from agent_lightning.runs.stops import StopOnSignal, stopped_by_signal
 from agent_lightning.step import lightning_trainer_config, step_options
 from agent_lightning.step_groups import resolve_steps_per_execution
 from agent_lightning.tracking import LogConfigToTrackers, build_loggers, finish_run
+from agent_lightning.validation import pruning_monitor
 
 log = logging.getLogger("agent_lightning")
 # Quiet two messages Lightning prints on every run that say nothing about this run.
@@ -164,4 +165,4 @@ def _pruning_callback(cfg: DictConfig) -> Callback | None:
         return None
     from agent_lightning.search import OptunaPruning  # Optuna is only imported for searches
 
-    return OptunaPruning(trial.storage, trial.study_name, int(trial.trial_id), monitor=trial.monitor)
+    return OptunaPruning(trial.storage, trial.study_name, int(trial.trial_id), monitor=pruning_monitor(cfg))

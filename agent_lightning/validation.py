@@ -318,6 +318,30 @@ FIT_METRICS = ("val/acc", "val/acc_best", "val/loss", "train/acc", "train/loss_e
 ENV_STATS = ("return_mean", "return_std", "return_min", "return_max", "success_rate", "length_mean")
 FINAL_METRICS = ("test/acc", "test/loss", *(f"env/{stat}" for stat in ENV_STATS))
 OWNED_NAMESPACES = ("val/", "train/", "test/", "env/")
+# Logged by each validation, before the training epoch's own metrics: what a trial can report for pruning.
+VALIDATED_METRICS = tuple(name for name in FIT_METRICS if name.startswith("val/"))
+
+
+def pruning_monitor(cfg: DictConfig) -> str:
+    """The metric an Optuna trial reports for pruning after each validation.
+
+    `optuna_trial.monitor`, else the optimized metric where each validation logs it (so the pruner ranks
+    trials as the study does), else val/acc.
+    """
+    monitor = (cfg.get("optuna_trial") or {}).get("monitor")
+    if monitor:
+        return str(monitor)
+    metric = cfg.get("optimized_metric")
+    return str(metric) if metric in VALIDATED_METRICS else "val/acc"
+
+
+def metric_direction(name: str) -> str | None:
+    """`maximize` or `minimize` for a metric this package logs whose better side its name tells; None otherwise."""
+    if name.endswith("loss"):
+        return "minimize"
+    if name.endswith(("acc", "acc_best", "return_mean", "return_min", "return_max", "success_rate")):
+        return "maximize"
+    return None
 
 
 def _check_metric_names(cfg: DictConfig) -> None:
@@ -330,12 +354,11 @@ def _check_metric_names(cfg: DictConfig) -> None:
                 f"callbacks.{name}.monitor={monitor!r} is not a metric the run logs while it trains: use one of "
                 f"{', '.join(FIT_METRICS)}"
             )
-    # Reported at each validation's end, before the training epoch's own metrics are logged.
-    validated = [name for name in FIT_METRICS if name.startswith("val/")]
     monitor = (cfg.get("optuna_trial") or {}).get("monitor")
-    if isinstance(monitor, str) and monitor.startswith(OWNED_NAMESPACES) and monitor not in validated:
+    if isinstance(monitor, str) and monitor.startswith(OWNED_NAMESPACES) and monitor not in VALIDATED_METRICS:
         raise ConfigError(
-            f"optuna_trial.monitor={monitor!r} is not a metric each validation logs: use one of {', '.join(validated)}"
+            f"optuna_trial.monitor={monitor!r} is not a metric each validation logs: use one of "
+            f"{', '.join(VALIDATED_METRICS)}"
         )
     metric = cfg.get("optimized_metric")
     if isinstance(metric, str) and metric.startswith(OWNED_NAMESPACES) and metric not in FIT_METRICS + FINAL_METRICS:

@@ -181,6 +181,34 @@ def test_max_failures_stops_new_trials_and_tells_the_running_ones(tmp_path: Path
     assert states[1:] == [TrialState.FAIL, TrialState.FAIL]  # no trial started after the second failure in a row
 
 
+def test_trials_are_pruned_on_the_optimized_metric_and_a_study_ranked_upside_down_is_refused() -> None:
+    from agent_lightning.config import compose_config
+    from agent_lightning.search.optuna_sweep import OptunaSearch
+    from agent_lightning.validation import pruning_monitor
+
+    def monitor(*overrides: str) -> str:
+        return pruning_monitor(compose_config(["hparams_search=optuna", *overrides]))
+
+    assert monitor() == "val/acc_best"  # what the study maximises, reported after every validation
+    assert monitor("optimized_metric=val/loss") == "val/loss"
+    assert monitor("optimized_metric=test/acc") == "val/acc"  # not logged per validation: the default
+    assert monitor("optuna_trial.monitor=val/loss", "optimized_metric=val/loss") == "val/loss"
+
+    def search(direction: str, **config: object) -> OptunaSearch:
+        made = OptunaSearch(None, None, direction, "s", None, n_trials=1, n_jobs=1, params={})
+        made.config = OmegaConf.create(config)
+        return made
+
+    search("minimize", optimized_metric="val/loss")._check_settings()
+    with pytest.raises(
+        ConfigError, match=r"^hydra.sweeper.direction=maximize but optimized_metric=val/loss is better "
+    ):
+        search("maximize", optimized_metric="val/loss")._check_settings()
+    wrong_monitor = search("minimize", optimized_metric="val/loss", optuna_trial={"monitor": "val/acc"})
+    with pytest.raises(ConfigError, match=r"^optuna_trial.monitor=val/acc is better higher but the study's direction"):
+        wrong_monitor._check_settings()
+
+
 def test_a_sampler_that_cannot_be_built_is_one_line_naming_the_key() -> None:
     from agent_lightning.search.optuna_sweep import OptunaSearch
 

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, open_dict
 
 from agent_lightning.errors import ConfigError
 from agent_lightning.runs.lock import global_rank, run_directory_lock
+from agent_lightning.runs.overrides import last_override
 
 log = logging.getLogger("agent_lightning")
 LATEST = "latest"
@@ -108,15 +109,15 @@ def in_place_arguments(argv: Sequence[str]) -> list[str]:
     run = run_directory_of(Path(value)) if value and value != "null" else None
     if run is None or multirun or any(arg.startswith("paths.output_dir=") for arg in overrides):
         return args
-    chosen = [arg.split("=", 1)[1].strip("'\"") for arg in overrides if arg.startswith("hydra.run.dir=")]
-    if chosen and Path(chosen[-1]).resolve() != run.resolve():
+    chosen = last_override(overrides, "hydra.run.dir")
+    if chosen is not None and Path(chosen).resolve() != run.resolve():
         return args  # another directory asked for: a new run there, from this checkpoint
     with run_directory_lock(run):  # refused here, before Hydra writes into it, if another run holds it
         pass
     names = [path.name.removeprefix("resume-") for path in (run / HYDRA_SUBDIR).glob("resume-*")]
     number = max((int(n) for n in names if n.isdigit()), default=0) + 1  # after the last, even with gaps
     subdir = f"{HYDRA_SUBDIR}/resume-{number}" if global_rank() == 0 else "null"  # one rank saves it
-    placed = [] if chosen else [f"hydra.run.dir={_quoted(run)}"]
+    placed = [] if chosen is not None else [f"hydra.run.dir={_quoted(run)}"]
     return [*args, *placed, f"hydra.output_subdir={subdir}", *_identity_of(run, overrides)]
 
 

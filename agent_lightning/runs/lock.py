@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import IO
 
 from agent_lightning.errors import ConfigError
+from agent_lightning.runs.overrides import last_override
 
 LOCK_FILE = ".run.lock"
 # Set while a process holds the lock, so the ranks it starts (and `train` inside `run`) share it.
@@ -27,14 +28,14 @@ def refuse_taken_run_dir(argv: Sequence[str]) -> None:
     Checked before Hydra writes its config and log there. A new run in a finished run's directory would
     replace its `last.ckpt`, config and metrics; `ckpt_path=` continues it instead (a resume in place).
     """
-    chosen = [arg.split("=", 1)[1].strip("'\"") for arg in argv if arg.lstrip("+").startswith("hydra.run.dir=")]
-    if not chosen:
+    chosen = last_override(argv, "hydra.run.dir")
+    if chosen is None:
         return
-    directory = Path(chosen[-1])
+    directory = Path(chosen)
     if (directory / LOCK_FILE).is_file():
         with run_directory_lock(directory):  # taken and given back at once: the run takes it again when it starts
             pass
-    resumes = any(arg.lstrip("+").startswith("ckpt_path=") and arg.split("=", 1)[1] not in ("", "null") for arg in argv)
+    resumes = last_override(argv, "ckpt_path") not in (None, "", "null")
     saved = sorted((directory / "checkpoints").glob("*.ckpt")) if (directory / "checkpoints").is_dir() else []
     if saved and not resumes:
         last = directory / "checkpoints" / "last.ckpt"

@@ -53,6 +53,7 @@ from agent_lightning.search.storage import (
 )
 from agent_lightning.search.summary import RUN_DIR_ATTR, write_summary
 from agent_lightning.sweep_jobs import JobChecker, JobRefusedError
+from agent_lightning.validation import metric_direction, pruning_monitor
 
 log = logging.getLogger(__name__)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -169,6 +170,25 @@ class OptunaSearch(Sweeper):
             if (value is None and optional) or (whole and value >= low):
                 continue
             raise ConfigError(f"hydra.sweeper.{key}={value!r} must be a whole number >= {low}")
+        self._check_direction()
+
+    def _check_direction(self) -> None:
+        # A study that minimises an accuracy, or prunes on a loss while maximising, ranks trials upside down.
+        better = {"maximize": "higher", "minimize": "lower"}
+        metric, monitor = self._metric(), pruning_monitor(self.config)
+        wanted = metric_direction(metric)
+        if wanted and wanted != self.direction:
+            raise ConfigError(
+                f"hydra.sweeper.direction={self.direction} but optimized_metric={metric} is better {better[wanted]}: "
+                f"use hydra.sweeper.direction={wanted}"
+            )
+        pruned_by = metric_direction(monitor)
+        if pruned_by and pruned_by != self.direction:
+            raise ConfigError(
+                f"optuna_trial.monitor={monitor} is better {better[pruned_by]} but the study's direction is "
+                f"{self.direction}: the pruner would stop the best trials; prune on the optimized metric "
+                "(optuna_trial.monitor=null) or one better the same way"
+            )
 
     def _study(self) -> tuple[optuna.Study, str, optuna.storages.BaseStorage]:
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
