@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import functools
 import os
 import sys
@@ -69,15 +70,20 @@ def compose_raw(config_name: str, overrides: Sequence[str] = (), with_hydra: boo
         return compose(config_name, overrides=list(overrides), return_hydra_config=with_hydra)
 
 
+def _new_run_dir(root: Path) -> Path:
+    """`root/<date>_<time>_<microseconds>`: the command line's form, apart for configs composed in one second."""
+    return root / datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S_%f")
+
+
 def compose_config(overrides: Sequence[str] = (), output_dir: str | Path | None = None) -> DictConfig:
     """The run config for `overrides` (as on the command line), writing under `output_dir`.
 
-    Outside a Hydra run there is no run directory to interpolate, so `output_dir` names it
-    (default: `runs/default` under the current directory).
+    Outside a Hydra run there is no run directory to interpolate, so `output_dir` names it (default: a new
+    directory under `outputs/<name>/` named by the time, as the command line's: composing again starts anew).
     """
     cfg = compose_raw("config", overrides)
     with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir or Path("runs") / "default")
+        cfg.paths.output_dir = str(output_dir or _new_run_dir(Path(str(cfg.paths.output_root)) / str(cfg.name)))
     from agent_lightning.data.fitting import resolve_data_dims  # lazy: composing stays light
 
     resolve_data_dims(cfg, required=False)

@@ -28,7 +28,7 @@ from agent_lightning.parallel.degrees import choose_strategy, cpu_processes_per_
 from agent_lightning.runs.environment import environment_restored
 from agent_lightning.runs.identity import check_name_override, check_trackers_installed
 from agent_lightning.runs.in_place import discard_resume_record, in_place_arguments, resolve_latest
-from agent_lightning.runs.lock import global_rank, refuse_taken_run_dir, run_directory_lock
+from agent_lightning.runs.lock import global_rank, refuse_new_run_over, refuse_taken_run_dir, run_directory_lock
 from agent_lightning.runs.report import config_tree, hydra_choices, run_contents, saved_config_dir
 from agent_lightning.runs.threads import cpu_threads
 from agent_lightning.step import check_step_options
@@ -109,6 +109,7 @@ def train_checked(
         run_directory_lock(cfg.paths.output_dir),
         cpu_threads(threads, cores, min(devices, world), kind == "cpu"),
     ):
+        _refuse_new_run_over_another(cfg)
         from agent_lightning.fit import fit_and_test  # Lightning loads once the config is known to be good
 
         return fit_and_test(cfg, devices, world, extra_callbacks)
@@ -139,8 +140,15 @@ def _run_checked(cfg: DictConfig, devices: int, world: int) -> dict[str, Any]:
         # One node: its ranks run under this process's lock. Several: every node's launcher shares the
         # run directory, so global rank 0 takes the lock, wherever it runs.
         with run_directory_lock(cfg.paths.output_dir) if cfg.num_nodes == 1 else contextlib.nullcontext():
+            _refuse_new_run_over_another(cfg)
             return launch_ranks(cfg, devices, world)
     return train_checked(cfg, devices, world)
+
+
+def _refuse_new_run_over_another(cfg: DictConfig) -> None:
+    # From Python or `paths.output_dir=` (the command line's `hydra.run.dir=` is refused before Hydra writes there).
+    if not cfg.get("ckpt_path") and global_rank() == 0:
+        refuse_new_run_over(Path(str(cfg.paths.output_dir)), "paths.output_dir")
 
 
 def _summary(metrics: dict[str, Any]) -> str:

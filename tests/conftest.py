@@ -31,7 +31,7 @@ ComposeFn = Callable[..., DictConfig]
 
 @pytest.fixture(autouse=True)
 def _work_in_a_scratch_directory(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Run each test in a directory of its own: relative defaults (outputs/, runs/default) stay out of the checkout."""
+    """Run each test in a directory of its own: relative defaults (outputs/, multirun/) stay out of the checkout."""
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
 
 

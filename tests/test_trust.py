@@ -292,7 +292,7 @@ def test_an_exploding_finite_loss_stops_with_the_divergence_message(compose_cfg,
     assert not (Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt").exists()  # nothing bad was written
 
 
-def test_threads_honour_the_user_and_are_given_back_with_lamb(compose_cfg, monkeypatch) -> None:
+def test_threads_honour_the_user_and_are_given_back_with_lamb(compose_cfg, monkeypatch, tmp_path: Path) -> None:
     before = torch.get_num_threads()
     probe = ThreadProbe()
     metrics = train(compose_cfg("trainer.threads=1", "optimizer=lamb", "trainer.max_epochs=1"), extra_callbacks=[probe])
@@ -304,7 +304,8 @@ def test_threads_honour_the_user_and_are_given_back_with_lamb(compose_cfg, monke
     torch.set_num_threads(2)
     probe = ThreadProbe()
     with pytest.raises(ConfigError, match=r"scheduler.warmup_steps=1000 is invalid"):  # a short run, one line
-        train(compose_cfg("scheduler=warmup_cosine", "scheduler.warmup_steps=1000"), extra_callbacks=[probe])
+        warmup = compose_cfg("scheduler=warmup_cosine", "scheduler.warmup_steps=1000", output_dir=tmp_path / "warmup")
+        train(warmup, extra_callbacks=[probe])
     assert torch.get_num_threads() == 2
     torch.set_num_threads(before)
 
@@ -339,6 +340,15 @@ def test_a_second_run_on_the_same_directory_is_refused(compose_cfg, tmp_path: Pa
     last = run_dir / "checkpoints" / "last.ckpt"
     assert f"hydra.run.dir={run_dir} holds a run ({last}): continue it with ckpt_path={last}" in refused.stderr
     assert sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*")) == before
+    # From Python (a notebook cell run again) or with paths.output_dir=: the same refusal, the run untouched.
+    written = last.read_bytes()
+    with pytest.raises(ConfigError, match=rf"^paths.output_dir={run_dir} holds a run \({last}\): continue it with"):
+        train(compose_cfg("trainer.max_steps=2", "test=false", output_dir=run_dir))
+    assert last.read_bytes() == written
+    # Composed without a directory, each config gets a new one (as each command line run does).
+    from agent_lightning.config import compose_config
+
+    assert compose_config([]).paths.output_dir != compose_config([]).paths.output_dir
 
 
 def test_a_lock_won_on_a_lock_file_its_holder_just_removed_is_taken_again(tmp_path: Path, monkeypatch) -> None:

@@ -35,15 +35,21 @@ def refuse_taken_run_dir(argv: Sequence[str]) -> None:
     if (directory / LOCK_FILE).is_file():
         with run_directory_lock(directory):  # taken and given back at once: the run takes it again when it starts
             pass
-    resumes = last_override(argv, "ckpt_path") not in (None, "", "null")
+    if last_override(argv, "ckpt_path") in (None, "", "null"):
+        refuse_new_run_over(directory, "hydra.run.dir")
+
+
+def refuse_new_run_over(directory: Path, key: str) -> None:
+    """ConfigError when `directory` (given as `key`) holds a run's checkpoints: a new run would replace them."""
     saved = sorted((directory / "checkpoints").glob("*.ckpt")) if (directory / "checkpoints").is_dir() else []
-    if saved and not resumes:
-        last = directory / "checkpoints" / "last.ckpt"
-        named = last if last in saved else saved[-1]
-        raise ConfigError(
-            f"hydra.run.dir={directory} holds a run ({named}): continue it with ckpt_path={named}, or choose "
-            "another hydra.run.dir (a new run there would replace its checkpoints and metrics)"
-        )
+    if not saved:
+        return
+    last = directory / "checkpoints" / "last.ckpt"
+    named = last if last in saved else saved[-1]
+    raise ConfigError(
+        f"{key}={directory} holds a run ({named}): continue it with ckpt_path={named}, or choose another "
+        f"{key} (a new run there would replace its checkpoints and metrics)"
+    )
 
 
 @contextmanager

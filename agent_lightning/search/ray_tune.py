@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -80,6 +81,8 @@ def run_trial(params: dict[str, Any], fixed: list[str]) -> None:
     if checkpoint is not None:  # a restored search: continue this trial where it stopped
         with open_dict(cfg):
             cfg.ckpt_path = str(Path(checkpoint.to_directory()) / CHECKPOINT)
+    else:  # Tune starts this trial over (it stopped before its first report): its own earlier files go
+        shutil.rmtree(trial_dir / "run", ignore_errors=True)
     with open_dict(cfg):
         cfg.test = False  # Tune compares validation metrics; the best config is tested by the user
     train(cfg, extra_callbacks=[TuneReport()])
