@@ -147,6 +147,11 @@ class _Context:
                 return f"{override}: {group} options set keys at the top of the config, not under {group}: set the key"
             if choices[group] is None:  # `env.max_steps=3` with no env chosen
                 return f"{override}: no {group} is chosen: choose one first ({group}=<option>; {self._options(group)})"
+        if parent == "trainer" and not deleting:
+            from agent_lightning.step import SET_BY_THE_RUN  # torch: on this error's path only
+
+            if name in SET_BY_THE_RUN:  # `trainer.logger=false`: not the logger group's option `false`
+                return f"{override}: the run sets trainer.{name} itself: {SET_BY_THE_RUN[name]}"
         section = OmegaConf.select(cfg, parent, throw_on_missing=False) if parent else cfg
         if section is None and parent and not deleting:  # null as a whole, e.g. env_eval
             return (

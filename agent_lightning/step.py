@@ -125,6 +125,24 @@ def check_batch_counts(trainer_cfg: DictConfig, steps: int, checkpoint: str = ""
 
 # Keys of `cfg.trainer` applied by this package rather than by Lightning's Trainer.
 NOT_TRAINER_KEYS = (*STEP_KEYS, "threads")  # threads: torch.set_num_threads, see runs/threads.py
+# Trainer arguments the run passes itself (`fit.build_trainer`), and where a user sets what they control.
+SET_BY_THE_RUN = {
+    "devices": "set devices=N instead",
+    "num_nodes": "set num_nodes=N instead",
+    "strategy": "choose strategy=<auto|ddp|fsdp|model_parallel|single> instead",
+    "callbacks": "add or remove them in the callbacks group (+callbacks.<name>={_target_: ...}, ~callbacks.<name>)",
+    "logger": "choose logger=<option> instead (logger=none: no logger)",
+    "enable_checkpointing": "remove its checkpoint callbacks: ~callbacks.best_checkpoint ~callbacks.last_checkpoint",
+    "plugins": "it writes its checkpoints atomically through a plugin of its own",
+    "barebones": "its guards, checkpoints and logs are the callbacks and loggers barebones would turn off",
+}
+
+
+def check_trainer_keys(trainer_cfg: DictConfig) -> None:
+    """ConfigError for a `trainer.*` key the run sets itself: Lightning would never see the user's value."""
+    for key, advice in SET_BY_THE_RUN.items():
+        if key in trainer_cfg:
+            raise ConfigError(f"trainer.{key} is set by the run itself: {advice}")
 
 
 def lightning_trainer_config(trainer_cfg: DictConfig) -> DictConfig:

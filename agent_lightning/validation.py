@@ -33,6 +33,7 @@ from agent_lightning.runs.identity import check_run_identity
 from agent_lightning.runs.init_from import check_init_from
 from agent_lightning.runs.lock import global_rank
 from agent_lightning.runs.loop_progress import epochs_done, fit_loop_state
+from agent_lightning.step import check_trainer_keys
 
 # As Lightning sets on import (these checks run before it loads): count GPUs through NVML, so that asking
 # does not initialise CUDA in this process, which a process forked from it (a DataLoader worker) could not use.
@@ -378,6 +379,8 @@ def check_values(cfg: DictConfig) -> None:
             value = OmegaConf.to_container(value)
         if not rule.check(value):
             raise ConfigError(f"{rule.key}={value!r} is invalid: use {rule.valid}")
+    if cfg.get("trainer") is not None:
+        check_trainer_keys(cfg.trainer)
     model = cfg.get("model") or {}
     if str(model.get("_target_", "")).endswith("AgentMLP"):
         from agent_lightning.model import ACTIVATIONS, NORMS

@@ -73,6 +73,10 @@ CHECKED_CASES = {
         "optuna_trial.monitor='train/loss_epoch' is not a metric each validation logs: use one of val/acc",
     ),
     "a data size that is not a number": (["data.train_size=abc"], "data.train_size='abc' is invalid"),
+    "a Trainer argument the run passes itself": (
+        ["+trainer.enable_checkpointing=false"],
+        "trainer.enable_checkpointing is set by the run itself: remove its checkpoint callbacks: ~callbacks.best_",
+    ),
     "no validation rows": (
         ["data.val_size=0"],
         "data.val_size=0 is invalid: use a whole number of rows >= 1 (no valid",
@@ -146,6 +150,10 @@ COMPOSITION_CASES = {
     "a group the command does not use": (["env=cartpole"], "env=cartpole: this command does not use the env group"),
     "a group set to null": (["debug=null"], "debug=null: a group is not set to null here"),
     "a group given a value": (["logger=false"], "logger=false: logger takes an option's name; logger takes csv,"),
+    "a Trainer argument the run sets itself": (
+        ["trainer.logger=false"],
+        "trainer.logger=false: the run sets trainer.logger itself: choose logger=<option> instead (logger=none: no",
+    ),
     "a key under a group placed at the top": (["debug.max_steps=1"], "debug.max_steps=1: debug options set keys at"),
     "a section that is null": (
         ["env_eval.env=cartpole"],
