@@ -39,3 +39,22 @@ def test_debug_anomaly_turns_on_anomaly_detection(compose_cfg) -> None:
     trainer = hydra.utils.instantiate(lightning_trainer_config(cfg.trainer), devices=1, logger=False)
     assert trainer._detect_anomaly is True
     assert compose_cfg()["trainer"]["detect_anomaly"] is False
+
+
+def test_overfit_batches_alone_trains_on_the_same_batches_every_epoch(compose_cfg) -> None:
+    import lightning.pytorch as pl
+
+    class BatchSums(pl.Callback):
+        def __init__(self) -> None:
+            self.sums: list[list[float]] = []
+
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            self.sums.append([])
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            self.sums[-1].append(float(batch[0].sum()))
+
+    seen = BatchSums()  # data.shuffle stays true, as in the default config
+    overfit = ["trainer.overfit_batches=2", "trainer.max_epochs=3", "trainer.steps_per_execution=1", "test=false"]
+    train(compose_cfg(*SMALL, *overfit, fast=False), extra_callbacks=[seen])
+    assert len(seen.sums) == 3 and len(seen.sums[0]) == 2 and seen.sums[1] == seen.sums[0] == seen.sums[2]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -13,6 +14,8 @@ from torch.nn import functional as F
 from agent_lightning.data.executions import ExecutionBatches, batches_of, is_group
 from agent_lightning.errors import ConfigError
 from agent_lightning.parallel.strategies import data_parallel_coords
+
+log = logging.getLogger("agent_lightning")
 
 Augmentation = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
@@ -94,6 +97,10 @@ class RankBatchesDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> Any:
         """Training batches of this rank, continuing a resumed epoch where it stopped."""
+        if getattr(self, "shuffle", False) and self.trainer is not None and self.trainer.overfit_batches:
+            # What Lightning does to a DataLoader it can reach; these loaders it cannot: the same batches each epoch.
+            self.shuffle = False
+            log.info("trainer.overfit_batches: training batches are not shuffled, so each epoch sees the same ones")
         self._train_loader = self._loader("train", train=True)
         if self._train_position is not None:
             self._train_loader.load_state_dict(self._train_position)
