@@ -553,6 +553,7 @@ def _check_same_training_setup(cfg: DictConfig, path: Path, checkpoint: dict[str
                 f"{now.rsplit('.', 1)[-1]}: resume with the {group} that wrote it, or start a new run from its "
                 f"weights with init_from={path}"
             )
+    _check_same_optimizer_values(cfg, path, saved.get("optimizer") or {})
     for key in ("activation", "norm"):  # the same weights computing another function: shapes cannot tell
         before, now = (saved.get("model") or {}).get(key), (cfg.get("model") or {}).get(key)
         if before is not None and now is not None and before != now:
@@ -561,6 +562,23 @@ def _check_same_training_setup(cfg: DictConfig, path: Path, checkpoint: dict[str
                 f"resume with model.{key}={before}"
             )
     _check_same_planned_length(cfg, path, checkpoint, saved)  # once the schedule is known to be the same kind
+
+
+def _check_same_optimizer_values(cfg: DictConfig, path: Path, saved: dict[str, Any]) -> None:
+    # The optimizer's state restores its hyperparameters (lr, weight_decay, betas, ...) with the moments:
+    # a changed value would be recorded in the run's config and never used.
+    node = cfg.get("optimizer")
+    now = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else {}
+    assert isinstance(now, dict)
+    for key, value in now.items():
+        before = saved.get(key)
+        if str(key).startswith("_") or before is None or value is None or before == value:
+            continue
+        raise ConfigError(
+            f"ckpt_path={path} restores optimizer.{key}={before} with the optimizer's state, so optimizer.{key}="
+            f"{value} would not be used: resume with optimizer.{key}={before}, or start a new run from its "
+            f"weights with init_from={path} (a fresh optimizer)"
+        )
 
 
 def _check_same_planned_length(cfg: DictConfig, path: Path, checkpoint: dict[str, Any], saved: dict[str, Any]) -> None:

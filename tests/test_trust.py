@@ -411,6 +411,10 @@ def test_a_resume_with_another_optimizer_is_refused_and_one_with_nothing_left_ke
         validate(compose_cfg(*first, "optimizer=sgd", f"ckpt_path={last}", output_dir=tmp_path / "run"))
     with pytest.raises(ConfigError, match=r"holds the state of scheduler none but this run's scheduler is"):
         validate(compose_cfg(*first, "scheduler=cosine", f"ckpt_path={last}", output_dir=tmp_path / "run"))
+    # Its state restores the optimizer's lr: another one would be recorded and never used.
+    restored = r"restores optimizer.lr=0.001 with the optimizer's state, so optimizer.lr=1e-05 would not be used"
+    with pytest.raises(ConfigError, match=restored):
+        validate(compose_cfg(*first, "optimizer.lr=1e-5", f"ckpt_path={last}", output_dir=tmp_path / "run"))
     # The same shapes computing another function: what the weights were learnt with must stay.
     with pytest.raises(ConfigError, match=r"trained with model.activation=relu but this run has model.activation=gelu"):
         validate(compose_cfg(*first, "model.activation=gelu", f"ckpt_path={last}", output_dir=tmp_path / "run"))
