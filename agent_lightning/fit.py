@@ -24,7 +24,7 @@ from agent_lightning.checkpoint_io import AtomicCheckpointIO
 from agent_lightning.console import build_progress_bar, print_lightning_lines_once
 from agent_lightning.data.adapting import adapt_to_splits, apply_data_statistics
 from agent_lightning.errors import ConfigError
-from agent_lightning.module import AgentModule
+from agent_lightning.module import AgentModule, built_parts
 from agent_lightning.parallel.strategies import build_strategy
 from agent_lightning.runs.data_resume import DataAwareResume
 from agent_lightning.runs.init_from import load_initial_weights
@@ -53,14 +53,8 @@ def _instantiate_all(group: DictConfig | None) -> list[Any]:
 
 def build_module(cfg: DictConfig) -> AgentModule:
     """The LightningModule with its model, optimizer factory and LR scheduler factory."""
-    scheduler_cfg = OmegaConf.to_container(cfg.scheduler, resolve=True) if cfg.get("scheduler") else {}
-    interval = scheduler_cfg.pop("interval", "epoch")
-    scheduler = hydra.utils.instantiate(scheduler_cfg) if "_target_" in scheduler_cfg else None
     return AgentModule(
-        model=hydra.utils.instantiate(cfg.model),
-        optimizer=hydra.utils.instantiate(cfg.optimizer),
-        scheduler=scheduler,
-        scheduler_interval=interval,
+        **built_parts(cfg),
         num_classes=cfg.model.output_dim,
         label_smoothing=cfg.loss.label_smoothing,
         parallel=OmegaConf.to_container(cfg.strategy, resolve=True),

@@ -5,13 +5,15 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import hydra
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.strategies import SingleDeviceStrategy
 from lightning.pytorch.utilities import rank_zero_warn
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torchmetrics import MaxMetric
@@ -40,6 +42,19 @@ OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 
 
+def built_parts(cfg: DictConfig) -> dict[str, Any]:
+    """The model, optimizer factory and LR scheduler factory (with its interval) a run config describes."""
+    scheduler_cfg = OmegaConf.to_container(cfg.scheduler, resolve=True) if cfg.get("scheduler") else {}
+    assert isinstance(scheduler_cfg, dict)
+    interval = scheduler_cfg.pop("interval", "epoch")
+    return {
+        "model": hydra.utils.instantiate(cfg.model),
+        "optimizer": hydra.utils.instantiate(cfg.optimizer),
+        "scheduler": hydra.utils.instantiate(scheduler_cfg) if "_target_" in scheduler_cfg else None,
+        "scheduler_interval": interval,
+    }
+
+
 class AgentModule(pl.LightningModule):
     """Trains a policy network by cross-entropy on (observation, action) pairs.
 
@@ -51,6 +66,30 @@ class AgentModule(pl.LightningModule):
     ~3 ms step. Accumulation, clipping, LR schedules and `torch.compile` come from `step`
     (`StepOptions`, read from the `trainer` config group).
     """
+
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls,
+        checkpoint_path: str | Path,
+        map_location: Any = None,
+        hparams_file: str | Path | None = None,
+        strict: bool | None = None,
+        weights_only: bool | None = True,
+        **kwargs: Any,
+    ) -> AgentModule:
+        """Lightning's loader, read weights-only; the model, optimizer and schedule come from the run config it holds.
+
+        They are not hyperparameters (objects, not values), so Lightning alone could not rebuild the module.
+        """
+        from agent_lightning import safe_load
+
+        config = (safe_load.load_checkpoint(checkpoint_path).get("hyper_parameters") or {}).get("config")
+        if not isinstance(config, dict):
+            raise ConfigError(f"{checkpoint_path} holds no run config: read its weights with load_agent or Policy.load")
+        parts = {key: value for key, value in built_parts(OmegaConf.create(config)).items() if key not in kwargs}
+        return super().load_from_checkpoint(
+            checkpoint_path, map_location, hparams_file, strict, weights_only, **parts, **kwargs
+        )
 
     def __init__(
         self,

@@ -230,3 +230,13 @@ def test_data_whose_columns_mean_otherwise_is_refused_naming_the_fix(yesterday, 
     # The fix the message names: the same file prepared with the training order is taken.
     prepare(tmp_path / "swapped.parquet", tmp_path / "ordered", features=trained_order, progress_bar=False)
     validate(compose_config([*QUICK, f"data.path={tmp_path / 'ordered'}", f"init_from={yesterday['ckpt']}"]))
+
+
+def test_lightnings_load_from_checkpoint_rebuilds_the_module_from_its_run_config(yesterday) -> None:
+    from agent_lightning import AgentModule
+
+    module = AgentModule.load_from_checkpoint(yesterday["ckpt"])  # as a Lightning user would, weights-only
+    assert module.hparams.config["data"]["path"] == str(yesterday["day1"])
+    observations = torch.randn(8, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(module.model.eval()(observations), load_agent(yesterday["ckpt"])(observations))
