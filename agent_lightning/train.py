@@ -164,6 +164,7 @@ def hydra_main(cfg: DictConfig) -> float | Pruned | None:
         setup_rank_logging(rank, log_file=None)  # torchrun/SLURM ran Hydra on every rank: keep rank 0's log
     log.info("Run directory: %s", cfg.paths.output_dir)
     try:
+        _check_working_directory_kept()
         devices, world = _resolve_and_check(cfg)  # a bad value is one line, not a config tree and then the line
     except Exception as err:
         discard_resume_record()  # a refused resume leaves no `.hydra/resume-<n>/` of a run that never ran
@@ -185,6 +186,17 @@ def hydra_main(cfg: DictConfig) -> float | Pruned | None:
             return None
         log.error("%s", err)
         sys.exit(2)
+
+
+def _check_working_directory_kept() -> None:
+    """ConfigError for `hydra.job.chdir=true`: relative paths are read from where the command runs."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized() and HydraConfig.get().job.chdir:
+        raise ConfigError(
+            "hydra.job.chdir=true is not supported: a run reads relative paths (data.path, ckpt_path, init_from) "
+            "from where the command runs and writes into paths.output_dir itself; leave hydra.job.chdir=false"
+        )
 
 
 # Sweepers that only run their jobs: they never read a job's returned value.

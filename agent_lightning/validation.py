@@ -471,7 +471,8 @@ def check_resume_checkpoint(cfg: DictConfig) -> None:
     """`ckpt_path` exists, is safe to read, suits the strategy, and its layers fit this config's model."""
     path = Path(str(cfg.ckpt_path))
     if not path.exists():
-        raise ConfigError(f"ckpt_path={path} does not exist")
+        hint = " (ckpt_path=latest resumes the newest run's last.ckpt)" if str(path) in ("last", "best") else ""
+        raise ConfigError(f"ckpt_path={path} does not exist{hint}")
     sharded = cfg.strategy.get("name") in SHARDED
     if path.is_dir():
         if not (path / safe_load.DCP_METADATA).is_file():

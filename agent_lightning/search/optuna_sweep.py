@@ -22,6 +22,7 @@ import math
 import random
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -319,7 +320,9 @@ class OptunaSearch(Sweeper):
 
     def _ask(self, study: optuna.Study, space: dict[str, BaseDistribution]) -> optuna.trial.Trial:
         self._reseed(study)
-        return study.ask(space)
+        with warnings.catch_warnings():  # the trials' heartbeats are this sweeper's own (`storage.Heartbeat`)
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+            return study.ask(space)
 
     @staticmethod
     def _overrides(trial: optuna.trial.Trial, fixed: list[str], spec: str, study_name: str) -> list[str]:
