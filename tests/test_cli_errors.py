@@ -29,11 +29,13 @@ CLI_CASES = {
     "unknown top-level key": (["learning_rate=0.1"], "learning_rate=0.1: the config has no key learning_rate"),
     "negative lr": (["optimizer.lr=-1"], "optimizer.lr=-1 is invalid"),
     "missing checkpoint": (["ckpt_path=/no/such/last.ckpt"], "ckpt_path=/no/such/last.ckpt does not exist"),
+    "a job that would change directory": (["hydra.job.chdir=true"], "hydra.job.chdir=true is not supported: a run"),
 }
 # The other checks raise the same kinds of error, which the command prints the same way (`errors.user_facing`):
 # they are run in this process, and the line the command would print is read from `user_facing`.
 CHECKED_CASES = {
     "no devices": (["devices=0"], "devices=0 is invalid"),
+    "Lightning's word for the last checkpoint": (["ckpt_path=last"], "ckpt_path=last does not exist (ckpt_path=latest"),
     "more devices than exist": (["strategy=ddp", "devices=4096"], "devices=4096 but this machine has"),
     "batch not divisible": (["strategy=ddp", "devices=2", "data.batch_size=511"], "data.batch_size=511 (global)"),
     "non-numeric lr": (["optimizer.lr=abc"], "optimizer.lr='abc' is invalid"),
