@@ -240,3 +240,12 @@ def test_lightnings_load_from_checkpoint_rebuilds_the_module_from_its_run_config
     observations = torch.randn(8, 32)
     with torch.no_grad():
         torch.testing.assert_close(module.model.eval()(observations), load_agent(yesterday["ckpt"])(observations))
+
+
+def test_a_policy_loaded_from_a_checkpoint_names_its_actions_and_inputs(yesterday, tmp_path: Path) -> None:
+    from agent_lightning import Policy
+
+    policy = Policy.load(yesterday["ckpt"])
+    assert policy.class_names == [str(c) for c in range(6)] and policy.feature_names == [f"f{i}" for i in range(32)]
+    exported = Policy.load(export(yesterday["ckpt"], tmp_path / "agent.pt"))  # an export keeps the model only
+    assert exported.class_names is None and exported.feature_names is None

@@ -36,6 +36,8 @@ class Policy:
         obs_dim: int | None = None,
         n_actions: int | None = None,
         source: str | None = None,
+        class_names: list[str] | None = None,
+        feature_names: list[str] | None = None,
     ) -> None:
         if isinstance(model, nn.Module):
             current = next(iter(model.parameters()), torch.empty(0)).device
@@ -53,14 +55,20 @@ class Policy:
         self.model = model
         self.obs_dim, self.n_actions = int(obs_dim), int(n_actions)
         self.source = source
+        # What action i and feature j mean, where the checkpoint recorded its data's names (exports do not).
+        self.class_names, self.feature_names = class_names, feature_names
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> Policy:
         """From a Lightning checkpoint (file or sharded directory) or an export (.pt, .safetensors, .onnx, .ts)."""
         from agent_lightning.formats.loading import load_policy_model
+        from agent_lightning.runs.data_schema import saved_schema
 
         model, dims = load_policy_model(Path(path), _checked_device(device))
-        return cls(model, device, source=str(path), **dims)
+        schema = saved_schema(path)
+        return cls(
+            model, device, source=str(path), class_names=schema.class_names, feature_names=schema.feature_names, **dims
+        )
 
     def _batch(self, obs: Any) -> tuple[Tensor, bool]:
         """Observations as a float32 [n, obs_dim] tensor on the policy's device, and whether one was given."""

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from omegaconf import DictConfig
+from typing import TYPE_CHECKING, Any
 
 from agent_lightning import safe_load
 from agent_lightning.errors import ConfigError
+
+if TYPE_CHECKING:  # read by `Policy.load` too, which imports neither Hydra nor OmegaConf
+    from omegaconf import DictConfig
 
 CLASS_NAMES_KEY = "data_class_names"
 FEATURE_NAMES_KEY = "data_feature_names"
