@@ -235,13 +235,16 @@ def test_bad_input_is_refused_in_one_line_before_anything_starts(case: str, comp
 
 def test_a_grid_whose_jobs_never_validate_runs_every_job(tmp_path: Path) -> None:
     # A grid sweeper does not read optimized_metric: a job that never logs it must not stop the grid.
-    result = run_cli(
-        "-m", "trainer.max_steps=3", "data.train_size=4096", "test=false", "seed=1,2",
-        f"hydra.sweep.dir={tmp_path / 'grid'}", cwd=tmp_path,
-    )  # fmt: skip
+    grid = ["-m", "trainer.max_steps=3", "data.train_size=4096", "test=false", "seed=1,2"]
+    result = run_cli(*grid, f"hydra.sweep.dir={tmp_path / 'grid'}", cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-2000:]
     assert sorted(p.name for p in (tmp_path / "grid").iterdir() if p.is_dir()) == ["0", "1"]
     assert all((tmp_path / "grid" / job / "summary.json").is_file() for job in ("0", "1"))
+    # Run again into the same directory, its jobs would replace these runs: refused before any starts.
+    summary = (tmp_path / "grid" / "0" / "summary.json").read_bytes()
+    again = run_cli(*grid, f"hydra.sweep.dir={tmp_path / 'grid'}", cwd=tmp_path)
+    assert again.returncode == 2 and "holds an earlier sweep's runs" in again.stdout + again.stderr
+    assert (tmp_path / "grid" / "0" / "summary.json").read_bytes() == summary
 
 
 def test_a_short_run_without_validation_succeeds(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweeperConf
@@ -39,9 +40,23 @@ class GridSweeper(BasicSweeper):
             if override.is_sweep_override() and not list(override.sweep_string_iterator()):
                 log.error("empty grid: %s gives no value to run", override.input_line)
                 sys.exit(2)
+        self._check_sweep_dir()
         self._check_jobs(overrides)
         self._composed = True
         return super().sweep(arguments)
+
+    def _check_sweep_dir(self) -> None:
+        # Rerun into an earlier sweep's directory, each job would replace that job's checkpoints, config and log.
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        earlier = sorted(sweep_dir.glob("*/checkpoints/*.ckpt")) if sweep_dir.is_dir() else []
+        if earlier:
+            log.error(
+                "hydra.sweep.dir=%s holds an earlier sweep's runs (%s): choose another hydra.sweep.dir, or continue "
+                "a run with ckpt_path=; no job was started",
+                sweep_dir,
+                earlier[0],
+            )
+            sys.exit(2)
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
         """Hydra composes each batch's jobs before launching them: here every job was composed and checked already."""
