@@ -164,7 +164,7 @@ def hydra_main(cfg: DictConfig) -> float | Pruned | None:
         setup_rank_logging(rank, log_file=None)  # torchrun/SLURM ran Hydra on every rank: keep rank 0's log
     log.info("Run directory: %s", cfg.paths.output_dir)
     try:
-        _check_working_directory_kept()
+        _check_working_directory_kept(cfg)
         devices, world = _resolve_and_check(cfg)  # a bad value is one line, not a config tree and then the line
     except Exception as err:
         discard_resume_record()  # a refused resume leaves no `.hydra/resume-<n>/` of a run that never ran
@@ -188,14 +188,28 @@ def hydra_main(cfg: DictConfig) -> float | Pruned | None:
         sys.exit(2)
 
 
-def _check_working_directory_kept() -> None:
-    """ConfigError for `hydra.job.chdir=true`: relative paths are read from where the command runs."""
+def _check_working_directory_kept(cfg: DictConfig) -> None:
+    """ConfigError for `hydra.job.chdir=true`; a warning when `paths.output_dir` splits a run's files.
+
+    Relative paths are read from where the command runs. Hydra keeps its config and log in its own run
+    directory, which `paths.output_dir` moves the run's other files away from.
+    """
     from hydra.core.hydra_config import HydraConfig
 
-    if HydraConfig.initialized() and HydraConfig.get().job.chdir:
+    if not HydraConfig.initialized():
+        return
+    if HydraConfig.get().job.chdir:
         raise ConfigError(
             "hydra.job.chdir=true is not supported: a run reads relative paths (data.path, ckpt_path, init_from) "
             "from where the command runs and writes into paths.output_dir itself; leave hydra.job.chdir=false"
+        )
+    hydra_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
+    if Path(str(cfg.paths.output_dir)).resolve() != hydra_dir:
+        log.warning(
+            "paths.output_dir=%s: Hydra keeps this run's config and log in %s; hydra.run.dir=%s keeps them together",
+            cfg.paths.output_dir,
+            hydra_dir,
+            cfg.paths.output_dir,
         )
 
 
