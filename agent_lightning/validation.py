@@ -323,17 +323,19 @@ OWNED_NAMESPACES = ("val/", "train/", "test/", "env/")
 VALIDATED_METRICS = tuple(name for name in FIT_METRICS if name.startswith("val/"))
 
 
-def pruning_monitor(cfg: DictConfig) -> str:
+def pruning_monitor(cfg: DictConfig, direction: str = "maximize") -> str:
     """The metric an Optuna trial reports for pruning after each validation.
 
     `optuna_trial.monitor`, else the optimized metric where each validation logs it (so the pruner ranks
-    trials as the study does), else val/acc.
+    trials as the study does), else the validation metric better the study's way (val/acc or val/loss).
     """
     monitor = (cfg.get("optuna_trial") or {}).get("monitor")
     if monitor:
         return str(monitor)
     metric = cfg.get("optimized_metric")
-    return str(metric) if metric in VALIDATED_METRICS else "val/acc"
+    if metric in VALIDATED_METRICS:
+        return str(metric)
+    return "val/loss" if direction == "minimize" else "val/acc"
 
 
 def metric_direction(name: str) -> str | None:

@@ -192,6 +192,8 @@ def test_trials_are_pruned_on_the_optimized_metric_and_a_study_ranked_upside_dow
     assert monitor() == "val/acc_best"  # what the study maximises, reported after every validation
     assert monitor("optimized_metric=val/loss") == "val/loss"
     assert monitor("optimized_metric=test/acc") == "val/acc"  # not logged per validation: the default
+    minimized = compose_config(["hparams_search=optuna", "optimized_metric=test/loss"])
+    assert pruning_monitor(minimized, "minimize") == "val/loss"  # the default better the study's way
     assert monitor("optuna_trial.monitor=val/loss", "optimized_metric=val/loss") == "val/loss"
 
     def search(direction: str, **config: object) -> OptunaSearch:
@@ -200,13 +202,17 @@ def test_trials_are_pruned_on_the_optimized_metric_and_a_study_ranked_upside_dow
         return made
 
     search("minimize", optimized_metric="val/loss")._check_settings()
+    search("minimize", optimized_metric="test/loss")._check_settings()  # pruned on val/loss: no conflict
     with pytest.raises(
         ConfigError, match=r"^hydra.sweeper.direction=maximize but optimized_metric=val/loss is better "
     ):
         search("maximize", optimized_metric="val/loss")._check_settings()
     wrong_monitor = search("minimize", optimized_metric="val/loss", optuna_trial={"monitor": "val/acc"})
+    wrong_monitor.pruner = {"_target_": "optuna.pruners.MedianPruner"}
     with pytest.raises(ConfigError, match=r"^optuna_trial.monitor=val/acc is better higher but the study's direction"):
         wrong_monitor._check_settings()
+    wrong_monitor.pruner = None  # nothing prunes: what the trials report does not matter
+    wrong_monitor._check_settings()
 
 
 def test_a_sampler_that_cannot_be_built_is_one_line_naming_the_key() -> None:
@@ -249,7 +255,7 @@ def test_a_pruning_report_that_fails_on_rank_0_stops_every_rank_with_its_line(tm
     with pytest.raises(ConfigError, match=refused):
         pruning.on_validation_end(trainer(rank_0=True), None)
     (decision,) = sent
-    assert decision[0] is False and "gone" in decision[1]  # the error went to the other ranks before it was raised
+    assert decision[0] is False and "gone" in decision[1] and decision[2]  # sent to the other ranks before raised
     with pytest.raises(ConfigError, match=refused):  # another rank raises rank 0's line instead of waiting for it
         OptunaPruning("unused", "gone", 0).on_validation_end(trainer(rank_0=False, from_rank_0=decision), None)
     unlogged = trainer(rank_0=True)

@@ -9,10 +9,11 @@ first trial (`space_check.py`); a trial whose config is refused all the same (by
 values), or whose job fails, is recorded as `FAIL` with its error and the search goes on.
 
 Trials live in a storage every process can open (by default a journal file in the sweep
-directory), so the ranks of a trial report `val/acc` per epoch to it and the pruner can stop a
-hopeless trial; with `storage=sqlite:///...` and a study name a search resumes where it stopped:
-trials of a killed search are failed and rerun (see `storage.py`), and the sampler is seeded
-from the number of trials already in the study, so a resumed search does not repeat itself.
+directory), so the ranks of a trial report the optimized metric (`optuna_trial.monitor`) after each
+validation to it and the pruner can stop a hopeless trial; with `storage=sqlite:///...` and a study
+name a search resumes where it stopped: trials of a killed search are failed and rerun (see
+`storage.py`), and the sampler is seeded from the number of trials already in the study, so a
+resumed search does not repeat itself.
 """
 
 from __future__ import annotations
@@ -176,20 +177,25 @@ class OptunaSearch(Sweeper):
     def _check_direction(self) -> None:
         # A study that minimises an accuracy, or prunes on a loss while maximising, ranks trials upside down.
         better = {"maximize": "higher", "minimize": "lower"}
-        metric, monitor = self._metric(), pruning_monitor(self.config)
+        metric = self._metric()
         wanted = metric_direction(metric)
         if wanted and wanted != self.direction:
             raise ConfigError(
                 f"hydra.sweeper.direction={self.direction} but optimized_metric={metric} is better {better[wanted]}: "
                 f"use hydra.sweeper.direction={wanted}"
             )
-        pruned_by = metric_direction(monitor)
+        chosen = OmegaConf.select(self.config, "optuna_trial.monitor", default=None)
+        pruned_by = metric_direction(str(chosen)) if chosen and self.pruner else None  # a default follows the study
         if pruned_by and pruned_by != self.direction:
             raise ConfigError(
-                f"optuna_trial.monitor={monitor} is better {better[pruned_by]} but the study's direction is "
-                f"{self.direction}: the pruner would stop the best trials; prune on the optimized metric "
-                "(optuna_trial.monitor=null) or one better the same way"
+                f"optuna_trial.monitor={chosen} is better {better[pruned_by]} but the study's direction is "
+                f"{self.direction}: the pruner would stop the best trials; leave optuna_trial.monitor=null (the "
+                "optimized metric where validation logs it) or name one better the same way"
             )
+
+    def _monitor(self) -> str:
+        """What every trial reports for pruning: the same metric for all, better the study's way."""
+        return pruning_monitor(self.config, self.direction)
 
     def _study(self) -> tuple[optuna.Study, str, optuna.storages.BaseStorage]:
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -250,6 +256,9 @@ class OptunaSearch(Sweeper):
         return int(launcher_jobs)
 
     def _sweep(self, arguments: list[str]) -> None:
+        # Optuna warns on each `ask` from a storage with heartbeats: the trials' heartbeats are this sweeper's own
+        # (`storage.Heartbeat`). Set for this process once: a filter changed around each `ask` is not thread-safe.
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
         space, fixed = parse_space(self.params, arguments)
         self._check_settings()
         check_space(space, fixed, self.job_checker)
@@ -320,12 +329,9 @@ class OptunaSearch(Sweeper):
 
     def _ask(self, study: optuna.Study, space: dict[str, BaseDistribution]) -> optuna.trial.Trial:
         self._reseed(study)
-        with warnings.catch_warnings():  # the trials' heartbeats are this sweeper's own (`storage.Heartbeat`)
-            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
-            return study.ask(space)
+        return study.ask(space)
 
-    @staticmethod
-    def _overrides(trial: optuna.trial.Trial, fixed: list[str], spec: str, study_name: str) -> list[str]:
+    def _overrides(self, trial: optuna.trial.Trial, fixed: list[str], spec: str, study_name: str) -> list[str]:
         # A job reopens its trial as `optuna.trial.Trial(study, trial_id)`: the storage's key for
         # it (`_trial_id`; `number` counts within the study), which Optuna has no public getter for.
         return [
@@ -334,6 +340,7 @@ class OptunaSearch(Sweeper):
             f"optuna_trial.storage='{spec}'",
             f"optuna_trial.study_name='{study_name}'",
             f"optuna_trial.trial_id={trial._trial_id}",
+            f"optuna_trial.monitor={self._monitor()}",
         ]
 
     def _composition_error(self, overrides: list[str]) -> str | None:

@@ -44,28 +44,33 @@ class OptunaPruning(pl.Callback):
         """Report this epoch's metric; decide on rank 0 whether to prune, and stop every rank if so."""
         if trainer.sanity_checking:
             return
-        decision: tuple[bool, str | None] = (False, None)
+        decision: tuple[bool, str | None, bool] = (False, None, True)
         if trainer.is_global_zero:
             decision = self._report(trainer)
         # Every rank learns the decision, or rank 0's error: raised on rank 0 alone, the others would wait forever.
-        prune, error = trainer.strategy.broadcast(decision, src=0)
+        prune, error, the_users = trainer.strategy.broadcast(decision, src=0)
         if error is not None:
-            raise ConfigError(error)
+            raise ConfigError(error) if the_users else RuntimeError(error)
         if prune:
             self.pruned_at_epoch = trainer.current_epoch
             trainer.should_stop = True
 
-    def _report(self, trainer: pl.Trainer) -> tuple[bool, str | None]:
-        """(whether to prune, None) after reporting the metric; (False, the error's line) when it cannot be."""
+    def _report(self, trainer: pl.Trainer) -> tuple[bool, str | None, bool]:
+        """(whether to prune, None, True) once reported, else (False, the error's line, whether it is yours).
+
+        Yours to fix: a monitor never logged or a storage that failed; otherwise a bug, raised as a crash.
+        """
         value = trainer.callback_metrics.get(self.monitor)
         if value is None:
-            return False, f"optuna_trial.monitor={self.monitor!r} was not logged; pruning needs it"
+            return False, f"optuna_trial.monitor={self.monitor!r} was not logged; pruning needs it", True
         try:
             trial = self._get_trial()
             trial.report(float(value), step=trainer.current_epoch)
-            return trial.should_prune(), None
-        except Exception as err:  # the study's storage went away or refused: one line on every rank
+            return trial.should_prune(), None, True
+        except Exception as err:  # a line for every rank; the storage's failures named as the storage's
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            return False, (
-                f"optuna_trial.storage={self.storage}: reporting to study {self.study_name!r} failed ({first})"
-            )
+            stored = isinstance(err, optuna.exceptions.OptunaError | KeyError | OSError)
+            if stored or type(err).__module__.startswith("sqlalchemy"):
+                where = f"optuna_trial.storage={self.storage}: reporting to study {self.study_name!r} failed"
+                return False, f"{where} ({first})", True
+            return False, f"reporting to the Optuna study failed: {type(err).__name__}: {first}", False
