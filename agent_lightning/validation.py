@@ -144,6 +144,11 @@ def validate(cfg: DictConfig) -> tuple[int, int]:
             f"data.batch_size={batch} (global) is not divisible by the {data_parallel} data-parallel ranks: "
             f"use a multiple of {data_parallel}"
         )
+    replay = cfg.data.get("replay") or {}
+    if replay.get("path") and _number(replay.get("fraction")) and replay["fraction"] > 0:
+        from agent_lightning.data.replay import replay_rows
+
+        replay_rows(batch // data_parallel, float(replay["fraction"]), data_parallel)  # room for old and new rows
     check_output_dir(cfg)
     check_init_from(cfg)
     if cfg.get("ckpt_path"):

@@ -121,6 +121,10 @@ def test_replay_of_another_width_is_refused(tasks, tmp_path):
     one_row = r"data.batch_size=1 leaves 1 row per batch: give each rank's batch at least 2 rows"
     with pytest.raises(ConfigError, match=one_row):  # no room for an old row and a new one
         compose_config([*QUICK, *replay, "data.batch_size=1"])
+    from agent_lightning.validation import validate
+
+    with pytest.raises(ConfigError, match=r"data.batch_size=2 over 2 data-parallel ranks leaves 1 row per batch"):
+        validate(compose_config([*QUICK, *replay, "data.batch_size=2", "strategy=ddp", "devices=2"]))  # before ranks
     two_ranks = _module(tasks, 0.2, 0, 2)
     two_ranks.batch_size = 2  # data.batch_size=2 passes the check above; each of 2 ranks gets one row
     with pytest.raises(ConfigError, match=r"data.batch_size=2 over 2 data-parallel ranks leaves 1 row per batch"):
