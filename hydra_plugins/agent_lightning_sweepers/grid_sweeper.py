@@ -40,7 +40,8 @@ class GridSweeper(BasicSweeper):
             if override.is_sweep_override() and not list(override.sweep_string_iterator()):
                 log.error("empty grid: %s gives no value to run", override.input_line)
                 sys.exit(2)
-        self._check_sweep_dir()
+        if not any(override.key_or_group == "ckpt_path" for override in overrides) and not self.config.get("ckpt_path"):
+            self._check_sweep_dir()  # a grid that resumes its jobs writes into their runs on purpose
         self._check_jobs(overrides)
         self._composed = True
         return super().sweep(arguments)
@@ -51,8 +52,8 @@ class GridSweeper(BasicSweeper):
         earlier = sorted(sweep_dir.glob("*/checkpoints/*.ckpt")) if sweep_dir.is_dir() else []
         if earlier:
             log.error(
-                "hydra.sweep.dir=%s holds an earlier sweep's runs (%s): choose another hydra.sweep.dir, or continue "
-                "a run with ckpt_path=; no job was started",
+                "hydra.sweep.dir=%s holds an earlier sweep's runs (%s): choose another hydra.sweep.dir (each job "
+                "would replace its run); no job was started",
                 sweep_dir,
                 earlier[0],
             )
