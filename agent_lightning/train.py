@@ -88,6 +88,7 @@ def _resolve_and_check(cfg: DictConfig) -> tuple[int, int]:
     # Once per job (a launcher's ranks get the checked config): the checks read manifests and checkpoints.
     check_required_groups(cfg)
     resolve_latest(cfg)
+    _refuse_new_run_over_another(cfg)
     resolve_data_dims(cfg)
     resolve_auto_strategy(cfg)
     devices, world = validate(cfg)
@@ -109,7 +110,6 @@ def train_checked(
         run_directory_lock(cfg.paths.output_dir),
         cpu_threads(threads, cores, min(devices, world), kind == "cpu"),
     ):
-        _refuse_new_run_over_another(cfg)
         from agent_lightning.fit import fit_and_test  # Lightning loads once the config is known to be good
 
         return fit_and_test(cfg, devices, world, extra_callbacks)
@@ -140,14 +140,19 @@ def _run_checked(cfg: DictConfig, devices: int, world: int) -> dict[str, Any]:
         # One node: its ranks run under this process's lock. Several: every node's launcher shares the
         # run directory, so global rank 0 takes the lock, wherever it runs.
         with run_directory_lock(cfg.paths.output_dir) if cfg.num_nodes == 1 else contextlib.nullcontext():
-            _refuse_new_run_over_another(cfg)
             return launch_ranks(cfg, devices, world)
     return train_checked(cfg, devices, world)
 
 
+# How many times a scheduler restarted this job (SLURM requeue, torchrun --max-restarts).
+RESTART_COUNTS = ("SLURM_RESTART_COUNT", "TORCHELASTIC_RESTART_COUNT")
+
+
 def _refuse_new_run_over_another(cfg: DictConfig) -> None:
     # From Python or `paths.output_dir=` (the command line's `hydra.run.dir=` is refused before Hydra writes there).
-    if not cfg.get("ckpt_path") and global_rank() == 0:
+    # A job its scheduler restarted (SLURM requeue, torchrun --max-restarts) comes back to its own directory.
+    restarted = any(os.environ.get(key, "0") not in ("", "0") for key in RESTART_COUNTS)
+    if not cfg.get("ckpt_path") and not restarted and global_rank() == 0:
         refuse_new_run_over(Path(str(cfg.paths.output_dir)), "paths.output_dir")
 
 

@@ -345,6 +345,10 @@ def test_a_second_run_on_the_same_directory_is_refused(compose_cfg, tmp_path: Pa
     with pytest.raises(ConfigError, match=rf"^paths.output_dir={run_dir} holds a run \({last}\): continue it with"):
         train(compose_cfg("trainer.max_steps=2", "test=false", output_dir=run_dir))
     assert last.read_bytes() == written
+    # A job its scheduler requeued comes back to its own directory (SLURM keys it on the job id): not refused.
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("SLURM_RESTART_COUNT", "1")
+        assert train(compose_cfg("trainer.max_steps=2", "test=false", output_dir=run_dir))["run_dir"]
     # Composed without a directory, each config gets a new one (as each command line run does).
     from agent_lightning.config import compose_config
 
