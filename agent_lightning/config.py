@@ -149,7 +149,7 @@ def _one_line(err: Exception, config_name: str) -> str | None:
     if isinstance(err, composing) or (isinstance(err, ValueError) and "Config group override must" in str(err)):
         return describe_safely(err, config_name, sys.argv[1:])
     if isinstance(err, ValueError) and str(err).startswith("Only one of --run, --multirun"):  # Hydra's own flags
-        return f"{err}: e.g. --cfg job without -m shows one job's config"
+        return str(err)
     reported = user_facing(err)  # e.g. an interpolation `--cfg job --resolve` could not resolve
     return reported[1] if reported else None
 

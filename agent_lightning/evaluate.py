@@ -67,10 +67,11 @@ def evaluate_on_dataset(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         from agent_lightning.evaluation.classification import evaluate_dataset
     except ImportError as err:  # a core package that does not import: name it rather than the feature
         raise ConfigError(f"data=dataset evaluation cannot import {err.name or err}: reinstall it ({err})") from None
-    from agent_lightning.runs.data_schema import check_same_schema, saved_schema
+    from agent_lightning.runs.data_schema import DataSchema, check_same_schema
 
-    check_same_schema(f"ckpt_path={cfg.ckpt_path}", saved_schema(cfg.ckpt_path), cfg.data)
-    return evaluate_dataset(Policy.load(cfg.ckpt_path), cfg.data.path, split=cfg.split, output_dir=output_dir)
+    policy = Policy.load(cfg.ckpt_path)  # its own one-line errors first (e.g. a program named as weights)
+    check_same_schema(f"ckpt_path={cfg.ckpt_path}", DataSchema(policy.feature_names, policy.class_names), cfg.data)
+    return evaluate_dataset(policy, cfg.data.path, split=cfg.split, output_dir=output_dir)
 
 
 def check_request(cfg: DictConfig) -> None:

@@ -83,7 +83,13 @@ class AgentModule(pl.LightningModule):
         """
         from agent_lightning import safe_load
 
-        config = (safe_load.load_checkpoint(checkpoint_path).get("hyper_parameters") or {}).get("config")
+        if Path(checkpoint_path).is_dir():  # Lightning's loader reads one file
+            raise ConfigError(
+                f"{checkpoint_path} is a sharded checkpoint directory: read it with Policy.load or load_agent, or "
+                "resume training from it with ckpt_path="
+            )
+        checkpoint = safe_load.load_file(Path(checkpoint_path), mmap=True)  # its run config only, not the tensors
+        config = (checkpoint.get("hyper_parameters") or {}).get("config")
         if not isinstance(config, dict):
             raise ConfigError(f"{checkpoint_path} holds no run config: read its weights with load_agent or Policy.load")
         parts = {key: value for key, value in built_parts(OmegaConf.create(config)).items() if key not in kwargs}

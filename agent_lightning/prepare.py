@@ -293,7 +293,9 @@ def _remove_abandoned_work(output: Path) -> None:
 def _restore_interrupted_replace(output: Path) -> None:
     # An overwrite killed between its two renames left the old dataset aside: it is the output until replaced.
     for aside in output.parent.glob(f".{output.name}{ASIDE}*"):
-        if _process_gone(aside, ASIDE) and restore_aside(aside, output):
+        if not _process_gone(aside, ASIDE):
+            log.warning("%s is another prepare's (running, or on another host): left as it is", aside)
+        elif restore_aside(aside, output):
             log.info("restored %s, left aside by an overwrite that was stopped", output)
 
 
@@ -308,7 +310,7 @@ def _process_gone(path: Path, marker: str) -> bool:
     Another host's directory is left alone (on a shared file system its process cannot be seen from here).
     """
     host, _, pid = path.name.partition(marker)[2].rpartition("-")
-    if host != socket.gethostname():
+    if host and host != socket.gethostname():  # no host: named before hosts were (this machine's)
         return False
     try:
         os.kill(int(pid), 0)

@@ -174,6 +174,10 @@ def test_class_numbers_written_as_text_keep_their_numbers_and_a_stray_word_is_na
     assert manifest["class_names"] == [str(c) for c in range(12)]
     features, labels = _all_rows(tmp_path / "text", "train")
     assert labels.tolist() == [int(frame["action"][int(row)]) for row in features[:, 0]]  # each its own number
+    superscript = frame.assign(action=frame["action"].where(frame.index != 3, "²"))  # a digit, but no number
+    superscript.to_parquet(tmp_path / "superscript.parquet")
+    with pytest.raises(ConfigError, match=r"row 3: label '²' is not a class number but others are"):
+        prepare(tmp_path / "superscript.parquet", tmp_path / "superscript", progress_bar=False)
     frame.loc[5, "action"] = "x"
     frame.to_csv(tmp_path / "stray.csv", index=False)
     with pytest.raises(

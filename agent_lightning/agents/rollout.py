@@ -106,12 +106,13 @@ def _chosen(actor: Actor, env: Any, obs: np.ndarray, role: str = "expert") -> in
 
     `role` says what the actor is in the message: the `expert` (a user's function) or the `learner` (a policy).
     """
-    name = getattr(actor, "__name__", None) or type(actor).__name__
+    # A user's expert by its function's name; the learner (a policy wrapped for acting) by its role.
+    name = getattr(actor, "__name__", None) or type(actor).__name__ if role == "expert" else f"the {role}"
     try:
         action = actor(env.unwrapped, obs)
     except Exception as err:  # the actor's own error, said in its words
-        what = "an expert is a function (env, obs) -> action" if role == "expert" else f"the {role} acting"
-        raise ConfigError(f"{name} raised {type(err).__name__}: {err} ({what})") from None
+        what = " (an expert is a function (env, obs) -> action)" if role == "expert" else ""
+        raise ConfigError(f"{name} raised {type(err).__name__}: {err}{what}") from None
     count = getattr(env.action_space, "n", None)
     number = action.item() if isinstance(action, np.ndarray) and action.size == 1 else action
     if isinstance(number, bool) or not isinstance(number, int | np.integer) or (count and not 0 <= number < count):

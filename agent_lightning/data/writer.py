@@ -66,7 +66,7 @@ def _class_numbers_written_as_text(labels: np.ndarray, chunk: Chunk) -> np.ndarr
     otherwise become names numbered in sorted order: "10" before "2", so class 2 would be output 4.
     """
     text = np.char.strip(labels.astype(str))
-    whole = np.char.isdigit(text) & (np.char.str_len(text) <= 18)  # ASCII-or-not digits that fit int64
+    whole = np.char.isdecimal(text) & (np.char.str_len(text) <= 18)  # decimal digits (not "²") that fit int64
     if whole.all():
         return text.astype(np.int64)
     if whole.any():
