@@ -10,6 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import CompactHydraException
+from omegaconf import OmegaConf
 
 from agent_lightning.composition_errors import describe
 from agent_lightning.config import compose_config, config_dir
@@ -241,10 +242,13 @@ def test_a_grid_whose_jobs_never_validate_runs_every_job(tmp_path: Path) -> None
     assert sorted(p.name for p in (tmp_path / "grid").iterdir() if p.is_dir()) == ["0", "1"]
     assert all((tmp_path / "grid" / job / "summary.json").is_file() for job in ("0", "1"))
     # Run again into the same directory, its jobs would replace these runs: refused before any starts.
-    summary = (tmp_path / "grid" / "0" / "summary.json").read_bytes()
-    again = run_cli(*grid, f"hydra.sweep.dir={tmp_path / 'grid'}", cwd=tmp_path)
-    assert again.returncode == 2 and "holds an earlier sweep's runs" in again.stdout + again.stderr
-    assert (tmp_path / "grid" / "0" / "summary.json").read_bytes() == summary
+    from hydra_plugins.agent_lightning_sweepers.grid_sweeper import GridSweeper
+
+    again = GridSweeper(max_batch_size=None)
+    again.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "grid")}}})
+    with pytest.raises(SystemExit) as refused:
+        again._check_sweep_dir()
+    assert refused.value.code == 2
 
 
 def test_a_short_run_without_validation_succeeds(tmp_path: Path) -> None:

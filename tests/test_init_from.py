@@ -46,8 +46,8 @@ def _table(
     x: np.ndarray, y: np.ndarray, path: Path, columns: list[str] | None = None, rename: dict[str, str] | None = None
 ) -> Path:
     """A Parquet file of feature columns f0, f1, ... (`columns`: their order in the file) and an `action` column."""
-    import pandas as pd
-
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("pyarrow")
     frame = pd.DataFrame(x, columns=[f"f{i}" for i in range(x.shape[1])]).assign(action=y)
     frame[columns or list(frame.columns)].rename(columns=rename or {}).to_parquet(path)
     return path
