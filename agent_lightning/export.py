@@ -25,6 +25,7 @@ from agent_lightning import safe_load
 from agent_lightning.errors import EXIT_CONFIG, ConfigError
 from agent_lightning.formats.registry import FORMATS, format_for_path
 from agent_lightning.model import AgentMLP
+from agent_lightning.runs.data_schema import DataSchema, saved_schema
 from agent_lightning.safe_load import plain_name
 
 # Wrappers that sharding options add to parameter names, not part of the model itself.
@@ -104,14 +105,19 @@ def build_agent(config: dict[str, Any], state: dict[str, torch.Tensor], path: st
     return model.eval()
 
 
-def write_model(model: AgentMLP, config: dict[str, Any], output: Path, fmt: str) -> None:
-    """Write `model` (built from `config`) to `output` in one of FORMATS, unchecked: `export` checks it."""
+def write_model(
+    model: AgentMLP, config: dict[str, Any], output: Path, fmt: str, schema: DataSchema | None = None
+) -> None:
+    """Write `model` (built from `config`) and its data's names to `output` in one of FORMATS, unchecked."""
+    schema = schema or DataSchema()
     if fmt == "torch":
-        torch.save({"model_config": config, "state_dict": model.state_dict()}, output)
+        saved: dict[str, Any] = {"model_config": config, "state_dict": model.state_dict()}
+        schema.record(saved)
+        torch.save(saved, output)
         return
     from importlib import import_module
 
-    import_module(f"agent_lightning.formats.{fmt}_file").write(model, config, output)
+    import_module(f"agent_lightning.formats.{fmt}_file").write(model, config, output, schema)
 
 
 def check_export(model: AgentMLP, output: Path, rows: int = CHECK_ROWS, seed: int = 0) -> float:
@@ -170,7 +176,7 @@ def export_checked(checkpoint_path: str | Path, output: str | Path, format: str 
         raise ConfigError(f"{output} cannot be written ({err.strerror or err}): give a writable place") from None
     staged = output.with_name(f".{output.name}.tmp{output.suffix}")  # a failed export never replaces a good one
     try:
-        write_model(model, config, staged, fmt)
+        write_model(model, config, staged, fmt, saved_schema(checkpoint_path))  # what its outputs mean travels too
         diff = check_export(model, staged)
         staged.replace(output)
     finally:

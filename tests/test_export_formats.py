@@ -89,7 +89,8 @@ def test_the_positional_torch_export_still_works(run, tmp_path: Path) -> None:
     out = tmp_path / "agent.pt"
     assert export_main([str(run["ckpt"]), str(out)]) == 0
     stored = torch.load(out, weights_only=True)
-    assert set(stored) == {"model_config", "state_dict"}
+    assert set(stored) == {"model_config", "state_dict", "data_class_names"}  # numbered labels: no feature names
+    assert stored["data_class_names"] == [str(c) for c in range(N_ACTIONS)]
     obs, _ = scaled_task(64, seed=3)
     np.testing.assert_array_equal(Policy.load(out).act(obs), Policy.load(run["ckpt"]).act(obs))
 

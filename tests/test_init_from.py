@@ -242,10 +242,22 @@ def test_lightnings_load_from_checkpoint_rebuilds_the_module_from_its_run_config
         torch.testing.assert_close(module.model.eval()(observations), load_agent(yesterday["ckpt"])(observations))
 
 
-def test_a_policy_loaded_from_a_checkpoint_names_its_actions_and_inputs(yesterday, tmp_path: Path) -> None:
+def test_a_policy_names_its_actions_and_inputs_from_a_checkpoint_and_every_export(yesterday, tmp_path: Path) -> None:
     from agent_lightning import Policy
 
+    names = ([str(c) for c in range(6)], [f"f{i}" for i in range(32)])
     policy = Policy.load(yesterday["ckpt"])
-    assert policy.class_names == [str(c) for c in range(6)] and policy.feature_names == [f"f{i}" for i in range(32)]
-    exported = Policy.load(export(yesterday["ckpt"], tmp_path / "agent.pt"))  # an export keeps the model only
-    assert exported.class_names is None and exported.feature_names is None
+    assert (policy.class_names, policy.feature_names) == names
+    formats = ["pt", "ts"] + [f for f, extra in (("safetensors", "safetensors"), ("onnx", "onnx")) if _has(extra)]
+    for suffix in formats:  # each format keeps them beside the model (metadata, an extra file)
+        exported = Policy.load(export(yesterday["ckpt"], tmp_path / f"agent.{suffix}"))
+        assert (exported.class_names, exported.feature_names) == names, suffix
+    # An export made from an export keeps them too.
+    again = Policy.load(export(tmp_path / "agent.pt", tmp_path / "again.pt"))
+    assert (again.class_names, again.feature_names) == names
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None

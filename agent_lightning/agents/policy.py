@@ -65,10 +65,8 @@ class Policy:
         from agent_lightning.runs.data_schema import saved_schema
 
         model, dims = load_policy_model(Path(path), _checked_device(device))
-        schema = saved_schema(path)
-        return cls(
-            model, device, source=str(path), class_names=schema.class_names, feature_names=schema.feature_names, **dims
-        )
+        names = {} if "class_names" in dims else saved_schema(path).as_names()  # ONNX, TorchScript: read with the model
+        return cls(model, device, source=str(path), **dims, **names)
 
     def _batch(self, obs: Any) -> tuple[Tensor, bool]:
         """Observations as a float32 [n, obs_dim] tensor on the policy's device, and whether one was given."""

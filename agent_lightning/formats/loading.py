@@ -11,8 +11,8 @@ from agent_lightning.errors import ConfigError
 from agent_lightning.formats.registry import SUFFIXES, WEIGHTS_SUFFIXES, is_torchscript_archive
 
 
-def load_policy_model(path: Path, device: torch.device) -> tuple[Any, dict[str, int]]:
-    """(model or logits function, its dims when not an AgentMLP) for a checkpoint or export at `path`."""
+def load_policy_model(path: Path, device: torch.device) -> tuple[Any, dict[str, Any]]:
+    """(model or logits function, its dims when not an AgentMLP and the names its file keeps) for `path`."""
     from agent_lightning.export import load_agent  # torch only: no Lightning on the inference path
 
     if not path.exists():

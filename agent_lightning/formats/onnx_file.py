@@ -19,12 +19,13 @@ from torch import Tensor
 from agent_lightning.errors import ConfigError
 from agent_lightning.formats.registry import require_extra
 from agent_lightning.model import AgentMLP
+from agent_lightning.runs.data_schema import SCHEMA_KEY, DataSchema
 
 CONFIG_KEY = "agent_lightning.model_config"
 INPUT, OUTPUT = "obs", "logits"
 
 
-def write(model: AgentMLP, config: dict[str, Any], path: Path) -> None:
+def write(model: AgentMLP, config: dict[str, Any], path: Path, schema: DataSchema) -> None:
     """Export the model with a dynamic batch axis named `batch`."""
     for package in ("onnx", "onnxscript"):
         require_extra(package, "format=onnx")
@@ -45,6 +46,7 @@ def write(model: AgentMLP, config: dict[str, Any], path: Path) -> None:
             verbose=False,
         )
     program.model.metadata_props[CONFIG_KEY] = json.dumps(config)
+    program.model.metadata_props[SCHEMA_KEY] = schema.to_json()
     program.save(str(path))
 
 
@@ -60,7 +62,7 @@ class OnnxRuntimePolicy:
         return torch.from_numpy(logits)
 
 
-def read(path: Path, device: torch.device) -> tuple[OnnxRuntimePolicy, dict[str, int]]:
+def read(path: Path, device: torch.device) -> tuple[OnnxRuntimePolicy, dict[str, Any]]:
     """An onnxruntime session for `path` (CUDA provider for a CUDA device), and the model's dimensions."""
     ort = require_extra("onnxruntime", "reading an .onnx file")
     provider = "CUDAExecutionProvider" if device.type == "cuda" else "CPUExecutionProvider"
@@ -80,4 +82,4 @@ def read(path: Path, device: torch.device) -> tuple[OnnxRuntimePolicy, dict[str,
         dims = {"obs_dim": inputs[0].shape[-1], "n_actions": outputs[0].shape[-1]}
     else:
         raise ConfigError(f"{path}: not an ONNX policy exported by agent_lightning (input {INPUT!r} [batch, obs_dim])")
-    return OnnxRuntimePolicy(session), dims
+    return OnnxRuntimePolicy(session), {**dims, **DataSchema.from_json(metadata.get(SCHEMA_KEY)).as_names()}

@@ -15,18 +15,31 @@ from torch import Tensor
 from agent_lightning.errors import ConfigError
 from agent_lightning.formats.registry import require_extra
 from agent_lightning.model import AgentMLP
+from agent_lightning.runs.data_schema import SCHEMA_KEY, DataSchema
 
 CONFIG_KEY = "agent_lightning.model_config"
 
 
-def write(model: AgentMLP, config: dict[str, Any], path: Path) -> None:
-    """Write the model's weights (normaliser included) and its config to `path`."""
+def write(model: AgentMLP, config: dict[str, Any], path: Path, schema: DataSchema) -> None:
+    """Write the model's weights (normaliser included), its config and its data's names to `path`."""
     st = require_extra("safetensors.torch", "format=safetensors")
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
-    st.save_file(state, str(path), metadata={CONFIG_KEY: json.dumps(config), "format": "pt"})
+    metadata = {CONFIG_KEY: json.dumps(config), SCHEMA_KEY: schema.to_json(), "format": "pt"}
+    st.save_file(state, str(path), metadata=metadata)
     umask = os.umask(0)
     os.umask(umask)
     path.chmod(0o666 & ~umask)  # safetensors creates the file owner-only; an export is shared like the others
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The metadata of a safetensors file (its header only, no tensors read)."""
+    safetensors = require_extra("safetensors", "reading a .safetensors file")
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as stored:
+            return dict(stored.metadata() or {})
+    except Exception as err:  # truncated or not a safetensors file
+        reason = str(err).strip() or type(err).__name__
+        raise ConfigError(f"{path} is not a readable safetensors file ({reason})") from None
 
 
 def read_state(path: Path) -> tuple[dict[str, Tensor], dict[str, Any] | None]:

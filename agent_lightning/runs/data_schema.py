@@ -9,6 +9,7 @@ and `evaluate` on a prepared dataset refuse data whose schema differs, before an
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,7 @@ if TYPE_CHECKING:  # read by `Policy.load` too, which imports neither Hydra nor 
 
 CLASS_NAMES_KEY = "data_class_names"
 FEATURE_NAMES_KEY = "data_feature_names"
+SCHEMA_KEY = "agent_lightning.data_schema"  # in an export's metadata (safetensors, ONNX), as JSON
 
 
 @dataclass(frozen=True)
@@ -36,11 +38,28 @@ class DataSchema:
         return cls(_names(source.get(feature_key)), _names(source.get(class_key)))
 
     def record(self, checkpoint: dict[str, Any]) -> None:
-        """Write the named parts of this schema into a checkpoint being saved."""
+        """Write the named parts of this schema into a checkpoint (or `.pt` export) being saved."""
         if self.feature_names:
             checkpoint[FEATURE_NAMES_KEY] = list(self.feature_names)
         if self.class_names:
             checkpoint[CLASS_NAMES_KEY] = list(self.class_names)
+
+    def to_json(self) -> str:
+        """The schema as JSON text, for an export's metadata."""
+        return json.dumps({"feature_names": self.feature_names, "class_names": self.class_names})
+
+    @classmethod
+    def from_json(cls, text: str | None) -> DataSchema:
+        """The schema `to_json` wrote (empty for None or text that is not one)."""
+        try:
+            stored = json.loads(text) if text else {}
+        except ValueError:
+            return cls()
+        return cls.from_mapping(stored, "feature_names", "class_names") if isinstance(stored, dict) else cls()
+
+    def as_names(self) -> dict[str, list[str] | None]:
+        """`class_names` and `feature_names`, as keyword arguments."""
+        return {"class_names": self.class_names, "feature_names": self.feature_names}
 
 
 def _names(value: Any) -> list[str] | None:
@@ -48,13 +67,20 @@ def _names(value: Any) -> list[str] | None:
 
 
 def saved_schema(checkpoint: dict[str, Any] | str | Path) -> DataSchema:
-    """The schema a checkpoint (loaded, a file or a sharded directory) was trained with; empty: not recorded."""
+    """The schema a checkpoint (loaded, a file or a sharded directory) or a .pt/.safetensors export was trained with.
+
+    Empty when not recorded; an ONNX or TorchScript export's is read with its model (`formats/`).
+    """
     if not isinstance(checkpoint, dict):
         path = Path(checkpoint)
         if path.is_dir():
             path = path / safe_load.LIGHTNING_META  # the non-tensor state beside the shards
-        if path.suffix.lower() not in (".ckpt", ".pt") or not path.is_file():
-            return DataSchema()  # an export (.safetensors, .onnx, .ts) keeps the model only
+        if path.suffix.lower() == ".safetensors" and path.is_file():
+            from agent_lightning.formats.safetensors_file import read_metadata
+
+            return DataSchema.from_json(read_metadata(path).get(SCHEMA_KEY))
+        if path.suffix.lower() not in (".ckpt", ".pt", ".pth") or not path.is_file():
+            return DataSchema()
         checkpoint = safe_load.load_file(path, mmap=True)
     return DataSchema.from_mapping(checkpoint, FEATURE_NAMES_KEY, CLASS_NAMES_KEY)
 
