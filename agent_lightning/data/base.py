@@ -97,7 +97,7 @@ class RankBatchesDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> Any:
         """Training batches of this rank, continuing a resumed epoch where it stopped."""
-        if getattr(self, "shuffle", False) and self.trainer is not None and self.trainer.overfit_batches:
+        if getattr(self, "shuffle", False) and getattr(self.trainer, "overfit_batches", 0):
             # What Lightning does to a DataLoader it can reach; these loaders it cannot: the same batches each epoch.
             self.shuffle = False
             log.info("trainer.overfit_batches: training batches are not shuffled, so each epoch sees the same ones")
