@@ -75,7 +75,7 @@ def test_ray_tune_search_stops_hopeless_trials_early_and_reports_the_best(tmp_pa
     assert summary.trials == 4 and summary.errors == 0
     assert summary.stopped_early >= 1
     assert summary.best_params["optimizer.lr"] in (0.005, 0.003) and summary.best_value > 0.5
-    assert "Best trial: val/acc" in output
+    assert "Best trial: val/acc_best = " in output
     trials = pd.read_csv(sweep / "trials.csv")
     assert len(trials) == 4 and trials["training_iteration"].max() == 3 and trials["training_iteration"].min() == 1
     # Each trial is a normal run: its own run directory with the CSV metrics of every epoch it trained.

@@ -30,6 +30,7 @@ from agent_lightning.errors import ConfigError
 from agent_lightning.search.space import as_override, flatten, parse_space
 from agent_lightning.search.space_check import check_space
 from agent_lightning.sweep_jobs import JobChecker
+from agent_lightning.validation import FIT_METRICS, OWNED_NAMESPACES, metric_direction
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "tune.ckpt"
@@ -64,7 +65,7 @@ class TuneReport(pl.Callback):
         metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
         metrics["epoch"] = trainer.current_epoch
         with tempfile.TemporaryDirectory() as directory:
-            trainer.save_checkpoint(Path(directory) / CHECKPOINT)  # the full state (optimizer too): resumable
+            trainer.save_checkpoint(Path(directory) / CHECKPOINT, weights_only=False)  # full state: resumable
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
 
 
@@ -139,6 +140,20 @@ class RayTuneSearch(Sweeper):
     def _check(self, arguments: list[str]) -> None:
         if self.mode not in ("max", "min"):
             raise ConfigError(f"hydra.sweeper.mode={self.mode!r} must be 'max' or 'min'")
+        # Tune compares trials on what they report after each epoch: a metric logged only at the end never arrives.
+        metric = str(self.metric)
+        key = "optimized_metric" if metric == self.config.get("optimized_metric") else "hydra.sweeper.metric"
+        if metric.startswith(OWNED_NAMESPACES) and metric not in FIT_METRICS:
+            raise ConfigError(
+                f"{key}={metric} is not reported after each epoch (Ray Tune compares trials on it): use one of "
+                f"{', '.join(FIT_METRICS)}"
+            )
+        wanted = metric_direction(metric)
+        if wanted and wanted[:3] != self.mode:
+            raise ConfigError(
+                f"hydra.sweeper.mode={self.mode} but {key}={metric} is better "
+                f"{'higher' if wanted == 'maximize' else 'lower'}: use hydra.sweeper.mode={wanted[:3]}"
+            )
         for key in ("num_samples", "max_concurrent_trials"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
