@@ -215,6 +215,25 @@ def test_trials_are_pruned_on_the_optimized_metric_and_a_study_ranked_upside_dow
     wrong_monitor._check_settings()
 
 
+def test_ray_tune_compares_trials_on_the_optimized_metric_as_it_is_reported_each_epoch() -> None:
+    from agent_lightning.config import compose_raw
+    from agent_lightning.search.ray_tune import RayTuneSearch
+
+    def check(*overrides: str) -> None:
+        cfg = compose_raw("config", ["hparams_search=ray", *overrides], with_hydra=True)
+        sweeper = OmegaConf.to_container(cfg.hydra.sweeper, resolve=True)
+        search = RayTuneSearch(**{k: v for k, v in sweeper.items() if not k.startswith("_")})
+        search.config = cfg
+        search._check([])
+
+    check()  # val/acc_best, max
+    check("optimized_metric=val/loss", "hydra.sweeper.mode=min")
+    with pytest.raises(ConfigError, match=r"^hydra.sweeper.mode=max but optimized_metric=val/loss is better lower"):
+        check("optimized_metric=val/loss")
+    with pytest.raises(ConfigError, match=r"^optimized_metric=test/acc is not reported after each epoch"):
+        check("optimized_metric=test/acc")
+
+
 def test_a_sampler_that_cannot_be_built_is_one_line_naming_the_key() -> None:
     from agent_lightning.search.optuna_sweep import OptunaSearch
 
