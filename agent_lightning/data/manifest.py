@@ -118,6 +118,23 @@ def _structure_problem(manifest: dict[str, Any]) -> str | None:
     return None
 
 
+def schema_difference(first: dict[str, Any], second: dict[str, Any], first_name: str, second_name: str) -> str | None:
+    """How two datasets' columns or classes differ (width, names, order), as `first_name has ... but ...`; None: alike.
+
+    For datasets read together (replay, a stream's parts): one model reads both, by position.
+    """
+    for key, what in (("num_features", "features"), ("num_classes", "classes")):
+        if first[key] != second[key]:
+            return f"{first_name} has {first[key]} {what} but {second_name} has {second[key]}"
+    columns, other_columns = first.get("feature_names"), second.get("feature_names")
+    if columns and other_columns and columns != other_columns:
+        return f"{first_name} has the feature columns {columns[:8]} but {second_name} has {other_columns[:8]}"
+    classes, other_classes = first.get("class_names"), second.get("class_names")
+    if classes and other_classes and classes != other_classes:
+        return f"{first_name} names its classes {classes} but {second_name} names them {other_classes}"
+    return None
+
+
 def check_shard_files(directory: Path, manifest: dict[str, Any], verify: bool) -> None:
     """Every shard file exists with the size the manifest records; with `verify`, the same SHA-256 too."""
     for split in SPLITS:

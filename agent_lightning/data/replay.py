@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from agent_lightning.data.manifest import read_manifest
+from agent_lightning.data.manifest import read_manifest, schema_difference
 from agent_lightning.data.prepared import BlockBatchLoader
 from agent_lightning.errors import ConfigError
 
@@ -60,22 +60,11 @@ def check_replay_config(path: str | Path, replay: Any, batch_size: int) -> None:
 def check_replay_matches(path: str | Path, replay_path: str | Path) -> None:
     """The replay dataset has the same feature width and classes as the dataset; ConfigError naming both."""
     current, old = read_manifest(path), read_manifest(replay_path, key="data.replay.path")
-    for key, what in (("num_features", "features"), ("num_classes", "classes")):
-        if current[key] != old[key]:
-            raise ConfigError(
-                f"data.replay.path={replay_path} has {old[key]} {what} but data.path={path} has {current[key]}: "
-                "replay needs datasets of the same width and classes"
-            )
-    if current.get("class_names") and old.get("class_names") and current["class_names"] != old["class_names"]:
+    differs = schema_difference(old, current, f"data.replay.path={replay_path}", f"data.path={path}")
+    if differs:
         raise ConfigError(
-            f"data.replay.path={replay_path} names its classes {old['class_names']} but data.path={path} names "
-            f"them {current['class_names']}: prepare both with the same labels (or num_classes)"
-        )
-    names, old_names = current.get("feature_names"), old.get("feature_names")
-    if names and old_names and names != old_names:
-        raise ConfigError(
-            f"data.replay.path={replay_path} has the feature columns {old_names[:8]} but data.path={path} has "
-            f"{names[:8]}: replay needs datasets of the same columns in the same order"
+            f"{differs}: replay needs datasets of the same columns and classes, in the same order (prepare both "
+            "alike: features=, class_names=)"
         )
     if not old["splits"]["train"]["rows"]:
         raise ConfigError(f"data.replay.path={replay_path}: its train split is empty, nothing to replay")

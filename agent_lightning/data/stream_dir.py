@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from agent_lightning.data.manifest import MANIFEST, read_manifest
+from agent_lightning.data.manifest import MANIFEST, read_manifest, schema_difference
 from agent_lightning.errors import ConfigError
 
 log = logging.getLogger("agent_lightning")
@@ -143,26 +143,15 @@ def stream_num_classes(directory: str | Path, given: int | None) -> int | None:
 
 
 def check_part_matches(directory: str | Path, manifest: dict[str, Any]) -> None:
-    """A new part has the stream's feature width and classes; ConfigError naming both otherwise."""
+    """A new part has the stream's columns and classes, in the same order; ConfigError naming both otherwise."""
     first = first_manifest(directory)
     if first is None:
         return
-    for key, what in (("num_features", "features"), ("num_classes", "classes")):
-        if manifest[key] != first[key]:
-            raise ConfigError(
-                f"the new part has {manifest[key]} {what} but the stream {directory} has {first[key]} (its first "
-                "part): every part of a stream has the same width and classes"
-            )
-    names, first_names = manifest.get("feature_names"), first.get("feature_names")
-    if names and first_names and names != first_names:
+    differs = schema_difference(manifest, first, "the new part", f"the stream {directory} (its first part)")
+    if differs:
         raise ConfigError(
-            f"the new part's feature columns {names[:8]} differ from the stream {directory}'s {first_names[:8]} (its "
-            "first part): every part of a stream has the same columns in the same order"
-        )
-    if manifest.get("class_names") != first.get("class_names"):
-        raise ConfigError(
-            f"the new part names its classes {manifest.get('class_names')} but the stream {directory} names them "
-            f"{first.get('class_names')}: give numeric labels or every class in each part"
+            f"{differs}: every part of a stream has the same columns and classes, in the same order (numeric "
+            "labels, or class_names= naming every class in each part)"
         )
 
 
