@@ -3,8 +3,9 @@
 A model reads its inputs by position and its outputs are class numbers. Data prepared apart can keep the
 width and the number of classes and still mean something else: its columns in another order, or a class
 missing so that the others are numbered differently (a prepared dataset numbers named labels in sorted
-order). Every checkpoint records its training data's schema (`runs/data_resume.py`); a resume, `init_from`
-and `evaluate` on a prepared dataset refuse data whose schema differs, before anything runs.
+order). Every checkpoint records its training data's schema (`runs/data_resume.py`) and every export keeps
+it (`export.py`, `formats/`); a resume, `init_from` and `evaluate` on a prepared dataset refuse data whose
+schema differs, before anything runs, and `Policy` names its actions with it.
 """
 
 from __future__ import annotations
