@@ -65,7 +65,7 @@ class TuneReport(pl.Callback):
         metrics = {key: float(value) for key, value in trainer.callback_metrics.items()}
         metrics["epoch"] = trainer.current_epoch
         with tempfile.TemporaryDirectory() as directory:
-            trainer.save_checkpoint(Path(directory) / CHECKPOINT, weights_only=False)  # full state: resumable
+            trainer.save_checkpoint(Path(directory) / CHECKPOINT)  # the full state (optimizer too): resumable
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
 
 
