@@ -148,7 +148,7 @@ def test_a_shape_mismatch_or_a_combined_resume_is_refused_in_one_line(yesterday,
         validate(compose_config([*QUICK, f"data.path={yesterday['day1']}", "init_from=/no/such.ckpt"]))
     graph = tmp_path / "agent.onnx"
     graph.write_bytes(b"\x08\x07")  # what a deployment graph starts with: not a weights file
-    with pytest.raises(ConfigError, match=r"init_from=.*agent.onnx is an ONNX export, which init_from cannot read"):
+    with pytest.raises(ConfigError, match=r"init_from=.*agent.onnx is a graph export \(ONNX\), which init_from cannot"):
         validate(compose_config([*QUICK, f"data.path={yesterday['day1']}", f"init_from={graph}"]))
 
 

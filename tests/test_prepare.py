@@ -166,8 +166,8 @@ def test_class_names_come_from_string_labels(tmp_path: Path) -> None:
     assert sorted(labels.tolist()) == [0, 1, 2, 2]
 
 
-def test_class_numbers_written_as_text_keep_their_numbers_and_a_stray_word_is_named(tmp_path: Path) -> None:
-    # Sorted as names, "10" would come before "2": class 2 would be output 4 of the model, silently.
+def test_numbers_written_as_text_are_classes_in_number_order_and_a_stray_word_is_named(tmp_path: Path) -> None:
+    # Sorted as text, "10" would come before "2": class 2 would be output 4 of the model, silently.
     frame = pd.DataFrame({"a": np.arange(12.0), "action": [str(c) for c in (11, 2, 10, 0, 1, 3, 4, 5, 6, 7, 8, 9)]})
     frame.to_parquet(tmp_path / "text.parquet")
     manifest = prepare(tmp_path / "text.parquet", tmp_path / "text", val_fraction=0, test_fraction=0)
@@ -176,18 +176,21 @@ def test_class_numbers_written_as_text_keep_their_numbers_and_a_stray_word_is_na
     assert labels.tolist() == [int(frame["action"][int(row)]) for row in features[:, 0]]  # each its own number
     superscript = frame.assign(action=frame["action"].where(frame.index != 3, "²"))  # a digit, but no number
     superscript.to_parquet(tmp_path / "superscript.parquet")
-    with pytest.raises(ConfigError, match=r"row 3: label '²' is not a class number but others are"):
+    with pytest.raises(ConfigError, match=r"row 3: label '²' is not a number but others are"):
         prepare(tmp_path / "superscript.parquet", tmp_path / "superscript", progress_bar=False)
     frame.loc[5, "action"] = "x"
     frame.to_csv(tmp_path / "stray.csv", index=False)
-    with pytest.raises(
-        ConfigError, match=r"stray.csv, row 5: label 'x' is not a class number but others are \(e.g. '11'\)"
-    ):
+    with pytest.raises(ConfigError, match=r"stray.csv, row 5: label 'x' is not a number but others are \(e.g. '0'\)"):
         prepare(tmp_path / "stray.csv", tmp_path / "stray", progress_bar=False)
     named = prepare(
         tmp_path / "stray.csv", tmp_path / "named", class_names=[*map(str, range(12)), "x"], progress_bar=False
     )
     assert named["num_classes"] == 13  # the escape the message names: every class named, in the given order
+    # Codes are names too: as many classes as codes, in number order (a sign is part of the number).
+    codes = pd.DataFrame({"a": np.arange(8.0), "action": ["400", "100", "300", "200", "-1", "100", "0", "300"]})
+    codes.to_parquet(tmp_path / "codes.parquet")
+    coded = prepare(tmp_path / "codes.parquet", tmp_path / "codes", progress_bar=False)
+    assert coded["class_names"] == ["-1", "0", "100", "200", "300", "400"] and coded["num_classes"] == 6
 
 
 def _bad_inputs(tmp: Path) -> dict[str, tuple[Path, dict, str]]:

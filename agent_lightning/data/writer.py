@@ -9,6 +9,7 @@ holds at most one bucket.
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -59,23 +60,31 @@ def aligned_features(chunk: Chunk, names: list[str] | None) -> np.ndarray:
     return chunk.features[:, [chunk.feature_names.index(name) for name in names]]
 
 
-def _class_numbers_written_as_text(labels: np.ndarray, chunk: Chunk) -> np.ndarray:
-    """Text labels that are all whole numbers, as numbers; other text as it is; ConfigError for a mix of both.
+_INTEGER = re.compile(r"^[+-]?[0-9]+$")
 
-    Class numbers stored as text (a Parquet string column, a CSV label column with a stray word) would
-    otherwise become names numbered in sorted order: "10" before "2", so class 2 would be output 4.
+
+def _check_no_stray_word(names: np.ndarray, chunk: Chunk) -> None:
+    """ConfigError naming the row of a word among labels that are whole numbers written as text.
+
+    Such labels are codes named by their numbers (a Parquet string column); one word among them is
+    most likely a stray cell, which would silently become a class of its own.
     """
-    text = np.char.strip(labels.astype(str))
-    whole = np.char.isdecimal(text) & (np.char.str_len(text) <= 18)  # decimal digits (not "²") that fit int64
-    if whole.all():
-        return text.astype(np.int64)
-    if whole.any():
-        row, example = int(np.flatnonzero(~whole)[0]), str(text[np.flatnonzero(whole)[0]])
+    uniques = [str(u) for u in np.unique(names)]
+    numbers = [u for u in uniques if _INTEGER.match(u)]
+    if numbers and len(numbers) < len(uniques):
+        word = next(u for u in uniques if not _INTEGER.match(u))
+        row = int(np.flatnonzero(names == word)[0])
         raise ConfigError(
-            f"input file {chunk.source}, row {chunk.first_row + row}: label {str(text[row])!r} is not a class number "
-            f"but others are (e.g. {example!r}): correct that row, or give class_names=[...] to name every class"
+            f"input file {chunk.source}, row {chunk.first_row + row}: label {word!r} is not a number but others "
+            f"are (e.g. {numbers[0]!r}): correct that row, or give class_names=[...] to name every class"
         )
-    return labels
+
+
+def _name_order(names: list[str]) -> list[str]:
+    """Names in class order: by value when every one is a whole number written as text ("2" before "10")."""
+    if names and all(_INTEGER.match(name) for name in names):
+        return sorted(names, key=int)
+    return sorted(names)
 
 
 class LabelEncoder:
@@ -96,8 +105,6 @@ class LabelEncoder:
     def encode(self, chunk: Chunk) -> np.ndarray:
         """int64 codes of the chunk's labels (names: by first appearance, remapped by `finish`)."""
         labels = chunk.labels
-        if labels.dtype.kind not in "iufb" and self.fixed is None:
-            labels = _class_numbers_written_as_text(labels, chunk)
         numeric = labels.dtype.kind in "iufb"
         if self.numeric is None:
             self.numeric = numeric
@@ -108,7 +115,10 @@ class LabelEncoder:
                 f"labels before it are {before}: give one kind of label (or class_names=[...] to name them all)"
             )
         if not numeric:
-            return self._encode_names(labels.astype(str), chunk)
+            names = np.char.strip(labels.astype(str))
+            if self.fixed is None:
+                _check_no_stray_word(names, chunk)
+            return self._encode_names(names, chunk)
         bad = ~np.isfinite(labels) if labels.dtype.kind == "f" else np.zeros(len(labels), dtype=bool)
         if labels.dtype.kind == "f":
             bad |= np.where(bad, False, labels != np.round(np.nan_to_num(labels)))
@@ -157,7 +167,7 @@ class LabelEncoder:
         if self.fixed is not None:
             return None, self.fixed  # names were numbered by the list itself
         if self.numeric is False:
-            ordered = sorted(self.names)
+            ordered = _name_order(list(self.names))
             remap = np.empty(len(ordered), dtype=np.int64)
             for index, name in enumerate(ordered):
                 remap[self.names[name]] = index

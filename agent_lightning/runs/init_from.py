@@ -41,8 +41,8 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     """The model weights of a checkpoint file, sharded directory or export, with plain layer names."""
     if path.suffix.lower() in _GRAPH_SUFFIXES:  # a deployment graph, not a weights file: say so, not "unpickling"
         raise ConfigError(
-            f"{KEY}={path} is an {_GRAPH_SUFFIXES[path.suffix.lower()]} export, which init_from cannot read: give "
-            "the run's checkpoint (.ckpt or sharded directory) or an export to .pt or .safetensors"
+            f"{KEY}={path} is a graph export ({_GRAPH_SUFFIXES[path.suffix.lower()]}), which init_from cannot read: "
+            "give the run's checkpoint (.ckpt or sharded directory) or an export to .pt or .safetensors"
         )
     from agent_lightning.export import read_weights
     from agent_lightning.formats import safetensors_file
