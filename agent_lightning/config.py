@@ -78,12 +78,16 @@ def _new_run_dir(root: Path) -> Path:
 def compose_config(overrides: Sequence[str] = (), output_dir: str | Path | None = None) -> DictConfig:
     """The run config for `overrides` (as on the command line), writing under `output_dir`.
 
-    Outside a Hydra run there is no run directory to interpolate, so `output_dir` names it (default: a new
-    directory under `outputs/<name>/` named by the time, as the command line's: composing again starts anew).
+    Outside a Hydra run there is no run directory to interpolate, so `output_dir` (or a `paths.output_dir=`
+    override) names it; by default a new directory under `outputs/<name>/` named by the time (the command
+    line's form, with microseconds): composing again starts anew.
     """
     cfg = compose_raw("config", overrides)
+    given = None if OmegaConf.is_interpolation(cfg.paths, "output_dir") else cfg.paths.output_dir  # paths.output_dir=
     with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir or _new_run_dir(Path(str(cfg.paths.output_root)) / str(cfg.name)))
+        cfg.paths.output_dir = str(
+            output_dir or given or _new_run_dir(Path(str(cfg.paths.output_root)) / str(cfg.name))
+        )
     from agent_lightning.data.fitting import resolve_data_dims  # lazy: composing stays light
 
     resolve_data_dims(cfg, required=False)

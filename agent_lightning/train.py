@@ -144,16 +144,10 @@ def _run_checked(cfg: DictConfig, devices: int, world: int) -> dict[str, Any]:
     return train_checked(cfg, devices, world)
 
 
-# How many times a scheduler restarted this job (SLURM requeue, torchrun --max-restarts).
-RESTART_COUNTS = ("SLURM_RESTART_COUNT", "TORCHELASTIC_RESTART_COUNT")
-
-
 def _refuse_new_run_over_another(cfg: DictConfig) -> None:
     # From Python or `paths.output_dir=` (the command line's `hydra.run.dir=` is refused before Hydra writes there).
-    # A job its scheduler restarted (SLURM requeue, torchrun --max-restarts) comes back to its own directory.
-    restarted = any(os.environ.get(key, "0") not in ("", "0") for key in RESTART_COUNTS)
-    if not cfg.get("ckpt_path") and not restarted and global_rank() == 0:
-        refuse_new_run_over(Path(str(cfg.paths.output_dir)), "paths.output_dir")
+    if global_rank() == 0:
+        refuse_new_run_over(Path(str(cfg.paths.output_dir)), "paths.output_dir", cfg.get("ckpt_path"))
 
 
 def _summary(metrics: dict[str, Any]) -> str:
@@ -194,20 +188,23 @@ def hydra_main(cfg: DictConfig) -> float | Pruned | None:
 
 
 def _check_working_directory_kept(cfg: DictConfig) -> None:
-    """ConfigError for `hydra.job.chdir=true`; a warning when `paths.output_dir` splits a run's files.
+    """ConfigError for a relative path under `hydra.job.chdir=true`; a warning when `paths.output_dir` splits a run.
 
-    Relative paths are read from where the command runs. Hydra keeps its config and log in its own run
-    directory, which `paths.output_dir` moves the run's other files away from.
+    Hydra keeps its config and log in its own run directory, which `paths.output_dir` moves the run's other
+    files away from.
     """
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():
         return
-    if HydraConfig.get().job.chdir:
-        raise ConfigError(
-            "hydra.job.chdir=true is not supported: a run reads relative paths (data.path, ckpt_path, init_from) "
-            "from where the command runs and writes into paths.output_dir itself; leave hydra.job.chdir=false"
-        )
+    if HydraConfig.get().job.chdir:  # the job now runs in its run directory: a relative path would be read there
+        for key in ("data.path", "data.replay.path", "ckpt_path", "init_from"):
+            value = OmegaConf.select(cfg, key, default=None)
+            if value and str(value) != "latest" and not Path(str(value)).is_absolute():
+                raise ConfigError(
+                    f"{key}={value} is relative, and hydra.job.chdir=true reads it from the run directory: give an "
+                    f"absolute path (e.g. {key}=${{hydra:runtime.cwd}}/{value}), or leave hydra.job.chdir=false"
+                )
     hydra_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
     if Path(str(cfg.paths.output_dir)).resolve() != hydra_dir:
         log.warning(

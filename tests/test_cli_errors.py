@@ -30,7 +30,10 @@ CLI_CASES = {
     "unknown top-level key": (["learning_rate=0.1"], "learning_rate=0.1: the config has no key learning_rate"),
     "negative lr": (["optimizer.lr=-1"], "optimizer.lr=-1 is invalid"),
     "missing checkpoint": (["ckpt_path=/no/such/last.ckpt"], "ckpt_path=/no/such/last.ckpt does not exist"),
-    "a job that would change directory": (["hydra.job.chdir=true"], "hydra.job.chdir=true is not supported: a run"),
+    "a relative path in a job that changes directory": (
+        ["hydra.job.chdir=true", "init_from=runs/a/last.ckpt"],
+        "init_from=runs/a/last.ckpt is relative, and hydra.job.chdir=true reads it from the run directory",
+    ),
 }
 # The other checks raise the same kinds of error, which the command prints the same way (`errors.user_facing`):
 # they are run in this process, and the line the command would print is read from `user_facing`.
@@ -245,10 +248,13 @@ def test_a_grid_whose_jobs_never_validate_runs_every_job(tmp_path: Path) -> None
     from hydra_plugins.agent_lightning_sweepers.grid_sweeper import GridSweeper
 
     again = GridSweeper(max_batch_size=None)
-    again.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "grid")}}})
+    again.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "grid"), "subdir": "${hydra.job.num}"}}})
     with pytest.raises(SystemExit) as refused:
-        again._check_sweep_dir()
+        again._check_sweep_dir(2)
     assert refused.value.code == 2
+    again._check_sweep_dir(0)  # a grid that adds no job numbered as these runs
+    again.config.hydra.sweep.subdir = "lr${optimizer.lr}"  # jobs in other directories: checked as each starts
+    again._check_sweep_dir(2)
 
 
 def test_a_short_run_without_validation_succeeds(tmp_path: Path) -> None:

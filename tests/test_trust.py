@@ -7,6 +7,7 @@ import logging
 import os
 import pickle
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -344,6 +345,17 @@ def test_a_second_run_on_the_same_directory_is_refused(compose_cfg, tmp_path: Pa
     written = last.read_bytes()
     with pytest.raises(ConfigError, match=rf"^paths.output_dir={run_dir} holds a run \({last}\): continue it with"):
         train(compose_cfg("trainer.max_steps=2", "test=false", output_dir=run_dir))
+    assert last.read_bytes() == written
+    # A checkpoint of another run does not make it a resume of this one; this run's own, copied elsewhere (as
+    # Ray Tune hands a trial back its checkpoint), does.
+    from agent_lightning.runs.lock import continues_run_in
+
+    other = train(compose_cfg("trainer.max_steps=2", "test=false", output_dir=tmp_path / "other"))["run_dir"]
+    with pytest.raises(ConfigError, match=rf"^paths.output_dir={run_dir} holds a run"):
+        train(compose_cfg("trainer.max_steps=4", f"ckpt_path={other}/checkpoints/last.ckpt", output_dir=run_dir))
+    (tmp_path / "tune").mkdir()
+    copied = Path(shutil.copy(last, tmp_path / "tune" / "tune.ckpt"))
+    assert continues_run_in(run_dir, copied) and not continues_run_in(run_dir, f"{other}/checkpoints/last.ckpt")
     assert last.read_bytes() == written
     # A job its scheduler requeued comes back to its own directory (SLURM keys it on the job id): not refused.
     with pytest.MonkeyPatch.context() as env:

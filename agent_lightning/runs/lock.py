@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from agent_lightning.errors import ConfigError
 from agent_lightning.runs.overrides import last_override
@@ -35,14 +35,22 @@ def refuse_taken_run_dir(argv: Sequence[str]) -> None:
     if (directory / LOCK_FILE).is_file():
         with run_directory_lock(directory):  # taken and given back at once: the run takes it again when it starts
             pass
-    if last_override(argv, "ckpt_path") in (None, "", "null"):
-        refuse_new_run_over(directory, "hydra.run.dir")
+    refuse_new_run_over(directory, "hydra.run.dir", last_override(argv, "ckpt_path"))
 
 
-def refuse_new_run_over(directory: Path, key: str) -> None:
-    """ConfigError when `directory` (given as `key`) holds a run's checkpoints: a new run would replace them."""
+# How many times a scheduler restarted this job (SLURM requeue, torchrun --max-restarts): it comes back to its own run.
+RESTART_COUNTS = ("SLURM_RESTART_COUNT", "TORCHELASTIC_RESTART_COUNT")
+
+
+def refuse_new_run_over(directory: Path, key: str, ckpt_path: Any = None) -> None:
+    """ConfigError when `directory` (given as `key`) holds a run's checkpoints that this run would replace.
+
+    Not when `ckpt_path` continues that run, nor in a job its scheduler restarted.
+    """
     saved = sorted((directory / "checkpoints").glob("*.ckpt")) if (directory / "checkpoints").is_dir() else []
-    if not saved:
+    if not saved or any(os.environ.get(name, "0") not in ("", "0") for name in RESTART_COUNTS):
+        return
+    if continues_run_in(directory, ckpt_path):
         return
     last = directory / "checkpoints" / "last.ckpt"
     named = last if last in saved else saved[-1]
@@ -50,6 +58,29 @@ def refuse_new_run_over(directory: Path, key: str) -> None:
         f"{key}={directory} holds a run ({named}): continue it with ckpt_path={named}, or choose another "
         f"{key} (a new run there would replace its checkpoints and metrics)"
     )
+
+
+def continues_run_in(directory: Path, ckpt_path: Any) -> bool:
+    """Whether `ckpt_path` resumes the run of `directory`: a checkpoint inside it, or one a run there wrote.
+
+    (Ray Tune hands a trial back its own checkpoint from a directory of Tune's.) `latest` counts: it names
+    the newest run by name, resolved later.
+    """
+    if ckpt_path is None or str(ckpt_path) in ("", "null"):
+        return False
+    if str(ckpt_path) == "latest":
+        return True
+    path, here = Path(str(ckpt_path)), directory.resolve()
+    if path.resolve().is_relative_to(here):
+        return True
+    from agent_lightning import safe_load
+
+    try:
+        state = safe_load.load_file(path / safe_load.LIGHTNING_META if path.is_dir() else path, mmap=True)
+    except Exception:  # missing or unreadable: the resume's own checks name it
+        return True
+    written_in = (((state.get("hyper_parameters") or {}).get("config") or {}).get("paths") or {}).get("output_dir")
+    return written_in is not None and Path(str(written_in)).resolve() == here
 
 
 @contextmanager

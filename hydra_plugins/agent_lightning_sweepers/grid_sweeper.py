@@ -10,9 +10,8 @@ from typing import Any
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweeperConf
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Override
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from agent_lightning.sweep_jobs import JobChecker, JobRefusedError
 
@@ -40,16 +39,25 @@ class GridSweeper(BasicSweeper):
             if override.is_sweep_override() and not list(override.sweep_string_iterator()):
                 log.error("empty grid: %s gives no value to run", override.input_line)
                 sys.exit(2)
-        if not any(override.key_or_group == "ckpt_path" for override in overrides) and not self.config.get("ckpt_path"):
-            self._check_sweep_dir()  # a grid that resumes its jobs writes into their runs on purpose
-        self._check_jobs(overrides)
+        resumes = any(
+            override.key_or_group == "ckpt_path" and str(override.value()) not in ("", "None", "null")
+            for override in overrides
+        )
+        jobs = [job for batch in self.split_arguments(overrides, None) for job in batch]
+        if not resumes and not self.config.get("ckpt_path"):
+            self._check_sweep_dir(len(jobs))  # a grid that resumes its jobs writes into their runs on purpose
+        self._check_jobs(jobs)
         self._composed = True
         return super().sweep(arguments)
 
-    def _check_sweep_dir(self) -> None:
+    def _check_sweep_dir(self, jobs: int) -> None:
         # Rerun into an earlier sweep's directory, each job would replace that job's checkpoints, config and log.
+        # Only the job directories Hydra numbers (`hydra.sweep.subdir`'s default) are known before the jobs run.
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        earlier = sorted(sweep_dir.glob("*/checkpoints/*.ckpt")) if sweep_dir.is_dir() else []
+        subdir = OmegaConf.to_container(self.config.hydra.sweep, resolve=False).get("subdir")
+        if subdir != "${hydra.job.num}" or not sweep_dir.is_dir():
+            return
+        earlier = sorted(p for n in range(jobs) for p in (sweep_dir / str(n)).glob("checkpoints/*.ckpt"))
         if earlier:
             log.error(
                 "hydra.sweep.dir=%s holds an earlier sweep's runs (%s): choose another hydra.sweep.dir (each job "
@@ -64,8 +72,7 @@ class GridSweeper(BasicSweeper):
         if not self._composed:
             super().validate_batch_is_legal(batch)
 
-    def _check_jobs(self, overrides: list[Override]) -> None:
-        jobs = [job for batch in self.split_arguments(overrides, None) for job in batch]
+    def _check_jobs(self, jobs: list[list[str]]) -> None:
         for number, job in enumerate(jobs):
             try:
                 self.job_checker(job)
