@@ -90,6 +90,8 @@ def _name_order(names: list[str]) -> list[str]:
 class LabelEncoder:
     """Labels to class indices: whole numbers >= 0 kept; names (strings) numbered in sorted order at the end.
 
+    Names that are all whole numbers written as text are sorted by value ("2" before "10").
+
     `class_names` fixes the classes and their order instead: names are numbered by that list (so data
     prepared apart, e.g. a held-out file that lacks a class, numbers them as the training data does), and
     whole-number labels get those names.
