@@ -343,6 +343,18 @@ def pruning_monitor(cfg: DictConfig, direction: str = "maximize") -> str:
     return "val/loss" if direction == "minimize" else "val/acc"
 
 
+def check_direction(metric_key: str, metric: str, direction_key: str, direction: str) -> None:
+    """ConfigError when a search's `direction` (maximize/minimize, or Ray's max/min) ranks `metric` upside down."""
+    wanted = metric_direction(metric)
+    if wanted is None or wanted == {"max": "maximize", "min": "minimize"}.get(direction, direction):
+        return
+    fix = wanted if direction in ("maximize", "minimize") else wanted[:3]
+    raise ConfigError(
+        f"{direction_key}={direction} but {metric_key}={metric} is better "
+        f"{'higher' if wanted == 'maximize' else 'lower'}: use {direction_key}={fix}"
+    )
+
+
 def metric_direction(name: str) -> str | None:
     """`maximize` or `minimize` for a metric this package logs whose better side its name tells; None otherwise."""
     if name.endswith("loss"):

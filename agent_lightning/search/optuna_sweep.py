@@ -55,7 +55,7 @@ from agent_lightning.search.storage import (
 )
 from agent_lightning.search.summary import RUN_DIR_ATTR, write_summary
 from agent_lightning.sweep_jobs import JobChecker, JobRefusedError
-from agent_lightning.validation import metric_direction, pruning_monitor
+from agent_lightning.validation import check_direction, metric_direction, pruning_monitor
 
 log = logging.getLogger(__name__)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -176,14 +176,8 @@ class OptunaSearch(Sweeper):
 
     def _check_direction(self) -> None:
         # A study that minimises an accuracy, or prunes on a loss while maximising, ranks trials upside down.
+        check_direction("optimized_metric", self._metric(), "hydra.sweeper.direction", self.direction)
         better = {"maximize": "higher", "minimize": "lower"}
-        metric = self._metric()
-        wanted = metric_direction(metric)
-        if wanted and wanted != self.direction:
-            raise ConfigError(
-                f"hydra.sweeper.direction={self.direction} but optimized_metric={metric} is better {better[wanted]}: "
-                f"use hydra.sweeper.direction={wanted}"
-            )
         chosen = OmegaConf.select(self.config, "optuna_trial.monitor", default=None)
         pruned_by = metric_direction(str(chosen)) if chosen and self.pruner else None  # a default follows the study
         if pruned_by and pruned_by != self.direction:

@@ -30,7 +30,7 @@ from agent_lightning.errors import ConfigError
 from agent_lightning.search.space import as_override, flatten, parse_space
 from agent_lightning.search.space_check import check_space
 from agent_lightning.sweep_jobs import JobChecker
-from agent_lightning.validation import FIT_METRICS, OWNED_NAMESPACES, metric_direction
+from agent_lightning.validation import FIT_METRICS, OWNED_NAMESPACES, check_direction
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "tune.ckpt"
@@ -148,12 +148,7 @@ class RayTuneSearch(Sweeper):
                 f"{key}={metric} is not reported after each epoch (Ray Tune compares trials on it): use one of "
                 f"{', '.join(FIT_METRICS)}"
             )
-        wanted = metric_direction(metric)
-        if wanted and wanted[:3] != self.mode:
-            raise ConfigError(
-                f"hydra.sweeper.mode={self.mode} but {key}={metric} is better "
-                f"{'higher' if wanted == 'maximize' else 'lower'}: use hydra.sweeper.mode={wanted[:3]}"
-            )
+        check_direction(key, metric, "hydra.sweeper.mode", self.mode)
         for key in ("num_samples", "max_concurrent_trials"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
