@@ -55,7 +55,7 @@ class Policy:
         self.model = model
         self.obs_dim, self.n_actions = int(obs_dim), int(n_actions)
         self.source = source
-        # What action i and feature j mean, where the checkpoint recorded its data's names (exports do not).
+        # What action i and feature j mean, where the training data named them (checkpoints and exports keep them).
         self.class_names, self.feature_names = class_names, feature_names
 
     @classmethod
