@@ -88,6 +88,30 @@ def _features(value: Any) -> bool:
     return name_or_none(value)
 
 
+def _one_character(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 1 and value not in '"\r\n'
+
+
+def _delimiter(value: Any) -> bool:
+    return value is None or _one_character(value) or (isinstance(value, str) and value in DELIMITER_NAMES)
+
+
+def _decimal(value: Any) -> bool:
+    return value == "comma" or _one_character(value)
+
+
+def _encoding(value: Any) -> bool:
+    try:
+        return isinstance(value, str) and bool("a".encode(value))  # LookupError too for base64: not a text codec
+    except (LookupError, UnicodeError):
+        return False
+
+
+# Separators by name: Hydra's command line takes `delimiter=semicolon` unquoted (`;` needs "delimiter=';'",
+# `,` "decimal=','": or decimal=comma).
+DELIMITER_NAMES = {"comma": ",", "semicolon": ";", "tab": "\t", "\\t": "\t", "pipe": "|", "space": " "}
+
+
 RULES: tuple[Rule, ...] = (
     Rule("input", _input, "a file, a glob, a directory or a list of them (or input.train=... per split)"),
     Rule("output", path, "the directory to write the dataset to, e.g. output=data/mine"),
@@ -99,6 +123,13 @@ RULES: tuple[Rule, ...] = (
     Rule("split_column", name_or_none, "a column or array name"),
     Rule("features", _features, "a column name or a list of them, e.g. features=[f0,f1] (or null: every column)"),
     Rule("features_key", name_or_none, "an array name (or null: detected)"),
+    Rule(
+        "delimiter",
+        _delimiter,
+        f"one character or {', '.join(n for n in DELIMITER_NAMES if n.isalpha())} (or null: by file suffix)",
+    ),
+    Rule("encoding", _encoding, "a text encoding, e.g. utf-8, latin-1, cp1252, utf-16"),
+    Rule("decimal", _decimal, "one character, or comma"),
     Rule(
         "num_classes",
         whole(1, MAX_CLASSES + 1, also=(None,)),
@@ -144,6 +175,9 @@ def prepare(
     split_column: str = "split",
     features: Sequence[str] | None = None,
     features_key: str | None = None,
+    delimiter: str | None = None,
+    encoding: str = "utf-8",
+    decimal: str = ".",
     num_classes: int | None = None,
     class_names: Sequence[str] | None = None,
     seed: int = 0,
@@ -159,7 +193,7 @@ def prepare(
 
     `append=True`: add it as the next part of the stream directory `output` (the returned manifest's
     `part` names it); its classes default to the stream's. `end_stream=True` then writes the stream's
-    end marker: this was its last part.
+    end marker: this was its last part. `delimiter`, `encoding` and `decimal` say how CSV/TSV text is written.
     """
     check_arguments(locals(), RULES)
     # Plain Python numbers from here on (a numpy integer would not go into the manifest's JSON).
@@ -167,6 +201,8 @@ def prepare(
     shard_rows, chunk_rows, bucket_mb = int(shard_rows), int(chunk_rows), int(bucket_mb)
     num_classes = None if num_classes is None else int(num_classes)
     class_names = [str(name) for name in class_names] if class_names else None
+    delimiter = DELIMITER_NAMES.get(delimiter, delimiter) if delimiter is not None else None
+    decimal = "," if decimal == "comma" else decimal
     if class_names and num_classes is not None and num_classes != len(class_names):
         raise ConfigError(f"num_classes={num_classes} but class_names names {len(class_names)}: give one of them")
     output = Path(output)
@@ -198,6 +234,9 @@ def prepare(
         features=features,
         features_key=features_key,
         chunk_rows=chunk_rows,
+        delimiter=delimiter,
+        encoding=encoding,
+        decimal=decimal,
     )
     files = [s for s, _ in sources if isinstance(s, Path)]
     size = input_bytes(files) if files else sum(np.asarray(a).nbytes for a in _arrays_of(input))

@@ -204,7 +204,31 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[Path, dict, str]]:
     cases["binary"] = (
         tmp / "binary.csv",
         {},
-        r"^input file .*binary.csv is not a text CSV \(binary bytes in its first",
+        r"^input file .*binary.csv is not a text CSV \(binary bytes in its first 2,048\): give CSV/TSV text, Parquet",
+    )
+    frame.to_csv(tmp / "latin.csv", index=False, encoding="latin-1")
+    with open(tmp / "latin.csv", "a", encoding="latin-1") as file:
+        file.write("1,2,3,4,5,6,0,café\n")  # one word in an episode column
+    cases["latin-1"] = (tmp / "latin.csv", {}, r"latin.csv is not utf-8 text: if it is text in another encoding")
+    frame.to_csv(tmp / "wide.csv", index=False, encoding="utf-16")
+    cases["utf-16"] = (tmp / "wide.csv", {}, r"wide.csv is not utf-8 text: it starts as UTF-16 does: encoding=utf-16$")
+    frame.to_csv(tmp / "semicolons.csv", index=False, sep=";", decimal=",")
+    cases["semicolons"] = (
+        tmp / "semicolons.csv",
+        {},
+        r"semicolons.csv, line 2: \d+ fields where the header has 1 \(ragged row\); its header reads as one column: if "
+        r"semicolons separate its fields, add delimiter=semicolon$",
+    )
+    cases["decimal comma"] = (
+        tmp / "semicolons.csv",
+        {"delimiter": "semicolon"},
+        r"semicolons.csv: feature column 'f0' holds string, not numbers \(e.g. '[-\d]+,\d+'\): if ',' is its decimal "
+        r"point, add decimal=comma$",
+    )
+    cases["decimal is delimiter"] = (
+        tmp / "semicolons.csv",
+        {"delimiter": ";", "decimal": ";"},
+        r"decimal and the field delimiter of .*semicolons.csv are both ';': they must differ",
     )
     inf = frame.copy()
     inf.loc[3, "f0"] = np.inf
@@ -277,6 +301,29 @@ def test_each_bad_input_is_refused_naming_the_file(tmp_path: Path) -> None:
             prepare(path, tmp_path / f"out-{name.replace(' ', '-')}", progress_bar=False, **extra)
         assert "\n" not in str(caught.value), name
         assert not (tmp_path / f"out-{name.replace(' ', '-')}").exists(), name  # nothing half-written left
+
+
+def test_csv_in_another_dialect_gives_the_dataset_of_a_plain_csv(tmp_path: Path) -> None:
+    frame = _table(rows=400).drop(columns=["episode"]).rename(columns={"label": "étiquette"})
+    frame["étiquette"] = np.array(["à gauche", "tout droit", "à droite"])[frame["étiquette"]]
+    frame.to_csv(tmp_path / "plain.csv", index=False)
+    reference = prepare(tmp_path / "plain.csv", tmp_path / "plain", label="étiquette", progress_bar=False)
+    dialects = {
+        "cp1252": ({"sep": ";", "decimal": ",", "encoding": "cp1252"}, {"delimiter": "semicolon", "decimal": "comma"}),
+        "utf-16": ({"sep": "|", "encoding": "utf-16"}, {"delimiter": "|"}),
+        "tabs": ({"sep": "\t"}, {"delimiter": "tab", "encoding": "UTF8"}),
+    }
+    for name, (written, read) in dialects.items():
+        frame.to_csv(tmp_path / f"{name}.csv", index=False, **written)
+        encoding = {"encoding": written["encoding"]} if "encoding" in written else {}
+        manifest = prepare(
+            tmp_path / f"{name}.csv", tmp_path / name, label="étiquette", progress_bar=False, **read, **encoding
+        )
+        assert manifest["class_names"] == reference["class_names"] == ["tout droit", "à droite", "à gauche"], name
+        assert manifest["feature_names"] == reference["feature_names"], name
+        for split in ("train", "test"):
+            got, expected = _all_rows(tmp_path / name, split), _all_rows(tmp_path / "plain", split)
+            assert np.array_equal(got[0], expected[0]) and np.array_equal(got[1], expected[1]), (name, split)
 
 
 def test_a_malicious_pickle_never_runs(tmp_path: Path) -> None:
@@ -420,6 +467,9 @@ def test_each_bad_value_is_refused_naming_its_key(tmp_path: Path) -> None:
         "num_classes": ("abc", "a whole number in [1, 1048576]"),
         "split": ("diagonal", "random, stratified, group, column, files"),
         "input": (123, "a file, a glob, a directory"),
+        "encoding": ("base64", "a text encoding, e.g. utf-8, latin-1"),
+        "delimiter": ("semi", "one character or comma, semicolon, tab, pipe, space"),
+        "decimal": ("..", "one character, or comma"),
     }
     for key, (value, valid) in cases.items():
         arguments = {"input": tmp_path / "good.csv", "output": tmp_path / "out", key: value}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import codecs
 import glob
 import math
+import re
 import zipfile
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
@@ -56,6 +57,9 @@ class ReadOptions:
     features: Sequence[str] | None = None
     features_key: str | None = None
     chunk_rows: int = 65_536
+    delimiter: str | None = None  # CSV field separator; None: `,` for .csv, a tab for .tsv
+    encoding: str = "utf-8"  # CSV text encoding, any Python codec name (latin-1, cp1252, utf-16, ...)
+    decimal: str = "."  # CSV decimal point, e.g. `,` for `1,5`
 
 
 def expand_inputs(spec: str | Path | Sequence[str | Path]) -> list[Path]:
@@ -295,38 +299,61 @@ def _pyarrow() -> Any:
     return pyarrow
 
 
-def _check_text(path: Path, sample_bytes: int = 1 << 16) -> None:
-    """ConfigError for a file named as text (CSV/TSV) whose first bytes are not UTF-8 text."""
+def _check_text(path: Path, encoding: str, sample_bytes: int = 1 << 16) -> None:
+    """ConfigError for a file named as text (CSV/TSV) whose first bytes are not text in `encoding`."""
     with open(path, "rb") as file:
         sample = file.read(sample_bytes)
     try:
-        codecs.getincrementaldecoder("utf-8")().decode(sample, final=False)  # a character cut at the end is fine
-        text = b"\x00" not in sample
+        text = codecs.getincrementaldecoder(encoding)().decode(sample, final=False)  # a cut character is fine
     except UnicodeDecodeError:
-        text = False
-    if not text:
+        text = None
+    if text is not None and "\x00" not in text:
+        return
+    if text is None and sample[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+        raise ConfigError(f"input file {path} is not {encoding} text: it starts as UTF-16 does: encoding=utf-16")
+    if text is None and b"\x00" not in sample:  # no NUL byte: likely text in a one-byte encoding
         raise ConfigError(
-            f"input file {path} is not a text CSV (binary bytes in its first {len(sample):,}): give CSV/TSV text, "
-            "Parquet, .npy, .npz or .pt"
+            f"input file {path} is not {encoding} text: if it is text in another encoding, name it, e.g. "
+            "encoding=latin-1 or encoding=cp1252"
         )
+    raise ConfigError(
+        f"input file {path} is not a text CSV (binary bytes in its first {len(sample):,}): give CSV/TSV text, "
+        "Parquet, .npy, .npz or .pt"
+    )
+
+
+def _separator_hint(names: Sequence[str]) -> str:
+    """A hint naming `delimiter=` when a CSV header was read as one column holding another separator."""
+    separators = {";": "semicolon", "\t": "tab", "|": "pipe", ",": "comma"}
+    found = next((sep for sep in separators if len(names) == 1 and sep in names[0]), None)
+    if found is None:
+        return ""
+    name = separators[found]
+    return f"; its header reads as one column: if {name}s separate its fields, add delimiter={name}"
 
 
 def _csv_batches(path: Path, options: ReadOptions) -> Iterator[Any]:
     pa = _pyarrow()
     from pyarrow import csv
 
-    _check_text(path)  # pyarrow would fail on the bytes inside its row handler, with a traceback of its own
+    _check_text(path, options.encoding)  # pyarrow would fail on the bytes inside its row handler, with its traceback
     bad_row: list[Any] = []
 
     def on_invalid(row: Any) -> str:
         bad_row.append(row)
         return "error"
 
-    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    delimiter = options.delimiter or ("\t" if path.suffix.lower() == ".tsv" else ",")
+    if options.decimal == delimiter:
+        raise ConfigError(
+            f"decimal and the field delimiter of {path} are both {delimiter!r}: they must differ, e.g. "
+            "delimiter=semicolon decimal=comma"
+        )
     parse = csv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid)
-    read = csv.ReadOptions(block_size=1 << 24)
+    read = csv.ReadOptions(block_size=1 << 24, encoding=options.encoding)
     try:
-        with csv.open_csv(path, read_options=read, parse_options=parse) as first_block:
+        first_types = csv.ConvertOptions(decimal_point=options.decimal)
+        with csv.open_csv(path, read_options=read, parse_options=parse, convert_options=first_types) as first_block:
             header = first_block.schema
         # Every feature column is read as float64, so a column whose first block looks integral
         # does not fail later; the label as float64 too when numeric, checked for whole numbers here.
@@ -338,28 +365,33 @@ def _csv_batches(path: Path, options: ReadOptions) -> Iterator[Any]:
         }
         if options.label in header.names and pa.types.is_integer(header.field(options.label).type):
             types[options.label] = pa.float64()
-        reader = csv.open_csv(
-            path, read_options=read, parse_options=parse, convert_options=csv.ConvertOptions(column_types=types)
-        )
+        convert = csv.ConvertOptions(column_types=types, decimal_point=options.decimal)
+        reader = csv.open_csv(path, read_options=read, parse_options=parse, convert_options=convert)
         yield from reader
     except pa.ArrowInvalid as err:
         if bad_row:
             row = bad_row[0]
-            where = f"line {row.number if row.number is not None else _line_of(path, row.text)}"
+            where = f"line {row.number if row.number is not None else _line_of(path, row.text, options.encoding)}"
+            hint = _separator_hint([_first_line(path, options.encoding)]) if row.expected_columns == 1 else ""
             raise ConfigError(
                 f"input file {path}, {where}: {row.actual_columns} fields where the header has "
-                f"{row.expected_columns} (ragged row)"
+                f"{row.expected_columns} (ragged row){hint}"
             ) from None
         raise ConfigError(f"input file {path}: {str(err).splitlines()[0]}") from None
 
 
-def _line_of(path: Path, text: str) -> int | str:
+def _line_of(path: Path, text: str, encoding: str) -> int | str:
     # pyarrow's streaming reader does not count lines: find the bad row's text, one line at a time.
-    with open(path, encoding="utf-8", errors="replace") as file:
+    with open(path, encoding=encoding, errors="replace") as file:
         for number, line in enumerate(file, start=1):
             if line.rstrip("\r\n") == text:
                 return number
     return "?"
+
+
+def _first_line(path: Path, encoding: str) -> str:
+    with open(path, encoding=encoding, errors="replace") as file:
+        return file.readline()
 
 
 def _parquet_batches(path: Path, options: ReadOptions) -> Iterator[Any]:
@@ -383,10 +415,15 @@ def _table_chunks(batches: Iterator[Any], path: Path, options: ReadOptions) -> I
             if label is None:
                 label = next((c for c in LABEL_COLUMNS if c in names), None)
                 if label is None:
-                    raise ConfigError(f"input file {path}: no label column; name it with label= (columns: {names})")
+                    raise ConfigError(
+                        f"input file {path}: no label column; name it with label= (columns: {names})"
+                        + _separator_hint(names)
+                    )
             for key, name in (("label", label), ("group", options.group), ("split column", options.split_column)):
                 if name is not None and name not in names:
-                    raise ConfigError(f"input file {path} has no {key} {name!r}; its columns are {names}")
+                    raise ConfigError(
+                        f"input file {path} has no {key} {name!r}; its columns are {names}" + _separator_hint(names)
+                    )
             special = {label, options.group, options.split_column}
             given = [options.features] if isinstance(options.features, str) else options.features  # one column
             columns = list(given) if given else [c for c in names if c not in special]
@@ -402,7 +439,10 @@ def _table_chunks(batches: Iterator[Any], path: Path, options: ReadOptions) -> I
                         )
                 kind = batch.schema.field(name).type
                 if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)):
-                    raise ConfigError(f"input file {path}: feature column {name!r} holds {kind}, not numbers")
+                    raise ConfigError(
+                        f"input file {path}: feature column {name!r} holds {kind}, not numbers"
+                        + _decimal_hint(batch.column(name), options.decimal)
+                    )
         # Column by column into rows of a [features, rows] array, then one transposing copy: writing
         # each column into a strided [rows, features] array is ~9x slower.
         by_column = np.empty((len(columns), batch.num_rows), dtype=np.float32)
@@ -426,6 +466,16 @@ def _table_chunks(batches: Iterator[Any], path: Path, options: ReadOptions) -> I
             feature_names=columns,
         )
         first_row += batch.num_rows
+
+
+def _decimal_hint(column: Any, decimal: str) -> str:
+    """A hint naming `decimal=` when a text column's first value is a number with another decimal point."""
+    first = next((value for value in column.to_pylist() if value is not None), None)
+    match = re.fullmatch(r"[-+]?\d*([^\d\s])\d+", first) if isinstance(first, str) else None
+    if match is None or match.group(1) == decimal:
+        return ""
+    point = "decimal=comma" if match.group(1) == "," else f"\"decimal='{match.group(1)}'\""
+    return f" (e.g. {first!r}): if {match.group(1)!r} is its decimal point, add {point}"
 
 
 def _nan_filled(column: Any) -> np.ndarray:
