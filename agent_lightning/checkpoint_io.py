@@ -5,12 +5,13 @@
   old directory to `<name>.old/`, renames the new one into place and deletes the old one. Each rename
   is atomic; between the two, `<name>` is briefly missing and `<name>.old/` holds the previous
   checkpoint: `clean_stale_writes` (run when a run starts in that directory) renames it back.
-- Writes are not fsync'ed: a killed process never damages a checkpoint, a power cut may.
+- A single file is flushed to disk (fsync) before its rename, and the directory after it, so a power
+  cut leaves the previous checkpoint or the new one, never an empty file under the name (sharded
+  checkpoints: torch.distributed.checkpoint syncs each shard file itself).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.strategies import ModelParallelStrategy
 
-from agent_lightning.replacing import remove_path, replace_directory, restore_aside
+from agent_lightning.replacing import remove_path, replace_directory, replace_file, restore_aside, sync_to_disk
 
 STAGING_SUFFIX = ".tmp"
 PREVIOUS_SUFFIX = ".old"
@@ -35,7 +36,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         tmp = path.with_name(path.name + STAGING_SUFFIX)
         super().save_checkpoint(checkpoint, tmp, storage_options)
-        os.replace(tmp, path)
+        replace_file(tmp, path)
 
 
 def clean_stale_writes(directory: str | Path) -> list[Path]:
@@ -81,4 +82,5 @@ class AtomicModelParallelStrategy(ModelParallelStrategy):
         self.barrier("atomic_checkpoint_written")
         if self.global_rank == 0:
             replace_directory(staged, target, target.with_name(target.name + PREVIOUS_SUFFIX))
+            sync_to_disk(target.parent)
         self.barrier("atomic_checkpoint_renamed")

@@ -25,6 +25,7 @@ from agent_lightning import safe_load
 from agent_lightning.errors import EXIT_CONFIG, ConfigError
 from agent_lightning.formats.registry import FORMATS, format_for_path
 from agent_lightning.model import AgentMLP
+from agent_lightning.replacing import replace_file
 from agent_lightning.runs.data_schema import DataSchema, saved_schema
 from agent_lightning.safe_load import plain_name
 
@@ -178,7 +179,7 @@ def export_checked(checkpoint_path: str | Path, output: str | Path, format: str 
     try:
         write_model(model, config, staged, fmt, saved_schema(checkpoint_path))  # what its outputs mean travels too
         diff = check_export(model, staged)
-        staged.replace(output)
+        replace_file(staged, output)
     finally:
         staged.unlink(missing_ok=True)
     return Exported(output, fmt, diff, model)

@@ -1,12 +1,15 @@
-"""Putting a fully written directory in place of an old one so that any interruption leaves one of them whole.
+"""Putting a fully written file or directory in place of an old one so that any interruption leaves one whole.
 
-Each rename is atomic; between the two, the target is briefly missing while the old directory waits
-aside. A stop raised in that moment puts the old one back at once; a killed process leaves it aside,
-and `restore_aside` (run by the next writer) puts it back or removes it.
+A file is flushed to disk before its rename and the directory after it, so that a power cut leaves the
+old file or the new one, never an empty one under the name. A directory goes in by two renames, each
+atomic; between the two, the target is briefly missing while the old directory waits aside. A stop
+raised in that moment puts the old one back at once; a killed process leaves it aside, and
+`restore_aside` (run by the next writer) puts it back or removes it.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from pathlib import Path
@@ -18,6 +21,28 @@ def remove_path(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
+
+
+def sync_to_disk(path: Path) -> None:
+    """Flush a file, or a directory's entries, to disk; nothing where the platform or file system cannot."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:  # a directory some platforms do not open
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError as err:
+        if err.errno not in (errno.EINVAL, errno.ENOTSUP):  # a file system without fsync: as durable as it gets
+            raise
+    finally:
+        os.close(descriptor)
+
+
+def replace_file(staged: Path, target: Path) -> None:
+    """Rename the fully written file `staged` over `target`, its bytes on disk before the name points at them."""
+    sync_to_disk(staged)
+    os.replace(staged, target)
+    sync_to_disk(target.parent)  # the rename itself
 
 
 def replace_directory(staged: Path, target: Path, aside: Path) -> None:

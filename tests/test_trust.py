@@ -23,7 +23,7 @@ from hydra.errors import InstantiationException
 
 from agent_lightning import export
 from agent_lightning.callbacks import NonFiniteLossError
-from agent_lightning.checkpoint_io import clean_stale_writes
+from agent_lightning.checkpoint_io import AtomicCheckpointIO, clean_stale_writes
 from agent_lightning.errors import ConfigError, StoppedBySignalError, user_facing
 from agent_lightning.replacing import replace_directory
 from agent_lightning.runs.lock import LOCK_FILE
@@ -400,6 +400,26 @@ def test_stale_writes_are_cleaned_and_a_directory_swap_keeps_the_old_one_until_t
     replace_directory(staged, tmp_path / "dir.ckpt", tmp_path / "dir.ckpt.old")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.ckpt"]
     assert (tmp_path / "dir.ckpt" / ".metadata").read_bytes() == b"new"
+
+
+def test_a_checkpoint_is_on_disk_before_its_name_points_at_it(tmp_path: Path, monkeypatch) -> None:
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(descriptor: int) -> None:
+        events.append(f"fsync {Path(os.readlink(f'/proc/self/fd/{descriptor}')).name}")
+        real_fsync(descriptor)
+
+    def replace(source, target) -> None:
+        events.append(f"rename {Path(source).name} {Path(target).name}")
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    (tmp_path / "last.ckpt").write_bytes(b"previous")
+    AtomicCheckpointIO().save_checkpoint({"step": torch.tensor(7)}, tmp_path / "last.ckpt")
+    assert events == ["fsync last.ckpt.tmp", "rename last.ckpt.tmp last.ckpt", f"fsync {tmp_path.name}"]
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["step"] == 7
 
 
 class TestCounter(pl.Callback):
