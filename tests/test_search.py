@@ -104,6 +104,15 @@ def test_a_stored_study_resumes_and_keeps_counting(tmp_path: Path) -> None:
     study = optuna.load_study(study_name="resumable", storage=storage)
     assert [t.number for t in study.trials] == [0, 1, 2]
     assert sorted(p.name for p in (tmp_path / "second").iterdir() if p.is_dir()) == ["2"]  # only the missing trial
+    # Another study in the first one's sweep dir would write its trials 0, 1 over that study's.
+    kept = (tmp_path / "first" / "0" / ".hydra" / "overrides.yaml").read_bytes()
+    common[2] = "hydra.sweeper.study_name=other"
+    other = run_cli(*common, "hydra.sweeper.n_trials=1", f"hydra.sweep.dir={tmp_path / 'first'}", cwd=tmp_path)
+    refusal = (other.stdout + other.stderr).strip()
+    assert other.returncode == 2 and len(refusal.splitlines()) == 1, refusal
+    assert f"hydra.sweep.dir={tmp_path / 'first'} holds the trials of study 'resumable' (0/ and on)" in refusal
+    assert (tmp_path / "first" / "0" / ".hydra" / "overrides.yaml").read_bytes() == kept
+    assert [s.study_name for s in optuna.get_all_study_summaries(storage)] == ["resumable"]
 
 
 def test_tune_reports_each_epochs_own_training_metrics(compose_cfg, tmp_path: Path) -> None:
@@ -381,3 +390,21 @@ def test_bad_search_input_exits_nonzero_with_one_line(args: list[str], message: 
     output = result.stdout + result.stderr
     assert result.returncode != 0 and message in output
     assert "Traceback" not in output
+
+
+def test_a_sweep_dir_holding_another_studys_or_a_grids_runs_is_refused(tmp_path: Path) -> None:
+    from agent_lightning.search.sweep_dir import check_trial_dirs_free
+
+    def run(number: int, *overrides: str) -> None:
+        (tmp_path / str(number) / ".hydra").mkdir(parents=True)
+        (tmp_path / str(number) / ".hydra" / "overrides.yaml").write_text(OmegaConf.to_yaml(list(overrides)))
+
+    run(0, "optuna_trial.study_name='mine'", "optimizer.lr=0.01")
+    (tmp_path / "3").mkdir()  # no run in it: nothing to overwrite
+    check_trial_dirs_free(tmp_path, "${hydra.job.num}", "mine")
+    with pytest.raises(ConfigError, match=r"holds the trials of study 'mine' \(0/ and on\): study 'new' would write"):
+        check_trial_dirs_free(tmp_path, "${hydra.job.num}", "new")
+    check_trial_dirs_free(tmp_path, "${hydra.sweeper.study_name}_${hydra.job.num}", "new")  # its own names
+    run(1, "optimizer.lr=0.01")  # a grid's job
+    with pytest.raises(ConfigError, match=r"holds an earlier sweep's runs \(1/ and on\): .* another hydra.sweep.dir$"):
+        check_trial_dirs_free(tmp_path, "${hydra.job.num}", "mine")

@@ -54,6 +54,7 @@ from agent_lightning.search.storage import (
     open_storage,
 )
 from agent_lightning.search.summary import RUN_DIR_ATTR, write_summary
+from agent_lightning.search.sweep_dir import STUDY_KEY, check_trial_dirs_free
 from agent_lightning.sweep_jobs import JobChecker, JobRefusedError
 from agent_lightning.validation import check_direction, metric_direction, pruning_monitor
 
@@ -255,6 +256,8 @@ class OptunaSearch(Sweeper):
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
         space, fixed = parse_space(self.params, arguments)
         self._check_settings()
+        subdir = OmegaConf.to_container(self.config.hydra.sweep, resolve=False).get("subdir")
+        check_trial_dirs_free(self.sweep_dir, subdir, self.study_name)
         check_space(space, fixed, self.job_checker)
         check_enqueued(self.enqueue_trials, space, fixed, self.job_checker)
         study, spec, storage = self._study()
@@ -332,7 +335,7 @@ class OptunaSearch(Sweeper):
             *fixed,
             *(as_override(key, value) for key, value in trial.params.items()),
             f"optuna_trial.storage='{spec}'",
-            f"optuna_trial.study_name='{study_name}'",
+            f"{STUDY_KEY}'{study_name}'",
             f"optuna_trial.trial_id={trial._trial_id}",
             f"optuna_trial.monitor={self._monitor()}",
         ]
