@@ -471,10 +471,10 @@ def _table_chunks(batches: Iterator[Any], path: Path, options: ReadOptions) -> I
 def _decimal_hint(column: Any, decimal: str) -> str:
     """A hint naming `decimal=` when a text column's first value is a number with another decimal point."""
     first = next((value for value in column.to_pylist() if value is not None), None)
-    match = re.fullmatch(r"[-+]?\d*([^\d\s])\d+", first) if isinstance(first, str) else None
+    match = re.fullmatch(r"[-+]?\d*([.,])\d+", first.strip()) if isinstance(first, str) else None
     if match is None or match.group(1) == decimal:
         return ""
-    point = "decimal=comma" if match.group(1) == "," else f"\"decimal='{match.group(1)}'\""
+    point = "decimal=comma" if match.group(1) == "," else "decimal=."
     return f" (e.g. {first!r}): if {match.group(1)!r} is its decimal point, add {point}"
 
 
