@@ -37,6 +37,7 @@ from agent_lightning.arguments import (
     whole,
 )
 from agent_lightning.config import hydra_command
+from agent_lightning.data.csv_dialect import CSV_RULES, csv_dialect
 from agent_lightning.data.manifest import FORMAT, MANIFEST, SPLITS, VERSION, fingerprint, sha256_of, write_manifest
 from agent_lightning.data.readers import ReadOptions, expand_inputs, input_bytes, read_chunks
 from agent_lightning.data.splits import RULES as SPLIT_RULES
@@ -88,30 +89,6 @@ def _features(value: Any) -> bool:
     return name_or_none(value)
 
 
-def _one_character(value: Any) -> bool:
-    return isinstance(value, str) and len(value) == 1 and value not in '"\r\n'
-
-
-def _delimiter(value: Any) -> bool:
-    return value is None or _one_character(value) or (isinstance(value, str) and value in DELIMITER_NAMES)
-
-
-def _decimal(value: Any) -> bool:
-    return value == "comma" or _one_character(value)
-
-
-def _encoding(value: Any) -> bool:
-    try:
-        return isinstance(value, str) and bool("a".encode(value))  # LookupError too for base64: not a text codec
-    except (LookupError, UnicodeError):
-        return False
-
-
-# Separators by name: Hydra's command line takes `delimiter=semicolon` unquoted (`;` needs "delimiter=';'",
-# `,` "decimal=','": or decimal=comma).
-DELIMITER_NAMES = {"comma": ",", "semicolon": ";", "tab": "\t", "\\t": "\t", "pipe": "|", "space": " "}
-
-
 RULES: tuple[Rule, ...] = (
     Rule("input", _input, "a file, a glob, a directory or a list of them (or input.train=... per split)"),
     Rule("output", path, "the directory to write the dataset to, e.g. output=data/mine"),
@@ -123,13 +100,7 @@ RULES: tuple[Rule, ...] = (
     Rule("split_column", name_or_none, "a column or array name"),
     Rule("features", _features, "a column name or a list of them, e.g. features=[f0,f1] (or null: every column)"),
     Rule("features_key", name_or_none, "an array name (or null: detected)"),
-    Rule(
-        "delimiter",
-        _delimiter,
-        f"one character or {', '.join(n for n in DELIMITER_NAMES if n.isalpha())} (or null: by file suffix)",
-    ),
-    Rule("encoding", _encoding, "a text encoding, e.g. utf-8, latin-1, cp1252, utf-16"),
-    Rule("decimal", _decimal, "one character, or comma"),
+    *CSV_RULES,
     Rule(
         "num_classes",
         whole(1, MAX_CLASSES + 1, also=(None,)),
@@ -201,8 +172,7 @@ def prepare(
     shard_rows, chunk_rows, bucket_mb = int(shard_rows), int(chunk_rows), int(bucket_mb)
     num_classes = None if num_classes is None else int(num_classes)
     class_names = [str(name) for name in class_names] if class_names else None
-    delimiter = DELIMITER_NAMES.get(delimiter, delimiter) if delimiter is not None else None
-    decimal = "," if decimal == "comma" else decimal
+    delimiter, decimal = csv_dialect(delimiter, decimal)
     if class_names and num_classes is not None and num_classes != len(class_names):
         raise ConfigError(f"num_classes={num_classes} but class_names names {len(class_names)}: give one of them")
     output = Path(output)

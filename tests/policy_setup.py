@@ -27,9 +27,13 @@ QUICK = [
 ]
 
 
-def scaled_task(rows: int, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
-    """Observations far from unit scale (mean 3, std 5), so the saved normalisation changes the actions."""
-    x, y = ClusterTask(num_features=OBS_DIM, num_classes=N_ACTIONS, cluster_std=0.8, seed=seed).samples(0, rows)
+def scaled_task(rows: int, seed: int = 3, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Observations far from unit scale (mean 3, std 5), so the saved normalisation changes the actions.
+
+    `seed` chooses the task; `start` its rows (other rows of the same task: held-out data).
+    """
+    task = ClusterTask(num_features=OBS_DIM, num_classes=N_ACTIONS, cluster_std=0.8, seed=seed)
+    x, y = task.samples(start, start + rows)
     return (x.numpy() * 5.0 + 3.0).astype(np.float32), y.numpy()
 
 

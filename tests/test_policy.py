@@ -57,6 +57,7 @@ def test_act_is_the_argmax_on_normalised_observations_for_one_and_a_batch(run) -
     np.testing.assert_array_equal(policy.act(obs.astype(np.float64)), expected)
     np.testing.assert_array_equal(policy.act(torch.from_numpy(obs)), expected)
     np.testing.assert_array_equal(policy.act(obs[:3].tolist()), expected[:3])
+    np.testing.assert_array_equal(policy.act(obs[::-1]), expected[::-1])  # a view with negative strides
     rounded = np.round(obs).astype(np.int32)
     np.testing.assert_array_equal(policy.act(rounded), _by_hand(model, rounded).argmax(axis=1))
     assert policy(obs[0]) == expected[0]

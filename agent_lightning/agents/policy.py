@@ -70,7 +70,11 @@ class Policy:
 
     def _batch(self, obs: Any) -> tuple[Tensor, bool]:
         """Observations as a float32 [n, obs_dim] tensor on the policy's device, and whether one was given."""
-        x = obs if isinstance(obs, Tensor) else torch.as_tensor(np.asarray(obs))
+        if not isinstance(obs, Tensor):
+            array = np.asarray(obs)
+            # torch takes no negative strides (a reversed view, some pandas frames): those arrays are copied.
+            obs = torch.as_tensor(array.copy() if any(step < 0 for step in array.strides) else array)
+        x = obs
         single = x.dim() == 1
         if single:
             x = x.unsqueeze(0)

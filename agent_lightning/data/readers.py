@@ -95,10 +95,8 @@ def read_chunks(source: Path | Mapping[str, Any] | tuple, options: ReadOptions) 
         yield from _array_chunks(_named_arrays(source, "input arrays", options), "input arrays", options)
         return
     suffix = source.suffix.lower()
-    if suffix in (".csv", ".tsv"):
-        yield from _table_chunks(_csv_batches(source, options), source, options)
-    elif suffix in (".parquet", ".pq"):
-        yield from _table_chunks(_parquet_batches(source, options), source, options)
+    if suffix in (".csv", ".tsv", ".parquet", ".pq"):
+        yield from _table_chunks(table_batches(source, options), source, options)
     elif suffix == ".npy":
         yield from _array_chunks(_npy_arrays(source, options), str(source), options)
     else:
@@ -404,8 +402,39 @@ def _parquet_batches(path: Path, options: ReadOptions) -> Iterator[Any]:
         raise ConfigError(f"input file {path} cannot be read as Parquet: {str(err).splitlines()[0]}") from None
 
 
-def _table_chunks(batches: Iterator[Any], path: Path, options: ReadOptions) -> Iterator[Chunk]:
+def check_feature_columns(batch: Any, columns: Sequence[str], path: Path, decimal: str = ".") -> None:
+    """ConfigError for a feature column the pyarrow `batch` lacks or that does not hold numbers."""
     pa = _pyarrow()
+    for name in columns:
+        if name not in batch.schema.names:
+            raise ConfigError(f"input file {path} has no feature column {name!r}; its columns are {batch.schema.names}")
+        kind = batch.schema.field(name).type
+        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)):
+            raise ConfigError(
+                f"input file {path}: feature column {name!r} holds {kind}, not numbers"
+                + _decimal_hint(batch.column(name), decimal)
+            )
+
+
+def feature_matrix(batch: Any, columns: Sequence[str]) -> np.ndarray:
+    """The pyarrow `batch`'s numeric `columns` as a float32 [rows, columns] array (an empty cell as NaN)."""
+    # Column by column into rows of a [features, rows] array, then one transposing copy: writing
+    # each column into a strided [rows, features] array is ~9x slower.
+    by_column = np.empty((len(columns), batch.num_rows), dtype=np.float32)
+    for j, name in enumerate(columns):
+        column = batch.column(name)
+        by_column[j] = column.to_numpy(zero_copy_only=False) if column.null_count == 0 else _nan_filled(column)
+    return np.ascontiguousarray(by_column.T)
+
+
+def table_batches(path: Path, options: ReadOptions) -> Iterator[Any]:
+    """The pyarrow record batches of a CSV/TSV or Parquet file (numeric CSV columns as float64)."""
+    if path.suffix.lower() in (".csv", ".tsv"):
+        return _csv_batches(path, options)
+    return _parquet_batches(path, options)
+
+
+def _table_chunks(batches: Iterator[Any], path: Path, options: ReadOptions) -> Iterator[Chunk]:
     first_row = 0
     columns: list[str] | None = None
     label = options.label
@@ -430,26 +459,13 @@ def _table_chunks(batches: Iterator[Any], path: Path, options: ReadOptions) -> I
             if not columns:
                 raise ConfigError(f"input file {path}: no feature columns besides {sorted(special - {None})}")
             for name in columns:
-                if name not in names:
-                    raise ConfigError(f"input file {path} has no feature column {name!r}")
                 for role, taken in (("label", label), ("group", options.group), ("split", options.split_column)):
                     if name == taken:
                         raise ConfigError(
                             f"features lists {name!r}, the {role} column of {path}: list only feature columns"
                         )
-                kind = batch.schema.field(name).type
-                if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)):
-                    raise ConfigError(
-                        f"input file {path}: feature column {name!r} holds {kind}, not numbers"
-                        + _decimal_hint(batch.column(name), options.decimal)
-                    )
-        # Column by column into rows of a [features, rows] array, then one transposing copy: writing
-        # each column into a strided [rows, features] array is ~9x slower.
-        by_column = np.empty((len(columns), batch.num_rows), dtype=np.float32)
-        for j, name in enumerate(columns):
-            column = batch.column(name)
-            by_column[j] = column.to_numpy(zero_copy_only=False) if column.null_count == 0 else _nan_filled(column)
-        features = np.ascontiguousarray(by_column.T)
+            check_feature_columns(batch, columns, path, options.decimal)
+        features = feature_matrix(batch, columns)
         labels = batch.column(label)
         if labels.null_count:
             null_at = first_row + int(np.flatnonzero(np.asarray(labels.is_null()))[0])
