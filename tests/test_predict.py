@@ -60,6 +60,10 @@ def test_actions_follow_the_columns_by_name_and_keep_the_rows_and_other_columns(
     assert np.allclose(out[[f"prob_{a}" for a in ACTIONS]].sum(axis=1), 1.0, atol=1e-5)
     assert (out["predicted_action"] == out["logged"]).mean() > 0.5  # it learnt the task (chance: 0.25), names line up
     assert done.actions == dict(zip(*np.unique(expected, return_counts=True), strict=True))
+    # Policy.act on the table itself takes its columns by name too; a missing one is named.
+    assert (ACTIONS[policy.act(both)] == expected).all()
+    with pytest.raises(ValueError, match="lack the feature column 'sensor_0'"):
+        policy.act(both.drop(columns=["sensor_0"]))
 
 
 def test_a_model_without_column_names_takes_the_numeric_columns_in_order(tmp_path_factory, tmp_path) -> None:

@@ -280,6 +280,45 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[Path, dict, str]]:
     huge.loc[4, "label"] = 1e20
     huge.to_csv(tmp / "huge.csv", index=False)
     cases["huge label"] = (tmp / "huge.csv", {}, r"huge.csv, row 4: label 1e\+20 is out of range")
+    frame.rename(columns={"f1": "y"}).to_csv(tmp / "grid.csv", index=False)  # `y`, a position, beside `label`
+    cases["two label columns"] = (
+        tmp / "grid.csv",
+        {},
+        r"grid.csv has several columns that could be the label \('label', 'y'\): name it, e.g. label=y$",
+    )
+    gaps = frame.astype({"episode": "Int64"})
+    gaps.loc[23, "episode"] = pd.NA
+    gaps.to_parquet(tmp / "gaps.parquet")
+    cases["empty group"] = (
+        tmp / "gaps.parquet",
+        {"group": "episode", "split": "group"},
+        r"gaps.parquet, row 23: group 'episode' is empty",
+    )
+    (tmp / "twice.csv").write_text("f0,f1,f0,label\n1,2,3,0\n4,5,6,1\n")
+    cases["repeated column"] = (tmp / "twice.csv", {}, r"twice.csv: column 'f0' appears more than once")
+    np.savez(tmp / "onehot.npz", x=x, y=np.eye(3)[y])
+    cases["one-hot labels"] = (tmp / "onehot.npz", {}, r"labels have shape \(50, 3\), one row of scores per sample")
+    spelt = frame.assign(label=np.array(["left", "right", "up"])[frame["label"]])
+    spelt.loc[6, "label"] = "NA"
+    spelt.to_csv(tmp / "na.csv", index=False)
+    cases["missing name"] = (tmp / "na.csv", {}, r"na.csv, row 6: label is missing \('NA'\): correct that row")
+    spelt.loc[6, "label"] = "left"
+    spelt.to_csv(tmp / "names.csv", index=False)
+    cases["num_classes for names"] = (tmp / "names.csv", {"num_classes": 2}, r"num_classes=2 but the labels name 3")
+    (tmp / "days").mkdir()
+    frame.assign(label=frame["label"].astype(str)).to_parquet(tmp / "days" / "1.parquet")
+    spelt.to_parquet(tmp / "days" / "2.parquet")
+    cases["codes then words"] = (
+        tmp / "days",
+        {},
+        r"2.parquet, row \d+: label 'left' is not a number but others are \(e.g. '0'\)",
+    )
+    spelt.assign(label="à " + spelt["label"]).to_csv(tmp / "utf8.csv", index=False)
+    cases["UTF-8 read as cp1252"] = (
+        tmp / "utf8.csv",
+        {"encoding": "cp1252"},
+        r"utf8.csv is UTF-8 text, not cp1252 \(its accents would read as two characters each\)",
+    )
     torch.save({"features": x.tolist(), "labels": y.tolist()}, tmp / "lists.pt")
     cases["lists pt"] = (tmp / "lists.pt", {}, r"lists.pt: 'features' is a list, not an array of numbers: save tensors")
     return cases
@@ -301,6 +340,32 @@ def test_each_bad_input_is_refused_naming_the_file(tmp_path: Path) -> None:
             prepare(path, tmp_path / f"out-{name.replace(' ', '-')}", progress_bar=False, **extra)
         assert "\n" not in str(caught.value), name
         assert not (tmp_path / f"out-{name.replace(' ', '-')}").exists(), name  # nothing half-written left
+
+
+def test_pandas_index_columns_codes_named_by_class_names_and_odd_arrays_are_read_as_meant(tmp_path: Path) -> None:
+    frame = _table(rows=200).drop(columns=["episode"])
+    frame.to_csv(tmp_path / "indexed.csv")  # pandas' default: the index as a first, unnamed column
+    frame.sample(frac=1, random_state=0).to_parquet(tmp_path / "indexed.parquet")  # as __index_level_0__
+    for name in ("indexed.csv", "indexed.parquet"):
+        manifest = prepare(tmp_path / name, tmp_path / name.replace(".", "-"), progress_bar=False)
+        assert manifest["feature_names"] == [f"f{i}" for i in range(6)], name
+    # Codes 1..3 named by the training data's class_names: matched by value, not used as indices.
+    coded = frame.assign(label=frame["label"] + 1)
+    coded.to_csv(tmp_path / "codes.csv", index=False)
+    manifest = prepare(tmp_path / "codes.csv", tmp_path / "codes", class_names=["1", "2", "3"], progress_bar=False)
+    got = _all_rows(tmp_path / "codes", "train")[1]
+    plain = prepare(tmp_path / "indexed.csv", tmp_path / "plain", progress_bar=False)
+    assert manifest["class_names"] == ["1", "2", "3"] and plain["class_names"] == ["0", "1", "2"]
+    assert np.array_equal(got, _all_rows(tmp_path / "plain", "train")[1])  # label k+1 is class k
+    with pytest.raises(ConfigError, match=r"row \d+: label 3 is not one of class_names=\['1', '2'\]"):
+        prepare(tmp_path / "codes.csv", tmp_path / "two", class_names=["1", "2"], progress_bar=False)
+    # Half-precision tensors and a tuple of lists are numbers too.
+    x = frame.drop(columns=["label"]).to_numpy(np.float32)
+    torch.save(
+        {"x": torch.from_numpy(x).bfloat16(), "y": torch.from_numpy(frame["label"].to_numpy())}, tmp_path / "h.pt"
+    )
+    assert prepare(tmp_path / "h.pt", tmp_path / "half", progress_bar=False)["num_features"] == 6
+    assert prepare((x.tolist(), frame["label"].tolist()), tmp_path / "lists", progress_bar=False)["num_classes"] == 3
 
 
 def test_csv_in_another_dialect_gives_the_dataset_of_a_plain_csv(tmp_path: Path) -> None:

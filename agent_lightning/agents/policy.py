@@ -3,6 +3,7 @@
     policy = Policy.load("outputs/<run>/checkpoints/last.ckpt")   # or an export: .pt, .safetensors, .onnx, .ts
     action = policy.act(obs)            # one observation [obs_dim] -> int
     actions = policy.act(batch)         # [n, obs_dim] -> np.ndarray[int64]
+    actions = policy.act(frame)         # a pandas DataFrame: its feature columns by name, in any order
 
 The model's own normaliser (the training data's mean/std, saved with the weights) is applied inside
 the model. Nothing here imports Lightning or Hydra: a deployed agent needs torch (and onnxruntime for
@@ -70,6 +71,11 @@ class Policy:
 
     def _batch(self, obs: Any) -> tuple[Tensor, bool]:
         """Observations as a float32 [n, obs_dim] tensor on the policy's device, and whether one was given."""
+        if hasattr(obs, "columns") and self.feature_names:  # a table (pandas): its columns by name, in any order
+            missing = [name for name in self.feature_names if name not in obs.columns]
+            if missing:
+                raise ValueError(f"observations lack the feature column {missing[0]!r} this policy was trained on")
+            obs = obs[self.feature_names]
         if not isinstance(obs, Tensor):
             array = np.asarray(obs)
             # torch takes no negative strides (a reversed view, some pandas frames): those arrays are copied.

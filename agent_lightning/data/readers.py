@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import glob
+import logging
 import math
 import re
 import zipfile
@@ -22,6 +23,8 @@ from typing import Any
 import numpy as np
 
 from agent_lightning.errors import ConfigError
+
+log = logging.getLogger("agent_lightning.prepare")
 
 FEATURE_KEYS = ("features", "x", "X", "obs", "observations", "states")
 LABEL_KEYS = ("labels", "y", "actions", "action", "label", "targets", "target")
@@ -193,28 +196,33 @@ class _LazyNpz(dict):
             raise ConfigError(f"input file {self.path}: array {name!r} cannot be read ({err})") from None
 
 
-def _pick(arrays: Mapping[str, Any], wanted: str | None, candidates: Sequence[str], what: str, where: str) -> str:
+def _pick(
+    arrays: Mapping[str, Any], wanted: str | None, candidates: Sequence[str], what: str, where: str, key: str
+) -> str:
     if wanted:
         if wanted not in arrays:
             raise ConfigError(f"{where} has no array {wanted!r} ({what}); it holds {sorted(arrays)}")
         return wanted
-    for name in candidates:
-        if name in arrays:
-            return name
-    raise ConfigError(f"{where} has no {what} array: name it (one of {sorted(arrays)}); looked for {list(candidates)}")
+    found = _detected(list(arrays), candidates, where, "array", what, key) if candidates else None
+    if found is None:
+        raise ConfigError(
+            f"{where} has no {what} array: name it (one of {sorted(arrays)}); looked for {list(candidates)}"
+        )
+    return found
 
 
 def _named_arrays(source: Mapping[str, Any] | tuple, where: str, options: ReadOptions) -> dict[str, Any]:
     if isinstance(source, tuple):
         if len(source) not in (2, 3):
             raise ConfigError("input arrays: give (features, labels) or (features, labels, groups)")
-        return dict(zip(("features", "labels", "groups"), source, strict=False))
-    names = {"features": _pick(source, options.features_key, FEATURE_KEYS, "features", where)}
-    names["labels"] = _pick(source, options.label, LABEL_KEYS, "labels", where)
+        named = dict(zip(("features", "labels", "groups"), source, strict=False))
+        return {role: _array(value, role, where) for role, value in named.items()}
+    names = {"features": _pick(source, options.features_key, FEATURE_KEYS, "features", where, "features_key")}
+    names["labels"] = _pick(source, options.label, LABEL_KEYS, "labels", where, "label")
     if options.group:
-        names["groups"] = _pick(source, options.group, (), "group", where)
+        names["groups"] = _pick(source, options.group, (), "group", where, "group")
     if options.split_column:
-        names["splits"] = _pick(source, options.split_column, (), "split", where)
+        names["splits"] = _pick(source, options.split_column, (), "split", where, "split_column")
     return {role: _array(source[name], name, where) for role, name in names.items()}
 
 
@@ -240,7 +248,10 @@ def _array(value: Any, name: str, where: str) -> Any:
 
 def _as_numpy(value: Any) -> np.ndarray:
     if hasattr(value, "detach"):  # a torch tensor (possibly memory-mapped)
-        return value.detach().numpy()
+        value = value.detach()
+        if value.dtype.is_floating_point and value.element_size() < 4:  # bfloat16 and float16: no numpy twin
+            value = value.float()
+        return value.numpy()
     return np.asarray(value)
 
 
@@ -249,6 +260,12 @@ def _array_chunks(arrays: dict[str, Any], where: str, options: ReadOptions) -> I
     if getattr(features, "ndim", 0) != 2:
         raise ConfigError(f"{where}: features must be 2-D [rows, features], got shape {tuple(features.shape)}")
     rows = features.shape[0]
+    labels = arrays["labels"]
+    if getattr(labels, "ndim", 1) == 2 and labels.shape[1] > 1:
+        raise ConfigError(
+            f"{where}: labels have shape {tuple(labels.shape)}, one row of scores per sample (one-hot?): give one "
+            "class index per row, e.g. labels.argmax(1)"
+        )
     for name in ("labels", "groups", "splits"):
         if name in arrays and len(arrays[name]) != rows:
             raise ConfigError(f"{where}: {len(arrays[name])} {name} for {rows} feature rows")
@@ -257,7 +274,9 @@ def _array_chunks(arrays: dict[str, Any], where: str, options: ReadOptions) -> I
         part = {name: _as_numpy(value[start:stop]) for name, value in arrays.items()}
         if part["features"].dtype.kind not in "fiub":
             raise ConfigError(f"{where}: features have dtype {part['features'].dtype}; expected numbers")
-        check_labels(part["labels"].reshape(-1), where if where == "input arrays" else f"input file {where}", start)
+        source = where if where == "input arrays" else f"input file {where}"
+        check_labels(part["labels"].reshape(-1), source, start)
+        check_groups(part.get("groups"), source, start, "groups")
         yield Chunk(
             features=np.ascontiguousarray(part["features"], dtype=np.float32),
             labels=part["labels"].reshape(-1),
@@ -265,6 +284,23 @@ def _array_chunks(arrays: dict[str, Any], where: str, options: ReadOptions) -> I
             splits=part.get("splits"),
             source=where,
             first_row=start,
+        )
+
+
+def check_groups(groups: np.ndarray | None, source: str, first_row: int, name: str) -> None:
+    """ConfigError naming the first row whose group id is missing (NaN, None or an empty cell)."""
+    if groups is None or not len(groups):
+        return
+    if groups.dtype.kind == "f":
+        missing = np.isnan(groups)
+    elif groups.dtype.kind == "O":
+        missing = np.array([g is None or (isinstance(g, float) and g != g) for g in groups], dtype=bool)
+    else:
+        return
+    if missing.any():
+        raise ConfigError(
+            f"{source}, row {first_row + int(np.flatnonzero(missing)[0])}: group {name!r} is empty: every row "
+            "needs its group id, or its rows would be split apart"
         )
 
 
@@ -306,6 +342,11 @@ def _check_text(path: Path, encoding: str, sample_bytes: int = 1 << 16) -> None:
     except UnicodeDecodeError:
         text = None
     if text is not None and "\x00" not in text:
+        if not codecs.lookup(encoding).name.startswith("utf") and _is_utf8(sample):
+            raise ConfigError(
+                f"input file {path} is UTF-8 text, not {encoding} (its accents would read as two characters each): "
+                "prepare it with encoding=utf-8 (a file of each encoding apart), or convert it to one encoding"
+            )
         return
     if text is None and sample[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
         raise ConfigError(f"input file {path} is not {encoding} text: it starts as UTF-16 does: encoding=utf-16")
@@ -318,6 +359,17 @@ def _check_text(path: Path, encoding: str, sample_bytes: int = 1 << 16) -> None:
         f"input file {path} is not a text CSV (binary bytes in its first {len(sample):,}): give CSV/TSV text, "
         "Parquet, .npy, .npz or .pt"
     )
+
+
+def _is_utf8(sample: bytes) -> bool:
+    """Whether bytes beyond ASCII decode as UTF-8: text in a one-byte encoding almost never does."""
+    if sample.isascii():
+        return False
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(sample, final=False)
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _separator_hint(names: Sequence[str]) -> str:
@@ -402,6 +454,31 @@ def _parquet_batches(path: Path, options: ReadOptions) -> Iterator[Any]:
         raise ConfigError(f"input file {path} cannot be read as Parquet: {str(err).splitlines()[0]}") from None
 
 
+def _detected(
+    names: Sequence[str], candidates: Sequence[str], where: str, kind: str, role: str, key: str = "label"
+) -> str | None:
+    """The one candidate name present, logged; ConfigError when several are (which is meant cannot be told)."""
+    found = [c for c in candidates if c in names]
+    if len(found) > 1:
+        raise ConfigError(
+            f"{where} has several {kind}s that could be the {role} ({', '.join(map(repr, found))}): name it, e.g. "
+            f"{key}={found[-1]}"
+        )
+    return found[0] if found else None
+
+
+# Columns pandas writes for a DataFrame's index: never a feature unless named in `features=`.
+_INDEX_COLUMN = re.compile(r"^(|Unnamed: \d+|__index_level_\d+__)$")
+
+
+def _default_features(names: Sequence[str], special: set[str | None], path: Path) -> list[str]:
+    """Every column but the label, group and split ones and a pandas index (logged when left out)."""
+    index = [n for n in names if _INDEX_COLUMN.match(n) and n not in special]
+    if index:
+        log.info("input file %s: column(s) %s left out as a pandas index (features=[...] to use them)", path, index)
+    return [n for n in names if n not in special and n not in index]
+
+
 def check_feature_columns(batch: Any, columns: Sequence[str], path: Path, decimal: str = ".") -> None:
     """ConfigError for a feature column the pyarrow `batch` lacks or that does not hold numbers."""
     pa = _pyarrow()
@@ -441,8 +518,11 @@ def _table_chunks(batches: Iterator[Any], path: Path, options: ReadOptions) -> I
     for batch in batches:
         names = batch.schema.names
         if columns is None:
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:
+                raise ConfigError(f"input file {path}: column {twice[0]!r} appears more than once; give each its name")
             if label is None:
-                label = next((c for c in LABEL_COLUMNS if c in names), None)
+                label = _detected(names, LABEL_COLUMNS, f"input file {path}", "column", "label")
                 if label is None:
                     raise ConfigError(
                         f"input file {path}: no label column; name it with label= (columns: {names})"
@@ -455,7 +535,7 @@ def _table_chunks(batches: Iterator[Any], path: Path, options: ReadOptions) -> I
                     )
             special = {label, options.group, options.split_column}
             given = [options.features] if isinstance(options.features, str) else options.features  # one column
-            columns = list(given) if given else [c for c in names if c not in special]
+            columns = list(given) if given else _default_features(names, special, path)
             if not columns:
                 raise ConfigError(f"input file {path}: no feature columns besides {sorted(special - {None})}")
             for name in columns:
@@ -472,10 +552,12 @@ def _table_chunks(batches: Iterator[Any], path: Path, options: ReadOptions) -> I
             raise ConfigError(f"input file {path}, row {null_at}: label {label!r} is empty")
         label_values = labels.to_numpy(zero_copy_only=False)
         check_labels(label_values, f"input file {path}", first_row, label)
+        groups = batch.column(options.group).to_numpy(zero_copy_only=False) if options.group else None
+        check_groups(groups, f"input file {path}", first_row, options.group or "")
         yield Chunk(
             features=features,
             labels=label_values,
-            groups=batch.column(options.group).to_numpy(zero_copy_only=False) if options.group else None,
+            groups=groups,
             splits=batch.column(options.split_column).to_numpy(zero_copy_only=False) if options.split_column else None,
             source=str(path),
             first_row=first_row,

@@ -63,20 +63,44 @@ def aligned_features(chunk: Chunk, names: list[str] | None) -> np.ndarray:
 _INTEGER = re.compile(r"^[+-]?[0-9]+$")
 
 
-def _check_no_stray_word(names: np.ndarray, chunk: Chunk) -> None:
-    """ConfigError naming the row of a word among labels that are whole numbers written as text.
+def _check_no_stray_word(names: np.ndarray, chunk: Chunk, earlier: list[str]) -> None:
+    """ConfigError naming the row of a word among labels that are whole numbers written as text, or the reverse.
 
     Such labels are codes named by their numbers (a Parquet string column); one word among them is
-    most likely a stray cell, which would silently become a class of its own.
+    most likely a stray cell, which would silently become a class of its own. `earlier`: the names of the
+    chunks (and files) before, so that codes in one file and words in another are refused too.
     """
     uniques = [str(u) for u in np.unique(names)]
-    numbers = [u for u in uniques if _INTEGER.match(u)]
-    if numbers and len(numbers) < len(uniques):
-        word = next(u for u in uniques if not _INTEGER.match(u))
-        row = int(np.flatnonzero(names == word)[0])
+    seen = earlier + uniques
+    if len({bool(_INTEGER.match(u)) for u in seen}) < 2:
+        return
+    # The kind that came first is the rule (codes sort before words within a chunk); the odd one is in this chunk.
+    codes_first = bool(_INTEGER.match(seen[0]))
+    odd = next(u for u in uniques if bool(_INTEGER.match(u)) != codes_first)
+    example = next(u for u in seen if bool(_INTEGER.match(u)) == codes_first)
+    row = int(np.flatnonzero(names == odd)[0])
+    kind = "not a number but others are" if codes_first else "a number but others are words"
+    raise ConfigError(
+        f"input file {chunk.source}, row {chunk.first_row + row}: label {odd!r} is {kind} (e.g. {example!r}): "
+        "correct that row, or give class_names=[...] to name every class"
+    )
+
+
+# Cells that spell a missing value (pyarrow's and pandas' own spellings), unless class_names names them.
+_MISSING = {"", "NA", "N/A", "n/a", "NaN", "nan", "null", "NULL", "#N/A", "<NA>"}
+
+
+def _check_no_missing_name(labels: np.ndarray, chunk: Chunk, class_names: list[str]) -> None:
+    """ConfigError naming the row of a name label that is a missing value (None, NaN, or text such as `NA`)."""
+    absent = np.array([v is None or (isinstance(v, float) and v != v) for v in labels], dtype=bool)
+    spelt = np.isin(np.char.strip(labels.astype(str)), sorted(_MISSING - set(class_names))) & ~absent
+    bad = absent | spelt
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        shown = f" ({str(labels[row]).strip()!r})" if spelt[row] else ""
         raise ConfigError(
-            f"input file {chunk.source}, row {chunk.first_row + row}: label {word!r} is not a number but others "
-            f"are (e.g. {numbers[0]!r}): correct that row, or give class_names=[...] to name every class"
+            f"input file {chunk.source}, row {chunk.first_row + row}: label is missing{shown}: correct that row, "
+            "or name it in class_names=[...] if it is a class"
         )
 
 
@@ -99,7 +123,12 @@ class LabelEncoder:
 
     def __init__(self, num_classes: int | None = None, class_names: list[str] | None = None) -> None:
         self.fixed = list(class_names) if class_names else None
+        self.asked_classes = num_classes
         self.num_classes = len(self.fixed) if self.fixed else num_classes
+        # Class names that are all whole numbers name codes: number labels are matched to them by value
+        # (class_names=[1,2,3] for labels 1..3), not taken as indices into the list.
+        codes = self.fixed is not None and all(_INTEGER.match(name) for name in self.fixed)
+        self.code_index = {int(name): i for i, name in enumerate(self.fixed)} if codes and self.fixed else None
         self.names: dict[str, int] = {}  # name -> order of first appearance
         self.numeric: bool | None = None
         self.max_label = -1
@@ -117,9 +146,10 @@ class LabelEncoder:
                 f"labels before it are {before}: give one kind of label (or class_names=[...] to name them all)"
             )
         if not numeric:
+            _check_no_missing_name(labels, chunk, self.fixed or [])
             names = np.char.strip(labels.astype(str))
             if self.fixed is None:
-                _check_no_stray_word(names, chunk)
+                _check_no_stray_word(names, chunk, list(self.names))
             return self._encode_names(names, chunk)
         bad = ~np.isfinite(labels) if labels.dtype.kind == "f" else np.zeros(len(labels), dtype=bool)
         if labels.dtype.kind == "f":
@@ -130,6 +160,8 @@ class LabelEncoder:
                 f"input file {chunk.source}, row {chunk.first_row + row}: label {labels[row]} is not a whole number"
             )
         codes = labels.astype(np.int64)
+        if self.code_index is not None:
+            return self._encode_codes(codes, chunk)
         if len(codes) and codes.max() >= MAX_CLASSES and not self.num_classes:
             row = int(codes.argmax())
             raise ConfigError(
@@ -148,6 +180,18 @@ class LabelEncoder:
         if len(codes):
             self.max_label = max(self.max_label, int(codes.max()))
         return codes
+
+    def _encode_codes(self, codes: np.ndarray, chunk: Chunk) -> np.ndarray:
+        assert self.code_index is not None
+        uniques, inverse = np.unique(codes, return_inverse=True)
+        unknown = [int(u) for u in uniques if int(u) not in self.code_index]
+        if unknown:
+            row = int(np.flatnonzero(codes == unknown[0])[0])
+            raise ConfigError(
+                f"input file {chunk.source}, row {chunk.first_row + row}: label {unknown[0]} is not one of "
+                f"class_names={self.fixed}"
+            )
+        return np.asarray([self.code_index[int(u)] for u in uniques], dtype=np.int64)[inverse]
 
     def _encode_names(self, names: np.ndarray, chunk: Chunk) -> np.ndarray:
         uniques, inverse = np.unique(names, return_inverse=True)
@@ -170,6 +214,11 @@ class LabelEncoder:
             return None, self.fixed  # names were numbered by the list itself
         if self.numeric is False:
             ordered = _name_order(list(self.names))
+            if self.asked_classes is not None and self.asked_classes != len(ordered):
+                raise ConfigError(
+                    f"num_classes={self.asked_classes} but the labels name {len(ordered)} classes {ordered[:8]}: "
+                    "for named labels give class_names=[...] (every class, in order) instead"
+                )
             remap = np.empty(len(ordered), dtype=np.int64)
             for index, name in enumerate(ordered):
                 remap[self.names[name]] = index
