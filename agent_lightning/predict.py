@@ -33,6 +33,7 @@ from agent_lightning.data.readers import (
     check_feature_columns,
     expand_inputs,
     feature_matrix,
+    is_number_type,
     table_batches,
 )
 from agent_lightning.errors import ConfigError, signals_stop
@@ -164,7 +165,7 @@ def _columns(
     """(feature columns, kept columns) of a file, from its first batch."""
     names = batch.schema.names
     if features is None:  # a model whose training data named no columns: every numeric column not kept, in order
-        features = [n for n in names if n not in (keep or ()) and _is_number(batch.schema.field(n).type)]
+        features = [n for n in names if n not in (keep or ()) and is_number_type(batch.schema.field(n).type)]
         if len(features) != obs_dim:
             raise ConfigError(
                 f"input file {file}: the model does not name its {obs_dim} feature columns and this file has "
@@ -190,12 +191,6 @@ def _columns(
             "e.g. keep=[...] without it"
         )
     return list(features), kept
-
-
-def _is_number(kind: Any) -> bool:
-    import pyarrow as pa
-
-    return pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
 
 
 def _act(policy: Any, x: np.ndarray, file: Path, first_row: int, columns: list[str]) -> tuple[np.ndarray, np.ndarray]:

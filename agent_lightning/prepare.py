@@ -359,9 +359,9 @@ def _write(
         with tqdm(desc="prepare: read", unit=" rows", disable=not progress_bar, file=sys.stderr) as bar:
             for source, fixed_split in sources:
                 for chunk in read_chunks(source, options):
-                    width = check_features(chunk, width)
                     feature_names = feature_names or chunk.feature_names
-                    features = aligned_features(chunk, feature_names)
+                    features = aligned_features(chunk, feature_names)  # by name first: it names the columns
+                    width = check_features(chunk, width)
                     codes = encoder.encode(chunk)
                     splits = assigner.assign(chunk, fixed_split)
                     groups = group_codes(chunk.groups) if options.group else None

@@ -222,8 +222,8 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[Path, dict, str]]:
     cases["decimal comma"] = (
         tmp / "semicolons.csv",
         {"delimiter": "semicolon"},
-        r"semicolons.csv: feature column 'f0' holds string, not numbers \(e.g. '[-\d]+,\d+'\): if ',' is its decimal "
-        r"point, add decimal=comma$",
+        r"semicolons.csv, row 0: feature f0 is '[-\d]+,\d+', not a number: if ',' is its decimal point, add "
+        r"decimal=comma$",
     )
     cases["decimal is delimiter"] = (
         tmp / "semicolons.csv",
@@ -319,6 +319,12 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[Path, dict, str]]:
         {"encoding": "cp1252"},
         r"utf8.csv is UTF-8 text, not cp1252 \(its accents would read as two characters each\)",
     )
+    text = (tmp / "ok.csv").read_text().splitlines()
+    text[5] = text[5].replace(text[5].split(",")[1], "#DIV/0!", 1)  # a spreadsheet's error cell, row 4
+    (tmp / "div.csv").write_text("\n".join(text) + "\n")
+    cases["text cell"] = (tmp / "div.csv", {}, r"div.csv, row 4: feature f1 is '#DIV/0!', not a number$")
+    frame.assign(f3=np.nan).to_csv(tmp / "blank_column.csv", index=False)  # read as a column of nulls
+    cases["empty column"] = (tmp / "blank_column.csv", {}, r"blank_column.csv, row 0: feature f3 is nan")
     torch.save({"features": x.tolist(), "labels": y.tolist()}, tmp / "lists.pt")
     cases["lists pt"] = (tmp / "lists.pt", {}, r"lists.pt: 'features' is a list, not an array of numbers: save tensors")
     return cases
@@ -359,6 +365,18 @@ def test_pandas_index_columns_codes_named_by_class_names_and_odd_arrays_are_read
     assert np.array_equal(got, _all_rows(tmp_path / "plain", "train")[1])  # label k+1 is class k
     with pytest.raises(ConfigError, match=r"row \d+: label 3 is not one of class_names=\['1', '2'\]"):
         prepare(tmp_path / "codes.csv", tmp_path / "two", class_names=["1", "2"], progress_bar=False)
+    # Decimal columns (databases, Spark) are numbers.
+    import decimal
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cents = pa.array([decimal.Decimal(f"{v:.2f}") for v in frame["f0"]], type=pa.decimal128(12, 2))
+    pq.write_table(pa.table({"price": cents, "label": frame["label"]}), tmp_path / "money.parquet")
+    money = prepare(tmp_path / "money.parquet", tmp_path / "money", split="random", progress_bar=False)
+    read = np.concatenate([_all_rows(tmp_path / "money", split)[0][:, 0] for split in ("train", "val", "test")])
+    assert money["feature_names"] == ["price"]
+    assert np.allclose(np.sort(read), np.sort(np.round(frame["f0"].to_numpy(np.float64), 2)), atol=1e-5)
     # Half-precision tensors and a tuple of lists are numbers too.
     x = frame.drop(columns=["label"]).to_numpy(np.float32)
     torch.save(

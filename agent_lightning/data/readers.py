@@ -486,21 +486,51 @@ def check_feature_columns(batch: Any, columns: Sequence[str], path: Path, decima
         if name not in batch.schema.names:
             raise ConfigError(f"input file {path} has no feature column {name!r}; its columns are {batch.schema.names}")
         kind = batch.schema.field(name).type
-        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)):
-            raise ConfigError(
-                f"input file {path}: feature column {name!r} holds {kind}, not numbers"
-                + _decimal_hint(batch.column(name), decimal)
-            )
+        if is_number_type(kind) or pa.types.is_null(kind):  # null: empty so far, named by row as NaN
+            continue
+        if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+            row, value = _first_non_number(batch.column(name))
+            if row is not None:
+                raise ConfigError(
+                    f"input file {path}, row {row}: feature {name} is {value!r}, not a number"
+                    + _decimal_hint(value, decimal)
+                )
+        raise ConfigError(f"input file {path}: feature column {name!r} holds {kind}, not numbers")
+
+
+def is_number_type(kind: Any) -> bool:
+    """Whether a pyarrow type holds numbers a feature can be (integers, floats, decimals, booleans)."""
+    pa = _pyarrow()
+    return (
+        pa.types.is_integer(kind)
+        or pa.types.is_floating(kind)
+        or pa.types.is_boolean(kind)
+        or (pa.types.is_decimal(kind))
+    )
+
+
+def _first_non_number(column: Any) -> tuple[int | None, Any]:
+    """(row, value) of the first cell of a text column that is not a number; (None, None) if every one is."""
+    for row, value in enumerate(column.to_pylist()):
+        if value is None:
+            continue
+        try:
+            float(value)
+        except ValueError:
+            return row, value
+    return None, None
 
 
 def feature_matrix(batch: Any, columns: Sequence[str]) -> np.ndarray:
     """The pyarrow `batch`'s numeric `columns` as a float32 [rows, columns] array (an empty cell as NaN)."""
+    pa = _pyarrow()
     # Column by column into rows of a [features, rows] array, then one transposing copy: writing
     # each column into a strided [rows, features] array is ~9x slower.
     by_column = np.empty((len(columns), batch.num_rows), dtype=np.float32)
     for j, name in enumerate(columns):
         column = batch.column(name)
-        by_column[j] = column.to_numpy(zero_copy_only=False) if column.null_count == 0 else _nan_filled(column)
+        plain = column.null_count == 0 and not pa.types.is_decimal(column.type)
+        by_column[j] = column.to_numpy(zero_copy_only=False) if plain else _nan_filled(column)
     return np.ascontiguousarray(by_column.T)
 
 
@@ -566,14 +596,13 @@ def _table_chunks(batches: Iterator[Any], path: Path, options: ReadOptions) -> I
         first_row += batch.num_rows
 
 
-def _decimal_hint(column: Any, decimal: str) -> str:
-    """A hint naming `decimal=` when a text column's first value is a number with another decimal point."""
-    first = next((value for value in column.to_pylist() if value is not None), None)
-    match = re.fullmatch(r"[-+]?\d*([.,])\d+", first.strip()) if isinstance(first, str) else None
+def _decimal_hint(value: str, decimal: str) -> str:
+    """A hint naming `decimal=` when a text cell is a number with another decimal point."""
+    match = re.fullmatch(r"[-+]?\d*([.,])\d+", value.strip())
     if match is None or match.group(1) == decimal:
         return ""
     point = "decimal=comma" if match.group(1) == "," else "decimal=."
-    return f" (e.g. {first!r}): if {match.group(1)!r} is its decimal point, add {point}"
+    return f": if {match.group(1)!r} is its decimal point, add {point}"
 
 
 def _nan_filled(column: Any) -> np.ndarray:
