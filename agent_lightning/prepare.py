@@ -39,7 +39,7 @@ from agent_lightning.arguments import (
 from agent_lightning.config import hydra_command
 from agent_lightning.data.csv_dialect import CSV_RULES, csv_dialect
 from agent_lightning.data.manifest import FORMAT, MANIFEST, SPLITS, VERSION, fingerprint, sha256_of, write_manifest
-from agent_lightning.data.readers import ReadOptions, expand_inputs, input_bytes, read_chunks
+from agent_lightning.data.readers import ReadOptions, expand_inputs, input_bytes, is_data_frame, read_chunks
 from agent_lightning.data.splits import RULES as SPLIT_RULES
 from agent_lightning.data.splits import SplitAssigner, group_codes
 from agent_lightning.data.stream_dir import (
@@ -71,7 +71,7 @@ Arrays = Mapping[str, Any] | tuple
 def _input(value: Any) -> bool:
     if isinstance(value, list):
         return bool(value) and all(path(v) for v in value)
-    return path(value) or isinstance(value, Mapping | tuple)
+    return path(value) or isinstance(value, Mapping | tuple) or is_data_frame(value)
 
 
 def _class_names(value: Any) -> bool:
@@ -130,13 +130,13 @@ def _sources(input: Any) -> list[tuple[Path | Arrays, str | None]]:
                 continue
             pairs += [(f, name) for f in (expand_inputs(spec) if isinstance(spec, str | Path | list) else [spec])]
         return pairs
-    if isinstance(input, Mapping | tuple):
+    if isinstance(input, Mapping | tuple) or is_data_frame(input):
         return [(input, None)]
     return [(f, None) for f in expand_inputs(input)]
 
 
 def prepare(
-    input: str | Path | Sequence[str | Path] | Arrays | Mapping[str, Any],
+    input: str | Path | Sequence[str | Path] | Arrays | Mapping[str, Any] | Any,
     output: str | Path,
     label: str | None = None,
     group: str | None = None,
@@ -209,7 +209,7 @@ def prepare(
         decimal=decimal,
     )
     files = [s for s, _ in sources if isinstance(s, Path)]
-    size = input_bytes(files) if files else sum(np.asarray(a).nbytes for a in _arrays_of(input))
+    size = input_bytes(files) if files else _in_memory_bytes(input)
     buckets = max(1, math.ceil(size / (bucket_mb * 2**20)))
 
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -226,7 +226,9 @@ def prepare(
         encoder = LabelEncoder(num_classes, class_names)
         manifest = _write(sources, options, assigner, work, buckets, shard_rows, encoder, seed, progress_bar)
         manifest["source"] = {
-            "input": [str(s) if isinstance(s, Path) else "<arrays>" for s, _ in sources],
+            "input": [
+                str(s) if isinstance(s, Path) else "<DataFrame>" if is_data_frame(s) else "<arrays>" for s, _ in sources
+            ],
             "split": rule,
             "val_fraction": val_fraction,
             "test_fraction": test_fraction,
@@ -330,12 +332,21 @@ def _process_gone(path: Path, marker: str) -> bool:
     return False
 
 
-def _arrays_of(input: Any) -> list[Any]:
+def _described(source: Any) -> str:
+    """An input as the manifest records it: a file's path, or what was given in memory."""
+    if isinstance(source, Path):
+        return str(source)
+    return "<DataFrame>" if is_data_frame(source) else "<arrays>"
+
+
+def _in_memory_bytes(input: Any) -> int:
+    if is_data_frame(input):
+        return int(input.memory_usage(deep=False).sum())
     if isinstance(input, tuple):
-        return list(input)
-    if isinstance(input, Mapping):
-        return [v for v in input.values() if hasattr(v, "nbytes")]
-    return []
+        return sum(np.asarray(a).nbytes for a in input)
+    if isinstance(input, Mapping):  # arrays, or one per split
+        return sum(_in_memory_bytes(v) if is_data_frame(v) else getattr(v, "nbytes", 0) for v in input.values())
+    return 0
 
 
 def _write(

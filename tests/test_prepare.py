@@ -348,13 +348,14 @@ def test_each_bad_input_is_refused_naming_the_file(tmp_path: Path) -> None:
         assert not (tmp_path / f"out-{name.replace(' ', '-')}").exists(), name  # nothing half-written left
 
 
-def test_pandas_index_columns_codes_named_by_class_names_and_odd_arrays_are_read_as_meant(tmp_path: Path) -> None:
+def test_data_frames_index_columns_numeric_class_names_and_odd_arrays_are_read_as_meant(tmp_path: Path) -> None:
     frame = _table(rows=200).drop(columns=["episode"])
     frame.to_csv(tmp_path / "indexed.csv")  # pandas' default: the index as a first, unnamed column
     frame.sample(frac=1, random_state=0).to_parquet(tmp_path / "indexed.parquet")  # as __index_level_0__
+    manifest_names = [f"f{i}" for i in range(6)]
     for name in ("indexed.csv", "indexed.parquet"):
         manifest = prepare(tmp_path / name, tmp_path / name.replace(".", "-"), progress_bar=False)
-        assert manifest["feature_names"] == [f"f{i}" for i in range(6)], name
+        assert manifest["feature_names"] == manifest_names, name
     # Codes 1..3 named by the training data's class_names: matched by value, not used as indices.
     coded = frame.assign(label=frame["label"] + 1)
     coded.to_csv(tmp_path / "codes.csv", index=False)
@@ -377,6 +378,14 @@ def test_pandas_index_columns_codes_named_by_class_names_and_odd_arrays_are_read
     read = np.concatenate([_all_rows(tmp_path / "money", split)[0][:, 0] for split in ("train", "val", "test")])
     assert money["feature_names"] == ["price"]
     assert np.allclose(np.sort(read), np.sort(np.round(frame["f0"].to_numpy(np.float64), 2)), atol=1e-5)
+    # A DataFrame is read as a table (its columns by name, the label detected); a dict of its columns keeps names.
+    from_frame = prepare(frame, tmp_path / "frame", progress_bar=False)
+    assert from_frame["feature_names"] == manifest_names and from_frame["source"]["input"] == ["<DataFrame>"]
+    assert np.array_equal(_all_rows(tmp_path / "frame", "train")[1], _all_rows(tmp_path / "plain", "train")[1])
+    columns = {"x": frame[manifest_names], "y": frame["label"].to_numpy()}
+    assert prepare(columns, tmp_path / "columns", progress_bar=False)["feature_names"] == manifest_names
+    per_split = prepare({"train": frame.iloc[:150], "test": frame.iloc[150:]}, tmp_path / "split", progress_bar=False)
+    assert [per_split["splits"][s]["rows"] for s in ("train", "val", "test")] == [150, 0, 50]
     # Half-precision tensors and a tuple of lists are numbers too.
     x = frame.drop(columns=["label"]).to_numpy(np.float32)
     torch.save(

@@ -92,8 +92,17 @@ def input_bytes(files: Sequence[Path]) -> int:
     return sum(f.stat().st_size for f in files)
 
 
+def is_data_frame(value: Any) -> bool:
+    """Whether `value` is a pandas DataFrame (told without importing pandas)."""
+    return hasattr(value, "columns") and hasattr(value, "iloc") and hasattr(value, "dtypes")
+
+
 def read_chunks(source: Path | Mapping[str, Any] | tuple, options: ReadOptions) -> Iterator[Chunk]:
-    """Chunks of rows of one input file or one in-memory set of arrays."""
+    """Chunks of rows of one input file, one pandas DataFrame or one in-memory set of arrays."""
+    if is_data_frame(source):  # a table like a file's: columns by name, the label detected or named
+        table = _pyarrow().Table.from_pandas(source, preserve_index=False)
+        yield from _table_chunks(iter(table.to_batches(max_chunksize=options.chunk_rows)), "DataFrame", options)
+        return
     if not isinstance(source, Path):
         yield from _array_chunks(_named_arrays(source, "input arrays", options), "input arrays", options)
         return
@@ -284,6 +293,7 @@ def _array_chunks(arrays: dict[str, Any], where: str, options: ReadOptions) -> I
             splits=part.get("splits"),
             source=where,
             first_row=start,
+            feature_names=[str(c) for c in features.columns] if is_data_frame(features) else None,
         )
 
 
@@ -471,7 +481,7 @@ def _detected(
 _INDEX_COLUMN = re.compile(r"^(|Unnamed: \d+|__index_level_\d+__)$")
 
 
-def _default_features(names: Sequence[str], special: set[str | None], path: Path) -> list[str]:
+def _default_features(names: Sequence[str], special: set[str | None], path: Path | str) -> list[str]:
     """Every column but the label, group and split ones and a pandas index (logged when left out)."""
     index = [n for n in names if _INDEX_COLUMN.match(n) and n not in special]
     if index:
@@ -479,7 +489,7 @@ def _default_features(names: Sequence[str], special: set[str | None], path: Path
     return [n for n in names if n not in special and n not in index]
 
 
-def check_feature_columns(batch: Any, columns: Sequence[str], path: Path, decimal: str = ".") -> None:
+def check_feature_columns(batch: Any, columns: Sequence[str], path: Path | str, decimal: str = ".") -> None:
     """ConfigError for a feature column the pyarrow `batch` lacks or that does not hold numbers."""
     pa = _pyarrow()
     for name in columns:
@@ -541,7 +551,7 @@ def table_batches(path: Path, options: ReadOptions) -> Iterator[Any]:
     return _parquet_batches(path, options)
 
 
-def _table_chunks(batches: Iterator[Any], path: Path, options: ReadOptions) -> Iterator[Chunk]:
+def _table_chunks(batches: Iterator[Any], path: Path | str, options: ReadOptions) -> Iterator[Chunk]:
     first_row = 0
     columns: list[str] | None = None
     label = options.label
