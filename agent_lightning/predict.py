@@ -34,6 +34,7 @@ from agent_lightning.data.readers import (
     expand_inputs,
     feature_matrix,
     is_number_type,
+    kind_of,
     table_batches,
 )
 from agent_lightning.errors import ConfigError, signals_stop
@@ -102,7 +103,7 @@ def predict(
 
     files = expand_inputs(input)
     for file in files:
-        if file.suffix.lower() not in TABLE_SUFFIXES:
+        if kind_of(file) not in TABLE_SUFFIXES:
             raise ConfigError(f"input file {file}: predict reads tables ({', '.join(TABLE_SUFFIXES)}), not arrays")
     output = Path(output)
     _check_output(output, files, overwrite)

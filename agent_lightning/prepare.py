@@ -115,6 +115,10 @@ RULES: tuple[Rule, ...] = (
 )
 
 
+def _as_name(value: Any) -> Any:
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
 def _sources(input: Any) -> list[tuple[Path | Arrays, str | None]]:
     """(input, its fixed split or None) pairs; a mapping with split names as keys means one input per split."""
     files_per_split = isinstance(input, Mapping) and any(
@@ -166,6 +170,10 @@ def prepare(
     `part` names it); its classes default to the stream's. `end_stream=True` then writes the stream's
     end marker: this was its last part. `delimiter`, `encoding` and `decimal` say how CSV/TSV text is written.
     """
+    # A column named by a number (`label=3` on the command line, a header `0,1,2,3`) is that name as text.
+    label, group, split_column = (_as_name(v) for v in (label, group, split_column))
+    if isinstance(features, list | tuple):
+        features = [_as_name(v) for v in features]
     check_arguments(locals(), RULES)
     # Plain Python numbers from here on (a numpy integer would not go into the manifest's JSON).
     val_fraction, test_fraction, seed = float(val_fraction), float(test_fraction), int(seed)

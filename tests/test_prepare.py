@@ -418,6 +418,29 @@ def test_csv_in_another_dialect_gives_the_dataset_of_a_plain_csv(tmp_path: Path)
             assert np.array_equal(got[0], expected[0]) and np.array_equal(got[1], expected[1]), (name, split)
 
 
+def test_compressed_csv_excels_separator_line_utf16_without_a_mark_and_number_headers_are_read(tmp_path: Path) -> None:
+    frame = _table(rows=300).drop(columns=["episode"])
+    frame.to_csv(tmp_path / "plain.csv", index=False)
+    reference = (
+        _all_rows(tmp_path / "plain-out", "train")
+        if prepare(tmp_path / "plain.csv", tmp_path / "plain-out", progress_bar=False)
+        else None
+    )
+    frame.to_csv(tmp_path / "packed.csv.gz", index=False)
+    (tmp_path / "excel.csv").write_text("sep=;\n" + frame.to_csv(index=False, sep=";"))
+    (tmp_path / "wide.csv").write_bytes(frame.to_csv(index=False).encode("utf-16-le"))
+    with pytest.raises(ConfigError, match=r"wide.csv is not utf-8 text: it reads as UTF-16 does: encoding=utf-16-le$"):
+        prepare(tmp_path / "wide.csv", tmp_path / "wide", progress_bar=False)
+    for name, extra in (("packed.csv.gz", {}), ("excel.csv", {}), ("wide.csv", {"encoding": "utf-16-le"})):
+        prepare(tmp_path / name, tmp_path / f"out-{name}", progress_bar=False, **extra)
+        got = _all_rows(tmp_path / f"out-{name}", "train")
+        assert np.array_equal(got[0], reference[0]) and np.array_equal(got[1], reference[1]), name
+    numbered = frame.set_axis([str(i) for i in range(7)], axis=1)  # pd.DataFrame(X) headers: 0..6, the label last
+    numbered.to_csv(tmp_path / "numbered.csv", index=False)
+    manifest = prepare(tmp_path / "numbered.csv", tmp_path / "numbered", label=6, features=[0, 1], progress_bar=False)
+    assert manifest["feature_names"] == ["0", "1"] and manifest["num_classes"] == 3
+
+
 def test_a_malicious_pickle_never_runs(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     payload = _Payload()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import glob
+import io
 import logging
 import math
 import re
@@ -31,6 +32,17 @@ LABEL_KEYS = ("labels", "y", "actions", "action", "label", "targets", "target")
 LABEL_COLUMNS = ("label", "labels", "y", "action", "actions", "target", "class")
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
 ARRAY_SUFFIXES = (".npy", ".npz", ".pt")
+COMPRESSED = (".gz", ".bz2", ".zst", ".lz4")  # CSV/TSV text read through the codec its suffix names
+
+
+def kind_of(path: Path) -> str:
+    """A file's type by its suffix, past a compression suffix: `data.csv.gz` is `.csv`."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if len(suffixes) >= 2 and suffixes[-1] in COMPRESSED and suffixes[-2] in (".csv", ".tsv"):
+        return suffixes[-2]
+    return path.suffix.lower()
+
+
 INSTALL_HINT = "pip install 'lightning-agent-trainer[data]'"
 
 
@@ -72,16 +84,16 @@ def expand_inputs(spec: str | Path | Sequence[str | Path]) -> list[Path]:
     for pattern in patterns:
         path = Path(pattern)
         if path.is_dir():
-            matched = sorted(p for p in path.iterdir() if p.suffix.lower() in TABLE_SUFFIXES + ARRAY_SUFFIXES)
+            matched = sorted(p for p in path.iterdir() if kind_of(p) in TABLE_SUFFIXES + ARRAY_SUFFIXES)
         else:
             matched = [Path(p) for p in sorted(glob.glob(str(pattern)))]
         if not matched:
             raise ConfigError(f"input={pattern} matches no file")
         for file in matched:
-            if file.suffix.lower() not in TABLE_SUFFIXES + ARRAY_SUFFIXES:
+            if kind_of(file) not in TABLE_SUFFIXES + ARRAY_SUFFIXES:
                 raise ConfigError(
                     f"input file {file}: unsupported type {file.suffix!r}; use one of "
-                    f"{', '.join(TABLE_SUFFIXES + ARRAY_SUFFIXES)}"
+                    f"{', '.join(TABLE_SUFFIXES + ARRAY_SUFFIXES)} (CSV/TSV also as .csv.gz, .bz2, .zst or .lz4)"
                 )
         files += matched
     return files
@@ -106,8 +118,8 @@ def read_chunks(source: Path | Mapping[str, Any] | tuple, options: ReadOptions) 
     if not isinstance(source, Path):
         yield from _array_chunks(_named_arrays(source, "input arrays", options), "input arrays", options)
         return
-    suffix = source.suffix.lower()
-    if suffix in (".csv", ".tsv", ".parquet", ".pq"):
+    suffix = kind_of(source)
+    if suffix in TABLE_SUFFIXES:
         yield from _table_chunks(table_batches(source, options), source, options)
     elif suffix == ".npy":
         yield from _array_chunks(_npy_arrays(source, options), str(source), options)
@@ -345,8 +357,11 @@ def _pyarrow() -> Any:
 
 def _check_text(path: Path, encoding: str, sample_bytes: int = 1 << 16) -> None:
     """ConfigError for a file named as text (CSV/TSV) whose first bytes are not text in `encoding`."""
-    with open(path, "rb") as file:
-        sample = file.read(sample_bytes)
+    try:
+        with _pyarrow().input_stream(str(path), compression="detect") as file:
+            sample = file.read(sample_bytes)
+    except OSError as err:  # a damaged compressed file
+        raise ConfigError(f"input file {path} cannot be read: {str(err).splitlines()[0]}") from None
     try:
         text = codecs.getincrementaldecoder(encoding)().decode(sample, final=False)  # a cut character is fine
     except UnicodeDecodeError:
@@ -365,10 +380,20 @@ def _check_text(path: Path, encoding: str, sample_bytes: int = 1 << 16) -> None:
             f"input file {path} is not {encoding} text: if it is text in another encoding, name it, e.g. "
             "encoding=latin-1 or encoding=cp1252"
         )
+    odd, even = sample[1::2], sample[0::2]
+    for zeros, chars, name in ((odd, even, "utf-16-le"), (even, odd, "utf-16-be")):
+        if _utf16_without_mark(zeros, chars):
+            raise ConfigError(f"input file {path} is not {encoding} text: it reads as UTF-16 does: encoding={name}")
     raise ConfigError(
         f"input file {path} is not a text CSV (binary bytes in its first {len(sample):,}): give CSV/TSV text, "
         "Parquet, .npy, .npz or .pt"
     )
+
+
+def _utf16_without_mark(zeros: bytes, chars: bytes) -> bool:
+    """Whether bytes look like ASCII written as UTF-16: every other byte 0, the others printable text."""
+    printable = sum(32 <= b < 127 or b in (9, 10, 13) for b in chars)
+    return len(zeros) > 8 and zeros.count(0) > 0.9 * len(zeros) and printable > 0.9 * len(chars)
 
 
 def _is_utf8(sample: bytes) -> bool:
@@ -403,14 +428,15 @@ def _csv_batches(path: Path, options: ReadOptions) -> Iterator[Any]:
         bad_row.append(row)
         return "error"
 
-    delimiter = options.delimiter or ("\t" if path.suffix.lower() == ".tsv" else ",")
+    excel_sep = _excel_separator(path, options.encoding)  # Excel's first line `sep=;` names the delimiter
+    delimiter = options.delimiter or excel_sep or ("\t" if kind_of(path) == ".tsv" else ",")
     if options.decimal == delimiter:
         raise ConfigError(
             f"decimal and the field delimiter of {path} are both {delimiter!r}: they must differ, e.g. "
             "delimiter=semicolon decimal=comma"
         )
     parse = csv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid)
-    read = csv.ReadOptions(block_size=1 << 24, encoding=options.encoding)
+    read = csv.ReadOptions(block_size=1 << 24, encoding=options.encoding, skip_rows=1 if excel_sep else 0)
     try:
         first_types = csv.ConvertOptions(decimal_point=options.decimal)
         with csv.open_csv(path, read_options=read, parse_options=parse, convert_options=first_types) as first_block:
@@ -440,9 +466,20 @@ def _csv_batches(path: Path, options: ReadOptions) -> Iterator[Any]:
         raise ConfigError(f"input file {path}: {str(err).splitlines()[0]}") from None
 
 
+def _open_text(path: Path, encoding: str) -> Any:
+    """The file as text, decompressed where its suffix names a codec."""
+    return io.TextIOWrapper(_pyarrow().input_stream(str(path), compression="detect"), encoding, errors="replace")
+
+
+def _excel_separator(path: Path, encoding: str) -> str | None:
+    with _open_text(path, encoding) as file:
+        match = re.fullmatch(r"\ufeff?sep=(.)", file.readline().rstrip("\r\n"))
+    return match.group(1) if match else None
+
+
 def _line_of(path: Path, text: str, encoding: str) -> int | str:
     # pyarrow's streaming reader does not count lines: find the bad row's text, one line at a time.
-    with open(path, encoding=encoding, errors="replace") as file:
+    with _open_text(path, encoding) as file:
         for number, line in enumerate(file, start=1):
             if line.rstrip("\r\n") == text:
                 return number
@@ -450,7 +487,7 @@ def _line_of(path: Path, text: str, encoding: str) -> int | str:
 
 
 def _first_line(path: Path, encoding: str) -> str:
-    with open(path, encoding=encoding, errors="replace") as file:
+    with _open_text(path, encoding) as file:
         return file.readline()
 
 
@@ -546,7 +583,7 @@ def feature_matrix(batch: Any, columns: Sequence[str]) -> np.ndarray:
 
 def table_batches(path: Path, options: ReadOptions) -> Iterator[Any]:
     """The pyarrow record batches of a CSV/TSV or Parquet file (numeric CSV columns as float64)."""
-    if path.suffix.lower() in (".csv", ".tsv"):
+    if kind_of(path) in (".csv", ".tsv"):
         return _csv_batches(path, options)
     return _parquet_batches(path, options)
 
