@@ -180,7 +180,7 @@ def _columns(
             f"input file {file} lacks the feature column {missing[0]!r} the model was trained on; its columns are "
             f"{names}"
         )
-    check_feature_columns(batch, features, file, decimal)
+    check_feature_columns(batch, features, f"input file {file}", decimal)
     kept = [n for n in names if n not in features] if keep is None else list(keep)
     for name in kept:
         if name not in names:

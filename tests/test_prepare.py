@@ -384,6 +384,12 @@ def test_data_frames_index_columns_numeric_class_names_and_odd_arrays_are_read_a
     assert np.array_equal(_all_rows(tmp_path / "frame", "train")[1], _all_rows(tmp_path / "plain", "train")[1])
     columns = {"x": frame[manifest_names], "y": frame["label"].to_numpy()}
     assert prepare(columns, tmp_path / "columns", progress_bar=False)["feature_names"] == manifest_names
+    holed = frame.copy()
+    holed.loc[4, "f1"] = np.nan
+    with pytest.raises(ConfigError, match=r"^input DataFrame, row 4: feature f1 is nan"):
+        prepare(holed, tmp_path / "holed", progress_bar=False)
+    with pytest.raises(ConfigError, match=r"^input arrays, row 4: feature #1 is nan"):
+        prepare((holed[manifest_names].to_numpy(), holed["label"].to_numpy()), tmp_path / "holed", progress_bar=False)
     per_split = prepare({"train": frame.iloc[:150], "test": frame.iloc[150:]}, tmp_path / "split", progress_bar=False)
     assert [per_split["splits"][s]["rows"] for s in ("train", "val", "test")] == [150, 0, 50]
     # Half-precision tensors and a tuple of lists are numbers too.

@@ -57,9 +57,15 @@ class Chunk:
     source: str
     first_row: int
     feature_names: list[str] | None = None
+    in_memory: bool = False  # arrays or a DataFrame given in Python: `source` names them, not a file
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def where(self) -> str:
+        """Where the rows came from, as messages name it: `input file <path>`, or `input arrays`."""
+        return self.source if self.in_memory else f"input file {self.source}"
 
 
 @dataclass(frozen=True)
@@ -306,6 +312,7 @@ def _array_chunks(arrays: dict[str, Any], where: str, options: ReadOptions) -> I
             source=where,
             first_row=start,
             feature_names=[str(c) for c in features.columns] if is_data_frame(features) else None,
+            in_memory=where == "input arrays",
         )
 
 
@@ -518,20 +525,20 @@ def _detected(
 _INDEX_COLUMN = re.compile(r"^(|Unnamed: \d+|__index_level_\d+__)$")
 
 
-def _default_features(names: Sequence[str], special: set[str | None], path: Path | str) -> list[str]:
+def _default_features(names: Sequence[str], special: set[str | None], where: str) -> list[str]:
     """Every column but the label, group and split ones and a pandas index (logged when left out)."""
     index = [n for n in names if _INDEX_COLUMN.match(n) and n not in special]
     if index:
-        log.info("input file %s: column(s) %s left out as a pandas index (features=[...] to use them)", path, index)
+        log.info("%s: column(s) %s left out as a pandas index (features=[...] to use them)", where, index)
     return [n for n in names if n not in special and n not in index]
 
 
-def check_feature_columns(batch: Any, columns: Sequence[str], path: Path | str, decimal: str = ".") -> None:
-    """ConfigError for a feature column the pyarrow `batch` lacks or that does not hold numbers."""
+def check_feature_columns(batch: Any, columns: Sequence[str], where: str, decimal: str = ".") -> None:
+    """ConfigError for a feature column the pyarrow `batch` lacks or that does not hold numbers (`where`: its input)."""
     pa = _pyarrow()
     for name in columns:
         if name not in batch.schema.names:
-            raise ConfigError(f"input file {path} has no feature column {name!r}; its columns are {batch.schema.names}")
+            raise ConfigError(f"{where} has no feature column {name!r}; its columns are {batch.schema.names}")
         kind = batch.schema.field(name).type
         if is_number_type(kind) or pa.types.is_null(kind):  # null: empty so far, named by row as NaN
             continue
@@ -539,10 +546,9 @@ def check_feature_columns(batch: Any, columns: Sequence[str], path: Path | str, 
             row, value = _first_non_number(batch.column(name))
             if row is not None:
                 raise ConfigError(
-                    f"input file {path}, row {row}: feature {name} is {value!r}, not a number"
-                    + _decimal_hint(value, decimal)
+                    f"{where}, row {row}: feature {name} is {value!r}, not a number" + _decimal_hint(value, decimal)
                 )
-        raise ConfigError(f"input file {path}: feature column {name!r} holds {kind}, not numbers")
+        raise ConfigError(f"{where}: feature column {name!r} holds {kind}, not numbers")
 
 
 def is_number_type(kind: Any) -> bool:
@@ -589,6 +595,8 @@ def table_batches(path: Path, options: ReadOptions) -> Iterator[Any]:
 
 
 def _table_chunks(batches: Iterator[Any], path: Path | str, options: ReadOptions) -> Iterator[Chunk]:
+    in_memory = not isinstance(path, Path)
+    where = f"input {path}" if in_memory else f"input file {path}"
     first_row = 0
     columns: list[str] | None = None
     label = options.label
@@ -597,40 +605,39 @@ def _table_chunks(batches: Iterator[Any], path: Path | str, options: ReadOptions
         if columns is None:
             twice = sorted({n for n in names if names.count(n) > 1})
             if twice:
-                raise ConfigError(f"input file {path}: column {twice[0]!r} appears more than once; give each its name")
+                raise ConfigError(f"{where}: column {twice[0]!r} appears more than once; give each its name")
             if label is None:
-                label = _detected(names, LABEL_COLUMNS, f"input file {path}", "column", "label")
+                label = _detected(names, LABEL_COLUMNS, f"{where}", "column", "label")
                 if label is None:
                     raise ConfigError(
-                        f"input file {path}: no label column; name it with label= (columns: {names})"
-                        + _separator_hint(names)
+                        f"{where}: no label column; name it with label= (columns: {names})" + _separator_hint(names)
                     )
             for key, name in (("label", label), ("group", options.group), ("split column", options.split_column)):
                 if name is not None and name not in names:
                     raise ConfigError(
-                        f"input file {path} has no {key} {name!r}; its columns are {names}" + _separator_hint(names)
+                        f"{where} has no {key} {name!r}; its columns are {names}" + _separator_hint(names)
                     )
             special = {label, options.group, options.split_column}
             given = [options.features] if isinstance(options.features, str) else options.features  # one column
-            columns = list(given) if given else _default_features(names, special, path)
+            columns = list(given) if given else _default_features(names, special, where)
             if not columns:
-                raise ConfigError(f"input file {path}: no feature columns besides {sorted(special - {None})}")
+                raise ConfigError(f"{where}: no feature columns besides {sorted(special - {None})}")
             for name in columns:
                 for role, taken in (("label", label), ("group", options.group), ("split", options.split_column)):
                     if name == taken:
                         raise ConfigError(
                             f"features lists {name!r}, the {role} column of {path}: list only feature columns"
                         )
-            check_feature_columns(batch, columns, path, options.decimal)
+            check_feature_columns(batch, columns, where, options.decimal)
         features = feature_matrix(batch, columns)
         labels = batch.column(label)
         if labels.null_count:
             null_at = first_row + int(np.flatnonzero(np.asarray(labels.is_null()))[0])
-            raise ConfigError(f"input file {path}, row {null_at}: label {label!r} is empty")
+            raise ConfigError(f"{where}, row {null_at}: label {label!r} is empty")
         label_values = labels.to_numpy(zero_copy_only=False)
-        check_labels(label_values, f"input file {path}", first_row, label)
+        check_labels(label_values, f"{where}", first_row, label)
         groups = batch.column(options.group).to_numpy(zero_copy_only=False) if options.group else None
-        check_groups(groups, f"input file {path}", first_row, options.group or "")
+        check_groups(groups, f"{where}", first_row, options.group or "")
         yield Chunk(
             features=features,
             labels=label_values,
@@ -639,6 +646,7 @@ def _table_chunks(batches: Iterator[Any], path: Path | str, options: ReadOptions
             source=str(path),
             first_row=first_row,
             feature_names=columns,
+            in_memory=in_memory,
         )
         first_row += batch.num_rows
 

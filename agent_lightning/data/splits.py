@@ -88,7 +88,7 @@ class SplitAssigner:
         if (codes < 0).any():
             row = int(np.flatnonzero(codes < 0)[0])
             raise ConfigError(
-                f"input file {chunk.source}, row {chunk.first_row + row}: split {chunk.splits[row]!r} is not one of "
+                f"{chunk.where}, row {chunk.first_row + row}: split {chunk.splits[row]!r} is not one of "
                 "train, val, test"
             )
         return codes

@@ -24,15 +24,13 @@ def check_features(chunk: Chunk, width: int | None) -> int:
     """The chunk's feature width; ConfigError naming file and row for a wrong width or a NaN/inf value."""
     features = chunk.features
     if width is not None and features.shape[1] != width:
-        raise ConfigError(
-            f"input file {chunk.source}: {features.shape[1]} features per row, but earlier input had {width}"
-        )
+        raise ConfigError(f"{chunk.where}: {features.shape[1]} features per row, but earlier input had {width}")
     finite = np.isfinite(features)
     if not finite.all():
         row, column = np.argwhere(~finite)[0]
         name = chunk.feature_names[column] if chunk.feature_names else f"#{column}"
         raise ConfigError(
-            f"input file {chunk.source}, row {chunk.first_row + int(row)}: feature {name} is {features[row, column]} "
+            f"{chunk.where}, row {chunk.first_row + int(row)}: feature {name} is {features[row, column]} "
             "(features must be finite numbers)"
         )
     return features.shape[1]
@@ -54,7 +52,7 @@ def aligned_features(chunk: Chunk, names: list[str] | None) -> np.ndarray:
         missing = [n for n in names if n not in chunk.feature_names][:5]
         extra = [n for n in chunk.feature_names if n not in names][:5]
         raise ConfigError(
-            f"input file {chunk.source}: its feature columns differ from the first input's (missing {missing}, "
+            f"{chunk.where}: its feature columns differ from the first input's (missing {missing}, "
             f"extra {extra}): give inputs with the same columns, or choose them with features=[...]"
         )
     return chunk.features[:, [chunk.feature_names.index(name) for name in names]]
@@ -81,7 +79,7 @@ def _check_no_stray_word(names: np.ndarray, chunk: Chunk, earlier: list[str]) ->
     row = int(np.flatnonzero(names == odd)[0])
     kind = "not a number but others are" if codes_first else "a number but others are words"
     raise ConfigError(
-        f"input file {chunk.source}, row {chunk.first_row + row}: label {odd!r} is {kind} (e.g. {example!r}): "
+        f"{chunk.where}, row {chunk.first_row + row}: label {odd!r} is {kind} (e.g. {example!r}): "
         "correct that row, or give class_names=[...] to name every class"
     )
 
@@ -99,7 +97,7 @@ def _check_no_missing_name(labels: np.ndarray, chunk: Chunk, class_names: list[s
         row = int(np.flatnonzero(bad)[0])
         shown = f" ({str(labels[row]).strip()!r})" if spelt[row] else ""
         raise ConfigError(
-            f"input file {chunk.source}, row {chunk.first_row + row}: label is missing{shown}: correct that row, "
+            f"{chunk.where}, row {chunk.first_row + row}: label is missing{shown}: correct that row, "
             "or name it in class_names=[...] if it is a class"
         )
 
@@ -142,7 +140,7 @@ class LabelEncoder:
         elif self.numeric != numeric:
             kind, before = ("a class number", "names") if numeric else ("a name", "class numbers")
             raise ConfigError(
-                f"input file {chunk.source}, row {chunk.first_row}: label {str(labels[0])!r} is {kind} but the "
+                f"{chunk.where}, row {chunk.first_row}: label {str(labels[0])!r} is {kind} but the "
                 f"labels before it are {before}: give one kind of label (or class_names=[...] to name them all)"
             )
         if not numeric:
@@ -156,16 +154,14 @@ class LabelEncoder:
             bad |= np.where(bad, False, labels != np.round(np.nan_to_num(labels)))
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
-            raise ConfigError(
-                f"input file {chunk.source}, row {chunk.first_row + row}: label {labels[row]} is not a whole number"
-            )
+            raise ConfigError(f"{chunk.where}, row {chunk.first_row + row}: label {labels[row]} is not a whole number")
         codes = labels.astype(np.int64)
         if self.code_index is not None:
             return self._encode_codes(codes, chunk)
         if len(codes) and codes.max() >= MAX_CLASSES and not self.num_classes:
             row = int(codes.argmax())
             raise ConfigError(
-                f"input file {chunk.source}, row {chunk.first_row + row}: label {codes[row]} would make "
+                f"{chunk.where}, row {chunk.first_row + row}: label {codes[row]} would make "
                 f"{codes[row] + 1:,} classes (at most {MAX_CLASSES:,}): is it the label column? (label=<column>)"
             )
         limit = self.num_classes
@@ -174,8 +170,7 @@ class LabelEncoder:
             row = int(np.flatnonzero(outside)[0])
             valid = f"0..{limit - 1} (num_classes={limit})" if limit else ">= 0"
             raise ConfigError(
-                f"input file {chunk.source}, row {chunk.first_row + row}: label {codes[row]} is out of range: "
-                f"use {valid}"
+                f"{chunk.where}, row {chunk.first_row + row}: label {codes[row]} is out of range: use {valid}"
             )
         if len(codes):
             self.max_label = max(self.max_label, int(codes.max()))
@@ -188,8 +183,7 @@ class LabelEncoder:
         if unknown:
             row = int(np.flatnonzero(codes == unknown[0])[0])
             raise ConfigError(
-                f"input file {chunk.source}, row {chunk.first_row + row}: label {unknown[0]} is not one of "
-                f"class_names={self.fixed}"
+                f"{chunk.where}, row {chunk.first_row + row}: label {unknown[0]} is not one of class_names={self.fixed}"
             )
         return np.asarray([self.code_index[int(u)] for u in uniques], dtype=np.int64)[inverse]
 
@@ -200,7 +194,7 @@ class LabelEncoder:
             if unknown:
                 row = int(np.flatnonzero(names == unknown[0])[0])
                 raise ConfigError(
-                    f"input file {chunk.source}, row {chunk.first_row + row}: label {unknown[0]!r} is not one of "
+                    f"{chunk.where}, row {chunk.first_row + row}: label {unknown[0]!r} is not one of "
                     f"class_names={self.fixed}"
                 )
             return np.asarray([self.fixed.index(str(u)) for u in uniques], dtype=np.int64)[inverse]
