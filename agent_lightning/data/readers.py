@@ -643,7 +643,7 @@ def _table_chunks(batches: Iterator[Any], path: Path | str, options: ReadOptions
             labels=label_values,
             groups=groups,
             splits=batch.column(options.split_column).to_numpy(zero_copy_only=False) if options.split_column else None,
-            source=str(path),
+            source=where if in_memory else str(path),
             first_row=first_row,
             feature_names=columns,
             in_memory=in_memory,
