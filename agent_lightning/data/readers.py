@@ -458,10 +458,18 @@ def _csv_batches(path: Path, options: ReadOptions) -> Iterator[Any]:
         }
         if options.label in header.names and pa.types.is_integer(header.field(options.label).type):
             types[options.label] = pa.float64()
-        convert = csv.ConvertOptions(column_types=types, decimal_point=options.decimal)
+        convert = csv.ConvertOptions(
+            column_types=types, decimal_point=options.decimal, include_columns=_read_only(header.names, options)
+        )
         reader = csv.open_csv(path, read_options=read, parse_options=parse, convert_options=convert)
         yield from reader
     except pa.ArrowInvalid as err:
+        stray = re.match(r"In CSV column #(\d+): CSV conversion error to \w+: invalid value '(.*)'", str(err))
+        if stray and int(stray.group(1)) < len(header.names):  # a text cell after the rows the types were read from
+            raise ConfigError(
+                f"input file {path}: column {header.names[int(stray.group(1))]!r} holds {stray.group(2)!r} further "
+                "down, not a number: correct that cell, or leave the column out with features=[...]"
+            ) from None
         if bad_row:
             row = bad_row[0]
             where = f"line {row.number if row.number is not None else _line_of(path, row.text, options.encoding)}"
@@ -471,6 +479,15 @@ def _csv_batches(path: Path, options: ReadOptions) -> Iterator[Any]:
                 f"{row.expected_columns} (ragged row){hint}"
             ) from None
         raise ConfigError(f"input file {path}: {str(err).splitlines()[0]}") from None
+
+
+def _read_only(names: Sequence[str], options: ReadOptions) -> list[str]:
+    """The columns to parse when features and label are named (others are never converted); [] for all."""
+    if not options.features or not options.label:
+        return []
+    features = [options.features] if isinstance(options.features, str) else list(options.features)
+    wanted = {*features, options.label, options.group, options.split_column}
+    return [name for name in names if name in wanted]
 
 
 def _open_text(path: Path, encoding: str) -> Any:
