@@ -325,6 +325,7 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[Path, dict, str]]:
     cases["text cell"] = (tmp / "div.csv", {}, r"div.csv, row 4: feature f1 is '#DIV/0!', not a number$")
     frame.assign(f3=np.nan).to_csv(tmp / "blank_column.csv", index=False)  # read as a column of nulls
     cases["empty column"] = (tmp / "blank_column.csv", {}, r"blank_column.csv, row 0: feature f3 is nan")
+    cases["a file twice"] = ([tmp / "ok.csv", tmp / "o*.csv"], {}, r"input names .*ok.csv twice \(as .*ok.csv too\)")
     torch.save({"features": x.tolist(), "labels": y.tolist()}, tmp / "lists.pt")
     cases["lists pt"] = (tmp / "lists.pt", {}, r"lists.pt: 'features' is a list, not an array of numbers: save tensors")
     return cases

@@ -102,6 +102,10 @@ def expand_inputs(spec: str | Path | Sequence[str | Path]) -> list[Path]:
                     f"{', '.join(TABLE_SUFFIXES + ARRAY_SUFFIXES)} (CSV/TSV also as .csv.gz, .bz2, .zst or .lz4)"
                 )
         files += matched
+    seen: dict[Path, Path] = {}
+    for file in files:  # a file matched twice would be read twice: its rows in two splits
+        if seen.setdefault(file.resolve(), file) is not file:
+            raise ConfigError(f"input names {file} twice (as {seen[file.resolve()]} too): give each file once")
     return files
 
 
