@@ -681,3 +681,13 @@ def test_a_misspelt_split_and_a_file_as_output_are_named(tmp_path: Path) -> None
     with pytest.raises(ConfigError, match=r"^output=.*a_file is a file: name a directory for the dataset"):
         prepare(tmp_path / "a.csv", tmp_path / "a_file", overwrite=True, progress_bar=False)
     assert (tmp_path / "a_file").read_text() == "not a dataset"
+
+
+def test_a_feature_of_whole_numbers_float32_would_round_is_named(tmp_path: Path, caplog) -> None:
+    frame = _table(rows=100).drop(columns=["episode"]).assign(ts_ms=1_732_000_000_000 + np.arange(100) * 100)
+    frame.to_csv(tmp_path / "times.csv", index=False)
+    with caplog.at_level("WARNING", logger="agent_lightning.prepare"):
+        prepare(tmp_path / "times.csv", tmp_path / "times", progress_bar=False)
+        prepare(tmp_path / "times.csv", tmp_path / "kept", features=[f"f{i}" for i in range(6)], progress_bar=False)
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and "feature column 'ts_ms' holds whole numbers up to 1,732,000,009,900" in warned[0]

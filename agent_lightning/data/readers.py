@@ -572,6 +572,27 @@ def check_feature_columns(batch: Any, columns: Sequence[str], where: str, decima
         raise ConfigError(f"{where}: feature column {name!r} holds {kind}, not numbers")
 
 
+FLOAT32_EXACT = 2**24  # whole numbers beyond this are rounded by float32, the dataset's feature type
+
+
+def _warn_of_ids(batch: Any, columns: Sequence[str], where: str) -> None:
+    """Log a feature column of whole numbers beyond float32's exact range: most likely an id or a time."""
+    import pyarrow.compute as pc
+
+    for name in columns:
+        column = batch.column(name)
+        if not (_pyarrow().types.is_integer(column.type) or _pyarrow().types.is_floating(column.type)):
+            continue
+        largest = pc.max(pc.abs(column)).as_py()
+        if largest is None or largest < FLOAT32_EXACT or not pc.all(pc.equal(column, pc.round(column))).as_py():
+            continue
+        log.warning(
+            "%s: feature column %r holds whole numbers up to %s, which float32 rounds (exact to %s): an id or a "
+            "time? leave it out with features=[...]",
+            where, name, f"{int(largest):,}", f"{FLOAT32_EXACT:,}",
+        )  # fmt: skip
+
+
 def is_number_type(kind: Any) -> bool:
     """Whether a pyarrow type holds numbers a feature can be (integers, floats, decimals, booleans)."""
     pa = _pyarrow()
@@ -650,6 +671,7 @@ def _table_chunks(batches: Iterator[Any], path: Path | str, options: ReadOptions
                             f"features lists {name!r}, the {role} column of {path}: list only feature columns"
                         )
             check_feature_columns(batch, columns, where, options.decimal)
+            _warn_of_ids(batch, columns, where)
         features = feature_matrix(batch, columns)
         labels = batch.column(label)
         if labels.null_count:
