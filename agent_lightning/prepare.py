@@ -245,6 +245,7 @@ def prepare(
             "seed": seed,
         }
         _verify(work, manifest)
+        _warn_of_untrained_classes(manifest)
         write_manifest(work, manifest)
         if append:
             manifest["part"] = publish_part(work, output, manifest).name
@@ -439,6 +440,22 @@ def _write(
     }
     manifest["fingerprint"] = fingerprint(manifest)
     return manifest
+
+
+def _warn_of_untrained_classes(manifest: dict[str, Any]) -> None:
+    """Log the classes with rows in val/test but none in train: a model trained on it cannot predict them."""
+    train = manifest["splits"]["train"]
+    if not train["rows"]:  # a held-out set
+        return
+    names = manifest["class_names"]
+    elsewhere = [sum(manifest["splits"][s]["class_counts"][i] for s in ("val", "test")) for i in range(len(names))]
+    missing = [name for i, name in enumerate(names) if train["class_counts"][i] == 0 and elsewhere[i]]
+    if missing:
+        log.warning(
+            "class(es) %s have val/test rows but no training rows: a model trained on this data never predicts "
+            "them (split=stratified keeps every class in every split)",
+            missing[:8],
+        )
 
 
 def _verify(directory: Path, manifest: dict[str, Any]) -> None:

@@ -683,7 +683,7 @@ def test_a_misspelt_split_and_a_file_as_output_are_named(tmp_path: Path) -> None
     assert (tmp_path / "a_file").read_text() == "not a dataset"
 
 
-def test_a_feature_of_whole_numbers_float32_would_round_is_named(tmp_path: Path, caplog) -> None:
+def test_a_feature_float32_would_round_and_a_class_without_training_rows_are_named(tmp_path: Path, caplog) -> None:
     frame = _table(rows=100).drop(columns=["episode"]).assign(ts_ms=1_732_000_000_000 + np.arange(100) * 100)
     frame.to_csv(tmp_path / "times.csv", index=False)
     with caplog.at_level("WARNING", logger="agent_lightning.prepare"):
@@ -691,3 +691,11 @@ def test_a_feature_of_whole_numbers_float32_would_round_is_named(tmp_path: Path,
         prepare(tmp_path / "times.csv", tmp_path / "kept", features=[f"f{i}" for i in range(6)], progress_bar=False)
     warned = [r.getMessage() for r in caplog.records]
     assert len(warned) == 1 and "feature column 'ts_ms' holds whole numbers up to 1,732,000,009,900" in warned[0]
+    caplog.clear()
+    rare = frame.assign(label="common")
+    rare.loc[7, "label"] = "rare"  # one row: with split=column it lands in test only
+    rare.assign(split=np.where(np.arange(100) == 7, "test", "train")).to_csv(tmp_path / "rare.csv", index=False)
+    with caplog.at_level("WARNING", logger="agent_lightning.prepare"):
+        prepare(tmp_path / "rare.csv", tmp_path / "rare", split="column", features=["f0"], progress_bar=False)
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and "class(es) ['rare'] have val/test rows but no training rows" in warned[0]
