@@ -204,6 +204,12 @@ def prepare(
         num_classes = stream_num_classes(output, num_classes)
     _check_writable(output)
     rule = "files" if any(fixed for _, fixed in sources) else split
+    if rule == "files" and (split not in ("random", "files") or (val_fraction, test_fraction) != (0.1, 0.1)):
+        log.warning(
+            "one input per split: each file's rows go to its split, so split=%s val_fraction=%s test_fraction=%s "
+            "do not apply",
+            split, val_fraction, test_fraction,
+        )  # fmt: skip
     assigner = SplitAssigner(rule, val_fraction, test_fraction, seed)
     options = ReadOptions(
         label=label,

@@ -134,7 +134,7 @@ def test_stratified_split_keeps_class_proportions(tmp_path: Path) -> None:
     assert counts == {"train": [720, 80], "val": [90, 10], "test": [90, 10]}
 
 
-def test_split_column_and_one_input_per_split(tmp_path: Path) -> None:
+def test_split_column_and_one_input_per_split(tmp_path: Path, caplog) -> None:
     frame = _table(rows=100)
     frame["split"] = ["train"] * 70 + ["val"] * 10 + ["test"] * 20
     frame.to_csv(tmp_path / "in.csv", index=False)
@@ -151,6 +151,9 @@ def test_split_column_and_one_input_per_split(tmp_path: Path) -> None:
     )
     assert [by_file["splits"][s]["rows"] for s in ("train", "val", "test")] == [70, 0, 30]
     assert by_file["source"]["split"] == "files"
+    with caplog.at_level("WARNING", logger="agent_lightning.prepare"):
+        prepare({"train": tmp_path / "train.csv"}, tmp_path / "c", val_fraction=0.2, features="f0", progress_bar=False)
+    assert "one input per split: each file's rows go to its split, so split=random val_fraction=0.2" in caplog.text
 
 
 def test_class_names_come_from_string_labels(tmp_path: Path) -> None:
