@@ -115,6 +115,8 @@ def predict(
     columns = list(features) if features else policy.feature_names
     delimiter, decimal = csv_dialect(delimiter, decimal)
     options = ReadOptions(chunk_rows=int(batch_rows), delimiter=delimiter, encoding=encoding, decimal=decimal)
+    names = policy.class_names or [str(i) for i in range(policy.n_actions)]
+    reserved = [ACTION_COLUMN, *(f"prob_{name}" for name in names if probabilities)]
     staged = output.with_name(f".{output.name}.tmp{output.suffix}")  # a stopped run never replaces a good file
     writer = _Writer(staged)
     counts = np.zeros(policy.n_actions, dtype=np.int64)
@@ -125,7 +127,7 @@ def predict(
                 first_row, chosen = 0, None
                 for batch in table_batches(file, options):
                     if chosen is None:
-                        chosen = _columns(batch, file, columns, keep, policy.obs_dim, decimal)
+                        chosen = _columns(batch, file, columns, keep, policy.obs_dim, decimal, reserved)
                         columns = chosen[0]  # the first file's, when the model names none
                     actions, probs = _act(policy, feature_matrix(batch, chosen[0]), file, first_row, chosen[0])
                     counts += np.bincount(actions, minlength=policy.n_actions)
@@ -141,7 +143,6 @@ def predict(
     finally:
         writer.close()
         staged.unlink(missing_ok=True)
-    names = policy.class_names or [str(i) for i in range(policy.n_actions)]
     return Prediction(output, rows, len(files), {names[a]: int(n) for a, n in enumerate(counts) if n})
 
 
@@ -161,9 +162,15 @@ def _check_output(output: Path, inputs: list[Path], overwrite: bool) -> None:
 
 
 def _columns(
-    batch: Any, file: Path, features: list[str] | None, keep: Sequence[str] | None, obs_dim: int, decimal: str
+    batch: Any,
+    file: Path,
+    features: list[str] | None,
+    keep: Sequence[str] | None,
+    obs_dim: int,
+    decimal: str,
+    reserved: Sequence[str],
 ) -> tuple[list[str], list[str]]:
-    """(feature columns, kept columns) of a file, from its first batch."""
+    """(feature columns, kept columns) of a file, from its first batch; `reserved`: the output's own columns."""
     names = batch.schema.names
     if features is None:  # a model whose training data named no columns: every numeric column not kept, in order
         features = [n for n in names if n not in (keep or ()) and is_number_type(batch.schema.field(n).type)]
@@ -185,8 +192,8 @@ def _columns(
     for name in kept:
         if name not in names:
             raise ConfigError(f"keep names {name!r}, which input file {file} lacks; its columns are {names}")
-    if ACTION_COLUMN in kept or any(n.startswith("prob_") for n in kept):
-        taken = next(n for n in kept if n == ACTION_COLUMN or n.startswith("prob_"))
+    taken = next((n for n in kept if n in reserved), None)
+    if taken is not None:
         raise ConfigError(
             f"input file {file} has a column {taken!r}, a name the output gives its own: leave it out, "
             "e.g. keep=[...] without it"
