@@ -45,6 +45,7 @@ from agent_lightning.data.splits import SplitAssigner, group_codes
 from agent_lightning.data.stream_dir import (
     END,
     end_marker,
+    first_manifest,
     is_stream,
     publish_part,
     stream_num_classes,
@@ -139,6 +140,18 @@ def _sources(input: Any) -> list[tuple[Path | Arrays, str | None]]:
     return [(f, None) for f in expand_inputs(input)]
 
 
+def _check_each_file_once(sources: list[tuple[Path | Arrays, str | None]]) -> None:
+    """ConfigError for a file given twice (by two globs, or for two splits): its rows would be read twice."""
+    seen: dict[Path, str | None] = {}
+    for source, split in sources:
+        if not isinstance(source, Path):
+            continue
+        if source.resolve() in seen:
+            splits = f" (for {seen[source.resolve()]} and {split})" if split else ""
+            raise ConfigError(f"input names {source} twice{splits}: give each file once")
+        seen[source.resolve()] = split
+
+
 def prepare(
     input: str | Path | Sequence[str | Path] | Arrays | Mapping[str, Any] | Any,
     output: str | Path,
@@ -172,8 +185,7 @@ def prepare(
     """
     # A column named by a number (`label=3` on the command line, a header `0,1,2,3`) is that name as text.
     label, group, split_column = (_as_name(v) for v in (label, group, split_column))
-    if isinstance(features, list | tuple):
-        features = [_as_name(v) for v in features]
+    features = [_as_name(v) for v in features] if isinstance(features, list | tuple) else _as_name(features)
     check_arguments(locals(), RULES)
     # Plain Python numbers from here on (a numpy integer would not go into the manifest's JSON).
     val_fraction, test_fraction, seed = float(val_fraction), float(test_fraction), int(seed)
@@ -187,6 +199,7 @@ def prepare(
     if isinstance(features, str):  # `features=f0`: one column, not its letters
         features = [features]
     sources = _sources(input)
+    _check_each_file_once(sources)
     _restore_interrupted_replace(output)  # first: the dataset a killed overwrite left aside is the output again
     if not append:
         named = [Path(p) for p in (label, group) if p and str(p).endswith(".npy")]  # a bare .npy's labels/groups
@@ -202,6 +215,9 @@ def prepare(
                 "directory for more data"
             )
         num_classes = stream_num_classes(output, num_classes)
+        first = first_manifest(output)
+        if class_names is None and first is not None and first.get("class_names"):
+            class_names = list(first["class_names"])  # a part lacking a class numbers the others as the stream
     _check_writable(output)
     rule = "files" if any(fixed for _, fixed in sources) else split
     if rule == "files" and (split not in ("random", "files") or (val_fraction, test_fraction) != (0.1, 0.1)):
@@ -351,7 +367,7 @@ def _described(source: Any) -> str:
     """An input as the manifest records it: a file's path, or what was given in memory."""
     if isinstance(source, Path):
         return str(source)
-    return "<DataFrame>" if is_data_frame(source) else "<arrays>"
+    return "DataFrame" if is_data_frame(source) else "arrays"
 
 
 def _in_memory_bytes(input: Any) -> int:
@@ -400,7 +416,7 @@ def _write(
         if spill is not None:
             spill.close()
     if spill is None or total == 0:
-        raise ConfigError(f"input {', '.join(str(s) for s, _ in sources)} has no rows")
+        raise ConfigError(f"input {', '.join(_described(s) for s, _ in sources)} has no rows")
     remap, class_names = encoder.finish()
     count = len(class_names)
     stats = RunningStats(spill.width)

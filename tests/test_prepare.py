@@ -292,6 +292,14 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[Path, dict, str]]:
     gaps = frame.astype({"episode": "Int64"})
     gaps.loc[23, "episode"] = pd.NA
     gaps.to_parquet(tmp / "gaps.parquet")
+    blanks = frame.assign(episode=frame["episode"].map("ep{}".format))
+    blanks.loc[11, "episode"] = " "
+    blanks.to_csv(tmp / "blank_group.csv", index=False)
+    cases["blank group"] = (
+        tmp / "blank_group.csv",
+        {"group": "episode", "split": "group"},
+        r"blank_group.csv, row 11: group 'episode' is empty",
+    )
     cases["empty group"] = (
         tmp / "gaps.parquet",
         {"group": "episode", "split": "group"},
@@ -328,7 +336,12 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[Path, dict, str]]:
     cases["text cell"] = (tmp / "div.csv", {}, r"div.csv, row 4: feature f1 is '#DIV/0!', not a number$")
     frame.assign(f3=np.nan).to_csv(tmp / "blank_column.csv", index=False)  # read as a column of nulls
     cases["empty column"] = (tmp / "blank_column.csv", {}, r"blank_column.csv, row 0: feature f3 is nan")
-    cases["a file twice"] = ([tmp / "ok.csv", tmp / "o*.csv"], {}, r"input names .*ok.csv twice \(as .*ok.csv too\)")
+    cases["a file twice"] = ([tmp / "ok.csv", tmp / "o*.csv"], {}, r"input names .*ok.csv twice: give each file once")
+    cases["a file for two splits"] = (
+        {"train": str(tmp / "ok.csv"), "test": str(tmp / "ok.csv")},
+        {},
+        r"input names .*ok.csv twice \(for train and test\)",
+    )
     torch.save({"features": x.tolist(), "labels": y.tolist()}, tmp / "lists.pt")
     cases["lists pt"] = (tmp / "lists.pt", {}, r"lists.pt: 'features' is a list, not an array of numbers: save tensors")
     return cases
@@ -356,10 +369,19 @@ def test_data_frames_index_columns_numeric_class_names_and_odd_arrays_are_read_a
     frame = _table(rows=200).drop(columns=["episode"])
     frame.to_csv(tmp_path / "indexed.csv")  # pandas' default: the index as a first, unnamed column
     frame.sample(frac=1, random_state=0).to_parquet(tmp_path / "indexed.parquet")  # as __index_level_0__
+    frame.rename_axis("row_id").sample(frac=1, random_state=1).to_parquet(tmp_path / "named-index.parquet")
     manifest_names = [f"f{i}" for i in range(6)]
-    for name in ("indexed.csv", "indexed.parquet"):
+    for name in ("indexed.csv", "indexed.parquet", "named-index.parquet"):
         manifest = prepare(tmp_path / name, tmp_path / name.replace(".", "-"), progress_bar=False)
         assert manifest["feature_names"] == manifest_names, name
+    # In Parquet (which has nulls of its own) a class spelt like a missing value is a class.
+    regions = frame.assign(label=np.array(["EU", "NA", "SA"])[frame["label"]])
+    regions.to_parquet(tmp_path / "regions.parquet")
+    assert prepare(tmp_path / "regions.parquet", tmp_path / "regions", progress_bar=False)["class_names"] == [
+        "EU",
+        "NA",
+        "SA",
+    ]
     # Codes 1..3 named by the training data's class_names: matched by value, not used as indices.
     coded = frame.assign(label=frame["label"] + 1)
     coded.to_csv(tmp_path / "codes.csv", index=False)
@@ -394,6 +416,14 @@ def test_data_frames_index_columns_numeric_class_names_and_odd_arrays_are_read_a
         prepare(holed, tmp_path / "holed", progress_bar=False)
     with pytest.raises(ConfigError, match=r"^input arrays, row 4: feature #1 is nan"):
         prepare((holed[manifest_names].to_numpy(), holed["label"].to_numpy()), tmp_path / "holed", progress_bar=False)
+    with pytest.raises(ConfigError, match=r"^input DataFrame: column 'f0' appears more than once"):
+        prepare(frame.rename(columns={"f1": "f0"}), tmp_path / "twice", progress_bar=False)
+    mixed = frame.assign(note=[1, "x"] * 100)  # objects pyarrow cannot convert: refused, or never read
+    with pytest.raises(ConfigError, match=r"^input DataFrame: Could not convert 'x'.*column note"):
+        prepare(mixed, tmp_path / "mixed", progress_bar=False)
+    assert prepare(mixed, tmp_path / "mixed", features=["f0"], label="label", progress_bar=False)["num_features"] == 1
+    with pytest.raises(ConfigError, match=r"^input DataFrame has no rows$"):
+        prepare(frame.iloc[:0], tmp_path / "empty", progress_bar=False)
     per_split = prepare({"train": frame.iloc[:150], "test": frame.iloc[150:]}, tmp_path / "split", progress_bar=False)
     assert [per_split["splits"][s]["rows"] for s in ("train", "val", "test")] == [150, 0, 50]
     # Half-precision tensors and a tuple of lists are numbers too.
@@ -436,9 +466,18 @@ def test_compressed_csv_excels_separator_line_utf16_without_a_mark_and_number_he
     frame.to_csv(tmp_path / "packed.csv.gz", index=False)
     (tmp_path / "excel.csv").write_text("sep=;\n" + frame.to_csv(index=False, sep=";"))
     (tmp_path / "wide.csv").write_bytes(frame.to_csv(index=False).encode("utf-16-le"))
+    with pytest.raises(ConfigError, match=r"wide.csv has no byte-order mark for encoding=utf-16: name the byte order"):
+        prepare(tmp_path / "wide.csv", tmp_path / "wide", encoding="utf-16", progress_bar=False)
+    frame.to_csv(tmp_path / "LOUD.CSV.GZ", index=False)
     with pytest.raises(ConfigError, match=r"wide.csv is not utf-8 text: it reads as UTF-16 does: encoding=utf-16-le$"):
         prepare(tmp_path / "wide.csv", tmp_path / "wide", progress_bar=False)
-    for name, extra in (("packed.csv.gz", {}), ("excel.csv", {}), ("wide.csv", {"encoding": "utf-16-le"})):
+    read_as_plain = (
+        ("packed.csv.gz", {}),
+        ("LOUD.CSV.GZ", {}),
+        ("excel.csv", {}),
+        ("wide.csv", {"encoding": "utf-16-le"}),
+    )
+    for name, extra in read_as_plain:
         prepare(tmp_path / name, tmp_path / f"out-{name}", progress_bar=False, **extra)
         got = _all_rows(tmp_path / f"out-{name}", "train")
         assert np.array_equal(got[0], reference[0]) and np.array_equal(got[1], reference[1]), name

@@ -32,7 +32,16 @@ LABEL_KEYS = ("labels", "y", "actions", "action", "label", "targets", "target")
 LABEL_COLUMNS = ("label", "labels", "y", "action", "actions", "target", "class")
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
 ARRAY_SUFFIXES = (".npy", ".npz", ".pt")
-COMPRESSED = (".gz", ".bz2", ".zst", ".lz4")  # CSV/TSV text read through the codec its suffix names
+COMPRESSED = (".gz", ".bz2", ".zst", ".lz4")  # CSV/TSV text read through the codec its suffix names (CODECS)
+
+
+CODECS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".lz4": "lz4"}
+
+
+def _stream(path: Path) -> Any:
+    """The file's bytes, decompressed by the codec its suffix names (in any case: `.CSV.GZ` too)."""
+    codec = CODECS.get(path.suffix.lower()) if kind_of(path) in (".csv", ".tsv") else None
+    return _pyarrow().input_stream(str(path), compression=codec)
 
 
 def kind_of(path: Path) -> str:
@@ -58,13 +67,14 @@ class Chunk:
     first_row: int
     feature_names: list[str] | None = None
     in_memory: bool = False  # arrays or a DataFrame given in Python: `source` names them, not a file
+    from_text: bool = False  # read from CSV/TSV text, where a missing label is spelt (`NA`), not null
 
     def __len__(self) -> int:
         return len(self.labels)
 
     @property
     def where(self) -> str:
-        """Where the rows came from, as messages name it: `input file <path>`, or `input arrays`."""
+        """Where the rows came from, as messages name it: `input file <path>`, `input arrays` or `input DataFrame`."""
         return self.source if self.in_memory else f"input file {self.source}"
 
 
@@ -102,10 +112,6 @@ def expand_inputs(spec: str | Path | Sequence[str | Path]) -> list[Path]:
                     f"{', '.join(TABLE_SUFFIXES + ARRAY_SUFFIXES)} (CSV/TSV also as .csv.gz, .bz2, .zst or .lz4)"
                 )
         files += matched
-    seen: dict[Path, Path] = {}
-    for file in files:  # a file matched twice would be read twice: its rows in two splits
-        if seen.setdefault(file.resolve(), file) is not file:
-            raise ConfigError(f"input names {file} twice (as {seen[file.resolve()]} too): give each file once")
     return files
 
 
@@ -119,11 +125,25 @@ def is_data_frame(value: Any) -> bool:
     return hasattr(value, "columns") and hasattr(value, "iloc") and hasattr(value, "dtypes")
 
 
+def _frame_batches(frame: Any, options: ReadOptions) -> Iterator[Any]:
+    pa = _pyarrow()
+    names = [str(c) for c in frame.columns]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"input DataFrame: column {twice[0]!r} appears more than once; give each its name")
+    used = _read_only(names, options)  # only what is read converts: a column of mixed objects elsewhere is no matter
+    try:
+        table = pa.Table.from_pandas(frame[used] if used else frame, preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as err:
+        said = "; ".join(str(part) for part in err.args)  # pyarrow gives (what failed, which column)
+        raise ConfigError(f"input DataFrame: {said.splitlines()[0]}") from None
+    return iter(table.to_batches(max_chunksize=options.chunk_rows))
+
+
 def read_chunks(source: Path | Mapping[str, Any] | tuple, options: ReadOptions) -> Iterator[Chunk]:
     """Chunks of rows of one input file, one pandas DataFrame or one in-memory set of arrays."""
     if is_data_frame(source):  # a table like a file's: columns by name, the label detected or named
-        table = _pyarrow().Table.from_pandas(source, preserve_index=False)
-        yield from _table_chunks(iter(table.to_batches(max_chunksize=options.chunk_rows)), "DataFrame", options)
+        yield from _table_chunks(_frame_batches(source, options), "DataFrame", options)
         return
     if not isinstance(source, Path):
         yield from _array_chunks(_named_arrays(source, "input arrays", options), "input arrays", options)
@@ -326,8 +346,18 @@ def check_groups(groups: np.ndarray | None, source: str, first_row: int, name: s
         return
     if groups.dtype.kind == "f":
         missing = np.isnan(groups)
-    elif groups.dtype.kind == "O":
-        missing = np.array([g is None or (isinstance(g, float) and g != g) for g in groups], dtype=bool)
+    elif groups.dtype.kind in "OUS":  # None, NaN, or a blank cell (a CSV's empty text reads as "")
+        missing = (
+            np.char.strip(groups.astype(str)) == ""
+            if groups.dtype.kind != "O"
+            else np.array(
+                [
+                    g is None or (isinstance(g, float) and g != g) or (isinstance(g, str) and not g.strip())
+                    for g in groups
+                ],
+                dtype=bool,
+            )
+        )
     else:
         return
     if missing.any():
@@ -369,7 +399,7 @@ def _pyarrow() -> Any:
 def _check_text(path: Path, encoding: str, sample_bytes: int = 1 << 16) -> None:
     """ConfigError for a file named as text (CSV/TSV) whose first bytes are not text in `encoding`."""
     try:
-        with _pyarrow().input_stream(str(path), compression="detect") as file:
+        with _stream(path) as file:
             sample = file.read(sample_bytes)
     except OSError as err:  # a damaged compressed file
         raise ConfigError(f"input file {path} cannot be read: {str(err).splitlines()[0]}") from None
@@ -377,6 +407,11 @@ def _check_text(path: Path, encoding: str, sample_bytes: int = 1 << 16) -> None:
         text = codecs.getincrementaldecoder(encoding)().decode(sample, final=False)  # a cut character is fine
     except UnicodeDecodeError:
         text = None
+    except UnicodeError:  # utf-16 / utf-32 without a byte-order mark: its byte order is not known
+        raise ConfigError(
+            f"input file {path} has no byte-order mark for encoding={encoding}: name the byte order, e.g. "
+            f"encoding={encoding}-le (or -be)"
+        ) from None
     if text is not None and "\x00" not in text:
         if not codecs.lookup(encoding).name.startswith("utf") and _is_utf8(sample):
             raise ConfigError(
@@ -450,29 +485,35 @@ def _csv_batches(path: Path, options: ReadOptions) -> Iterator[Any]:
     read = csv.ReadOptions(block_size=1 << 24, encoding=options.encoding, skip_rows=1 if excel_sep else 0)
     try:
         first_types = csv.ConvertOptions(decimal_point=options.decimal)
-        with csv.open_csv(path, read_options=read, parse_options=parse, convert_options=first_types) as first_block:
-            header = first_block.schema
-        # Every feature column is read as float64, so a column whose first block looks integral
-        # does not fail later; the label as float64 too when numeric, checked for whole numbers here.
+        with csv.open_csv(_stream(path), read_options=read, parse_options=parse, convert_options=first_types) as first:
+            header = first.schema
+        # Feature columns (the named ones, else every numeric one) are read as float64, so a column whose first
+        # block looks integral does not fail later; the label as float64 too when numeric, checked for whole
+        # numbers here. Other columns keep their own types (an id copied beside predict's actions).
         special = {options.label, options.group, options.split_column}
+        named = [options.features] if isinstance(options.features, str) else options.features
         types = {
             f.name: pa.float64()
             for f in header
-            if f.name not in special and (pa.types.is_integer(f.type) or pa.types.is_floating(f.type))
+            if (f.name in named if named else f.name not in special)
+            and (pa.types.is_integer(f.type) or pa.types.is_floating(f.type))
         }
         if options.label in header.names and pa.types.is_integer(header.field(options.label).type):
             types[options.label] = pa.float64()
         convert = csv.ConvertOptions(
             column_types=types, decimal_point=options.decimal, include_columns=_read_only(header.names, options)
         )
-        reader = csv.open_csv(path, read_options=read, parse_options=parse, convert_options=convert)
+        reader = csv.open_csv(_stream(path), read_options=read, parse_options=parse, convert_options=convert)
         yield from reader
     except pa.ArrowInvalid as err:
         stray = re.match(r"In CSV column #(\d+): CSV conversion error to \w+: invalid value '(.*)'", str(err))
         if stray and int(stray.group(1)) < len(header.names):  # a text cell after the rows the types were read from
+            column = header.names[int(stray.group(1))]
+            role = {options.label: "label", options.group: "group", options.split_column: "split"}.get(column)
+            way_out = "" if role else ", or leave the column out with features=[...]"
             raise ConfigError(
-                f"input file {path}: column {header.names[int(stray.group(1))]!r} holds {stray.group(2)!r} further "
-                "down, not a number: correct that cell, or leave the column out with features=[...]"
+                f"input file {path}: {role or 'column'} {column!r} holds {stray.group(2)!r} further down, not a "
+                f"number: correct that cell{way_out}"
             ) from None
         if bad_row:
             row = bad_row[0]
@@ -496,7 +537,7 @@ def _read_only(names: Sequence[str], options: ReadOptions) -> list[str]:
 
 def _open_text(path: Path, encoding: str) -> Any:
     """The file as text, decompressed where its suffix names a codec."""
-    return io.TextIOWrapper(_pyarrow().input_stream(str(path), compression="detect"), encoding, errors="replace")
+    return io.TextIOWrapper(_stream(path), encoding, errors="replace")
 
 
 def _excel_separator(path: Path, encoding: str) -> str | None:
@@ -542,13 +583,19 @@ def _detected(
     return found[0] if found else None
 
 
-# Columns pandas writes for a DataFrame's index: never a feature unless named in `features=`.
+# Columns pandas writes for a DataFrame's index (`to_csv`'s unnamed first column, read back as `Unnamed: 0`,
+# or Parquet's `__index_level_0__`): never a feature unless named in `features=`.
 _INDEX_COLUMN = re.compile(r"^(|Unnamed: \d+|__index_level_\d+__)$")
 
 
-def _default_features(names: Sequence[str], special: set[str | None], where: str) -> list[str]:
+def _default_features(schema: Any, special: set[str | None], where: str) -> list[str]:
     """Every column but the label, group and split ones and a pandas index (logged when left out)."""
-    index = [n for n in names if _INDEX_COLUMN.match(n) and n not in special]
+    names = schema.names
+    try:  # a Parquet file pandas wrote lists its index columns (a named index keeps its name)
+        stored = [c for c in (schema.pandas_metadata or {}).get("index_columns", []) if isinstance(c, str)]
+    except (ValueError, TypeError, AttributeError):
+        stored = []
+    index = [n for n in names if (_INDEX_COLUMN.match(n) or n in stored) and n not in special]
     if index:
         log.info("%s: column(s) %s left out as a pandas index (features=[...] to use them)", where, index)
     return [n for n in names if n not in special and n not in index]
@@ -661,7 +708,7 @@ def _table_chunks(batches: Iterator[Any], path: Path | str, options: ReadOptions
                     )
             special = {label, options.group, options.split_column}
             given = [options.features] if isinstance(options.features, str) else options.features  # one column
-            columns = list(given) if given else _default_features(names, special, where)
+            columns = list(given) if given else _default_features(batch.schema, special, where)
             if not columns:
                 raise ConfigError(f"{where}: no feature columns besides {sorted(special - {None})}")
             for name in columns:
@@ -690,6 +737,7 @@ def _table_chunks(batches: Iterator[Any], path: Path | str, options: ReadOptions
             first_row=first_row,
             feature_names=columns,
             in_memory=in_memory,
+            from_text=not in_memory and kind_of(Path(path)) in (".csv", ".tsv"),
         )
         first_row += batch.num_rows
 

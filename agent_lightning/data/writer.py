@@ -84,20 +84,27 @@ def _check_no_stray_word(names: np.ndarray, chunk: Chunk, earlier: list[str]) ->
     )
 
 
-# Cells that spell a missing value (pyarrow's and pandas' own spellings), unless class_names names them.
+# CSV cells that spell a missing value (pyarrow's and pandas' own spellings), unless class_names names them.
 _MISSING = {"", "NA", "N/A", "n/a", "NaN", "nan", "null", "NULL", "#N/A", "<NA>"}
 
 
-def _check_no_missing_name(labels: np.ndarray, chunk: Chunk, class_names: list[str]) -> None:
-    """ConfigError naming the row of a name label that is a missing value (None, NaN, or text such as `NA`)."""
+def _check_no_absent_name(labels: np.ndarray, chunk: Chunk) -> None:
+    """ConfigError naming the row of an in-memory name label that is None or NaN."""
+    if labels.dtype.kind != "O":
+        return
     absent = np.array([v is None or (isinstance(v, float) and v != v) for v in labels], dtype=bool)
-    spelt = np.isin(np.char.strip(labels.astype(str)), sorted(_MISSING - set(class_names))) & ~absent
-    bad = absent | spelt
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0])
-        shown = f" ({str(labels[row]).strip()!r})" if spelt[row] else ""
+    if absent.any():
+        row = int(np.flatnonzero(absent)[0])
+        raise ConfigError(f"{chunk.where}, row {chunk.first_row + row}: label is missing ({labels[row]!r})")
+
+
+def _check_no_spelt_missing(names: np.ndarray, chunk: Chunk, class_names: list[str]) -> None:
+    """ConfigError naming the row of a CSV label that spells a missing value (`NA`, `null`, ...)."""
+    spelt = np.isin(names, sorted(_MISSING - set(class_names)))
+    if spelt.any():
+        row = int(np.flatnonzero(spelt)[0])
         raise ConfigError(
-            f"{chunk.where}, row {chunk.first_row + row}: label is missing{shown}: correct that row, "
+            f"{chunk.where}, row {chunk.first_row + row}: label is missing ({str(names[row])!r}): correct that row, "
             "or name it in class_names=[...] if it is a class"
         )
 
@@ -144,8 +151,11 @@ class LabelEncoder:
                 f"labels before it are {before}: give one kind of label (or class_names=[...] to name them all)"
             )
         if not numeric:
-            _check_no_missing_name(labels, chunk, self.fixed or [])
+            if chunk.in_memory:  # a table refuses a null label as it reads it; arrays may hold None or NaN
+                _check_no_absent_name(labels, chunk)
             names = np.char.strip(labels.astype(str))
+            if chunk.from_text:  # CSV has no null for text: `NA` and its kin are how it says "missing"
+                _check_no_spelt_missing(names, chunk, self.fixed or [])
             if self.fixed is None:
                 _check_no_stray_word(names, chunk, list(self.names))
             return self._encode_names(names, chunk)
