@@ -15,7 +15,7 @@ import logging
 import re
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +98,7 @@ def predict(
     progress_bar: bool = True,
 ) -> Prediction:
     """Write the policy's greedy action for every row of `input` to `output`; ConfigError on any bad input."""
+    keep, features = (None if v is None else [_as_name(n) for n in v] for v in (keep, features))
     check_arguments(locals(), RULES)
     from agent_lightning.agents.policy import Policy
 
@@ -108,57 +109,107 @@ def predict(
     output = Path(output)
     _check_output(output, files, overwrite)
     try:
-        import pyarrow  # noqa: F401  # before the model loads: the reason to stop comes first
+        import pyarrow as pa
     except ImportError:
         raise ConfigError(f"predict reads and writes CSV or Parquet with pyarrow: {INSTALL_HINT}") from None
     policy = Policy.load(ckpt_path, device)
-    columns = list(features) if features else policy.feature_names
+    named = _model_columns(policy, features)
     delimiter, decimal = csv_dialect(delimiter, decimal)
     options = ReadOptions(chunk_rows=int(batch_rows), delimiter=delimiter, encoding=encoding, decimal=decimal)
     names = policy.class_names or [str(i) for i in range(policy.n_actions)]
     reserved = [ACTION_COLUMN, *(f"prob_{name}" for name in names if probabilities)]
+    # Every file's columns first: the features of a model that names none, and one type per kept column.
+    plans = [_plan(file, options, named, keep, policy.obs_dim, reserved) for file in files]
+    kept_types = _kept_schema([plan for plan in plans if plan is not None], output.suffix.lower() == ".csv")
     staged = output.with_name(f".{output.name}.tmp{output.suffix}")  # a stopped run never replaces a good file
+    output.parent.mkdir(parents=True, exist_ok=True)
     writer = _Writer(staged)
     counts = np.zeros(policy.n_actions, dtype=np.int64)
     rows = 0
     try:
         with tqdm(desc="predict", unit=" rows", disable=not progress_bar, file=sys.stderr) as bar:
-            for file in files:
-                first_row, chosen = 0, None
-                for batch in table_batches(file, options):
-                    if chosen is None:
-                        chosen = _columns(batch, file, columns, keep, policy.obs_dim, decimal, reserved)
-                        columns = chosen[0]  # the first file's, when the model names none
-                    actions, probs = _act(policy, feature_matrix(batch, chosen[0]), file, first_row, chosen[0])
+            for file, plan in zip(files, plans, strict=True):
+                if plan is None:  # no rows
+                    continue
+                columns, kept, _ = plan
+                first_row = 0
+                for batch in table_batches(file, replace(options, float_columns=columns)):
+                    actions, probs = _act(policy, feature_matrix(batch, columns), file, first_row, columns)
                     counts += np.bincount(actions, minlength=policy.n_actions)
-                    kept = batch.select(chosen[1])
-                    writer.write(_output_batch(kept, actions, probs, policy.class_names, probabilities))
+                    kept_part = batch.select(kept).cast(kept_types) if kept else batch.select([])
+                    writer.write(_output_batch(kept_part, actions, probs, policy.class_names, probabilities))
                     first_row += batch.num_rows
                     bar.update(batch.num_rows)
                 rows += first_row
         writer.close()
         if writer.empty:
-            raise ConfigError(f"input={input} has no rows to act on")
+            raise ConfigError(f"input {', '.join(str(f) for f in files)} has no rows to act on")
         replace_file(staged, output)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:  # a kept value the output type cannot take
+        raise ConfigError(f"{output}: a kept column cannot be written: {str(err).splitlines()[0]}") from None
     finally:
         writer.close()
         staged.unlink(missing_ok=True)
     return Prediction(output, rows, len(files), {names[a]: int(n) for a, n in enumerate(counts) if n})
 
 
-def _check_output(output: Path, inputs: list[Path], overwrite: bool) -> None:
-    if output.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise ConfigError(f"output={output}: write .csv or .parquet, e.g. output=actions.csv")
-    if output.is_dir():
-        raise ConfigError(f"output={output} is a directory: give a file name, e.g. output={output / 'actions.csv'}")
-    if any(output.resolve() == f.resolve() for f in inputs):
-        raise ConfigError(f"output={output} is one of the inputs: write the actions to another file")
-    if output.exists() and not overwrite:
-        raise ConfigError(f"output={output} exists: choose another or set overwrite=true")
+def _as_name(value: Any) -> Any:
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _model_columns(policy: Any, features: list[str] | None) -> list[str] | None:
+    """The feature columns to read: `features=`, else the model's own names (None where it has none)."""
+    if features is None:
+        return policy.feature_names
+    if len(features) != policy.obs_dim:
+        raise ConfigError(f"features names {len(features)} columns but the model takes {policy.obs_dim}")
+    own = policy.feature_names
+    if own and sorted(features) == sorted(own) and features != own:  # its own names, in another order
+        raise ConfigError(
+            f"features lists the model's columns in another order: it reads them as {own} (leave features unset: "
+            "they are found by name)"
+        )
+    return features
+
+
+def _plan(
+    file: Path, options: ReadOptions, named: list[str] | None, keep: list[str] | None, obs_dim: int, reserved: list[str]
+) -> tuple[list[str], list[str], Any] | None:
+    """(feature columns, kept columns, their types) of a file, from its first rows; None for a file without rows.
+
+    Read with no column made float, so that a kept column keeps its own type (an integer id stays exact).
+    """
+    first = next(iter(table_batches(file, replace(options, float_columns=[]))), None)
+    if first is None:
+        return None
+    columns, kept = _columns(first, file, named, keep, obs_dim, options.decimal, reserved)
+    return columns, kept, first.select(kept).schema
+
+
+def _kept_schema(plans: list[tuple[list[str], list[str], Any]], csv_output: bool) -> Any:
+    """One type per kept column across the files (an int column in one file and a float one in another: float)."""
+    import pyarrow as pa
+
+    if not plans:
+        return pa.schema([])
+    names = plans[0][1]
+    for _, kept, _ in plans[1:]:
+        if kept != names:
+            raise ConfigError(
+                f"the inputs' other columns differ ({kept} after {names}): give files with the same columns, or "
+                "keep=[...] the ones they share"
+            )
     try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ConfigError(f"output={output} cannot be written ({err.strerror or err})") from None
+        schema = pa.unify_schemas([types for _, _, types in plans], promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+        raise ConfigError(f"a kept column has types that do not mix across the inputs: {err}") from None
+    nested = [f.name for f in schema if pa.types.is_nested(f.type)]
+    if csv_output and nested:
+        raise ConfigError(
+            f"kept column {nested[0]!r} holds {schema.field(nested[0]).type}, which CSV cannot hold: write .parquet, "
+            "or leave it out with keep=[...]"
+        )
+    return schema
 
 
 def _columns(
@@ -172,6 +223,9 @@ def _columns(
 ) -> tuple[list[str], list[str]]:
     """(feature columns, kept columns) of a file, from its first batch; `reserved`: the output's own columns."""
     names = batch.schema.names
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"input file {file}: column {twice[0]!r} appears more than once; give each its name")
     if features is None:  # a model whose training data named no columns: every numeric column not kept, in order
         features = [n for n in names if n not in (keep or ()) and is_number_type(batch.schema.field(n).type)]
         if len(features) != obs_dim:
@@ -179,8 +233,6 @@ def _columns(
                 f"input file {file}: the model does not name its {obs_dim} feature columns and this file has "
                 f"{len(features)} numeric ones {features}: name them with features=[...]"
             )
-    if len(features) != obs_dim:
-        raise ConfigError(f"features names {len(features)} columns but the model takes {obs_dim}")
     missing = [n for n in features if n not in names]
     if missing:
         raise ConfigError(
@@ -199,6 +251,17 @@ def _columns(
             "e.g. keep=[...] without it"
         )
     return list(features), kept
+
+
+def _check_output(output: Path, inputs: list[Path], overwrite: bool) -> None:
+    if output.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise ConfigError(f"output={output}: write .csv or .parquet, e.g. output=actions.csv")
+    if output.is_dir():
+        raise ConfigError(f"output={output} is a directory: give a file name, e.g. output={output / 'actions.csv'}")
+    if any(output.resolve() == f.resolve() for f in inputs):
+        raise ConfigError(f"output={output} is one of the inputs: write the actions to another file")
+    if output.exists() and not overwrite:
+        raise ConfigError(f"output={output} exists: choose another or set overwrite=true")
 
 
 def _act(policy: Any, x: np.ndarray, file: Path, first_row: int, columns: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -229,24 +292,17 @@ def _output_batch(
 
 
 class _Writer:
-    """Streams record batches to a CSV or Parquet file; later files' columns are cast to the first's types."""
+    """Streams record batches (all of one schema, the first's) to a CSV or Parquet file."""
 
     def __init__(self, path: Path) -> None:
-        self.path, self._writer, self._schema = path, None, None
-
-    @property
-    def empty(self) -> bool:
-        """Whether no row was written."""
-        return self._schema is None
+        self.path, self._writer = path, None
+        self.empty = True
 
     def write(self, batch: Any) -> None:
-        """Append `batch` (the first one sets the file's columns)."""
-        import pyarrow as pa
-
+        """Append `batch` (the first one opens the file with its columns)."""
         if batch.num_rows == 0:
             return
         if self._writer is None:
-            self._schema = batch.schema
             if self.path.suffix.lower() == ".csv":
                 from pyarrow import csv
 
@@ -255,17 +311,8 @@ class _Writer:
                 from pyarrow import parquet
 
                 self._writer = parquet.ParquetWriter(self.path, batch.schema)
-        elif batch.schema != self._schema:
-            if batch.schema.names != self._schema.names:
-                raise ConfigError(
-                    f"the inputs' columns differ ({batch.schema.names} after {self._schema.names}): give files with "
-                    "the same columns, or keep=[...] the ones they share"
-                )
-            try:
-                batch = batch.cast(self._schema)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
-                raise ConfigError(f"the inputs' columns hold different types: {str(err).splitlines()[0]}") from None
         self._writer.write_batch(batch)
+        self.empty = False
 
     def close(self) -> None:
         """Finish the file (once)."""

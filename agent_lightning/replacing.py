@@ -32,7 +32,7 @@ def sync_to_disk(path: Path) -> None:
     try:
         os.fsync(descriptor)
     except OSError as err:
-        if err.errno not in (errno.EINVAL, errno.ENOTSUP):  # a file system without fsync: as durable as it gets
+        if err.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):  # no fsync here (a file system, Windows)
             raise
     finally:
         os.close(descriptor)

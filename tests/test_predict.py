@@ -106,6 +106,26 @@ def test_bad_inputs_are_refused_in_one_line_and_leave_no_output(named_run: Path,
     assert not list(tmp_path.glob(".*.tmp*"))  # no staged file left behind
 
 
+def test_kept_columns_keep_their_values_and_types_mix_across_files(named_run: Path, tmp_path: Path) -> None:
+    first, second = _new_rows(30, start=50_000), _new_rows(20, start=60_000)
+    first.assign(uid=np.arange(30) + 2**60 + 1, score=1, note=np.nan).to_csv(tmp_path / "1.csv", index=False)
+    second.assign(uid=np.arange(20) + 2**60, score=0.5, note="checked").to_csv(tmp_path / "2.csv", index=False)
+    (tmp_path / "3.csv").write_bytes(b"")  # an empty export: no rows, like a header-only file
+    predict(named_run, [tmp_path / "1.csv", tmp_path / "2.csv", tmp_path / "3.csv"], tmp_path / "o.parquet",
+            progress_bar=False)  # fmt: skip
+    out = pd.read_parquet(tmp_path / "o.parquet")
+    assert len(out) == 50 and out["note"].iloc[30:].eq("checked").all() and out["note"].iloc[:30].isna().all()
+    assert out["score"].tolist() == [1.0] * 30 + [0.5] * 20 and out["uid"].iloc[0] == 2**60 + 1
+    predict(named_run, tmp_path / "1.csv", tmp_path / "ids.csv", progress_bar=False)
+    ids = pd.read_csv(tmp_path / "ids.csv", dtype={"uid": "int64"})["uid"]
+    assert (ids.to_numpy() == np.arange(30) + 2**60 + 1).all()  # an id beyond float64's exact range stays exact
+    first.rename(columns={"logged": "episode"}).to_csv(tmp_path / "twice.csv", index=False)
+    with pytest.raises(ConfigError, match=r"twice.csv: column 'episode' appears more than once"):
+        predict(named_run, tmp_path / "twice.csv", tmp_path / "t.csv", progress_bar=False)
+    with pytest.raises(ConfigError, match=r"features lists the model's columns in another order"):
+        predict(named_run, tmp_path / "1.csv", tmp_path / "p.csv", features=FEATURES[::-1], progress_bar=False)
+
+
 @pytest.mark.timeout(120)
 def test_command_line_writes_the_actions_and_names_a_bad_column_in_one_line(named_run: Path, tmp_path: Path) -> None:
     _new_rows(40, start=40_000).to_csv(tmp_path / "new.tsv", index=False, sep="\t")

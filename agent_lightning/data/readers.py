@@ -88,6 +88,7 @@ class ReadOptions:
     features: Sequence[str] | None = None
     features_key: str | None = None
     chunk_rows: int = 65_536
+    float_columns: Sequence[str] | None = None  # CSV columns read as float64; None: the features (all numeric)
     delimiter: str | None = None  # CSV field separator; None: `,` for .csv, a tab for .tsv
     encoding: str = "utf-8"  # CSV text encoding, any Python codec name (latin-1, cp1252, utf-16, ...)
     decimal: str = "."  # CSV decimal point, e.g. `,` for `1,5`
@@ -467,6 +468,8 @@ def _csv_batches(path: Path, options: ReadOptions) -> Iterator[Any]:
     pa = _pyarrow()
     from pyarrow import csv
 
+    if path.stat().st_size == 0:  # no header, no rows: skipped as a header-only file is
+        return
     _check_text(path, options.encoding)  # pyarrow would fail on the bytes inside its row handler, with its traceback
     bad_row: list[Any] = []
 
@@ -492,10 +495,11 @@ def _csv_batches(path: Path, options: ReadOptions) -> Iterator[Any]:
         # numbers here. Other columns keep their own types (an id copied beside predict's actions).
         special = {options.label, options.group, options.split_column}
         named = [options.features] if isinstance(options.features, str) else options.features
+        chosen = options.float_columns if options.float_columns is not None else named
         types = {
             f.name: pa.float64()
             for f in header
-            if (f.name in named if named else f.name not in special)
+            if (f.name in chosen if chosen is not None else f.name not in special)
             and (pa.types.is_integer(f.type) or pa.types.is_floating(f.type))
         }
         if options.label in header.names and pa.types.is_integer(header.field(options.label).type):
