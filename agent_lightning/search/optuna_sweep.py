@@ -256,7 +256,8 @@ class OptunaSearch(Sweeper):
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
         space, fixed = parse_space(self.params, arguments)
         self._check_settings()
-        subdir = OmegaConf.to_container(self.config.hydra.sweep, resolve=False).get("subdir")
+        sweep = OmegaConf.select(self.config, "hydra.sweep", default=None)  # its subdir unresolved: its pattern
+        subdir = OmegaConf.to_container(sweep, resolve=False).get("subdir") if sweep is not None else None
         check_trial_dirs_free(self.sweep_dir, subdir, self.study_name)
         check_space(space, fixed, self.job_checker)
         check_enqueued(self.enqueue_trials, space, fixed, self.job_checker)
