@@ -741,3 +741,14 @@ def test_a_feature_float32_would_round_and_a_class_without_training_rows_are_nam
         prepare(tmp_path / "rare.csv", tmp_path / "rare", split="column", features=["f0"], progress_bar=False)
     warned = [r.getMessage() for r in caplog.records]
     assert len(warned) == 1 and "class(es) ['rare'] have val/test rows but no training rows" in warned[0]
+
+
+def test_a_streams_later_part_lacking_a_class_numbers_its_names_as_the_stream(tmp_path: Path) -> None:
+    x = np.random.default_rng(0).normal(size=(90, 3)).astype(np.float32)
+    names = np.array(["left", "right", "up"])[np.arange(90) % 3]
+    prepare({"x": x, "y": names}, tmp_path / "live", append=True, progress_bar=False)
+    later = prepare({"x": x[:60], "y": np.where(names[:60] == "left", "up", names[:60])}, tmp_path / "live",
+                    append=True, progress_bar=False)  # fmt: skip
+    assert later["class_names"] == ["left", "right", "up"]  # not ["right", "up"]: 'up' stays class 2
+    labels = np.concatenate([_all_rows(tmp_path / "live" / later["part"], s)[1] for s in ("train", "val", "test")])
+    assert sorted(set(labels.tolist())) == [1, 2]
