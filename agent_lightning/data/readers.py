@@ -342,25 +342,34 @@ def _array_chunks(arrays: dict[str, Any], where: str, options: ReadOptions) -> I
 
 
 def check_groups(groups: np.ndarray | None, source: str, first_row: int, name: str) -> None:
-    """ConfigError naming the first row whose group id is missing (NaN, None or an empty cell)."""
+    """ConfigError naming the first row of in-memory group ids that is missing (NaN, None or blank)."""
     if groups is None or not len(groups):
         return
     if groups.dtype.kind == "f":
         missing = np.isnan(groups)
-    elif groups.dtype.kind in "OUS":  # None, NaN, or a blank cell (a CSV's empty text reads as "")
-        missing = (
-            np.char.strip(groups.astype(str)) == ""
-            if groups.dtype.kind != "O"
-            else np.array(
-                [
-                    g is None or (isinstance(g, float) and g != g) or (isinstance(g, str) and not g.strip())
-                    for g in groups
-                ],
-                dtype=bool,
-            )
-        )
+    elif groups.dtype.kind == "O":
+        missing = np.array([g is None or (isinstance(g, float) and g != g) for g in groups], dtype=bool)
+        missing |= np.char.strip(groups.astype(str)) == ""
+    elif groups.dtype.kind in "US":
+        missing = np.char.strip(groups.astype(str)) == ""
     else:
         return
+    _refuse_empty_group(missing, source, first_row, name)
+
+
+def _check_group_column(column: Any, source: str, first_row: int, name: str) -> None:
+    """The same check on a table's group column, in pyarrow (a Python loop over its rows would cost seconds)."""
+    import pyarrow.compute as pc
+
+    pa = _pyarrow()
+    missing = pc.is_null(column, nan_is_null=True)
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):  # a CSV's empty cell reads as ""
+        missing = pc.or_(missing, pc.equal(pc.utf8_trim_whitespace(column), ""))
+    if pc.any(missing).as_py():
+        _refuse_empty_group(missing.to_numpy(zero_copy_only=False), source, first_row, name)
+
+
+def _refuse_empty_group(missing: np.ndarray, source: str, first_row: int, name: str) -> None:
     if missing.any():
         raise ConfigError(
             f"{source}, row {first_row + int(np.flatnonzero(missing)[0])}: group {name!r} is empty: every row "
@@ -730,8 +739,10 @@ def _table_chunks(batches: Iterator[Any], path: Path | str, options: ReadOptions
             raise ConfigError(f"{where}, row {null_at}: label {label!r} is empty")
         label_values = labels.to_numpy(zero_copy_only=False)
         check_labels(label_values, f"{where}", first_row, label)
-        groups = batch.column(options.group).to_numpy(zero_copy_only=False) if options.group else None
-        check_groups(groups, f"{where}", first_row, options.group or "")
+        groups = None
+        if options.group:
+            _check_group_column(batch.column(options.group), where, first_row, options.group)
+            groups = batch.column(options.group).to_numpy(zero_copy_only=False)
         yield Chunk(
             features=features,
             labels=label_values,
