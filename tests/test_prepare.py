@@ -287,7 +287,7 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[Path, dict, str]]:
     cases["two label columns"] = (
         tmp / "grid.csv",
         {},
-        r"grid.csv has several columns that could be the label \('label', 'y'\): name it, e.g. label=y$",
+        r"grid.csv has several columns that could be the label \('label', 'y'\): name it, label=label or label=y$",
     )
     gaps = frame.astype({"episode": "Int64"})
     gaps.loc[23, "episode"] = pd.NA

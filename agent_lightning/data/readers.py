@@ -590,8 +590,8 @@ def _detected(
     found = [c for c in candidates if c in names]
     if len(found) > 1:
         raise ConfigError(
-            f"{where} has several {kind}s that could be the {role} ({', '.join(map(repr, found))}): name it, e.g. "
-            f"{key}={found[-1]}"
+            f"{where} has several {kind}s that could be the {role} ({', '.join(map(repr, found))}): name it, "
+            + " or ".join(f"{key}={name}" for name in found)
         )
     return found[0] if found else None
 
