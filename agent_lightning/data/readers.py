@@ -32,10 +32,8 @@ LABEL_KEYS = ("labels", "y", "actions", "action", "label", "targets", "target")
 LABEL_COLUMNS = ("label", "labels", "y", "action", "actions", "target", "class")
 TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
 ARRAY_SUFFIXES = (".npy", ".npz", ".pt")
-COMPRESSED = (".gz", ".bz2", ".zst", ".lz4")  # CSV/TSV text read through the codec its suffix names (CODECS)
-
-
-CODECS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".lz4": "lz4"}
+CODECS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".lz4": "lz4"}  # CSV/TSV text, compressed: pyarrow's codecs
+INSTALL_HINT = "pip install 'lightning-agent-trainer[data]'"
 
 
 def _stream(path: Path) -> Any:
@@ -47,12 +45,9 @@ def _stream(path: Path) -> Any:
 def kind_of(path: Path) -> str:
     """A file's type by its suffix, past a compression suffix: `data.csv.gz` is `.csv`."""
     suffixes = [s.lower() for s in path.suffixes]
-    if len(suffixes) >= 2 and suffixes[-1] in COMPRESSED and suffixes[-2] in (".csv", ".tsv"):
+    if len(suffixes) >= 2 and suffixes[-1] in CODECS and suffixes[-2] in (".csv", ".tsv"):
         return suffixes[-2]
     return path.suffix.lower()
-
-
-INSTALL_HINT = "pip install 'lightning-agent-trainer[data]'"
 
 
 @dataclass
@@ -326,10 +321,7 @@ def _array_chunks(arrays: dict[str, Any], where: str, options: ReadOptions) -> I
         part = {name: _as_numpy(value[start:stop]) for name, value in arrays.items()}
         if part["features"].dtype.kind not in "fiub":
             raise ConfigError(f"{where}: features have dtype {part['features'].dtype}; expected numbers")
-        source = where if where == "input arrays" else f"input file {where}"
-        check_labels(part["labels"].reshape(-1), source, start)
-        check_groups(part.get("groups"), source, start, "groups")
-        yield Chunk(
+        chunk = Chunk(
             features=np.ascontiguousarray(part["features"], dtype=np.float32),
             labels=part["labels"].reshape(-1),
             groups=part.get("groups"),
@@ -339,6 +331,9 @@ def _array_chunks(arrays: dict[str, Any], where: str, options: ReadOptions) -> I
             feature_names=[str(c) for c in features.columns] if is_data_frame(features) else None,
             in_memory=where == "input arrays",
         )
+        check_labels(chunk.labels, chunk.where, start)
+        check_groups(chunk.groups, chunk.where, start, "groups")
+        yield chunk
 
 
 def check_groups(groups: np.ndarray | None, source: str, first_row: int, name: str) -> None:
