@@ -581,7 +581,7 @@ def _parquet_batches(path: Path, options: ReadOptions) -> Iterator[Any]:
 def _detected(
     names: Sequence[str], candidates: Sequence[str], where: str, kind: str, role: str, key: str = "label"
 ) -> str | None:
-    """The one candidate name present, logged; ConfigError when several are (which is meant cannot be told)."""
+    """The one candidate name present (None for none); ConfigError when several are: which is meant is not known."""
     found = [c for c in candidates if c in names]
     if len(found) > 1:
         raise ConfigError(
@@ -634,12 +634,16 @@ def _warn_of_ids(batch: Any, columns: Sequence[str], where: str) -> None:
     """Log a feature column of whole numbers beyond float32's exact range: most likely an id or a time."""
     import pyarrow.compute as pc
 
+    pa = _pyarrow()
     for name in columns:
         column = batch.column(name)
-        if not (_pyarrow().types.is_integer(column.type) or _pyarrow().types.is_floating(column.type)):
+        if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
             continue
-        largest = pc.max(pc.abs(column)).as_py()
-        if largest is None or largest < FLOAT32_EXACT or not pc.all(pc.equal(column, pc.round(column))).as_py():
+        ends = pc.min_max(column).as_py()  # not abs(): the smallest int64 has no positive twin
+        if ends["min"] is None or max(abs(ends["min"]), abs(ends["max"])) < FLOAT32_EXACT:
+            continue
+        largest = max(abs(ends["min"]), abs(ends["max"]))
+        if not pc.all(pc.equal(column, pc.round(column))).as_py():
             continue
         log.warning(
             "%s: feature column %r holds whole numbers up to %s, which float32 rounds (exact to %s): an id or a "
@@ -650,13 +654,8 @@ def _warn_of_ids(batch: Any, columns: Sequence[str], where: str) -> None:
 
 def is_number_type(kind: Any) -> bool:
     """Whether a pyarrow type holds numbers a feature can be (integers, floats, decimals, booleans)."""
-    pa = _pyarrow()
-    return (
-        pa.types.is_integer(kind)
-        or pa.types.is_floating(kind)
-        or pa.types.is_boolean(kind)
-        or (pa.types.is_decimal(kind))
-    )
+    types = _pyarrow().types
+    return types.is_integer(kind) or types.is_floating(kind) or types.is_boolean(kind) or types.is_decimal(kind)
 
 
 def _first_non_number(column: Any) -> tuple[int | None, Any]:
@@ -704,7 +703,7 @@ def _table_chunks(batches: Iterator[Any], path: Path | str, options: ReadOptions
             if twice:
                 raise ConfigError(f"{where}: column {twice[0]!r} appears more than once; give each its name")
             if label is None:
-                label = _detected(names, LABEL_COLUMNS, f"{where}", "column", "label")
+                label = _detected(names, LABEL_COLUMNS, where, "column", "label")
                 if label is None:
                     raise ConfigError(
                         f"{where}: no label column; name it with label= (columns: {names})" + _separator_hint(names)
@@ -733,7 +732,7 @@ def _table_chunks(batches: Iterator[Any], path: Path | str, options: ReadOptions
             null_at = first_row + int(np.flatnonzero(np.asarray(labels.is_null()))[0])
             raise ConfigError(f"{where}, row {null_at}: label {label!r} is empty")
         label_values = labels.to_numpy(zero_copy_only=False)
-        check_labels(label_values, f"{where}", first_row, label)
+        check_labels(label_values, where, first_row, label)
         groups = None
         if options.group:
             _check_group_column(batch.column(options.group), where, first_row, options.group)
