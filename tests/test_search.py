@@ -93,7 +93,7 @@ def test_search_completes_prunes_the_hopeless_trial_and_reports_the_best(tmp_pat
 
 
 @pytest.mark.timeout(300)
-def test_a_stored_study_resumes_and_keeps_counting(tmp_path: Path) -> None:
+def test_a_stored_study_resumes_and_keeps_counting(tmp_path: Path, caplog) -> None:
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     common = ["hparams_search=optuna", f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=resumable", *SMALL]
     first = run_cli(*common, "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path / 'first'}", cwd=tmp_path)
@@ -104,14 +104,19 @@ def test_a_stored_study_resumes_and_keeps_counting(tmp_path: Path) -> None:
     study = optuna.load_study(study_name="resumable", storage=storage)
     assert [t.number for t in study.trials] == [0, 1, 2]
     assert sorted(p.name for p in (tmp_path / "second").iterdir() if p.is_dir()) == ["2"]  # only the missing trial
-    # Another study in the first one's sweep dir would write its trials 0, 1 over that study's.
+    # Another study in the first one's sweep dir would write its trials 0, 1 over that study's: refused at once.
+    from agent_lightning.search.optuna_sweep import OptunaSearch
+
     kept = (tmp_path / "first" / "0" / ".hydra" / "overrides.yaml").read_bytes()
-    common[2] = "hydra.sweeper.study_name=other"
-    other = run_cli(*common, "hydra.sweeper.n_trials=1", f"hydra.sweep.dir={tmp_path / 'first'}", cwd=tmp_path)
-    refusal = (other.stdout + other.stderr).strip()
-    assert other.returncode == 2 and len(refusal.splitlines()) == 1, refusal
-    assert f"hydra.sweep.dir={tmp_path / 'first'} holds the trials of study 'resumable' (0/ and on)" in refusal
-    assert (tmp_path / "first" / "0" / ".hydra" / "overrides.yaml").read_bytes() == kept
+    other = OptunaSearch(
+        None, None, "maximize", "other", storage, n_trials=1, n_jobs=None, params={"seed": "range(0, 9)"}
+    )
+    other.config = OmegaConf.create({"hydra": {"sweep": {"subdir": "${hydra.job.num}"}}})
+    other.sweep_dir, other.job_checker, other.launcher = tmp_path / "first", None, None  # nothing may run
+    with pytest.raises(SystemExit) as refused, caplog.at_level("ERROR"):
+        other.sweep([])
+    assert refused.value.code == 2 and (tmp_path / "first" / "0" / ".hydra" / "overrides.yaml").read_bytes() == kept
+    assert f"hydra.sweep.dir={tmp_path / 'first'} holds the trials of study 'resumable' (0/ and on)" in caplog.text
     assert [s.study_name for s in optuna.get_all_study_summaries(storage)] == ["resumable"]
 
 
