@@ -14,6 +14,7 @@ it is gathered into full tensors here, on one process, without a process group.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,13 +176,18 @@ def export_checked(checkpoint_path: str | Path, output: str | Path, format: str 
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ConfigError(f"{output} cannot be written ({err.strerror or err}): give a writable place") from None
-    staged = output.with_name(f".{output.name}.tmp{output.suffix}")  # a failed export never replaces a good one
+    # Written under its own name in a hidden directory beside it (a failed export never replaces a good one;
+    # the name is the one TorchScript records inside its archive), then renamed into place.
+    staging = output.parent / f".{output.name}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    staged = staging / output.name
     try:
         write_model(model, config, staged, fmt, saved_schema(checkpoint_path))  # what its outputs mean travels too
         diff = check_export(model, staged)
         replace_file(staged, output)
     finally:
-        staged.unlink(missing_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
     return Exported(output, fmt, diff, model)
 
 

@@ -102,6 +102,11 @@ def test_bad_formats_and_a_failed_check_leave_the_previous_export_intact(run, tm
     capsys.readouterr()
     assert export_main([str(run["ckpt"]), str(tmp_path / "agent.bin")]) == 2
     assert "cannot tell the format from its suffix" in capsys.readouterr().err
+    assert export_main([str(run["ckpt"]), str(tmp_path / "agent.bin"), "format=onnx"]) == 2  # unloadable so named
+    assert "format=onnx files are told by their suffix when loaded: name it agent.onnx" in capsys.readouterr().err
+    assert export_main([str(run["ckpt"]), str(tmp_path / "agent.bin"), "format=torch"]) == 0  # read by its content
+    assert Policy.load(tmp_path / "agent.bin").n_actions == N_ACTIONS and not list(tmp_path.glob(".*"))
+    (tmp_path / "agent.bin").unlink()
     assert export_main([str(run["ckpt"]), str(out), "format=tflite"]) == 2
     assert "format='tflite' is not one of torch, safetensors, onnx, torchscript" in capsys.readouterr().err
     checkpoint = Path(run["ckpt"]).read_bytes()  # exporting a checkpoint over itself would lose its training state

@@ -27,11 +27,18 @@ def format_for_path(path: str | Path, explicit: str | None = None) -> str:
                 f"format=torchscript writes a program, and {path} is a name for weights (loaded without running "
                 f"code): name it {Path(path).with_suffix('.ts').name}"
             )
+        own = {"onnx": ".onnx", "safetensors": ".safetensors"}.get(explicit)  # told from the suffix alone when read
+        if own and Path(path).suffix.lower() != own:
+            renamed = Path(path).with_suffix(own).name
+            raise ConfigError(f"format={explicit} files are told by their suffix when loaded: name it {renamed}")
         return explicit
     suffix = Path(path).suffix.lower()
     if suffix not in SUFFIXES:
         known = ", ".join(sorted(SUFFIXES))
-        raise ConfigError(f"{path}: cannot tell the format from its suffix ({known}): add format=<{'|'.join(FORMATS)}>")
+        raise ConfigError(
+            f"{path}: cannot tell the format from its suffix: name it with one of {known} (or, for torch and "
+            "torchscript, add format=torch|torchscript)"
+        )
     return SUFFIXES[suffix]
 
 
