@@ -64,6 +64,10 @@ def test_actions_follow_the_columns_by_name_and_keep_the_rows_and_other_columns(
     assert (ACTIONS[policy.act(both)] == expected).all()
     with pytest.raises(ValueError, match="lack the feature column 'sensor_0'"):
         policy.act(both.drop(columns=["sensor_0"]))
+    assert [ACTIONS[policy.act(both.iloc[i])] for i in range(5)] == list(expected[:5])  # one row, a Series
+    assert (ACTIONS[policy.act(both.astype({name: "Float64" for name in FEATURES}))] == expected).all()
+    with pytest.raises(ValueError, match="feature 'sensor_2' holds values that are not numbers"):
+        policy.act(both.assign(sensor_2="n/a"))
 
 
 def test_a_model_without_column_names_takes_the_numeric_columns_in_order(tmp_path_factory, tmp_path) -> None:

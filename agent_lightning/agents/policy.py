@@ -71,15 +71,18 @@ class Policy:
 
     def _batch(self, obs: Any) -> tuple[Tensor, bool]:
         """Observations as a float32 [n, obs_dim] tensor on the policy's device, and whether one was given."""
-        if hasattr(obs, "columns") and self.feature_names:  # a table (pandas): its columns by name, in any order
-            missing = [name for name in self.feature_names if name not in obs.columns]
-            if missing:
-                raise ValueError(f"observations lack the feature column {missing[0]!r} this policy was trained on")
-            obs = obs[self.feature_names]
+        if _is_labelled(obs):  # pandas: a DataFrame's columns, or one row's (a Series') index, by name
+            obs = self._named_values(obs)
         if not isinstance(obs, Tensor):
             array = np.asarray(obs)
-            # torch takes no negative strides (a reversed view, some pandas frames): those arrays are copied.
-            obs = torch.as_tensor(array.copy() if any(step < 0 for step in array.strides) else array)
+            if array.dtype == object:  # mixed or nullable columns: numbers, or one line saying they are not
+                try:
+                    array = array.astype(np.float64)
+                except (TypeError, ValueError):
+                    raise ValueError("observations hold values that are not numbers (text, or an empty cell)") from None
+            # torch takes no negative strides (a reversed view) and warns of read-only memory: those are copied.
+            copy = any(step < 0 for step in array.strides) or not array.flags.writeable
+            obs = torch.as_tensor(array.copy() if copy else array)
         x = obs
         single = x.dim() == 1
         if single:
@@ -97,6 +100,23 @@ class Policy:
         if not bool(torch.isfinite(x).all()):
             raise ValueError("observation holds NaN or inf values: every feature must be a finite number")
         return x, single
+
+    def _named_values(self, obs: Any) -> np.ndarray:
+        """A DataFrame's or Series' values in the order of `feature_names` (by position where the policy has none)."""
+        names = self.feature_names
+        labels = obs.columns if hasattr(obs, "columns") else obs.index
+        if not names:
+            return obs.to_numpy()
+        missing = [name for name in names if name not in labels]
+        if missing:
+            raise ValueError(f"observations lack the feature column {missing[0]!r} this policy was trained on")
+        chosen = obs[names]
+        try:
+            return chosen.to_numpy(dtype=np.float32)
+        except (TypeError, ValueError):
+            columns = chosen if hasattr(chosen, "columns") else chosen.to_frame().T
+            bad = next(n for n in names if not _numeric(columns[n]))
+            raise ValueError(f"observations' feature {bad!r} holds values that are not numbers") from None
 
     def logits(self, obs: Any) -> Tensor:
         """Action logits as a float32 tensor, [n_actions] for one observation or [n, n_actions] for a batch."""
@@ -130,6 +150,19 @@ class Policy:
     def __repr__(self) -> str:
         where = f", from {self.source}" if self.source else ""
         return f"Policy(obs_dim={self.obs_dim}, n_actions={self.n_actions}, device={self.device}{where})"
+
+
+def _is_labelled(obs: Any) -> bool:
+    """A pandas DataFrame or Series (told without importing pandas): values with names."""
+    return hasattr(obs, "to_numpy") and (hasattr(obs, "columns") or (hasattr(obs, "index") and hasattr(obs, "name")))
+
+
+def _numeric(values: Any) -> bool:
+    try:
+        values.to_numpy(dtype=np.float32)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _checked_device(device: str | torch.device) -> torch.device:
