@@ -325,6 +325,9 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[Path, dict, str]]:
         r"2.parquet, row \d+: label 'left' is not a number but others are \(e.g. '0'\)",
     )
     spelt.assign(label="à " + spelt["label"]).to_csv(tmp / "utf8.csv", index=False)
+    late = "f0,label\n" + "1.5,left\n" * 8000 + "2.5,droite à\n"  # past the 64 KiB sampled for the encoding
+    (tmp / "late.csv").write_bytes(late.encode("cp1252"))
+    cases["late accent"] = (tmp / "late.csv", {}, r"late.csv: column 'label' holds text that is not utf-8: name its")
     cases["UTF-8 read as cp1252"] = (
         tmp / "utf8.csv",
         {"encoding": "cp1252"},

@@ -494,6 +494,7 @@ def _csv_batches(path: Path, options: ReadOptions) -> Iterator[Any]:
         first_types = csv.ConvertOptions(decimal_point=options.decimal)
         with csv.open_csv(_stream(path), read_options=read, parse_options=parse, convert_options=first_types) as first:
             header = first.schema
+        _check_decoded(header, path, options.encoding)
         # Feature columns (the named ones, else every numeric one) are read as float64, so a column whose first
         # block looks integral does not fail later; the label as float64 too when numeric, checked for whole
         # numbers here. Other columns keep their own types (an id copied beside predict's actions).
@@ -514,6 +515,9 @@ def _csv_batches(path: Path, options: ReadOptions) -> Iterator[Any]:
         reader = csv.open_csv(_stream(path), read_options=read, parse_options=parse, convert_options=convert)
         yield from reader
     except pa.ArrowInvalid as err:
+        undecoded = re.match(r"In CSV column #(\d+): CSV conversion error to string: invalid UTF8", str(err))
+        if undecoded and int(undecoded.group(1)) < len(header.names):  # bytes past the first block
+            _refuse_undecoded(header.names[int(undecoded.group(1))], path, options.encoding)
         stray = re.match(r"In CSV column #(\d+): CSV conversion error to \w+: invalid value '(.*)'", str(err))
         if stray and int(stray.group(1)) < len(header.names):  # a text cell after the rows the types were read from
             column = header.names[int(stray.group(1))]
@@ -532,6 +536,21 @@ def _csv_batches(path: Path, options: ReadOptions) -> Iterator[Any]:
                 f"{row.expected_columns} (ragged row){hint}"
             ) from None
         raise ConfigError(f"input file {path}: {str(err).splitlines()[0]}") from None
+
+
+def _check_decoded(header: Any, path: Path, encoding: str) -> None:
+    """ConfigError for a column pyarrow kept as bytes: text that is not in `encoding` past the sample checked."""
+    pa = _pyarrow()
+    undecoded = [f.name for f in header if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)]
+    if undecoded:
+        _refuse_undecoded(undecoded[0], path, encoding)
+
+
+def _refuse_undecoded(column: str, path: Path, encoding: str) -> None:
+    raise ConfigError(
+        f"input file {path}: column {column!r} holds text that is not {encoding}: name its encoding, e.g. "
+        "encoding=cp1252 or encoding=latin-1"
+    )
 
 
 def _read_only(names: Sequence[str], options: ReadOptions) -> list[str]:
