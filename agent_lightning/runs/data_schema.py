@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent_lightning import safe_load
+from agent_lightning.arguments import list_override
 from agent_lightning.errors import ConfigError
 
 if TYPE_CHECKING:  # read by `Policy.load` too, which imports neither Hydra nor OmegaConf
@@ -105,10 +106,16 @@ def check_same_schema(where: str, saved: DataSchema, data_cfg: DictConfig) -> No
     _check_same_features(where, saved.feature_names, now.feature_names, data_cfg.get("path"))
     if saved.class_names is None or now.class_names is None or saved.class_names == now.class_names:
         return
+    unknown = [name for name in now.class_names if name not in saved.class_names]
+    if unknown:  # classes the model never learnt: no numbering makes its outputs mean them
+        raise ConfigError(
+            f"{where} was trained on classes [{', '.join(saved.class_names)}] but data.path={data_cfg.path} has "
+            f"classes it never learnt ({', '.join(unknown[:5])}): this data is not this model's task"
+        )
     raise ConfigError(
         f"{where} was trained on classes [{', '.join(saved.class_names)}] but data.path={data_cfg.path} numbers its "
-        f"classes [{', '.join(now.class_names)}]: prepare it with class_names=[{','.join(saved.class_names)}] so "
-        "each output keeps its meaning"
+        f"classes [{', '.join(now.class_names)}]: prepare it with {list_override('class_names', saved.class_names)} "
+        "so each output keeps its meaning"
     )
 
 
@@ -119,8 +126,8 @@ def _check_same_features(where: str, saved: list[str] | None, now: list[str] | N
         at = next(i for i, (a, b) in enumerate(zip(saved, now, strict=True)) if a != b)
         raise ConfigError(
             f"data.path={path} has the feature columns {where} was trained on in another order (column {at}: "
-            f"{saved[at]!r} in training, {now[at]!r} here): prepare it with features=[{','.join(saved)}] so each "
-            "input keeps its meaning"
+            f"{saved[at]!r} in training, {now[at]!r} here): prepare it with {list_override('features', saved)} so "
+            "each input keeps its meaning"
         )
     missing, new = [n for n in saved if n not in now], [n for n in now if n not in saved]
     raise ConfigError(
