@@ -180,7 +180,7 @@ class AgentModule(pl.LightningModule):
             if self._captured is not None:
                 loss = loss.clone()  # a graph output buffer: the next step would overwrite it
             if (done + index + 1) % self._log_every == 0:
-                due.append((done + index, loss))
+                due.append((done + index, loss.detach()))  # logged as a number: no graph to keep
             losses.append(loss.detach())
             sizes.append(len(targets))
         assert loss is not None  # Lightning stops before an item once max_steps is reached

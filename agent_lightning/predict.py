@@ -98,7 +98,7 @@ def predict(
     progress_bar: bool = True,
 ) -> Prediction:
     """Write the policy's greedy action for every row of `input` to `output`; ConfigError on any bad input."""
-    keep, features = (None if v is None else [_as_name(n) for n in v] for v in (keep, features))
+    keep, features = _name_list(keep), _name_list(features)
     check_arguments(locals(), RULES)
     from agent_lightning.agents.policy import Policy
 
@@ -126,8 +126,9 @@ def predict(
     writer = _Writer(staged)
     counts = np.zeros(policy.n_actions, dtype=np.int64)
     rows = 0
+    bar_off = None if progress_bar else True  # None: no bar where stderr is no terminal (a log gets no redraws)
     try:
-        with tqdm(desc="predict", unit=" rows", disable=not progress_bar, file=sys.stderr) as bar:
+        with tqdm(desc="predict", unit=" rows", disable=bar_off, file=sys.stderr) as bar:
             for file, plan in zip(files, plans, strict=True):
                 if plan is None:  # no rows
                     continue
@@ -151,6 +152,13 @@ def predict(
         writer.close()
         staged.unlink(missing_ok=True)
     return Prediction(output, rows, len(files), {names[a]: int(n) for a, n in enumerate(counts) if n})
+
+
+def _name_list(value: Any) -> Any:
+    """Column names as a list: one name is a list of one (`keep=episode`, not its letters), a number its text."""
+    if value is None:
+        return None
+    return [_as_name(name) for name in ([value] if isinstance(value, str | int) else value)]
 
 
 def _as_name(value: Any) -> Any:
@@ -271,7 +279,7 @@ def _act(policy: Any, x: np.ndarray, file: Path, first_row: int, columns: list[s
         row, column = np.argwhere(~finite)[0]
         raise ConfigError(
             f"input file {file}, row {first_row + int(row)}: feature {columns[column]} is {x[row, column]} "
-            "(the policy acts on finite numbers only)"
+            "(an empty or NA cell reads as nan; the policy acts on finite numbers only)"
         )
     probs = policy.action_probs(x)
     return probs.argmax(axis=1).astype(np.int64), probs

@@ -380,6 +380,11 @@ def _in_memory_bytes(input: Any) -> int:
     return 0
 
 
+def _bar_off(progress_bar: bool) -> bool | None:
+    """The `disable` of a tqdm bar: None keeps it off where stderr is no terminal (a log gets no redraws)."""
+    return None if progress_bar else True
+
+
 def _write(
     sources: list[tuple[Path | Arrays, str | None]],
     options: ReadOptions,
@@ -398,7 +403,7 @@ def _write(
     # Closed on an error too: the bar, so that the error's line starts a line of its own; the bucket files,
     # so that a caller in Python (StreamWriter, collect) keeps no open files from a refused input.
     try:
-        with tqdm(desc="prepare: read", unit=" rows", disable=not progress_bar, file=sys.stderr) as bar:
+        with tqdm(desc="prepare: read", unit=" rows", disable=_bar_off(progress_bar), file=sys.stderr) as bar:
             for source, fixed_split in sources:
                 for chunk in read_chunks(source, options):
                     feature_names = feature_names or chunk.feature_names
@@ -422,7 +427,13 @@ def _write(
     stats = RunningStats(spill.width)
     rng = np.random.default_rng([seed, 3])
     splits: dict[str, Any] = {}
-    bar = tqdm(total=total, desc="prepare: shuffle+write", unit=" rows", disable=not progress_bar, file=sys.stderr)
+    bar = tqdm(
+        total=total,
+        desc="prepare: shuffle+write",
+        unit=" rows",
+        disable=None if progress_bar else True,
+        file=sys.stderr,
+    )
     for code, name in enumerate(SPLITS):
         writer = ShardWriter(work, name, shard_rows, spill.width)
         per_class = np.zeros(count, dtype=np.int64)

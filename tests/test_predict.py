@@ -94,7 +94,7 @@ def test_bad_inputs_are_refused_in_one_line_and_leave_no_output(named_run: Path,
     np.save(tmp_path / "x.npy", rows[FEATURES].to_numpy(np.float32))
     cases = {
         ("missing.csv", "out.csv"): r"missing.csv lacks the feature column 'sensor_3' the model was trained on",
-        ("nan.csv", "out.csv"): r"nan.csv, row 17: feature sensor_5 is nan \(the policy acts on finite numbers only\)",
+        ("nan.csv", "out.csv"): r"nan.csv, row 17: feature sensor_5 is nan \(an empty or NA cell reads as nan",
         ("ok.csv", "taken.csv"): r"output=.*taken.csv exists: choose another or set overwrite=true",
         ("ok.csv", "ok.csv"): r"output=.*ok.csv is one of the inputs",
         ("ok.csv", "out.json"): r"output=.*out.json: write .csv or .parquet",
@@ -136,7 +136,7 @@ def test_command_line_writes_the_actions_and_names_a_bad_column_in_one_line(name
     command = [sys.executable, "-m", "agent_lightning.predict", f"ckpt_path={named_run}", "progress_bar=false"]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     done = subprocess.run(
-        [*command, "input=new.tsv", "output=actions.csv", "keep=[episode]"],
+        [*command, "input=new.tsv", "output=actions.csv", "keep=episode"],  # one name: a list of one
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=100,
     )  # fmt: skip
     output = (done.stdout + done.stderr).strip()
