@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,14 +79,3 @@ def check_arguments(values: Mapping[str, Any], rules: Sequence[Rule]) -> None:
             raise ConfigError(f"{rule.key}={value!r} must be true or false")
         if not rule.check(value):
             raise ConfigError(f"{rule.key}={value!r} is invalid: use {rule.valid}")
-
-
-_PLAIN_VALUE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-.]*$")  # what Hydra's override grammar reads unquoted
-
-
-def list_override(key: str, values: Sequence[str]) -> str:
-    """`key=[a,b]` as it can be pasted on a command line: quoted when a value has spaces, accents or signs."""
-    if all(_PLAIN_VALUE.match(v) for v in values):
-        return f"{key}=[{','.join(values)}]"
-    quoted = ",".join("'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'" for v in values)
-    return f'"{key}=[{quoted}]"'

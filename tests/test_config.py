@@ -205,7 +205,7 @@ def test_auto_strategy_is_resolved_into_a_concrete_one(compose_cfg) -> None:
 
 
 def test_a_list_named_in_a_message_can_be_pasted_on_the_command_line() -> None:
-    from agent_lightning.arguments import list_override
+    from agent_lightning.runs.data_schema import list_override
 
     assert list_override("class_names", ["down", "left", "up-1"]) == "class_names=[down,left,up-1]"
     assert list_override("class_names", ["en bas", "à droite", "it's"]) == (

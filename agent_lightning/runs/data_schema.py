@@ -11,12 +11,13 @@ schema differs, before anything runs, and `Policy` names its actions with it.
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent_lightning import safe_load
-from agent_lightning.arguments import list_override
 from agent_lightning.errors import ConfigError
 
 if TYPE_CHECKING:  # read by `Policy.load` too, which imports neither Hydra nor OmegaConf
@@ -134,3 +135,14 @@ def _check_same_features(where: str, saved: list[str] | None, now: list[str] | N
         f"data.path={path} has other feature columns than {where} was trained on (missing {missing[:5]}, new "
         f"{new[:5]}): the model reads its inputs by position, so prepare data with the training columns"
     )
+
+
+_PLAIN_VALUE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-.]*$")  # what Hydra's override grammar reads unquoted
+
+
+def list_override(key: str, values: Sequence[str]) -> str:
+    """`key=[a,b]` as it can be pasted on a command line: quoted when a value has spaces, accents or signs."""
+    if all(_PLAIN_VALUE.match(v) for v in values):
+        return f"{key}=[{','.join(values)}]"
+    quoted = ",".join("'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'" for v in values)
+    return f'"{key}=[{quoted}]"'
