@@ -96,15 +96,15 @@ def test_search_completes_prunes_the_hopeless_trial_and_reports_the_best(tmp_pat
 def test_a_stored_study_resumes_and_keeps_counting(tmp_path: Path, caplog) -> None:
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     common = ["hparams_search=optuna", f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=resumable", *SMALL]
-    first = run_cli(*common, "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path / 'first'}", cwd=tmp_path)
+    first = run_cli(*common, "hydra.sweeper.n_trials=1", f"hydra.sweep.dir={tmp_path / 'first'}", cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
-    second = run_cli(*common, "hydra.sweeper.n_trials=3", f"hydra.sweep.dir={tmp_path / 'second'}", cwd=tmp_path)
+    second = run_cli(*common, "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path / 'second'}", cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "resumes with 2 finished trials" in second.stdout + second.stderr
+    assert "resumes with 1 finished trials" in second.stdout + second.stderr
     study = optuna.load_study(study_name="resumable", storage=storage)
-    assert [t.number for t in study.trials] == [0, 1, 2]
-    assert sorted(p.name for p in (tmp_path / "second").iterdir() if p.is_dir()) == ["2"]  # only the missing trial
-    # Another study in the first one's sweep dir would write its trials 0, 1 over that study's: refused at once.
+    assert [t.number for t in study.trials] == [0, 1]
+    assert sorted(p.name for p in (tmp_path / "second").iterdir() if p.is_dir()) == ["1"]  # only the missing trial
+    # Another study in the first one's sweep dir would write its trial 0 over that study's: refused at once.
     from agent_lightning.search.optuna_sweep import OptunaSearch
 
     kept = (tmp_path / "first" / "0" / ".hydra" / "overrides.yaml").read_bytes()
