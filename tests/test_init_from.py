@@ -187,7 +187,7 @@ def test_data_that_numbers_its_classes_otherwise_is_refused_naming_the_fix(yeste
     prepare((x, names[y]), tmp_path / "named", progress_bar=False)  # six classes, but named, not numbered
     fixes = {
         "lacks_0": r"numbers its classes \[1, 2, 3, 4, 5\]: prepare it with class_names=\[0,1,2,3,4,5\]",
-        "named": r"has classes it never learnt \(a, b, c, d, e\): this data is not this model's task",  # no fix
+        "named": r"has classes it was not trained on \(a, b, c, d, e\): its outputs cannot mean them",  # no fix
     }
     for data, fix in fixes.items():
         for key in ("init_from", "ckpt_path"):

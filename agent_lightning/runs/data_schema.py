@@ -108,10 +108,11 @@ def check_same_schema(where: str, saved: DataSchema, data_cfg: DictConfig) -> No
     if saved.class_names is None or now.class_names is None or saved.class_names == now.class_names:
         return
     unknown = [name for name in now.class_names if name not in saved.class_names]
-    if unknown:  # classes the model never learnt: no numbering makes its outputs mean them
+    if unknown:  # no numbering makes the model's outputs mean classes it never learnt
         raise ConfigError(
             f"{where} was trained on classes [{', '.join(saved.class_names)}] but data.path={data_cfg.path} has "
-            f"classes it never learnt ({', '.join(unknown[:5])}): this data is not this model's task"
+            f"classes it was not trained on ({', '.join(unknown[:5])}): its outputs cannot mean them (a new class "
+            "needs a new run, not this checkpoint)"
         )
     raise ConfigError(
         f"{where} was trained on classes [{', '.join(saved.class_names)}] but data.path={data_cfg.path} numbers its "
