@@ -45,6 +45,6 @@ CSV_RULES: tuple[Rule, ...] = (
 
 def csv_dialect(delimiter: str | None, decimal: str) -> tuple[str | None, str]:
     """(delimiter, decimal point) as characters, from values `CSV_RULES` accepted (names or characters)."""
-    return DELIMITER_NAMES.get(delimiter, delimiter) if delimiter is not None else None, (
-        "," if decimal == "comma" else decimal
-    )
+    if delimiter is not None:
+        delimiter = DELIMITER_NAMES.get(delimiter, delimiter)
+    return delimiter, "," if decimal == "comma" else decimal

@@ -14,7 +14,7 @@ import yaml
 
 from agent_lightning.errors import ConfigError
 
-STUDY_KEY = "optuna_trial.study_name="  # the override each trial is launched with (`OptunaSweeper._overrides`)
+STUDY_KEY = "optuna_trial.study_name="  # the override each trial is launched with (`OptunaSearch._overrides`)
 
 
 def study_of(run_dir: Path) -> str | None:
