@@ -53,6 +53,11 @@ def path(value: Any) -> bool:
     return isinstance(value, str | Path) and str(value).strip() != ""
 
 
+def column_name(value: Any) -> Any:
+    """A column named by a number (`label=3` on the command line, a header `0,1,2`) as the text it is."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
 def name_or_none(value: Any) -> bool:
     """A non-empty name, or None."""
     return value is None or (isinstance(value, str) and value != "")

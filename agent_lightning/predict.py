@@ -23,7 +23,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from agent_lightning.arguments import Rule, boolean, check_arguments, path, whole
+from agent_lightning.arguments import Rule, boolean, check_arguments, column_name, path, whole
 from agent_lightning.config import hydra_command
 from agent_lightning.data.csv_dialect import CSV_RULES, csv_dialect
 from agent_lightning.data.readers import (
@@ -31,6 +31,7 @@ from agent_lightning.data.readers import (
     TABLE_SUFFIXES,
     ReadOptions,
     check_feature_columns,
+    check_unique_columns,
     expand_inputs,
     feature_matrix,
     is_number_type,
@@ -158,11 +159,7 @@ def _name_list(value: Any) -> Any:
     """Column names as a list: one name is a list of one (`keep=episode`, not its letters), a number its text."""
     if value is None:
         return None
-    return [_as_name(name) for name in ([value] if isinstance(value, str | int) else value)]
-
-
-def _as_name(value: Any) -> Any:
-    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    return [column_name(name) for name in ([value] if isinstance(value, str | int) else value)]
 
 
 def _model_columns(policy: Any, features: list[str] | None) -> list[str] | None:
@@ -231,9 +228,7 @@ def _columns(
 ) -> tuple[list[str], list[str]]:
     """(feature columns, kept columns) of a file, from its first batch; `reserved`: the output's own columns."""
     names = batch.schema.names
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise ConfigError(f"input file {file}: column {twice[0]!r} appears more than once; give each its name")
+    check_unique_columns(names, f"input file {file}")
     if features is None:  # a model whose training data named no columns: every numeric column not kept, in order
         features = [n for n in names if n not in (keep or ()) and is_number_type(batch.schema.field(n).type)]
         if len(features) != obs_dim:

@@ -31,6 +31,7 @@ from agent_lightning.arguments import (
     boolean,
     check_arguments,
     choice,
+    column_name,
     fraction,
     name_or_none,
     path,
@@ -116,10 +117,6 @@ RULES: tuple[Rule, ...] = (
 )
 
 
-def _as_name(value: Any) -> Any:
-    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
-
-
 def _sources(input: Any) -> list[tuple[Path | Arrays, str | None]]:
     """(input, its fixed split or None) pairs; a mapping with split names as keys means one input per split."""
     files_per_split = isinstance(input, Mapping) and any(
@@ -184,8 +181,8 @@ def prepare(
     end marker: this was its last part. `delimiter`, `encoding` and `decimal` say how CSV/TSV text is written.
     """
     # A column named by a number (`label=3` on the command line, a header `0,1,2,3`) is that name as text.
-    label, group, split_column = (_as_name(v) for v in (label, group, split_column))
-    features = [_as_name(v) for v in features] if isinstance(features, list | tuple) else _as_name(features)
+    label, group, split_column = (column_name(v) for v in (label, group, split_column))
+    features = [column_name(v) for v in features] if isinstance(features, list | tuple) else column_name(features)
     check_arguments(locals(), RULES)
     # Plain Python numbers from here on (a numpy integer would not go into the manifest's JSON).
     val_fraction, test_fraction, seed = float(val_fraction), float(test_fraction), int(seed)

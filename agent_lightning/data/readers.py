@@ -121,12 +121,17 @@ def is_data_frame(value: Any) -> bool:
     return hasattr(value, "columns") and hasattr(value, "iloc") and hasattr(value, "dtypes")
 
 
+def check_unique_columns(names: Sequence[str], where: str) -> None:
+    """ConfigError for a column name that appears twice (which of the two is meant cannot be told)."""
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"{where}: column {twice[0]!r} appears more than once; give each its name")
+
+
 def _frame_batches(frame: Any, options: ReadOptions) -> Iterator[Any]:
     pa = _pyarrow()
     names = [str(c) for c in frame.columns]
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise ConfigError(f"input DataFrame: column {twice[0]!r} appears more than once; give each its name")
+    check_unique_columns(names, "input DataFrame")
     used = _read_only(names, options)  # only what is read converts: a column of mixed objects elsewhere is no matter
     try:
         table = pa.Table.from_pandas(frame[used] if used else frame, preserve_index=False)
@@ -718,9 +723,7 @@ def _table_chunks(batches: Iterator[Any], path: Path | str, options: ReadOptions
     for batch in batches:
         names = batch.schema.names
         if columns is None:
-            twice = sorted({n for n in names if names.count(n) > 1})
-            if twice:
-                raise ConfigError(f"{where}: column {twice[0]!r} appears more than once; give each its name")
+            check_unique_columns(names, where)
             if label is None:
                 label = _detected(names, LABEL_COLUMNS, where, "column", "label")
                 if label is None:
