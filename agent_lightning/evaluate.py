@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from agent_lightning.agents.environments import VECTORIZATIONS, env_names
+from agent_lightning.agents.environments import VECTORIZATIONS, EnvFacts, env_names
 from agent_lightning.arguments import SEED, SEED_VALID, Rule, check_arguments, choice, whole
 from agent_lightning.config import hydra_command
 from agent_lightning.errors import ConfigError
@@ -32,31 +32,30 @@ RULES: tuple[Rule, ...] = (
 def evaluate_in_env(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     """Roll the checkpoint's greedy policy for `cfg.episodes` episodes; write episodes.csv and returns.png."""
     from agent_lightning.agents.acting import batch_actor
-    from agent_lightning.agents.environments import env_config
+    from agent_lightning.agents.environments import env_config, env_facts
     from agent_lightning.agents.policy import Policy
     from agent_lightning.agents.reports import write_episodes_csv, write_returns_histogram
     from agent_lightning.agents.rollout import evaluate_policy, summarize
 
     env = env_config(cfg.env)
     policy = Policy.load(cfg.ckpt_path)
-    check_fits(policy, env, str(cfg.ckpt_path))
+    facts = env_facts(env)
+    check_fits(policy, facts, str(cfg.ckpt_path))
     episodes = evaluate_policy(batch_actor(policy), env, cfg.episodes, cfg.first_seed, cfg.num_envs, cfg.vectorization)
     stats = summarize(episodes)
     write_episodes_csv(episodes, output_dir / "episodes.csv")
     title = f"{env.id}: {len(episodes)} episodes, mean {stats['return_mean']:.1f}"
-    write_returns_histogram(episodes, output_dir / "returns.png", title, float(env.success_threshold))
+    write_returns_histogram(episodes, output_dir / "returns.png", title, facts.success_threshold)
     return stats
 
 
-def check_fits(policy: Any, env: DictConfig, where: str) -> None:
+def check_fits(policy: Any, env: EnvFacts, where: str) -> None:
     """ConfigError when the policy's input width or action count is not the environment's."""
-    from agent_lightning.agents.environments import space_sizes
-
-    width, actions = space_sizes(env)
-    if policy.obs_dim != width or policy.n_actions != actions:
+    if policy.obs_dim != env.observation_width or policy.n_actions != env.action_count:
         raise ConfigError(
             f"ckpt_path={where} maps {policy.obs_dim} observations to {policy.n_actions} actions, but "
-            f"{env.id} has {width} observations and {actions} actions: use the env it was trained for"
+            f"{env.id} has {env.observation_width} observations and {env.action_count} actions: use the env it was "
+            "trained for"
         )
 
 

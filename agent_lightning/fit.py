@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelChec
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from agent_lightning.agents.env_eval import env_eval_callbacks
+from agent_lightning.agents.env_eval import EnvEvaluation, env_eval_callbacks
 from agent_lightning.callbacks import FiniteLossGuard
 from agent_lightning.checkpoint_io import AtomicCheckpointIO
 from agent_lightning.console import build_progress_bar, print_lightning_lines_once
@@ -150,6 +150,10 @@ def fit_and_test(cfg: DictConfig, devices: int, world: int, extra_callbacks: Seq
         metrics["data/reachable_acc"] = reachable
     result = {**metrics, "run_dir": str(cfg.paths.output_dir), "best_model_path": best}
     finish_run(trainer, cfg, result)  # final metrics to every tracker, summary.json in the run directory
+    failed = [c.failure for c in callbacks if isinstance(c, EnvEvaluation) and c.failure]
+    if failed:  # after the test and the summary: only the env's part of the run is missing
+        kept = cfg.paths.output_dir
+        raise ConfigError(f"env_eval: {failed[0]}; the run's checkpoints and summary.json are kept in {kept}")
     return result
 
 

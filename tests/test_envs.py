@@ -115,7 +115,7 @@ def test_evaluate_refuses_a_policy_for_another_env(tmp_path):
 
 
 def test_unknown_names_give_one_line_with_the_valid_ones(compose_cfg):
-    with pytest.raises(ConfigError, match=r"env='pong' is unknown: choose one of acrobot, cartpole, lunarlander"):
+    with pytest.raises(ConfigError, match=r"env='pong' is unknown: choose one of acrobot, cartpole, gym, lunarlander"):
         env_config("pong")
     with pytest.raises(ConfigError, match=r"expert='oracle' is unknown: use one of acrobot, cartpole, heuristic"):
         resolve_expert("oracle")

@@ -11,6 +11,7 @@ import numpy as np
 
 from agent_lightning.agents.rollout import Rollout
 from agent_lightning.data.manifest import read_manifest, write_manifest
+from agent_lightning.errors import ConfigError
 
 log = logging.getLogger("agent_lightning.collect")
 
@@ -32,18 +33,27 @@ def write_demonstrations(
     from agent_lightning.prepare import prepare
 
     arrays = {"observations": data.observations, "actions": data.actions, "episode": data.episodes}
-    manifest = prepare(
-        input=arrays,
-        output=output,
-        group="episode",
-        split="group",
-        val_fraction=val_fraction,
-        test_fraction=test_fraction,
-        num_classes=n_actions,
-        seed=seed,
-        overwrite=overwrite,
-        progress_bar=False,
-    )
+    try:
+        prepare(
+            input=arrays,
+            output=output,
+            group="episode",
+            split="group",
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            num_classes=n_actions,
+            seed=seed,
+            overwrite=overwrite,
+            progress_bar=False,
+        )
+    except ConfigError as err:
+        if "the train split is empty" not in str(err):
+            raise
+        episodes = len(np.unique(data.episodes))
+        raise ConfigError(
+            f"none of the {episodes} episode(s) collected went to the train split (an episode goes to one split "
+            "whole): collect more steps"
+        ) from None
     # The fingerprint covers the shards only, so adding provenance leaves the dataset's identity unchanged.
     manifest = read_manifest(output)
     manifest["provenance"] = dict(provenance)

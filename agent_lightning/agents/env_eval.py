@@ -26,7 +26,8 @@ class EnvEvaluation(Callback):
     """On rank 0 after fit: greedy episodes on seeds first_seed.. with the best checkpoint (else current weights).
 
     Metrics go to every logger and to `trainer.callback_metrics` (so to summary.json); episodes.csv and
-    returns.png go to `<run>/env_eval/`.
+    returns.png go to `<run>/env_eval/`. An environment that fails (raises, returns NaN) is kept in `failure`,
+    one line, so that the run still tests and writes its summary before it reports the failure.
     """
 
     def __init__(
@@ -40,6 +41,7 @@ class EnvEvaluation(Callback):
         self.env, self.episodes, self.first_seed, self.num_envs = env, episodes, first_seed, num_envs
         self.output_dir = output_dir
         self.stats: dict[str, float] = {}
+        self.failure: str | None = None
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Roll out the policy on rank 0 and log `env/*` metrics."""
@@ -51,13 +53,19 @@ class EnvEvaluation(Callback):
         if not trainer.is_global_zero:
             return
         from agent_lightning.agents.acting import batch_actor
-        from agent_lightning.agents.environments import env_config
+        from agent_lightning.agents.environments import env_facts
         from agent_lightning.agents.reports import write_episodes_csv, write_returns_histogram
-        from agent_lightning.agents.rollout import evaluate_policy, summarize
+        from agent_lightning.agents.rollout import evaluate_policy, summarize, summary_line
+        from agent_lightning.errors import ConfigError
 
-        cfg = env_config(self.env)
         policy, source = _policy(best, pl_module, gathered)
-        episodes = evaluate_policy(batch_actor(policy), cfg, self.episodes, self.first_seed, self.num_envs)
+        try:
+            facts = env_facts(self.env)
+            episodes = evaluate_policy(batch_actor(policy), self.env, self.episodes, self.first_seed, self.num_envs)
+        except ConfigError as err:
+            self.failure = str(err)
+            log.error("env eval failed: %s", err)
+            return
         self.stats = summarize(episodes)
         metrics = {f"env/{k}": v for k, v in self.stats.items() if k != "episodes"}
         for logger in trainer.loggers:
@@ -68,13 +76,9 @@ class EnvEvaluation(Callback):
             out = Path(self.output_dir) / "env_eval"
             out.mkdir(parents=True, exist_ok=True)
             write_episodes_csv(episodes, out / "episodes.csv")
-            title = f"{cfg.id}: {len(episodes)} episodes ({source})"
-            write_returns_histogram(episodes, out / "returns.png", title, float(cfg.success_threshold))
-        log.info(
-            "env eval (%s, %s, %d episodes): return mean=%.2f std=%.2f success=%.2f",
-            cfg.id, source, len(episodes), self.stats["return_mean"], self.stats["return_std"],
-            self.stats["success_rate"],
-        )  # fmt: skip
+            title = f"{facts.id}: {len(episodes)} episodes ({source})"
+            write_returns_histogram(episodes, out / "returns.png", title, facts.success_threshold)
+        log.info("env eval (%s, %s, %d episodes): %s", facts.id, source, len(episodes), summary_line(self.stats))
 
 
 def _best_checkpoint(trainer: pl.Trainer) -> str:

@@ -1,43 +1,94 @@
 """gymnasium environments from `conf/env/<name>.yaml`: one for rolling an expert, a vector of them for evaluation.
 
+An env config names a gymnasium id and, optionally, `kwargs` for `gymnasium.make`, an episode cap, a success
+threshold (both default to what the id registered), the default expert and gymnasium wrappers to apply.
 gymnasium (and box2d for LunarLander) come with the optional extra: pip install 'lightning-agent-trainer[env]'.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
-from collections.abc import Mapping
+import numbers
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from agent_lightning.config import config_dir, group_option_names
+from agent_lightning.config import config_dir
 from agent_lightning.errors import ConfigError
 
 INSTALL_HINT = "pip install 'lightning-agent-trainer[env]'"
 VECTORIZATIONS = ("sync", "async")
+ENV_KEYS = ("id", "kwargs", "max_episode_steps", "success_threshold", "expert", "wrappers")
+FLATTEN_HINT = "env.wrappers='[{_target_: gymnasium.wrappers.FlattenObservation}]'"
+
+
+def _env_dirs() -> list[Path]:
+    """Where env configs are found: directories added to Hydra's search path (`-cd DIR`), then the package's."""
+    from hydra.core.hydra_config import HydraConfig
+
+    dirs = []
+    if HydraConfig.initialized():
+        for source in HydraConfig.get().runtime.config_sources:
+            if source.schema == "file" and (Path(source.path) / "env").is_dir():
+                dirs.append(Path(source.path) / "env")
+    return [*dirs, config_dir() / "env"]
 
 
 def env_names() -> list[str]:
-    """The environments configured under `conf/env/`."""
-    return group_option_names("env")
+    """The environments configured under `conf/env/` (and an `env/` of a config dir added with `-cd`)."""
+    return sorted({path.stem for directory in _env_dirs() for path in directory.glob("*.yaml")})
 
 
 def env_config(env: str | Mapping[str, Any] | None) -> DictConfig:
-    """The env config: a name from `conf/env/` or an already composed mapping; ConfigError listing valid names."""
+    """The checked env config: a name from `conf/env/` or an already composed mapping; ConfigError naming the key."""
     if env is None:
         raise ConfigError(f"env is not set: choose one of {', '.join(env_names())} (e.g. env=cartpole)")
     if isinstance(env, str):
-        path = config_dir() / "env" / f"{env}.yaml"
-        if not path.is_file():
+        path = next((d / f"{env}.yaml" for d in _env_dirs() if (d / f"{env}.yaml").is_file()), None)
+        if path is None:
             raise ConfigError(f"env={env!r} is unknown: choose one of {', '.join(env_names())}")
         loaded = OmegaConf.load(path)
-        assert isinstance(loaded, DictConfig)
-        return loaded
-    cfg = env if isinstance(env, DictConfig) else OmegaConf.create(dict(env))
-    if not cfg.get("id"):
-        raise ConfigError("env.id is not set: name a gymnasium environment id, e.g. env.id=CartPole-v1")
+        if not isinstance(loaded, DictConfig):
+            raise ConfigError(f"env={env}: {path} is not a mapping of env settings ({', '.join(ENV_KEYS)})")
+        cfg = loaded
+    else:
+        cfg = env if isinstance(env, DictConfig) else OmegaConf.create(dict(env))
+    _check_settings(cfg)
     return cfg
+
+
+def _check_settings(cfg: DictConfig) -> None:
+    """Each env key's value, or the first wrong one named: a typo would otherwise be ignored without a word."""
+    if OmegaConf.is_missing(cfg, "id") or not cfg.get("id"):
+        raise ConfigError("env.id is not set: name a gymnasium environment id, e.g. env=gym env.id=CartPole-v1")
+    unknown = sorted(str(key) for key in cfg if key not in ENV_KEYS)
+    if unknown:
+        raise ConfigError(f"env.{unknown[0]} is not an env setting: use {', '.join(ENV_KEYS)}")
+    steps = cfg.get("max_episode_steps")
+    if steps is not None and (not isinstance(steps, numbers.Integral) or isinstance(steps, bool) or steps < 1):
+        raise ConfigError(
+            f"env.max_episode_steps={steps} must be a whole number of steps >= 1, or null for the id's registered limit"
+        )
+    threshold = cfg.get("success_threshold")
+    if threshold is not None and (not isinstance(threshold, numbers.Real) or isinstance(threshold, bool)):
+        raise ConfigError(
+            f"env.success_threshold={threshold!r} must be a number (a return), or null for the id's reward_threshold"
+        )
+    if cfg.get("kwargs") is not None and not isinstance(cfg.kwargs, DictConfig | dict):
+        raise ConfigError(f"env.kwargs={cfg.kwargs} must be a mapping of gymnasium.make arguments, e.g. '{{}}'")
+    wrappers = cfg.get("wrappers")
+    if wrappers is not None and not isinstance(wrappers, ListConfig | list):
+        raise ConfigError(f"env.wrappers must be a list of wrappers, e.g. {FLATTEN_HINT}")
+    for index, wrapper in enumerate(wrappers or []):
+        if not isinstance(wrapper, DictConfig | dict) or not wrapper.get("_target_"):
+            raise ConfigError(
+                f"env.wrappers[{index}]={wrapper} must name its class as _target_ (its arguments beside it), "
+                f"e.g. {FLATTEN_HINT}"
+            )
 
 
 def gymnasium() -> Any:
@@ -52,13 +103,32 @@ def _make_kwargs(cfg: DictConfig) -> dict[str, Any]:
     given = cfg.get("kwargs")
     kwargs = OmegaConf.to_container(given, resolve=True) if isinstance(given, DictConfig) else dict(given or {})
     assert isinstance(kwargs, dict)
-    if cfg.get("max_episode_steps"):
+    if cfg.get("max_episode_steps") is not None:
         kwargs["max_episode_steps"] = int(cfg.max_episode_steps)
     return kwargs
 
 
+def _apply_wrapper(index: int, spec: dict[str, Any], env: Any) -> Any:
+    """`spec`'s wrapper class around `env` (a module-level function: async vector envs pickle it)."""
+    import hydra
+
+    try:
+        return hydra.utils.instantiate(spec, env)
+    except Exception as err:  # an unknown class or a wrong argument: Hydra's message, first line
+        cause = err.__cause__ or err
+        raise ConfigError(
+            f"env.wrappers[{index}] ({spec['_target_']}): {str(cause).splitlines()[0] or type(cause).__name__}"
+        ) from None
+
+
+def _wrapper_factories(cfg: DictConfig) -> list[Callable[[Any], Any]]:
+    specs = OmegaConf.to_container(cfg.wrappers, resolve=True) if cfg.get("wrappers") else []
+    assert isinstance(specs, list)
+    return [functools.partial(_apply_wrapper, index, spec) for index, spec in enumerate(specs)]
+
+
 def make_env(env: str | Mapping[str, Any]) -> Any:
-    """One gymnasium environment (with its time limit) for the configured id."""
+    """One gymnasium environment (with its time limit and the configured wrappers) for the configured id."""
     cfg = env_config(env)
     gym = gymnasium()
     try:
@@ -69,7 +139,12 @@ def make_env(env: str | Mapping[str, Any]) -> Any:
         raise ConfigError(f"env.id={cfg.id}: {str(err).splitlines()[0]}") from None
     except TypeError as err:
         raise ConfigError(f"env.kwargs for {cfg.id}: {err}") from None
+    except ModuleNotFoundError as err:  # `module:Id` naming a module that does not import
+        raise ConfigError(f"env.id={cfg.id}: {err} (a `module:Id` id imports the module that registers Id)") from None
     try:
+        _check_episode_cap(made, cfg.id)
+        for wrap in _wrapper_factories(cfg):
+            made = wrap(made)
         _check_spaces(made, cfg.id)
     except ConfigError:
         made.close()
@@ -82,10 +157,25 @@ def make_vector_env(env: str | Mapping[str, Any], num_envs: int, vectorization: 
     if vectorization not in VECTORIZATIONS:
         raise ConfigError(f"vectorization={vectorization!r} is not one of {', '.join(VECTORIZATIONS)}")
     cfg = env_config(env)
-    make_env(cfg).close()  # a bad id or a missing package fails here, as one line, not inside a worker
+    make_env(cfg).close()  # a bad id, wrapper or missing package fails here, as one line, not inside a worker
     gym = gymnasium()
-    kwargs = _make_kwargs(cfg)
-    return gym.make_vec(cfg.id, num_envs=num_envs, vectorization_mode=vectorization, **kwargs)
+    return gym.make_vec(
+        cfg.id,
+        num_envs=num_envs,
+        vectorization_mode=vectorization,
+        wrappers=_wrapper_factories(cfg) or None,
+        **_make_kwargs(cfg),
+    )
+
+
+def _check_episode_cap(env: Any, env_id: str) -> None:
+    """Every episode must end: an env without a registered or configured step limit could run forever."""
+    spec = getattr(env, "spec", None)
+    if spec is None or spec.max_episode_steps is None:
+        raise ConfigError(
+            f"env.id={env_id} registers no episode limit and env.max_episode_steps is not set: an episode that "
+            "never ends would never finish; set env.max_episode_steps=N"
+        )
 
 
 def _check_spaces(env: Any, env_id: str) -> None:
@@ -101,21 +191,54 @@ def _check_spaces(env: Any, env_id: str) -> None:
     if not isinstance(space, Box) or len(space.shape) != 1:
         raise ConfigError(
             f"env.id={env_id} has {space} observations: policies here read a vector of numbers (a 1-d Box), e.g. "
-            "CartPole-v1; wrap the env to flatten or one-hot its observations"
+            f"CartPole-v1; flatten them with {FLATTEN_HINT}"
         )
 
 
-def space_sizes(env: str | Mapping[str, Any]) -> tuple[int, int]:
-    """(observation width, number of actions) of the environment."""
-    made = make_env(env)
+@dataclass(frozen=True)
+class EnvFacts:
+    """What rollouts and checks need of an environment, read once from a made copy."""
+
+    id: str
+    observation_width: int
+    action_count: int
+    # Discrete(n, start): the env's actions are start..start+n-1; a policy's classes are 0..n-1.
+    action_start: int
+    max_episode_steps: int
+    success_threshold: float | None  # None: the id registers no reward_threshold and the config sets none
+
+
+def env_facts(env: str | Mapping[str, Any]) -> EnvFacts:
+    """The environment's sizes, action numbering, episode cap and success threshold (config first, then registry)."""
+    cfg = env_config(env)
+    made = make_env(cfg)
     try:
-        return int(made.observation_space.shape[0]), int(made.action_space.n)
+        threshold = cfg.get("success_threshold")
+        if threshold is None:
+            threshold = made.spec.reward_threshold
+        return EnvFacts(
+            id=str(cfg.id),
+            observation_width=int(made.observation_space.shape[0]),
+            action_count=int(made.action_space.n),
+            action_start=int(made.action_space.start),
+            max_episode_steps=int(made.spec.max_episode_steps),
+            success_threshold=None if threshold is None else float(threshold),
+        )
     finally:
         made.close()
 
 
+def space_sizes(env: str | Mapping[str, Any]) -> tuple[int, int]:
+    """(observation width, number of actions) of the environment."""
+    facts = env_facts(env)
+    return facts.observation_width, facts.action_count
+
+
 def check_env_eval(cfg: DictConfig) -> None:
-    """ConfigError (before any rank starts) when `env_eval` names an unknown env or one the model does not fit."""
+    """ConfigError (before any rank starts) when `env_eval` names an unknown env or one the model does not fit.
+
+    A name is replaced by its config here, where Hydra's search path (`-cd DIR`) is known: ranks read no files.
+    """
     spec = cfg.get("env_eval")
     if not spec:
         return
@@ -125,12 +248,16 @@ def check_env_eval(cfg: DictConfig) -> None:
     unknown = sorted(str(key) for key in spec if key not in known)
     if unknown:  # a typo (`episode`) would silently play the default count
         raise ConfigError(f"env_eval.{unknown[0]} is not a setting of env_eval: use {', '.join(known)}")
-    width, actions = space_sizes(env_config(spec.env))
+    name = spec.env if isinstance(spec.env, str) else spec.env.get("id")
+    resolved = env_config(spec.env)
+    if isinstance(spec.env, str):
+        spec.env = resolved
+    width, actions = space_sizes(resolved)
     model = cfg.get("model") or {}
     for key, value, what in (("input_dim", width, "observations"), ("output_dim", actions, "actions")):
         if model.get(key) is not None and int(model[key]) != value:
             raise ConfigError(
-                f"env_eval.env={spec.env} has {value} {what} but model.{key}={model[key]}: evaluate on the env "
+                f"env_eval.env={name} has {value} {what} but model.{key}={model[key]}: evaluate on the env "
                 "the data came from"
             )
     if int(spec.get("episodes", 20)) < 1:

@@ -15,23 +15,25 @@ from agent_lightning.evaluation.plots import new_figure
 
 
 def write_episodes_csv(episodes: Sequence[Episode], path: Path) -> Path:
-    """`seed,return,length,success`, one row per episode."""
+    """`seed,return,length,success`, one row per episode (success empty where the env has no threshold)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(["seed", "return", "length", "success"])
         for episode in episodes:
-            writer.writerow([episode.seed, f"{episode.ret:.6f}", episode.length, int(episode.success)])
+            success = "" if episode.success is None else int(episode.success)
+            writer.writerow([episode.seed, f"{episode.ret:.6f}", episode.length, success])
     return path
 
 
-def write_returns_histogram(episodes: Sequence[Episode], path: Path, title: str, threshold: float) -> Path:
-    """A PNG histogram of the episode returns, with the success threshold marked."""
+def write_returns_histogram(episodes: Sequence[Episode], path: Path, title: str, threshold: float | None) -> Path:
+    """A PNG histogram of the episode returns, with the success threshold (where there is one) marked."""
     returns = [e.ret for e in episodes]
     figure = new_figure(6, 3.5)
     axes = figure.subplots()
     axes.hist(returns, bins=min(20, max(5, len(returns) // 2)), color="tab:blue", edgecolor="white")
-    axes.axvline(threshold, color="tab:green", linestyle="--", label=f"success >= {threshold:g}")
+    if threshold is not None:
+        axes.axvline(threshold, color="tab:green", linestyle="--", label=f"success >= {threshold:g}")
     axes.axvline(sum(returns) / len(returns), color="tab:red", label="mean")
     axes.set(xlabel="episode return", ylabel="episodes", title=title)
     axes.legend()

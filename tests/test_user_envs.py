@@ -1,0 +1,144 @@
+"""A user's own environment: its action numbering, its limits, its wrappers, and the ways it can fail."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("gymnasium")
+
+from agent_lightning.agents.environments import env_config, env_facts, make_env, make_vector_env
+from agent_lightning.agents.rollout import evaluate_policy, rollout, summarize, summary_line
+from agent_lightning.errors import ConfigError
+
+from .user_envs import reach_expert
+
+REACH = {"id": "tests.user_envs:Reach-v0"}
+
+
+def toward_target(observations: np.ndarray) -> np.ndarray:
+    """The expert as a policy answers: a class 0..2, for the env's actions -1..1."""
+    return np.sign(observations[:, 1] - observations[:, 0]).astype(np.int64) + 1
+
+
+def test_discrete_actions_that_start_below_zero_are_classes_for_the_policy_and_actions_for_the_env() -> None:
+    facts = env_facts(REACH)
+    assert (facts.action_start, facts.action_count, facts.max_episode_steps, facts.success_threshold) == (
+        -1,
+        3,
+        40,
+        -10,
+    )
+    # The expert answers -1..1; the dataset records classes 0..2; the states are the expert's own path.
+    data = rollout(REACH, 200, reach_expert, seed=3)
+    assert set(np.unique(data.actions)) == {0, 1, 2}
+    expected = np.sign(data.observations[:, 1] - data.observations[:, 0]) + 1
+    assert np.array_equal(data.actions, expected)
+    # A policy that chooses the expert's classes plays the expert's episodes: the shortest path on each seed.
+    episodes = evaluate_policy(toward_target, REACH, episodes=6, num_envs=4)
+    for episode in episodes:
+        obs, _ = (made := make_env(REACH)).reset(seed=episode.seed)
+        made.close()
+        assert episode.length == max(1, abs(int(obs[1] - obs[0]))) or obs[1] == obs[0]
+    assert all(e.ret == -e.length and e.success == (e.ret >= -10) for e in episodes)
+    # The learner (a policy) drives with classes while the expert labels: the same path again.
+    learned = rollout(REACH, 200, lambda env, obs: int(toward_target(obs[None])[0]), label=reach_expert, seed=3)
+    assert np.array_equal(learned.actions, data.actions) and learned.returns == data.returns
+
+
+def test_an_id_without_a_preset_takes_its_registered_limits_and_a_builtin_preset_does_not_impose_its_own() -> None:
+    by_itself = env_facts(env_config({"id": "tests.user_envs:Reach-v0"}))
+    cartpole_preset = {**env_config("cartpole"), "id": "tests.user_envs:Reach-v0", "expert": None}
+    assert env_facts(cartpole_preset) == by_itself  # not CartPole's 500 steps or 475 threshold
+    capped = env_facts({**REACH, "max_episode_steps": 7, "success_threshold": -3})
+    assert (capped.max_episode_steps, capped.success_threshold) == (7, -3)
+    episodes = evaluate_policy(lambda obs: np.ones(len(obs), dtype=np.int64), {**REACH, "max_episode_steps": 7}, 3)
+    assert {e.length for e in episodes} <= {7} | set(range(0, 7))
+    # No threshold registered or set: no success rate is made up.
+    stats = summarize(evaluate_policy(toward_target, {"id": "tests.user_envs:DictReach-v0", "wrappers": FLAT}, 2))
+    assert "success_rate" not in stats and "success=" not in summary_line(stats)
+
+
+FLAT = [{"_target_": "gymnasium.wrappers.FlattenObservation"}]
+
+
+def test_wrappers_from_the_config_apply_to_single_and_vector_envs() -> None:
+    dict_reach = {"id": "tests.user_envs:DictReach-v0"}
+    with pytest.raises(ConfigError, match=r"has Dict\(.*observations: .* flatten them with env.wrappers="):
+        make_env(dict_reach)
+    flat = {**dict_reach, "wrappers": FLAT}
+    assert make_env(flat).observation_space.shape == (2,)
+    for mode in ("sync", "async"):
+        vector = make_vector_env(flat, 2, mode)
+        try:
+            assert vector.single_observation_space.shape == (2,)
+        finally:
+            vector.close()
+    # FlattenObservation orders a Dict's keys by name: position, target, as Reach's own observation.
+    assert [e.ret for e in evaluate_policy(toward_target, flat, 4)] == [
+        e.ret for e in evaluate_policy(toward_target, REACH, 4)
+    ]
+    with pytest.raises(ConfigError, match=r"^env.wrappers\[0\] \(gymnasium.wrappers.NoSuchWrapper\): "):
+        make_env({**dict_reach, "wrappers": [{"_target_": "gymnasium.wrappers.NoSuchWrapper"}]})
+    with pytest.raises(ConfigError, match=r"^env.wrappers\[0\]=FlattenObservation must name its class as _target_"):
+        make_env({**dict_reach, "wrappers": ["FlattenObservation"]})
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"id": "tests.user_envs:EndlessReach-v0"}, r"registers no episode limit .* set env.max_episode_steps=N"),
+        ({**REACH, "max_episode_steps": 0}, r"env.max_episode_steps=0 must be a whole number of steps >= 1, or null"),
+        ({**REACH, "success_threshold": "high"}, r"env.success_threshold='high' must be a number"),
+        ({**REACH, "max_steps": 9}, r"env.max_steps is not an env setting: use id, kwargs, max_episode_steps"),
+        ({"id": "no_such_module:Reach-v0"}, r"env.id=no_such_module:Reach-v0: .*no_such_module"),
+    ],
+)
+def test_env_settings_that_cannot_work_are_one_line_naming_the_key(settings: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        make_env(settings)
+
+
+def test_an_endless_env_with_a_configured_cap_ends_its_episodes() -> None:
+    endless = {"id": "tests.user_envs:EndlessReach-v0", "max_episode_steps": 12}
+    assert {e.length for e in evaluate_policy(toward_target, endless, 3)} == {12}
+
+
+def test_an_env_that_returns_nan_or_raises_is_one_line_naming_the_episode() -> None:
+    nan_at = {**REACH, "kwargs": {"nan_at": 3, "endless": True}}  # endless: no episode ends first
+    where = r"\(episode seed 5, step 3\)"
+    with pytest.raises(ConfigError, match=rf"^env.id=.*Reach-v0 returned an observation holding NaN or inf {where}"):
+        rollout(nan_at, 100, reach_expert, seed=5)
+    with pytest.raises(ConfigError, match=r"returned an observation holding NaN or inf \(episode seed 0, step 3\)"):
+        evaluate_policy(toward_target, nan_at, 1)
+    raises = {**REACH, "kwargs": {"raise_at": 2, "endless": True}}
+    broken = r"raised RuntimeError in step \(episode seed 5, step 1\): the simulator lost its state"
+    with pytest.raises(ConfigError, match=rf"^env.id=.*Reach-v0 {broken}"):
+        rollout(raises, 100, reach_expert, seed=5)
+    with pytest.raises(ConfigError, match=r"raised RuntimeError in step \(episode seeds 0..1, step 1\)"):
+        evaluate_policy(toward_target, raises, 2)
+
+
+def _collect(tmp_path: Path) -> Path:
+    from agent_lightning.collect import collect
+
+    data = tmp_path / "reach"
+    collect(REACH, data, steps=1500, expert="tests.user_envs:reach_expert", seed=1000, random_episodes=0)
+    return data
+
+
+def test_env_eval_that_fails_keeps_the_tested_run_and_its_summary(compose_cfg, tmp_path: Path) -> None:
+    from agent_lightning.train import train
+
+    data = _collect(tmp_path)
+    broken = "{id: 'tests.user_envs:Reach-v0', kwargs: {raise_at: 3, endless: true}}"
+    quiet = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+    overrides = ["experiment=bc", f"data.path={data}", "trainer.max_epochs=1", f"+env_eval={{env: {broken}}}"]
+    cfg = compose_cfg(*overrides, *quiet, fast=False)
+    with pytest.raises(ConfigError, match=r"^env_eval: env.id=.*raised RuntimeError in step .* are kept in"):
+        train(cfg)
+    summary = json.loads((Path(cfg.paths.output_dir) / "summary.json").read_text())
+    assert summary["metrics"]["test/acc"] > 0.5 and (Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt").exists()
