@@ -27,12 +27,16 @@ RULES: tuple[Rule, ...] = (
     Rule("rollout_steps", whole(1), "a whole number of rollout steps >= 1"),
     Rule("episodes", whole(1), "a whole number of evaluation episodes >= 1"),
     Rule("seed", SEED, SEED_VALID),
+    Rule("continue_epochs", whole(1, also=(None,)), "a whole number of epochs >= 1, or null (the experiment's own)"),
 )
 
 
 def _train_overrides(cfg: DictConfig, env_name: str | None) -> list[str]:
-    experiment = cfg.get("train_experiment") or (f"bc_{env_name}" if env_name else None)
-    if experiment and not (config_dir() / "experiment" / f"{experiment}.yaml").is_file():
+    experiment = cfg.get("train_experiment")
+    if not experiment:  # the env's own preset, else behaviour cloning's general one (an env of the user's)
+        own = f"bc_{env_name}"
+        experiment = own if env_name and (config_dir() / "experiment" / f"{own}.yaml").is_file() else "bc"
+    if not (config_dir() / "experiment" / f"{experiment}.yaml").is_file():
         names = ", ".join(group_option_names("experiment"))
         raise ConfigError(f"train_experiment={experiment} is not one of {names}: name one, or give train=[...]")
     extra = OmegaConf.to_container(cfg.train, resolve=True) if cfg.get("train") else []
@@ -58,13 +62,15 @@ def _check_composes(overrides: list[str]) -> None:
 @hydra_command("dagger")
 def main(cfg: DictConfig) -> None:
     """Command line: run DAgger; a bad input exits 2 with one line."""
-    from agent_lightning.agents.dagger import run_dagger, table
+    from agent_lightning.agents.dagger import best, held_out, run_dagger, table
     from agent_lightning.agents.environments import env_config
     from agent_lightning.agents.experts import resolve_expert
     from agent_lightning.agents.reports import write_curve
 
     output_dir = Path(cfg.paths.output_dir)
     check_arguments(cfg, RULES)
+    if (output_dir / "iter_00").exists():  # its datasets and checkpoints would be mixed with a new run's
+        raise ConfigError(f"hydra.run.dir={output_dir} holds a DAgger run already: choose another directory")
     env = env_config(cfg.get("env"))
     expert_name = str(cfg.expert or env.get("expert") or "")
     if not expert_name:
@@ -80,7 +86,7 @@ def main(cfg: DictConfig) -> None:
         writer.writeheader()
         writer.writerows(dataclasses.asdict(r) for r in results)
     write_curve([r.return_mean for r in results], output_dir / "returns.png", "mean return", f"DAgger on {env.id}")
-    print(table(results), flush=True)
+    print(table(results, held_out(best(results), env, int(cfg.episodes))), flush=True)
     log.info("dagger.csv and returns.png in %s", output_dir)
 
 

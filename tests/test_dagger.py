@@ -118,3 +118,17 @@ def test_bad_training_overrides_and_counts_are_refused_before_any_demonstration(
         _train_overrides(OmegaConf.create({"train_experiment": None, "train": ["optimizer=sgdd"]}), "cartpole")
     with pytest.raises(ConfigError, match=r"iterations='abc' is invalid: use a whole number of DAgger iterations"):
         check_arguments(OmegaConf.create({"iterations": "abc"}), RULES)
+    for bad in (0, -1, 2.5, "abc"):  # 0 read as "the experiment's own", -1 as "no epoch limit": both refused
+        with pytest.raises(
+            ConfigError, match=rf"continue_epochs={bad!r} is invalid: use a whole number of epochs >= 1"
+        ):
+            check_arguments(OmegaConf.create({"continue_epochs": bad}), RULES)
+    check_arguments(OmegaConf.create({"continue_epochs": None}), RULES)
+
+
+def test_an_env_without_a_bc_preset_of_its_own_trains_with_the_general_one() -> None:
+    from omegaconf import OmegaConf
+
+    from agent_lightning.dagger import _train_overrides
+
+    assert _train_overrides(OmegaConf.create({"train_experiment": None, "train": []}), "reach")[0] == "experiment=bc"

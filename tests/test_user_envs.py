@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -142,3 +144,39 @@ def test_env_eval_that_fails_keeps_the_tested_run_and_its_summary(compose_cfg, t
         train(cfg)
     summary = json.loads((Path(cfg.paths.output_dir) / "summary.json").read_text())
     assert summary["metrics"]["test/acc"] > 0.5 and (Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt").exists()
+
+
+@pytest.mark.timeout(180)
+def test_a_users_env_config_dir_serves_collect_train_env_eval_and_dagger(tmp_path: Path) -> None:
+    """`-cd DIR` with DIR/env/reach.yaml: the env is a name for every command, and dagger trains it with `bc`."""
+    conf = tmp_path / "conf" / "env"
+    conf.mkdir(parents=True)
+    (conf / "reach.yaml").write_text("id: tests.user_envs:Reach-v0\nexpert: tests.user_envs:reach_expert\n")
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {"PYTHONPATH": root, "PATH": "/usr/bin:/bin", "PYTHONWARNINGS": "ignore"}
+    quiet = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+
+    def command(module: str, *args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", f"agent_lightning.{module}", "-cd", str(tmp_path / "conf"), *args],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=150,
+        )  # fmt: skip
+        assert done.returncode == 0, (done.stdout + done.stderr)[-2000:]
+        return done.stdout + done.stderr
+
+    command("collect", "env=reach", "steps=1500", f"output={tmp_path / 'data'}", "random_episodes=0")
+    run = tmp_path / "run"
+    command(
+        "train", "experiment=bc", f"data.path={tmp_path / 'data'}", "trainer.max_epochs=2", *quiet,
+        "+env_eval={env: reach, episodes: 4}", f"hydra.run.dir={run}",
+    )  # fmt: skip
+    metrics = json.loads((run / "summary.json").read_text())["metrics"]
+    # Played with the env's own actions (-1..1, else Reach refuses them); standing still would return -40.
+    assert metrics["env/success_rate"] >= 0.5 and metrics["env/return_mean"] > -20
+    train = '["trainer.max_epochs=1","trainer.enable_progress_bar=false","trainer.enable_model_summary=false"]'
+    output = command(
+        "dagger", "env=reach", "iterations=1", "demo_steps=600", "rollout_steps=300", "episodes=3",
+        f"train={train}", f"hydra.run.dir={tmp_path / 'dagger'}",
+    )  # fmt: skip
+    assert json.loads((tmp_path / "dagger" / "iter_00" / "train" / "summary.json").read_text())["name"] == "bc"
+    assert "held out (seeds 1000000000..1000000002): return mean=" in output

@@ -20,11 +20,14 @@ from omegaconf import DictConfig
 from agent_lightning.agents.demonstrations import mean_or_nan, write_demonstrations
 from agent_lightning.agents.environments import space_sizes
 from agent_lightning.agents.experts import Expert
-from agent_lightning.agents.rollout import Rollout, evaluate_policy, rollout, summarize
+from agent_lightning.agents.rollout import Rollout, evaluate_policy, rollout, summarize, summary_line
 
 log = logging.getLogger("agent_lightning.dagger")
 # Rollout episode seeds: far from the evaluation seeds (0..episodes-1) and distinct per iteration.
 SEED_STRIDE = 100_000
+# The best iteration is chosen on seeds 0..episodes-1, so its return there is flattered by the choice;
+# it is played again on seeds no iteration was chosen, trained or rolled out on.
+HELD_OUT_SEED = 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -133,14 +136,19 @@ def run_dagger(
                 checkpoint,
                 stats["return_mean"],
                 stats["return_std"],
-                stats["success_rate"],
+                stats.get("success_rate", float("nan")),  # nan: the env has no success threshold
             )
         )
-        log.info(
-            "iteration %d: %d rows (+%d), return mean=%.2f std=%.2f success=%.2f",
-            index, len(data), len(new), stats["return_mean"], stats["return_std"], stats["success_rate"],
-        )  # fmt: skip
+        log.info("iteration %d: %d rows (+%d), %s", index, len(data), len(new), summary_line(stats))
     return results
+
+
+def held_out(result: Iteration, env: DictConfig, episodes: int) -> dict[str, float]:
+    """`result`'s policy on seeds HELD_OUT_SEED..: its return where the choice of the best did not look."""
+    from agent_lightning.agents.acting import batch_actor
+    from agent_lightning.agents.policy import Policy
+
+    return summarize(evaluate_policy(batch_actor(Policy.load(result.checkpoint)), env, episodes, HELD_OUT_SEED))
 
 
 def best(results: Sequence[Iteration]) -> Iteration:
@@ -148,8 +156,8 @@ def best(results: Sequence[Iteration]) -> Iteration:
     return max(results, key=lambda r: (r.return_mean, -r.iteration))
 
 
-def table(results: Sequence[Iteration]) -> str:
-    """The per-iteration table `dagger` prints, and the best iteration's checkpoint."""
+def table(results: Sequence[Iteration], held_out_stats: dict[str, float] | None = None) -> str:
+    """The per-iteration table `dagger` prints, the best iteration's checkpoint and its held-out return."""
     lines = [f"{'iter':>4}  {'rows':>8}  {'new':>7}  {'rollout':>8}  {'return':>8}  {'std':>7}  {'success':>7}"]
     for r in results:
         lines.append(
@@ -158,4 +166,7 @@ def table(results: Sequence[Iteration]) -> str:
         )
     top = best(results)
     lines.append(f"best: iteration {top.iteration}, return mean={top.return_mean:.2f}, checkpoint {top.checkpoint}")
+    if held_out_stats:
+        last = HELD_OUT_SEED + int(held_out_stats["episodes"]) - 1
+        lines.append(f"held out (seeds {HELD_OUT_SEED}..{last}): {summary_line(held_out_stats)}")
     return "\n".join(lines)
