@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from omegaconf import DictConfig
@@ -97,6 +98,7 @@ class LineProgressBar(BatchTQDMProgressBar):
         self._last_line = 0.0
         self._last_percent = 0.0
         self._epoch_started = 0.0
+        self._latest_loss: torch.Tensor | None = None
 
     # The tqdm bars stay (Lightning's hooks drive them) but never draw.
     def init_sanity_tqdm(self) -> Tqdm:
@@ -110,6 +112,10 @@ class LineProgressBar(BatchTQDMProgressBar):
 
     def _metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> str:
         metrics = {k: v for k, v in self.get_metrics(trainer, pl_module).items() if k != "v_num"}
+        # The step loss reaches the bar only on the steps the loggers write (`log_every_n_steps`): an epoch
+        # shorter than that would print the same old value. Lines are rare: each reads the latest batch's loss.
+        if self._latest_loss is not None:
+            metrics["train/loss"] = float(self._latest_loss)
         return "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
 
     def on_train_start(self, trainer: pl.Trainer, *args: Any) -> None:
@@ -128,6 +134,9 @@ class LineProgressBar(BatchTQDMProgressBar):
     ) -> None:
         """One line when the epoch crossed the next `every_percent` step or `every_seconds` passed."""
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor):  # kept as a tensor: read (a host sync) only when a line is printed
+            self._latest_loss = loss.detach()
         total = self.total_train_batches
         if not self._speaks(trainer) or not total or total == float("inf"):
             return

@@ -4,10 +4,14 @@ import json
 import logging
 from pathlib import Path
 
+import pytest
+import torch
+
 from agent_lightning.runs.report import config_tree
 from agent_lightning.train import train
 
 from .conftest import run_cli
+from .helpers import StepLosses
 
 
 def test_default_run_writes_few_whole_lines_to_a_pipe(tmp_path: Path) -> None:
@@ -68,7 +72,7 @@ def test_config_tree_has_one_branch_per_group_with_its_choice(compose_cfg) -> No
     )
 
 
-def test_line_progress_with_max_steps_and_no_epoch_limit_prints_each_epoch_once(compose_cfg, caplog) -> None:
+def test_line_progress_with_max_steps_and_no_epoch_limit_prints_each_epoch_once(compose_cfg, caplog, tmp_path) -> None:
     # Lightning's epoch length with max_epochs=-1 is the steps left to max_steps, which shrinks every step.
     cfg = compose_cfg(
         "progress=lines",
@@ -78,8 +82,13 @@ def test_line_progress_with_max_steps_and_no_epoch_limit_prints_each_epoch_once(
         "trainer.max_steps=20",
         "test=false",
     )
+    losses = tmp_path / "losses.pt"
     with caplog.at_level(logging.INFO, logger="agent_lightning"):
-        train(cfg)
+        train(cfg, extra_callbacks=[StepLosses(str(losses))])
     progress = [r.getMessage() for r in caplog.records if "% (" in r.getMessage()]
     done = [m.split("(")[1].split(" batches")[0] for m in progress]
     assert done == ["8/8", "8/8", "4/4"], progress  # 20 steps: two whole epochs and 4 of the third
+    # Each line shows its own last batch's loss, although no step of these short epochs is a logged one (50).
+    shown = [float(m.split("train/loss=")[1].split()[0]) for m in progress]
+    steps = torch.load(losses)
+    assert shown == pytest.approx([steps[7], steps[15], steps[19]], rel=1e-3), (shown, steps)
