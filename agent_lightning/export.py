@@ -69,6 +69,17 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
 
     Also the model config stored with them (None if the checkpoint holds none). Nothing in the file is run.
     """
+    suffix = Path(path).suffix.lower()
+    if suffix == ".safetensors":  # an export of its own: weights and config in the file
+        from agent_lightning.formats import safetensors_file
+
+        state, config = safetensors_file.read_state(Path(path))
+        return {plain_name(k): v for k, v in state.items()}, config
+    if suffix in (".onnx", ".ts"):  # a program, not weights: the file it was exported from holds them
+        raise ConfigError(
+            f"{path} is {'an ONNX' if suffix == '.onnx' else 'a TorchScript'} export, which holds a program rather "
+            "than weights: export from the checkpoint (or a .pt / .safetensors export) it came from"
+        )
     checkpoint = load_checkpoint(path)
     if "model_config" in checkpoint:  # a file written by `export`
         config, state = checkpoint["model_config"], checkpoint["state_dict"]

@@ -80,9 +80,16 @@ def test_safetensors_round_trip_keeps_weights_statistics_and_config(run, tmp_pat
     assert original.keys() == loaded.keys() and "normalizer.mean" in loaded
     for name, tensor in original.items():
         assert torch.equal(tensor, loaded[name]), name
-    # And a safetensors export is itself a valid input to export.
-    assert export_main([str(out), str(tmp_path / "again.pt")]) == 2  # not a torch file: a clear refusal
-    assert not (tmp_path / "again.pt").exists()
+    # A safetensors export is itself an input to export (its weights and config are in the file); an ONNX
+    # export holds a program, not weights, and is refused in one line.
+    assert export_main([str(out), str(tmp_path / "again.pt")]) == 0
+    again = Policy.load(tmp_path / "again.pt")
+    assert all(torch.equal(t, again.model.state_dict()[n]) for n, t in original.items())
+    assert again.class_names == Policy.load(run["ckpt"]).class_names
+    onnx = tmp_path / "agent.onnx"
+    onnx.write_bytes(b"not read")
+    with pytest.raises(ConfigError, match=r"agent.onnx is an ONNX export, which holds a program rather than weights"):
+        export.export(onnx, tmp_path / "from_onnx.pt")
 
 
 def test_the_positional_torch_export_still_works(run, tmp_path: Path) -> None:

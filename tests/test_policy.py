@@ -98,6 +98,10 @@ def test_a_nan_inf_or_complex_observation_is_refused_not_acted_on(run) -> None:
             policy.act(bad)
     with pytest.raises(ValueError, match=r"complex: give real numbers"):
         policy.act(np.ones(8, np.complex64))
+    with pytest.raises(ValueError, match=r"observations of dtype <U1 are not numbers: give a float or int array"):
+        policy.act(np.array(list("abcdefgh")))
+    with pytest.raises(ValueError, match=r"NaN or inf values \(an empty cell, or a number beyond float32's"):
+        policy.act(np.full(8, 1e39))  # finite in float64, inf in the model's float32
     assert policy.act(np.zeros((4, 8), np.int32)).shape == (4,)  # finite ints are still fine
 
 

@@ -75,6 +75,8 @@ class Policy:
             obs = self._named_values(obs)
         if not isinstance(obs, Tensor):
             array = np.asarray(obs)
+            if array.dtype.kind in "USV":  # text or raw bytes: torch would name its dtypes instead
+                raise ValueError(f"observations of dtype {array.dtype} are not numbers: give a float or int array")
             if array.dtype == object:  # mixed or nullable columns: numbers, or one line saying they are not
                 try:
                     array = array.astype(np.float64)
@@ -98,7 +100,10 @@ class Policy:
         x = x.to(self.device, torch.float32)
         # NaN or inf logits still have an argmax (action 0): refuse the observation rather than act on it.
         if not bool(torch.isfinite(x).all()):
-            raise ValueError("observation holds NaN or inf values: every feature must be a finite number")
+            raise ValueError(
+                "observation holds NaN or inf values (an empty cell, or a number beyond float32's +-3.4e38): every "
+                "feature must be a finite number"
+            )
         return x, single
 
     def _named_values(self, obs: Any) -> np.ndarray:
