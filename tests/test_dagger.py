@@ -63,6 +63,11 @@ def test_dagger_aggregates_data_and_continues_from_previous_weights(tmp_path, mo
     assert [r.rows for r in results] == [800, 1100, 1400]
     assert dagger.best(results).return_mean == max(r.return_mean for r in results)
     assert dagger.table(results).splitlines()[-1].startswith(f"best: iteration {dagger.best(results).iteration}")
+    # The best is chosen on seeds 0..2: played again on seeds that chose nothing, its return is the one to quote.
+    held_out = dagger.held_out(dagger.best(results), env_config("cartpole"), 4)
+    assert held_out["episodes"] == 4 and 8 <= held_out["return_mean"] <= 500  # CartPole: +1 per step
+    line = dagger.table(results, held_out).splitlines()[-1]
+    assert line.startswith("held out (seeds 1000000000..1000000003): return mean=") and " success=" in line
     for r in results:  # each iteration's dataset holds every row so far
         manifest = json.loads((Path(r.dataset) / "manifest.json").read_text())
         assert sum(manifest["splits"][s]["rows"] for s in ("train", "val", "test")) == r.rows

@@ -147,8 +147,11 @@ def test_env_eval_that_fails_keeps_the_tested_run_and_its_summary(compose_cfg, t
 
 
 @pytest.mark.timeout(180)
-def test_a_users_env_config_dir_serves_collect_train_env_eval_and_dagger(tmp_path: Path) -> None:
-    """`-cd DIR` with DIR/env/reach.yaml: the env is a name for every command, and dagger trains it with `bc`."""
+def test_a_users_env_config_dir_serves_collect_and_train_env_eval(tmp_path: Path) -> None:
+    """`-cd DIR` with DIR/env/reach.yaml: the env is a name for collect and for train's env_eval.
+
+    env_eval's name is replaced by its settings before any rank starts: ranks know nothing of `-cd`.
+    """
     conf = tmp_path / "conf" / "env"
     conf.mkdir(parents=True)
     (conf / "reach.yaml").write_text("id: tests.user_envs:Reach-v0\nexpert: tests.user_envs:reach_expert\n")
@@ -173,10 +176,4 @@ def test_a_users_env_config_dir_serves_collect_train_env_eval_and_dagger(tmp_pat
     metrics = json.loads((run / "summary.json").read_text())["metrics"]
     # Played with the env's own actions (-1..1, else Reach refuses them); standing still would return -40.
     assert metrics["env/success_rate"] >= 0.5 and metrics["env/return_mean"] > -20
-    train = '["trainer.max_epochs=1","trainer.enable_progress_bar=false","trainer.enable_model_summary=false"]'
-    output = command(
-        "dagger", "env=reach", "iterations=1", "demo_steps=600", "rollout_steps=300", "episodes=3",
-        f"train={train}", f"hydra.run.dir={tmp_path / 'dagger'}",
-    )  # fmt: skip
-    assert json.loads((tmp_path / "dagger" / "iter_00" / "train" / "summary.json").read_text())["name"] == "bc"
-    assert "held out (seeds 1000000000..1000000002): return mean=" in output
+    assert "id: tests.user_envs:Reach-v0" in next(run.glob("csv/**/hparams.yaml")).read_text()  # what ranks got
