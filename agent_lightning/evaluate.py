@@ -26,6 +26,7 @@ RULES: tuple[Rule, ...] = (
     Rule("num_envs", whole(1), "a whole number of environments >= 1"),
     Rule("vectorization", choice(*VECTORIZATIONS), " or ".join(VECTORIZATIONS)),
     Rule("split", choice("train", "val", "test"), "train, val or test"),
+    Rule("record", whole(0), "a whole number of episodes to record as GIFs >= 0"),
 )
 
 
@@ -46,6 +47,11 @@ def evaluate_in_env(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     write_episodes_csv(episodes, output_dir / "episodes.csv")
     title = f"{env.id}: {len(episodes)} episodes, mean {stats['return_mean']:.1f}"
     write_returns_histogram(episodes, output_dir / "returns.png", title, facts.success_threshold)
+    if cfg.record:
+        from agent_lightning.agents.recording import record_episodes
+
+        seeds = [e.seed for e in episodes[: int(cfg.record)]]
+        record_episodes(batch_actor(policy), env, seeds, output_dir)
     return stats
 
 
@@ -105,7 +111,8 @@ def main(cfg: DictConfig) -> None:
     from agent_lightning.agents.rollout import summary_line
 
     print(summary_line(stats), flush=True)
-    log.info("episodes.csv and returns.png in %s", output_dir)
+    gifs = f" and episode_<seed>.gif for seeds {cfg.first_seed}.." if cfg.record else ""
+    log.info("episodes.csv and returns.png%s in %s", gifs, output_dir)
 
 
 if __name__ == "__main__":

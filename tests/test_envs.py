@@ -163,6 +163,7 @@ def test_evaluate_refuses_bad_values_and_a_missing_env_in_one_line(tmp_path):
         "first_seed": (-1, "a whole number in [0, 4294967295]"),
         "num_envs": (0, "a whole number of environments >= 1"),
         "vectorization": ("threads", "sync or async"),
+        "record": (-2, "a whole number of episodes to record as GIFs >= 0"),
     }
     for key, (value, valid) in cases.items():
         with pytest.raises(ConfigError, match=re.escape(f"{key}={value!r} is invalid: use {valid}")):

@@ -177,3 +177,26 @@ def test_a_users_env_config_dir_serves_collect_and_train_env_eval(tmp_path: Path
     # Played with the env's own actions (-1..1, else Reach refuses them); standing still would return -40.
     assert metrics["env/success_rate"] >= 0.5 and metrics["env/return_mean"] > -20
     assert "id: tests.user_envs:Reach-v0" in next(run.glob("csv/**/hparams.yaml")).read_text()  # what ranks got
+
+
+def test_recorded_episodes_are_the_evaluated_ones_frame_by_frame(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from agent_lightning.agents.recording import record_episodes
+
+    def push_left(observations: np.ndarray) -> np.ndarray:  # CartPole falls in about 10 steps
+        return np.zeros(len(observations), dtype=np.int64)
+
+    played = evaluate_policy(push_left, "cartpole", episodes=2, first_seed=7)
+    paths = record_episodes(push_left, "cartpole", [7, 8], tmp_path)
+    assert [p.name for p in paths] == ["episode_7.gif", "episode_8.gif"]
+    for episode, path in zip(played, paths, strict=True):
+        with Image.open(path) as gif:
+            assert gif.width == 320
+            first = np.asarray(gif.convert("RGB"))
+            shown = 0  # Pillow merges a frame identical to the one before into it, adding up their durations
+            for index in range(gif.n_frames):
+                gif.seek(index)
+                shown += gif.info["duration"]
+            assert shown == 20 * (episode.length + 1)  # the reset frame, then one per step, at CartPole's 50 fps
+            assert not np.array_equal(first, np.asarray(gif.convert("RGB")))  # the pole fell

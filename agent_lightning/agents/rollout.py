@@ -30,7 +30,7 @@ class Episode:
     success: bool | None
 
 
-def _env_step(env_id: str, where: str, call: Callable[[], T]) -> T:
+def guarded_env_call(env_id: str, where: str, call: Callable[[], T]) -> T:
     """`call()` (an env's reset or step); the env's own error becomes one line naming the env and the episode."""
     try:
         return call()
@@ -74,7 +74,7 @@ def evaluate_policy(
 
 def _run_batch(vector: Any, act: BatchActor, seeds: list[int], width: int, facts: EnvFacts) -> list[Episode]:
     padded = seeds + [seeds[-1]] * (width - len(seeds))  # spare copies of a last, smaller batch are ignored
-    obs, _ = _env_step(facts.id, f"in reset (seeds {seeds[0]}..{seeds[-1]})", lambda: vector.reset(seed=padded))
+    obs, _ = guarded_env_call(facts.id, f"in reset (seeds {seeds[0]}..{seeds[-1]})", lambda: vector.reset(seed=padded))
     active = np.arange(width) < len(seeds)
     returns = np.zeros(width)
     lengths = np.zeros(width, dtype=np.int64)
@@ -88,7 +88,7 @@ def _run_batch(vector: Any, act: BatchActor, seeds: list[int], width: int, facts
         observations[~finite] = 0.0
         actions = np.asarray(act(observations), dtype=np.int64) + facts.action_start
         stepping = f"in step (episode seeds {seeds[0]}..{seeds[-1]}, step {int(lengths[active].max())})"
-        obs, reward, terminated, truncated, _ = _env_step(facts.id, stepping, lambda a=actions: vector.step(a))
+        obs, reward, terminated, truncated, _ = guarded_env_call(facts.id, stepping, lambda a=actions: vector.step(a))
         returns[active] += reward[active]
         lengths[active] += 1
         active &= ~(terminated | truncated)
@@ -182,7 +182,7 @@ def rollout(
     try:
         while len(actions) < steps:
             where = f"(episode seed {seed + episode}, step 0)"
-            obs, _ = _env_step(cfg.id, f"in reset {where}", lambda s=seed + episode: made.reset(seed=s))
+            obs, _ = guarded_env_call(cfg.id, f"in reset {where}", lambda s=seed + episode: made.reset(seed=s))
             total, done, step = 0.0, False, 0
             while not done and len(actions) < steps:
                 where = f"(episode seed {seed + episode}, step {step})"
@@ -192,7 +192,7 @@ def rollout(
                 observations.append(np.asarray(obs, dtype=np.float32))
                 actions.append(wanted - start)
                 episode_ids.append(first_episode + episode)
-                obs, reward, terminated, truncated, _ = _env_step(
+                obs, reward, terminated, truncated, _ = guarded_env_call(
                     cfg.id, f"in step {where}", lambda a=taken: made.step(a)
                 )
                 total += float(reward)
@@ -214,11 +214,11 @@ def random_returns(env: str | Mapping[str, Any], episodes: int, seed: int = 0) -
     try:
         for index in range(episodes):
             where = f"(random policy, episode seed {seed + index})"
-            _env_step(cfg.id, f"in reset {where}", lambda s=seed + index: made.reset(seed=s))
+            guarded_env_call(cfg.id, f"in reset {where}", lambda s=seed + index: made.reset(seed=s))
             total, done = 0.0, False
             while not done:
                 action = made.action_space.sample()
-                stepped = _env_step(cfg.id, f"in step {where}", lambda a=action: made.step(a))
+                stepped = guarded_env_call(cfg.id, f"in step {where}", lambda a=action: made.step(a))
                 _, reward, terminated, truncated, _ = stepped
                 total += float(reward)
                 done = terminated or truncated
