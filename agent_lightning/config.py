@@ -95,7 +95,9 @@ def compose_config(overrides: Sequence[str] = (), output_dir: str | Path | None 
 
 
 def hydra_command(
-    config_name: str, check_job: Callable[[DictConfig], Any] | None = None
+    config_name: str,
+    check_job: Callable[[DictConfig], Any] | None = None,
+    check_argv: Callable[[list[str]], Any] | None = None,
 ) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
     """`hydra.main` on this package's config tree, with every error a user can fix reported as one line.
 
@@ -106,6 +108,7 @@ def hydra_command(
     inside the job; a bug keeps its traceback, from the job's frame on, as Hydra prints it.
     `check_job` checks one job's composed config without running it: the sweepers run it on every grid job,
     and on a search space's choices and ends, before the first job starts (`agent_lightning/sweep_jobs.py`).
+    `check_argv` checks the command line before Hydra writes anything into the run directory.
     """
 
     def decorate(job: Callable[[DictConfig], Any]) -> Callable[[], Any]:
@@ -126,6 +129,8 @@ def hydra_command(
             asked = os.environ.get("HYDRA_FULL_ERROR") == "1"
             with _environment_variable("HYDRA_FULL_ERROR", "1"):
                 try:
+                    if check_argv is not None:
+                        check_argv(sys.argv[1:])
                     return entry()
                 except Exception as err:
                     if asked:

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from agent_lightning.arguments import SEED, SEED_VALID, Rule, check_arguments, whole
 from agent_lightning.config import compose_raw, config_dir, group_option_names, hydra_command
 from agent_lightning.errors import ConfigError
+from agent_lightning.runs.overrides import last_override
 
 log = logging.getLogger("agent_lightning.dagger")
 
@@ -59,7 +60,14 @@ def _check_composes(overrides: list[str]) -> None:
         raise ConfigError(f"train=[...] for the training runs: {describe_safely(err, 'config', overrides)}") from None
 
 
-@hydra_command("dagger")
+def _refuse_a_dagger_run_dir(argv: list[str]) -> None:
+    """A `hydra.run.dir=` that holds a DAgger run: refused before Hydra rewrites its config and log there."""
+    chosen = last_override(argv, "hydra.run.dir")
+    if chosen is not None and (Path(chosen) / "iter_00").exists():  # its datasets and checkpoints would mix
+        raise ConfigError(f"hydra.run.dir={chosen} holds a DAgger run already: choose another directory")
+
+
+@hydra_command("dagger", check_argv=_refuse_a_dagger_run_dir)
 def main(cfg: DictConfig) -> None:
     """Command line: run DAgger; a bad input exits 2 with one line."""
     from agent_lightning.agents.dagger import best, held_out, run_dagger, table
@@ -69,8 +77,6 @@ def main(cfg: DictConfig) -> None:
 
     output_dir = Path(cfg.paths.output_dir)
     check_arguments(cfg, RULES)
-    if (output_dir / "iter_00").exists():  # its datasets and checkpoints would be mixed with a new run's
-        raise ConfigError(f"hydra.run.dir={output_dir} holds a DAgger run already: choose another directory")
     env = env_config(cfg.get("env"))
     expert_name = str(cfg.expert or env.get("expert") or "")
     if not expert_name:

@@ -149,8 +149,9 @@ def fit_and_test(cfg: DictConfig, devices: int, world: int, extra_callbacks: Seq
     if reachable is not None:
         metrics["data/reachable_acc"] = reachable
     result = {**metrics, "run_dir": str(cfg.paths.output_dir), "best_model_path": best}
-    finish_run(trainer, cfg, result)  # final metrics to every tracker, summary.json in the run directory
     failed = [c.failure for c in callbacks if isinstance(c, EnvEvaluation) and c.failure]
+    # Final metrics to every tracker, summary.json in the run directory: written whether or not env_eval failed.
+    finish_run(trainer, cfg, result, status="env_eval failed" if failed else "finished")
     if failed:  # after the test and the summary: only the env's part of the run is missing
         kept = cfg.paths.output_dir
         raise ConfigError(f"env_eval: {failed[0]}; the run's checkpoints and summary.json are kept in {kept}")

@@ -57,6 +57,9 @@ def test_an_id_without_a_preset_takes_its_registered_limits_and_a_builtin_preset
     assert env_facts(cartpole_preset) == by_itself  # not CartPole's 500 steps or 475 threshold
     capped = env_facts({**REACH, "max_episode_steps": 7, "success_threshold": -3})
     assert (capped.max_episode_steps, capped.success_threshold) == (7, -3)
+    # A registered threshold is for the registered length: a MountainCar cut at 100 steps returns -100 >= -110.
+    assert env_facts({"id": "MountainCar-v0", "max_episode_steps": 100}).success_threshold is None
+    assert env_facts({"id": "MountainCar-v0", "max_episode_steps": 200}).success_threshold == -110
     episodes = evaluate_policy(lambda obs: np.ones(len(obs), dtype=np.int64), {**REACH, "max_episode_steps": 7}, 3)
     assert {e.length for e in episodes} <= {7} | set(range(0, 7))
     # No threshold registered or set: no success rate is made up.
@@ -83,7 +86,8 @@ def test_wrappers_from_the_config_apply_to_single_and_vector_envs() -> None:
     assert [e.ret for e in evaluate_policy(toward_target, flat, 4)] == [
         e.ret for e in evaluate_policy(toward_target, REACH, 4)
     ]
-    with pytest.raises(ConfigError, match=r"^env.wrappers\[0\] \(gymnasium.wrappers.NoSuchWrapper\): "):
+    unknown = r"^env.wrappers\[0\] \(gymnasium.wrappers.NoSuchWrapper\): Error loading .* 'NoSuchWrapper' is importable"
+    with pytest.raises(ConfigError, match=unknown):
         make_env({**dict_reach, "wrappers": [{"_target_": "gymnasium.wrappers.NoSuchWrapper"}]})
     with pytest.raises(ConfigError, match=r"^env.wrappers\[0\]=FlattenObservation must name its class as _target_"):
         make_env({**dict_reach, "wrappers": ["FlattenObservation"]})
@@ -94,7 +98,9 @@ def test_wrappers_from_the_config_apply_to_single_and_vector_envs() -> None:
     [
         ({"id": "tests.user_envs:EndlessReach-v0"}, r"registers no episode limit .* set env.max_episode_steps=N"),
         ({**REACH, "max_episode_steps": 0}, r"env.max_episode_steps=0 must be a whole number of steps >= 1, or null"),
-        ({**REACH, "success_threshold": "high"}, r"env.success_threshold='high' must be a number"),
+        ({**REACH, "success_threshold": "high"}, r"env.success_threshold='high' must be a finite number"),
+        ({**REACH, "success_threshold": float("nan")}, r"env.success_threshold=nan must be a finite number"),
+        ({**REACH, "kwargs": {"fail_to_start": True}}, r"could not be made: ValueError: no licence for the simulator"),
         ({**REACH, "max_steps": 9}, r"env.max_steps is not an env setting: use id, kwargs, max_episode_steps"),
         ({"id": "no_such_module:Reach-v0"}, r"env.id=no_such_module:Reach-v0: .*no_such_module"),
     ],
@@ -122,6 +128,11 @@ def test_an_env_that_returns_nan_or_raises_is_one_line_naming_the_episode() -> N
         rollout(raises, 100, reach_expert, seed=5)
     with pytest.raises(ConfigError, match=r"raised RuntimeError in step \(episode seeds 0..1, step 1\)"):
         evaluate_policy(toward_target, raises, 2)
+    nan_reward = {**REACH, "kwargs": {"nan_reward_at": 2, "endless": True}}
+    with pytest.raises(ConfigError, match=r"returned a reward of nan \(episode seed 5, step 1\)"):
+        rollout(nan_reward, 100, reach_expert, seed=5)
+    with pytest.raises(ConfigError, match=r"returned a reward of nan \(episode seed 0, step 1\)"):
+        evaluate_policy(toward_target, nan_reward, 1)
 
 
 def _collect(tmp_path: Path) -> Path:
@@ -143,6 +154,7 @@ def test_env_eval_that_fails_keeps_the_tested_run_and_its_summary(compose_cfg, t
     with pytest.raises(ConfigError, match=r"^env_eval: env.id=.*raised RuntimeError in step .* are kept in"):
         train(cfg)
     summary = json.loads((Path(cfg.paths.output_dir) / "summary.json").read_text())
+    assert summary["status"] == "env_eval failed"
     assert summary["metrics"]["test/acc"] > 0.5 and (Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt").exists()
 
 
@@ -154,7 +166,9 @@ def test_a_users_env_config_dir_serves_collect_and_train_env_eval(tmp_path: Path
     """
     conf = tmp_path / "conf" / "env"
     conf.mkdir(parents=True)
-    (conf / "reach.yaml").write_text("id: tests.user_envs:Reach-v0\nexpert: tests.user_envs:reach_expert\n")
+    (conf / "reach.yaml").write_text(
+        "defaults: [gym, _self_]\nid: tests.user_envs:Reach-v0\nexpert: tests.user_envs:reach_expert\n"
+    )
     root = str(Path(__file__).resolve().parent.parent)
     env = {"PYTHONPATH": root, "PATH": "/usr/bin:/bin", "PYTHONWARNINGS": "ignore"}
     quiet = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
@@ -200,3 +214,63 @@ def test_recorded_episodes_are_the_evaluated_ones_frame_by_frame(tmp_path: Path)
                 shown += gif.info["duration"]
             assert shown == 20 * (episode.length + 1)  # the reset frame, then one per step, at CartPole's 50 fps
             assert not np.array_equal(first, np.asarray(gif.convert("RGB")))  # the pole fell
+
+
+def test_env_names_come_from_hydras_search_path_with_defaults_lists(tmp_path: Path, compose_cfg) -> None:
+    """As in a sweep's process, where Hydra is set up but no job runs: names resolve as `env=` would compose them."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from agent_lightning.agents.environments import check_env_eval, env_names
+    from agent_lightning.config import config_dir
+
+    (tmp_path / "env").mkdir()
+    (tmp_path / "env" / "short.yaml").write_text("defaults: [cartpole, _self_]\nmax_episode_steps: 50\n")
+    (tmp_path / "env" / "listed.yaml").write_text("- not\n- a mapping\n")
+    cfg = compose_cfg("+env_eval={env: {id: CartPole-v1, max_steps: 9}}")
+    with pytest.raises(ConfigError, match=r"^env_eval.env.max_steps is not an env setting"):
+        check_env_eval(cfg)
+    named = compose_cfg("+env_eval={env: short}")  # composing sets Hydra up its own way: first
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        # The package's tree plus the user's directory, as `-cd DIR` adds it (Hydra's own search path class).
+        from hydra._internal.config_search_path_impl import ConfigSearchPathImpl
+
+        search = ConfigSearchPathImpl()
+        search.append("hydra", "pkg://hydra.conf")
+        search.append("main", f"file://{config_dir()}")
+        search.append("command-line", f"file://{tmp_path}")
+        search.append("schema", "structured://")
+        GlobalHydra.instance().config_loader().repository.initialize_sources(search)
+        assert {"short", "listed", "cartpole", "gym"} <= set(env_names())
+        short = env_config("short")
+        assert (short.id, short.max_episode_steps, short.expert) == ("CartPole-v1", 50, "cartpole")
+        with pytest.raises(ConfigError, match=r"^env=listed is not a mapping of env settings"):
+            env_config("listed")
+        with pytest.raises(ConfigError, match=r"^env_eval.env=short has 4 observations but model.input_dim=128"):
+            check_env_eval(named)  # the synthetic data's 128 features: refused, after the name was resolved
+        assert OmegaConf.to_container(named.env_eval.env)["max_episode_steps"] == 50  # what the ranks are given
+    with pytest.raises(ConfigError, match=r"^env=\[1, 2\] is not a mapping of env settings"):
+        env_config(OmegaConf.create([1, 2]))
+
+
+def test_hydras_flags_and_their_values_are_not_overrides() -> None:
+    from agent_lightning.runs.overrides import command_overrides
+
+    args = ["-cd", "myconf", "--info", "config", "ckpt_path=latest", "-m", "seed=1,2", "--cfg", "job", "-p", "env"]
+    assert command_overrides(args) == ["ckpt_path=latest", "seed=1,2", "job"]  # --cfg's value is an override's place
+
+
+@pytest.mark.timeout(60)
+def test_a_dagger_run_dir_is_refused_before_hydra_writes_into_it(tmp_path: Path) -> None:
+    run = tmp_path / "dagger"
+    (run / "iter_00").mkdir(parents=True)
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "config.yaml").write_text("the first run's\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "agent_lightning.dagger", "env=cartpole", f"hydra.run.dir={run}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=50,
+    )  # fmt: skip
+    assert done.returncode == 2 and f"hydra.run.dir={run} holds a DAgger run already" in done.stderr, done.stderr
+    assert (run / ".hydra" / "config.yaml").read_text() == "the first run's\n" and not (run / "dagger.log").exists()

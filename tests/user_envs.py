@@ -16,10 +16,19 @@ from gymnasium import spaces
 class Reach(gym.Env):
     """Position and target in [-10, 10]; reward -1 per step until the point is on the target (return = -steps)."""
 
-    def __init__(self, nan_at: int | None = None, raise_at: int | None = None, endless: bool = False) -> None:
+    def __init__(
+        self,
+        nan_at: int | None = None,
+        raise_at: int | None = None,
+        endless: bool = False,
+        nan_reward_at: int | None = None,
+        fail_to_start: bool = False,
+    ) -> None:
+        if fail_to_start:
+            raise ValueError("no licence for the simulator")
         self.observation_space = spaces.Box(-10.0, 10.0, shape=(2,), dtype=np.float32)
         self.action_space = spaces.Discrete(3, start=-1)
-        self.nan_at, self.raise_at, self.endless = nan_at, raise_at, endless
+        self.nan_at, self.raise_at, self.endless, self.nan_reward_at = nan_at, raise_at, endless, nan_reward_at
         self.position, self.target, self.steps = 0, 0, 0
 
     def _observation(self) -> np.ndarray:
@@ -40,7 +49,8 @@ class Reach(gym.Env):
             raise RuntimeError("the simulator lost its state")
         self.position = int(np.clip(self.position + int(action), -10, 10))
         reached = self.position == self.target and not self.endless
-        return self._observation(), -1.0, reached, False, {}
+        reward = float("nan") if self.nan_reward_at is not None and self.steps >= self.nan_reward_at else -1.0
+        return self._observation(), reward, reached, False, {}
 
 
 def reach_expert(env: Any, obs: np.ndarray) -> int:

@@ -7,12 +7,13 @@ gymnasium (and box2d for LunarLander) come with the optional extra: pip install 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
+import math
 import numbers
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -26,37 +27,56 @@ ENV_KEYS = ("id", "kwargs", "max_episode_steps", "success_threshold", "expert", 
 FLATTEN_HINT = "env.wrappers='[{_target_: gymnasium.wrappers.FlattenObservation}]'"
 
 
-def _env_dirs() -> list[Path]:
-    """Where env configs are found: directories added to Hydra's search path (`-cd DIR`), then the package's."""
-    from hydra.core.hydra_config import HydraConfig
+@contextlib.contextmanager
+def _hydra() -> Iterator[Any]:
+    """Hydra's config loader: the running command's (its `-cd` dirs and search path), else the package's alone."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
 
-    dirs = []
-    if HydraConfig.initialized():
-        for source in HydraConfig.get().runtime.config_sources:
-            if source.schema == "file" and (Path(source.path) / "env").is_dir():
-                dirs.append(Path(source.path) / "env")
-    return [*dirs, config_dir() / "env"]
+    if GlobalHydra.instance().is_initialized():
+        yield GlobalHydra.instance().config_loader()
+        return
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        yield GlobalHydra.instance().config_loader()
 
 
 def env_names() -> list[str]:
-    """The environments configured under `conf/env/` (and an `env/` of a config dir added with `-cd`)."""
-    return sorted({path.stem for directory in _env_dirs() for path in directory.glob("*.yaml")})
+    """The environments Hydra finds: `conf/env/` and the `env/` of a config dir added with `-cd` or a search path."""
+    with _hydra() as loader:
+        return sorted(set(loader.get_group_options("env")))
+
+
+def _composed(name: str) -> DictConfig:
+    """The env option `name` as `env=name` composes it (defaults lists included), from wherever Hydra finds it."""
+    from hydra import compose
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.errors import HydraException
+
+    overrides = [f"+env={name}"]
+    if HydraConfig.initialized() and HydraConfig.get().searchpath:  # `hydra.searchpath=` of the running command
+        overrides.append(f"hydra.searchpath=[{','.join(HydraConfig.get().searchpath)}]")
+    with _hydra() as loader:
+        if name not in loader.get_group_options("env"):
+            raise ConfigError(f"env={name!r} is unknown: choose one of {', '.join(env_names())}")
+        try:
+            composed = compose(overrides=overrides).env
+        except (HydraException, ValueError) as err:
+            raise ConfigError(f"env={name}: {' '.join(str(err).split())}") from None
+    if not isinstance(composed, DictConfig):
+        raise ConfigError(f"env={name} is not a mapping of env settings ({', '.join(ENV_KEYS)})")
+    return composed
 
 
 def env_config(env: str | Mapping[str, Any] | None) -> DictConfig:
-    """The checked env config: a name from `conf/env/` or an already composed mapping; ConfigError naming the key."""
+    """The checked env config: a name (`conf/env/`, or a `-cd` dir's) or an already composed mapping."""
     if env is None:
         raise ConfigError(f"env is not set: choose one of {', '.join(env_names())} (e.g. env=cartpole)")
     if isinstance(env, str):
-        path = next((d / f"{env}.yaml" for d in _env_dirs() if (d / f"{env}.yaml").is_file()), None)
-        if path is None:
-            raise ConfigError(f"env={env!r} is unknown: choose one of {', '.join(env_names())}")
-        loaded = OmegaConf.load(path)
-        if not isinstance(loaded, DictConfig):
-            raise ConfigError(f"env={env}: {path} is not a mapping of env settings ({', '.join(ENV_KEYS)})")
-        cfg = loaded
-    else:
+        cfg = _composed(env)
+    elif isinstance(env, DictConfig | Mapping):
         cfg = env if isinstance(env, DictConfig) else OmegaConf.create(dict(env))
+    else:
+        raise ConfigError(f"env={env} is not a mapping of env settings ({', '.join(ENV_KEYS)}) or an env's name")
     _check_settings(cfg)
     return cfg
 
@@ -66,17 +86,21 @@ def _check_settings(cfg: DictConfig) -> None:
     if OmegaConf.is_missing(cfg, "id") or not cfg.get("id"):
         raise ConfigError("env.id is not set: name a gymnasium environment id, e.g. env=gym env.id=CartPole-v1")
     unknown = sorted(str(key) for key in cfg if key not in ENV_KEYS)
-    if unknown:
-        raise ConfigError(f"env.{unknown[0]} is not an env setting: use {', '.join(ENV_KEYS)}")
+    if unknown:  # a typo (`max_steps`) would be ignored without a word
+        raise ConfigError(
+            f"env.{unknown[0]} is not an env setting: use {', '.join(ENV_KEYS)} (a note belongs in a # comment)"
+        )
     steps = cfg.get("max_episode_steps")
     if steps is not None and (not isinstance(steps, numbers.Integral) or isinstance(steps, bool) or steps < 1):
         raise ConfigError(
             f"env.max_episode_steps={steps} must be a whole number of steps >= 1, or null for the id's registered limit"
         )
     threshold = cfg.get("success_threshold")
-    if threshold is not None and (not isinstance(threshold, numbers.Real) or isinstance(threshold, bool)):
+    real = isinstance(threshold, numbers.Real) and not isinstance(threshold, bool)
+    if threshold is not None and not (real and math.isfinite(threshold)):  # every return is below nan
         raise ConfigError(
-            f"env.success_threshold={threshold!r} must be a number (a return), or null for the id's reward_threshold"
+            f"env.success_threshold={threshold!r} must be a finite number (a return), or null for the id's "
+            "reward_threshold"
         )
     if cfg.get("kwargs") is not None and not isinstance(cfg.kwargs, DictConfig | dict):
         raise ConfigError(f"env.kwargs={cfg.kwargs} must be a mapping of gymnasium.make arguments, e.g. '{{}}'")
@@ -114,11 +138,10 @@ def _apply_wrapper(index: int, spec: dict[str, Any], env: Any) -> Any:
 
     try:
         return hydra.utils.instantiate(spec, env)
-    except Exception as err:  # an unknown class or a wrong argument: Hydra's message, first line
-        cause = err.__cause__ or err
-        raise ConfigError(
-            f"env.wrappers[{index}] ({spec['_target_']}): {str(cause).splitlines()[0] or type(cause).__name__}"
-        ) from None
+    except Exception as err:  # an unknown class or a wrong argument: Hydra's message (or its cause's), on one line
+        located = isinstance(err.__cause__, ImportError)  # Hydra's own line would only point at HYDRA_FULL_ERROR
+        said = " ".join(str(err.__cause__ if located else err).split()) or type(err).__name__
+        raise ConfigError(f"env.wrappers[{index}] ({spec['_target_']}): {said}") from None
 
 
 def _wrapper_factories(cfg: DictConfig) -> list[Callable[[Any], Any]]:
@@ -141,6 +164,8 @@ def make_env(env: str | Mapping[str, Any]) -> Any:
         raise ConfigError(f"env.kwargs for {cfg.id}: {err}") from None
     except ModuleNotFoundError as err:  # `module:Id` naming a module that does not import
         raise ConfigError(f"env.id={cfg.id}: {err} (a `module:Id` id imports the module that registers Id)") from None
+    except Exception as err:  # the env's own constructor, or its module, failing: said in its words
+        raise ConfigError(f"env.id={cfg.id} could not be made: {type(err).__name__}: {err}") from None
     try:
         _check_episode_cap(made, cfg.id)
         for wrap in _wrapper_factories(cfg):
@@ -214,7 +239,9 @@ def env_facts(env: str | Mapping[str, Any]) -> EnvFacts:
     made = make_env(cfg)
     try:
         threshold = cfg.get("success_threshold")
-        if threshold is None:
+        if threshold is None and made.spec.max_episode_steps == _registered_cap(made):
+            # A registered threshold is a return over the registered episode length: with a lower cap, a cut-short
+            # MountainCar episode (-100 after 100 steps) would pass -110 without reaching the flag.
             threshold = made.spec.reward_threshold
         return EnvFacts(
             id=str(cfg.id),
@@ -226,6 +253,14 @@ def env_facts(env: str | Mapping[str, Any]) -> EnvFacts:
         )
     finally:
         made.close()
+
+
+def _registered_cap(env: Any) -> int | None:
+    """The episode limit the id registered (the made env's spec holds the configured one)."""
+    try:
+        return gymnasium().spec(env.spec.id).max_episode_steps
+    except Exception:  # an id made from a spec that is not in the registry
+        return None
 
 
 def space_sizes(env: str | Mapping[str, Any]) -> tuple[int, int]:
@@ -249,10 +284,14 @@ def check_env_eval(cfg: DictConfig) -> None:
     if unknown:  # a typo (`episode`) would silently play the default count
         raise ConfigError(f"env_eval.{unknown[0]} is not a setting of env_eval: use {', '.join(known)}")
     name = spec.env if isinstance(spec.env, str) else spec.env.get("id")
-    resolved = env_config(spec.env)
-    if isinstance(spec.env, str):
-        spec.env = resolved
-    width, actions = space_sizes(resolved)
+    try:
+        resolved = env_config(spec.env)
+        if isinstance(spec.env, str):
+            spec.env = resolved
+        width, actions = space_sizes(resolved)
+    except ConfigError as err:  # said as the key the user set: env_eval.env...
+        said = str(err)
+        raise ConfigError(f"env_eval.{said}" if said.startswith("env") else f"env_eval: {said}") from None
     model = cfg.get("model") or {}
     for key, value, what in (("input_dim", width, "observations"), ("output_dim", actions, "actions")):
         if model.get(key) is not None and int(model[key]) != value:

@@ -6,6 +6,7 @@ Actions: a policy chooses a class 0..n-1; the environment's action is `start` + 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -43,6 +44,11 @@ def guarded_env_call(env_id: str, where: str, call: Callable[[], T]) -> T:
 def _check_finite(env_id: str, observation: np.ndarray, where: str) -> None:
     if not np.isfinite(observation).all():
         raise ConfigError(f"env.id={env_id} returned an observation holding NaN or inf {where}: {observation}")
+
+
+def _check_reward(env_id: str, reward: float, where: str) -> None:
+    if not math.isfinite(reward):  # a return of nan would pass as a number in every summary
+        raise ConfigError(f"env.id={env_id} returned a reward of {reward} {where}")
 
 
 def evaluate_policy(
@@ -89,6 +95,9 @@ def _run_batch(vector: Any, act: BatchActor, seeds: list[int], width: int, facts
         actions = np.asarray(act(observations), dtype=np.int64) + facts.action_start
         stepping = f"in step (episode seeds {seeds[0]}..{seeds[-1]}, step {int(lengths[active].max())})"
         obs, reward, terminated, truncated, _ = guarded_env_call(facts.id, stepping, lambda a=actions: vector.step(a))
+        if not np.isfinite(reward[active]).all():
+            i = int(np.flatnonzero(active & ~np.isfinite(reward))[0])
+            _check_reward(facts.id, float(reward[i]), f"(episode seed {padded[i]}, step {lengths[i]})")
         returns[active] += reward[active]
         lengths[active] += 1
         active &= ~(terminated | truncated)
@@ -195,6 +204,7 @@ def rollout(
                 obs, reward, terminated, truncated, _ = guarded_env_call(
                     cfg.id, f"in step {where}", lambda a=taken: made.step(a)
                 )
+                _check_reward(cfg.id, float(reward), where)
                 total += float(reward)
                 done, step = terminated or truncated, step + 1
             if done:
@@ -220,6 +230,7 @@ def random_returns(env: str | Mapping[str, Any], episodes: int, seed: int = 0) -
                 action = made.action_space.sample()
                 stepped = guarded_env_call(cfg.id, f"in step {where}", lambda a=action: made.step(a))
                 _, reward, terminated, truncated, _ = stepped
+                _check_reward(cfg.id, float(reward), where)
                 total += float(reward)
                 done = terminated or truncated
             returns.append(total)

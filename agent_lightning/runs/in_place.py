@@ -22,7 +22,7 @@ from omegaconf import DictConfig, open_dict
 
 from agent_lightning.errors import ConfigError
 from agent_lightning.runs.lock import global_rank, run_directory_lock
-from agent_lightning.runs.overrides import last_override
+from agent_lightning.runs.overrides import command_overrides, last_override
 
 log = logging.getLogger("agent_lightning")
 LATEST = "latest"
@@ -101,7 +101,7 @@ def in_place_arguments(argv: Sequence[str]) -> list[str]:
     if at is None:
         return args
     value = _CKPT.match(args[at]).group(1).strip("'\"")
-    overrides = [arg for arg in args[1:] if not arg.startswith("-")]
+    overrides = command_overrides(args[1:])
     if value == LATEST:
         value = str(latest_checkpoint(*_output_settings(overrides)))
         args[at] = f"ckpt_path={_quoted(value)}"
