@@ -220,7 +220,7 @@ def test_each_command_suggests_its_own_keys_and_groups() -> None:
         compose("evaluate", overrides=["env.max_steps=3"])
     line = describe(info.value, "evaluate", ["env.max_steps=3"])
     assert line == (
-        "env.max_steps=3: no env is chosen: choose one first (env=<option>; env takes acrobot, cartpole, "
+        "env.max_steps=3: no env is chosen: choose one first (env=<option>; env takes acrobot, cartpole, gym, "
         "lunarlander, mountaincar)"
     )
 
@@ -286,7 +286,7 @@ def test_a_label_shard_altered_in_place_exits_2_naming_the_shard_and_the_label(t
 @pytest.mark.parametrize(
     ("module", "header", "listed", "not_listed"),
     [
-        ("evaluate", "Evaluate a checkpoint", "env: (none) | acrobot, cartpole, lunarlander, mountaincar", "optimizer"),
+        ("evaluate", "Evaluate a checkpoint", "env: (none) | acrobot, cartpole, gym, lunarlander, mountaincar", "optimizer"),
         ("train", "Train an agent's policy network", "optimizer: adam | adamw, lamb, sgd", "env:"),
         ("prepare", "Prepare a dataset once", "input: ???", "== Groups"),
     ],
