@@ -286,7 +286,12 @@ def test_a_label_shard_altered_in_place_exits_2_naming_the_shard_and_the_label(t
 @pytest.mark.parametrize(
     ("module", "header", "listed", "not_listed"),
     [
-        ("evaluate", "Evaluate a checkpoint", "env: (none) | acrobot, cartpole, gym, lunarlander, mountaincar", "optimizer"),
+        (
+            "evaluate",
+            "Evaluate a checkpoint",
+            "env: (none) | acrobot, cartpole, gym, lunarlander, mountaincar",
+            "optimizer",
+        ),
         ("train", "Train an agent's policy network", "optimizer: adam | adamw, lamb, sgd", "env:"),
         ("prepare", "Prepare a dataset once", "input: ???", "== Groups"),
     ],

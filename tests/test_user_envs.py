@@ -274,3 +274,13 @@ def test_a_dagger_run_dir_is_refused_before_hydra_writes_into_it(tmp_path: Path)
     )  # fmt: skip
     assert done.returncode == 2 and f"hydra.run.dir={run} holds a DAgger run already" in done.stderr, done.stderr
     assert (run / ".hydra" / "config.yaml").read_text() == "the first run's\n" and not (run / "dagger.log").exists()
+
+
+def test_a_preset_is_found_where_another_app_set_hydra_up(tmp_path: Path) -> None:
+    """A notebook that initialised Hydra on its own config dir still gets the package's env presets by name."""
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(tmp_path), version_base="1.3"):
+        assert env_config("cartpole").id == "CartPole-v1"
+        with pytest.raises(ConfigError, match=r"env='pong' is unknown: choose one of acrobot, cartpole, gym"):
+            env_config("pong")

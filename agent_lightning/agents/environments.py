@@ -43,7 +43,7 @@ def _hydra() -> Iterator[Any]:
 def env_names() -> list[str]:
     """The environments Hydra finds: `conf/env/` and the `env/` of a config dir added with `-cd` or a search path."""
     with _hydra() as loader:
-        return sorted(set(loader.get_group_options("env")))
+        return sorted({*loader.get_group_options("env"), *(p.stem for p in (config_dir() / "env").glob("*.yaml"))})
 
 
 def _composed(name: str) -> DictConfig:
@@ -51,6 +51,11 @@ def _composed(name: str) -> DictConfig:
     from hydra.core.global_hydra import GlobalHydra
 
     if GlobalHydra.instance().is_initialized():  # a command's own search path: composed each time
+        with _hydra() as loader:
+            found = name in loader.get_group_options("env")
+        preset = config_dir() / "env" / f"{name}.yaml"
+        if not found and preset.is_file():  # Hydra set up by another app (a notebook's): the package's own preset
+            return OmegaConf.create(OmegaConf.to_container(OmegaConf.load(preset)))
         return _compose_env(name)
     # From Python, the package's presets alone: the same every time, and a composition costs ~0.1 s.
     return OmegaConf.create(OmegaConf.to_container(_package_env(name)))
@@ -244,7 +249,7 @@ class EnvFacts:
     # Discrete(n, start): the env's actions are start..start+n-1; a policy's classes are 0..n-1.
     action_start: int
     max_episode_steps: int
-    success_threshold: float | None  # None: the id registers no reward_threshold and the config sets none
+    success_threshold: float | None  # None: none configured, and none registered for this episode cap
 
 
 def env_facts(env: str | Mapping[str, Any]) -> EnvFacts:
