@@ -71,6 +71,7 @@ def collect(
     randoms = random_returns(cfg, random_episodes, seed=seed) if random_episodes > 0 else []
     provenance = {
         "env": cfg.id,
+        "env_config": OmegaConf.to_container(cfg, resolve=True),  # what a policy trained on it is evaluated in
         "expert": str(expert_name),
         "steps": len(data),
         "episodes": len(set(data.episodes.tolist())),

@@ -38,8 +38,8 @@ def evaluate_in_env(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     from agent_lightning.agents.reports import write_episodes_csv, write_returns_histogram
     from agent_lightning.agents.rollout import evaluate_policy, summarize
 
-    env = env_config(cfg.env)
     policy = Policy.load(cfg.ckpt_path)
+    env = env_config(_env_of(cfg, policy))
     facts = env_facts(env)
     check_fits(policy, facts, str(cfg.ckpt_path))
     episodes = evaluate_policy(batch_actor(policy), env, cfg.episodes, cfg.first_seed, cfg.num_envs, cfg.vectorization)
@@ -53,6 +53,25 @@ def evaluate_in_env(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
         seeds = [e.seed for e in episodes[: int(cfg.record)]]
         record_episodes(batch_actor(policy), env, seeds, output_dir)
     return stats
+
+
+def _env_of(cfg: DictConfig, policy: Any) -> Any:
+    """The env to play: `env=` as given, else the one the checkpoint's demonstrations were collected in."""
+    collected = policy.env
+    if cfg.get("env") is None:
+        if collected is None:
+            raise ConfigError(
+                f"nothing to evaluate on: ckpt_path={cfg.ckpt_path} records no env it was collected in; give "
+                f"env=<name> (one of {', '.join(env_names())}) or data=dataset data.path=DIR"
+            )
+        log.info("env: %s, where the checkpoint's demonstrations were collected", collected["id"])
+        return collected
+    if collected is not None and collected["id"] != cfg.env.get("id"):  # a variant may be meant: said, not refused
+        log.warning(
+            "ckpt_path=%s was trained on demonstrations of %s, evaluated here in %s", cfg.ckpt_path, collected["id"],
+            cfg.env.get("id"),
+        )  # fmt: skip
+    return cfg.env
 
 
 def check_fits(policy: Any, env: EnvFacts, where: str) -> None:
@@ -88,10 +107,6 @@ def check_request(cfg: DictConfig) -> None:
         raise ConfigError("evaluate reads a prepared dataset: data=dataset data.path=DIR (or env=<name>)")
     if cfg.get("data") is not None and cfg.get("env") is not None:  # one would be ignored without a word
         raise ConfigError("give env=<name> or data=dataset data.path=DIR, not both: evaluate scores one at a time")
-    if cfg.get("data") is None and cfg.get("env") is None:
-        raise ConfigError(
-            f"nothing to evaluate on: give env=<name> (one of {', '.join(env_names())}) or data=dataset data.path=DIR"
-        )
 
 
 @hydra_command("evaluate")

@@ -21,6 +21,7 @@ from agent_lightning.agents.experts import resolve_expert
 from agent_lightning.agents.policy import Policy
 from agent_lightning.collect import collect
 from agent_lightning.errors import ConfigError
+from agent_lightning.export import export
 from agent_lightning.model import AgentMLP
 from agent_lightning.train import train
 
@@ -59,6 +60,17 @@ def test_cartpole_behaviour_cloning_reaches_500(tmp_path, compose_cfg):
     assert "env/return_mean" in csv_text.splitlines()[0]
     rows = list(csv.DictReader((Path(metrics["run_dir"]) / "env_eval" / "episodes.csv").read_text().splitlines()))
     assert [int(r["seed"]) for r in rows] == list(range(20))
+    # The checkpoint, and an export of it, remember the env the demonstrations came from: evaluate needs no env=.
+    last = Path(metrics["run_dir"]) / "checkpoints" / "last.ckpt"
+    exported = export(last, tmp_path / "agent.pt")
+    assert Policy.load(last).env["id"] == Policy.load(exported).env["id"] == "CartPole-v1"
+    done = run_module("agent_lightning.evaluate", f"ckpt_path={exported}", "episodes=2", cwd=tmp_path)
+    assert done.returncode == 0 and "return mean=500.00" in done.stdout, done.stderr[-2000:]
+    assert "env: CartPole-v1, where the checkpoint's demonstrations were collected" in done.stderr + done.stdout
+    variant = ["env=gym", "env.id=CartPole-v0", "episodes=1"]  # same shapes, another id: said, then played
+    elsewhere = run_module("agent_lightning.evaluate", f"ckpt_path={exported}", *variant, cwd=tmp_path)
+    said = elsewhere.stdout + elsewhere.stderr
+    assert elsewhere.returncode == 0 and "demonstrations of CartPole-v1, evaluated here in CartPole-v0" in said
 
 
 def _random_policy_file(tmp_path: Path) -> Path:
@@ -174,8 +186,11 @@ def test_evaluate_refuses_bad_values_and_a_missing_env_in_one_line(tmp_path):
     prepared = {"_target_": "agent_lightning.data.PreparedDataModule", "path": "data/demo"}
     with pytest.raises(ConfigError, match=r"give env=<name> or data=dataset data.path=DIR, not both"):
         check_request(OmegaConf.create({**good, "data": prepared}))
-    done = run_module("agent_lightning.evaluate", "ckpt_path=missing.ckpt", cwd=tmp_path)
+    # Without env=, the env its demonstrations were collected in; a file that records none is one line.
+    done = run_module("agent_lightning.evaluate", f"ckpt_path={_random_policy_file(tmp_path)}", cwd=tmp_path)
     lines = [ln for ln in done.stderr.splitlines() + done.stdout.splitlines() if ln.strip()]
     assert done.returncode == 2 and len(lines) == 1 and "Traceback" not in done.stderr
-    assert "nothing to evaluate on: give env=<name> (one of acrobot, cartpole" in lines[0]
-    assert "or data=dataset data.path=DIR" in lines[0]
+    assert "nothing to evaluate on: ckpt_path=random_policy.pt records no env it was collected in; give env=<name>" in (
+        lines[0].replace(str(tmp_path) + "/", "")
+    )
+    assert "(one of acrobot, cartpole" in lines[0] and "or data=dataset data.path=DIR" in lines[0]

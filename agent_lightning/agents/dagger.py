@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from agent_lightning.agents.demonstrations import mean_or_nan, write_demonstrations
 from agent_lightning.agents.environments import space_sizes
@@ -107,6 +107,7 @@ def run_dagger(
         dataset = work_dir / f"iter_{index:02d}" / "data"
         provenance = {
             "env": env.id,
+            "env_config": OmegaConf.to_container(env, resolve=True),
             "expert": expert_name,
             "dagger_iteration": index,
             "steps": len(data),

@@ -39,6 +39,7 @@ class Policy:
         source: str | None = None,
         class_names: list[str] | None = None,
         feature_names: list[str] | None = None,
+        env: dict[str, Any] | None = None,
     ) -> None:
         if isinstance(model, nn.Module):
             current = next(iter(model.parameters()), torch.empty(0)).device
@@ -58,6 +59,7 @@ class Policy:
         self.source = source
         # What action i and feature j mean, where the training data named them (checkpoints and exports keep them).
         self.class_names, self.feature_names = class_names, feature_names
+        self.env = env  # the env settings its demonstrations were collected in (None: not collected, or unknown)
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> Policy:

@@ -77,6 +77,12 @@ class PreparedDataModule(RankBatchesDataModule):
         """The manifest's classes, in the order of their indices."""
         return list(self.dataset.class_names) or None
 
+    @property
+    def source_env(self) -> dict | None:
+        """The env settings the rows were collected in (`collect`, `dagger`), from the manifest's provenance."""
+        env = (self.dataset.manifest.get("provenance") or {}).get("env_config")
+        return dict(env) if isinstance(env, dict) else None
+
     def split_rows(self, split: str) -> int:
         """Rows of a split (0 when the dataset has none)."""
         return self.dataset.rows(split)

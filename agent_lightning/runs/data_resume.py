@@ -106,7 +106,8 @@ class DataAwareResume(pl.Callback):
             checkpoint[BATCHING_KEY] = batching
         # What each input and output meant: checked when it is resumed, fine-tuned or evaluated on other data.
         data = trainer.datamodule
-        DataSchema(getattr(data, "feature_names", None), getattr(data, "class_names", None)).record(checkpoint)
+        names = (getattr(data, key, None) for key in ("feature_names", "class_names", "source_env"))
+        DataSchema(*names).record(checkpoint)
 
     def on_load_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]

@@ -25,20 +25,28 @@ if TYPE_CHECKING:  # read by `Policy.load` too, which imports neither Hydra nor 
 
 CLASS_NAMES_KEY = "data_class_names"
 FEATURE_NAMES_KEY = "data_feature_names"
+ENV_KEY = "data_env"  # the env settings demonstrations were collected in (`collect`, `dagger`)
 SCHEMA_KEY = "agent_lightning.data_schema"  # in an export's metadata (safetensors, ONNX), as JSON
 
 
 @dataclass(frozen=True)
 class DataSchema:
-    """The named columns and classes of a dataset, in the order the model sees them (None: not named)."""
+    """The named columns and classes of a dataset, in the order the model sees them (None: not named).
+
+    `env`: the environment settings (`conf/env/` keys) the data was collected in, where it was.
+    """
 
     feature_names: list[str] | None = None
     class_names: list[str] | None = None
+    env: dict[str, Any] | None = None
 
     @classmethod
-    def from_mapping(cls, source: dict[str, Any], feature_key: str, class_key: str) -> DataSchema:
-        """The schema kept under two keys of a checkpoint or a manifest."""
-        return cls(_names(source.get(feature_key)), _names(source.get(class_key)))
+    def from_mapping(
+        cls, source: dict[str, Any], feature_key: str, class_key: str, env_key: str | None = None
+    ) -> DataSchema:
+        """The schema kept under these keys of a checkpoint or a manifest."""
+        env = source.get(env_key) if env_key else None
+        return cls(_names(source.get(feature_key)), _names(source.get(class_key)), env if _is_env(env) else None)
 
     def record(self, checkpoint: dict[str, Any]) -> None:
         """Write the named parts of this schema into a checkpoint (or `.pt` export) being saved."""
@@ -46,10 +54,12 @@ class DataSchema:
             checkpoint[FEATURE_NAMES_KEY] = list(self.feature_names)
         if self.class_names:
             checkpoint[CLASS_NAMES_KEY] = list(self.class_names)
+        if self.env:
+            checkpoint[ENV_KEY] = dict(self.env)
 
     def to_json(self) -> str:
         """The schema as JSON text, for an export's metadata."""
-        return json.dumps({"feature_names": self.feature_names, "class_names": self.class_names})
+        return json.dumps({"feature_names": self.feature_names, "class_names": self.class_names, "env": self.env})
 
     @classmethod
     def from_json(cls, text: str | None) -> DataSchema:
@@ -58,15 +68,19 @@ class DataSchema:
             stored = json.loads(text) if text else {}
         except ValueError:
             return cls()
-        return cls.from_mapping(stored, "feature_names", "class_names") if isinstance(stored, dict) else cls()
+        return cls.from_mapping(stored, "feature_names", "class_names", "env") if isinstance(stored, dict) else cls()
 
-    def as_names(self) -> dict[str, list[str] | None]:
-        """`class_names` and `feature_names`, as keyword arguments."""
-        return {"class_names": self.class_names, "feature_names": self.feature_names}
+    def as_names(self) -> dict[str, Any]:
+        """`class_names`, `feature_names` and `env`, as keyword arguments of `Policy`."""
+        return {"class_names": self.class_names, "feature_names": self.feature_names, "env": self.env}
 
 
 def _names(value: Any) -> list[str] | None:
     return [str(name) for name in value] if isinstance(value, list | tuple) and value else None
+
+
+def _is_env(value: Any) -> bool:
+    return isinstance(value, dict) and isinstance(value.get("id"), str)
 
 
 def saved_schema(checkpoint: dict[str, Any] | str | Path) -> DataSchema:
@@ -85,7 +99,7 @@ def saved_schema(checkpoint: dict[str, Any] | str | Path) -> DataSchema:
         if path.suffix.lower() not in (".ckpt", ".pt", ".pth") or not path.is_file():
             return DataSchema()
         checkpoint = safe_load.load_file(path, mmap=True)
-    return DataSchema.from_mapping(checkpoint, FEATURE_NAMES_KEY, CLASS_NAMES_KEY)
+    return DataSchema.from_mapping(checkpoint, FEATURE_NAMES_KEY, CLASS_NAMES_KEY, ENV_KEY)
 
 
 def data_schema(data_cfg: DictConfig) -> DataSchema:
@@ -98,7 +112,7 @@ def data_schema(data_cfg: DictConfig) -> DataSchema:
     if path is None or str(path) == "???":
         return DataSchema()  # the synthetic task numbers its classes and columns
     manifest = first_manifest(path) if is_stream_config(data_cfg) else read_manifest(path)
-    return DataSchema.from_mapping(manifest or {}, "feature_names", "class_names")
+    return DataSchema.from_mapping(manifest or {}, "feature_names", "class_names")  # its env: not compared
 
 
 def check_same_schema(where: str, saved: DataSchema, data_cfg: DictConfig) -> None:
