@@ -70,6 +70,10 @@ ASIDE = ".replaced-"  # `.<output>.replaced-<host>-<pid>`: the old dataset while
 Arrays = Mapping[str, Any] | tuple
 
 
+class EmptyTrainSplitError(ConfigError):
+    """No row went to the train split (callers that know why, e.g. `collect`'s few episodes, say it their way)."""
+
+
 def _input(value: Any) -> bool:
     if isinstance(value, list):
         return bool(value) and all(path(v) for v in value)
@@ -453,7 +457,7 @@ def _write(
     # Files given only as val / test make a held-out set to evaluate on (`evaluate ... split=test`), not to train on.
     held_out_only = bool(sources) and all(fixed in ("val", "test") for _, fixed in sources)
     if not splits["train"]["rows"] and not held_out_only:
-        raise ConfigError("the train split is empty: lower val_fraction / test_fraction or give training rows")
+        raise EmptyTrainSplitError("the train split is empty: lower val_fraction / test_fraction or give training rows")
     manifest = {
         "format": FORMAT,
         "version": VERSION,

@@ -140,3 +140,17 @@ def test_an_expert_that_fails_or_returns_no_action_is_one_line(tmp_path, monkeyp
 
     with pytest.raises(ConfigError, match=r"^the learner raised ValueError: observation of shape \[4\] does not fit"):
         rollout("cartpole", 20, act=learner, label=lambda env, obs: 0)
+
+
+def test_episodes_that_all_fall_outside_train_ask_for_more_steps(tmp_path) -> None:
+    import numpy as np
+
+    from agent_lightning.agents.demonstrations import write_demonstrations
+    from agent_lightning.agents.rollout import Rollout
+    from agent_lightning.errors import ConfigError
+
+    one_episode = Rollout(np.zeros((30, 4), np.float32), np.zeros(30, np.int64), np.zeros(30, np.int64), [30.0])
+    with pytest.raises(
+        ConfigError, match=r"^none of the 1 episode\(s\) collected went to the train split .* more steps"
+    ):
+        write_demonstrations(one_episode, tmp_path / "d", 2, {"env": "x"}, val_fraction=0.5, test_fraction=0.49, seed=1)

@@ -30,7 +30,7 @@ def write_demonstrations(
 
     The class count is the environment's action count, so an action the labeller never took still has its logit.
     """
-    from agent_lightning.prepare import prepare
+    from agent_lightning.prepare import EmptyTrainSplitError, prepare
 
     arrays = {"observations": data.observations, "actions": data.actions, "episode": data.episodes}
     try:
@@ -46,9 +46,7 @@ def write_demonstrations(
             overwrite=overwrite,
             progress_bar=False,
         )
-    except ConfigError as err:
-        if "the train split is empty" not in str(err):
-            raise
+    except EmptyTrainSplitError:
         episodes = len(np.unique(data.episodes))
         raise ConfigError(
             f"none of the {episodes} episode(s) collected went to the train split (an episode goes to one split "
