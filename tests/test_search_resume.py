@@ -204,3 +204,19 @@ def test_a_space_is_refused_for_a_value_refused_by_name_or_that_cannot_be_compos
 
     with pytest.raises(ConfigError, match=r"^optimized_metric='val/nope' is not .* \(every value of the search space"):
         check_space({"model.dropout": FloatDistribution(0.0, 0.5)}, [], fixed_setting_refused)
+
+
+def test_a_trial_killed_as_its_job_started_does_not_make_its_sweep_dir_foreign(tmp_path: Path) -> None:
+    """Killed while Hydra wrote `.hydra/`, a trial's directory holds no overrides yet: its study still resumes there."""
+    from agent_lightning.errors import ConfigError
+    from agent_lightning.search.sweep_dir import check_trial_dirs_free
+
+    sweep = tmp_path / "sweep"
+    (sweep / "0" / ".hydra").mkdir(parents=True)
+    (sweep / "0" / ".hydra" / "overrides.yaml").write_text("- optuna_trial.study_name=resumable\n")
+    (sweep / "1" / ".hydra").mkdir(parents=True)
+    (sweep / "1" / ".hydra" / "config.yaml").write_text("seed: 1\n")  # its overrides.yaml never written
+    check_trial_dirs_free(sweep, "${hydra.job.num}", "resumable")
+    (sweep / "1" / ".hydra" / "overrides.yaml").write_text("- seed=1\n")  # a run of no study: it would be lost
+    with pytest.raises(ConfigError, match=r"holds an earlier sweep's runs \(1/ and on\)"):
+        check_trial_dirs_free(sweep, "${hydra.job.num}", "resumable")

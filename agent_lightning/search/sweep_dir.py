@@ -17,13 +17,21 @@ from agent_lightning.errors import ConfigError
 STUDY_KEY = "optuna_trial.study_name="  # the override each trial is launched with (`OptunaSearch._overrides`)
 
 
-def study_of(run_dir: Path) -> str | None:
-    """The study whose trial ran in `run_dir` (from its `.hydra/overrides.yaml`); None for a run of no study."""
+def launched_overrides(run_dir: Path) -> list[Any] | None:
+    """The overrides a run in `run_dir` was launched with (`.hydra/overrides.yaml`); None where they are not there.
+
+    None also for a file cut short: a job killed while Hydra was writing its files.
+    """
     try:
-        overrides = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) or []
+        overrides = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())
     except (OSError, yaml.YAMLError):
         return None
-    for override in overrides if isinstance(overrides, list) else []:
+    return overrides if isinstance(overrides, list) else None
+
+
+def study_of(overrides: list[Any]) -> str | None:
+    """The study a run launched with `overrides` was a trial of; None for a run of no study."""
+    for override in overrides:
         if isinstance(override, str) and override.startswith(STUDY_KEY):
             return override.removeprefix(STUDY_KEY).strip("'\"")
     return None
@@ -34,9 +42,10 @@ def check_trial_dirs_free(sweep_dir: Path, subdir: Any, study_name: str) -> None
     if subdir != "${hydra.job.num}" or not sweep_dir.is_dir():  # other names cannot be told before the trials run
         return
     for run_dir in sorted((p for p in sweep_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)):
-        if not (run_dir / ".hydra").is_dir():
+        overrides = launched_overrides(run_dir)
+        if overrides is None:  # not a run, or one killed as it started: it has nothing of its own to lose
             continue
-        owner = study_of(run_dir)
+        owner = study_of(overrides)
         if owner == study_name:
             continue
         held = f"the trials of study {owner!r}" if owner else "an earlier sweep's runs"
