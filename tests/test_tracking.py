@@ -7,8 +7,15 @@ import pytest
 import yaml
 from lightning.pytorch.loggers import MLFlowLogger
 
+from agent_lightning.config import config_dir
 from agent_lightning.errors import ConfigError
-from agent_lightning.runs.identity import check_name_override, check_run_identity, check_trackers_installed
+from agent_lightning.runs.identity import (
+    KNOWN_TARGETS,
+    check_name_override,
+    check_run_identity,
+    check_trackers_installed,
+    packages_needed_by_import,
+)
 from agent_lightning.tracking import build_loggers, flatten_config
 from agent_lightning.train import train
 
@@ -148,6 +155,16 @@ def test_a_tracker_that_is_not_installed_is_named_with_its_extra(compose_cfg, mo
         check_trackers_installed(compose_cfg("logger=mlflow"))
     with pytest.raises(ConfigError, match=r"logger.mlflow needs the mlflow package"):
         check_trackers_installed(compose_cfg("logger=mlflow", f"logger.mlflow._target_={__name__}.TeamMLFlowLogger"))
+
+
+def test_the_packages_of_known_targets_are_what_their_classes_need() -> None:
+    # Known targets skip the import (and Lightning's load in a multi-rank launcher): the table must not drift.
+    for target, needs in KNOWN_TARGETS.items():
+        assert packages_needed_by_import(target) == needs, target
+    # Every logger and progress bar the package's configs name is one of them.
+    texts = [path.read_text() for group in ("logger", "progress") for path in (config_dir() / group).glob("*.yaml")]
+    configured = {line.split(":", 1)[1].strip() for text in texts for line in text.splitlines() if "_target_:" in line}
+    assert len(configured) >= 7 and configured <= set(KNOWN_TARGETS), configured - set(KNOWN_TARGETS)
 
 
 def test_only_rank_0_connects_to_mlflow_and_wandb(compose_cfg, monkeypatch, tmp_path: Path) -> None:

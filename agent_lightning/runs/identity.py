@@ -51,29 +51,57 @@ def check_run_identity(cfg: DictConfig) -> None:
             raise ConfigError(f"tags: {tag!r} is invalid: use letters, digits, '_', '.' or '-'")
 
 
-def _needs() -> dict[type, tuple[tuple[str, ...], str]]:
+def _needs() -> dict[type, Needs]:
     # The package each optional tracker or progress bar needs, and the extra that installs it; a subclass
     # (e.g. runs/continued_mlflow.ContinuingMLFlowLogger) needs what its base needs.
     from lightning.pytorch.callbacks import RichProgressBar
     from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
 
     return {
-        TensorBoardLogger: (("tensorboard", "tensorboardX"), "tensorboard"),
-        MLFlowLogger: (("mlflow",), "mlflow"),
+        TensorBoardLogger: TENSORBOARD,
+        MLFlowLogger: MLFLOW,
         WandbLogger: (("wandb",), "wandb"),
         RichProgressBar: (("rich",), "rich"),
     }
 
 
-def _packages_needed(target: str) -> tuple[tuple[str, ...], str]:
+Needs = tuple[tuple[str, ...], str]
+NO_NEEDS: Needs = ((), "")
+TENSORBOARD: Needs = (("tensorboard", "tensorboardX"), "tensorboard")
+MLFLOW: Needs = (("mlflow",), "mlflow")
+# The targets this package's configs name, answered without importing them: the import loads Lightning, which
+# a multi-rank command's launcher never needs otherwise (seconds before its ranks start). A test checks each
+# entry against the import below; any other target (a user's own class) is imported and its bases read.
+KNOWN_TARGETS: dict[str, Needs] = {
+    "agent_lightning.runs.continued_csv.ContinuingCSVLogger": NO_NEEDS,
+    "agent_lightning.runs.continued_mlflow.ContinuingMLFlowLogger": MLFLOW,
+    "lightning.pytorch.loggers.CSVLogger": NO_NEEDS,
+    "lightning.pytorch.loggers.TensorBoardLogger": TENSORBOARD,
+    "lightning.pytorch.loggers.MLFlowLogger": MLFLOW,
+    "lightning.pytorch.loggers.WandbLogger": (("wandb",), "wandb"),
+    "agent_lightning.console.auto_progress_bar": NO_NEEDS,
+    "agent_lightning.console.LineProgressBar": NO_NEEDS,
+    "agent_lightning.console.BatchTQDMProgressBar": NO_NEEDS,
+    "lightning.pytorch.callbacks.RichProgressBar": (("rich",), "rich"),
+}
+
+
+def _packages_needed(target: str) -> Needs:
     """(packages, extra) the class `target` names needs; none for a factory or a target that does not resolve."""
+    if target in KNOWN_TARGETS:
+        return KNOWN_TARGETS[target]
+    return packages_needed_by_import(target)
+
+
+def packages_needed_by_import(target: str) -> Needs:
+    """(packages, extra) read from the class `target` names and its bases, importing it."""
     try:
         kind = hydra.utils.get_object(target)  # Lightning's classes import without their optional packages
     except Exception:  # instantiating it reports the target in its own words
-        return (), ""
+        return NO_NEEDS
     if not isinstance(kind, type):
-        return (), ""
-    return next((needs for base, needs in _needs().items() if issubclass(kind, base)), ((), ""))
+        return NO_NEEDS
+    return next((needs for base, needs in _needs().items() if issubclass(kind, base)), NO_NEEDS)
 
 
 def _check_installed(key: str, target: str) -> None:
@@ -87,7 +115,7 @@ def _check_installed(key: str, target: str) -> None:
 def check_trackers_installed(cfg: DictConfig) -> None:
     """Raise ConfigError naming the extra to install when a logger or the progress bar needs a missing package.
 
-    It loads the trackers' classes (and Lightning with them), so the training command runs it after
+    A class not in KNOWN_TARGETS is loaded (and Lightning with it), so the training command runs it after
     every other check: a bad value is reported before the training libraries load.
     """
     for key, item in (cfg.get("logger") or {}).items():
