@@ -42,7 +42,9 @@ def evaluate_in_env(cfg: DictConfig, output_dir: Path) -> dict[str, float]:
     env = env_config(_env_of(cfg, policy))
     facts = env_facts(env)
     check_fits(policy, facts, str(cfg.ckpt_path))
-    episodes = evaluate_policy(batch_actor(policy), env, cfg.episodes, cfg.first_seed, cfg.num_envs, cfg.vectorization)
+    episodes = evaluate_policy(
+        batch_actor(policy), env, cfg.episodes, cfg.first_seed, cfg.num_envs, cfg.vectorization, facts=facts
+    )
     stats = summarize(episodes)
     write_episodes_csv(episodes, output_dir / "episodes.csv")
     title = f"{env.id}: {len(episodes)} episodes, mean {stats['return_mean']:.1f}"

@@ -16,7 +16,7 @@ from agent_lightning.agents.environments import env_config, env_facts, make_env,
 from agent_lightning.agents.rollout import evaluate_policy, rollout, summarize, summary_line
 from agent_lightning.errors import ConfigError
 
-from .user_envs import reach_expert
+from .user_envs import Reach, reach_expert
 
 REACH = {"id": "tests.user_envs:Reach-v0"}
 
@@ -24,6 +24,17 @@ REACH = {"id": "tests.user_envs:Reach-v0"}
 def toward_target(observations: np.ndarray) -> np.ndarray:
     """The expert as a policy answers: a class 0..2, for the env's actions -1..1."""
     return np.sign(observations[:, 1] - observations[:, 0]).astype(np.int64) + 1
+
+
+def test_an_evaluation_makes_its_env_once_before_the_copies_it_plays(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Reach, "made", 0)
+    facts = env_facts(REACH)  # what evaluate and env_eval read first (sizes, threshold)
+    episodes = evaluate_policy(toward_target, REACH, episodes=4, num_envs=2, facts=facts)
+    assert Reach.made == 1 + 2 and [e.seed for e in episodes] == [0, 1, 2, 3]
+    # Called alone it reads the facts itself, from one copy, then makes its copies.
+    monkeypatch.setattr(Reach, "made", 0)
+    assert [e.ret for e in evaluate_policy(toward_target, REACH, episodes=4, num_envs=2)] == [e.ret for e in episodes]
+    assert Reach.made == 1 + 2
 
 
 def test_discrete_actions_that_start_below_zero_are_classes_for_the_policy_and_actions_for_the_env() -> None:

@@ -16,6 +16,8 @@ from gymnasium import spaces
 class Reach(gym.Env):
     """Position and target in [-10, 10]; reward -1 per step until the point is on the target (return = -steps)."""
 
+    made = 0  # copies constructed in this process: a simulator can be slow to start
+
     def __init__(
         self,
         nan_at: int | None = None,
@@ -26,6 +28,7 @@ class Reach(gym.Env):
     ) -> None:
         if fail_to_start:
             raise ValueError("no licence for the simulator")
+        Reach.made += 1
         self.observation_space = spaces.Box(-10.0, 10.0, shape=(2,), dtype=np.float32)
         self.action_space = spaces.Discrete(3, start=-1)
         self.nan_at, self.raise_at, self.endless, self.nan_reward_at = nan_at, raise_at, endless, nan_reward_at

@@ -18,7 +18,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from agent_lightning.agents.demonstrations import mean_or_nan, write_demonstrations
-from agent_lightning.agents.environments import space_sizes
+from agent_lightning.agents.environments import env_facts
 from agent_lightning.agents.experts import Expert
 from agent_lightning.agents.rollout import Rollout, evaluate_policy, rollout, summarize, summary_line
 
@@ -89,7 +89,7 @@ def run_dagger(
     from agent_lightning.agents.acting import batch_actor, single_actor
     from agent_lightning.agents.policy import Policy
 
-    _, n_actions = space_sizes(env)
+    facts = env_facts(env)  # once: every iteration's evaluation plays the same env
     parts: list[Rollout] = []
     results: list[Iteration] = []
     checkpoint: str | None = None
@@ -114,7 +114,7 @@ def run_dagger(
             "new_steps": len(new),
             "rollout_return_mean": mean_or_nan(new.returns),
         }
-        write_demonstrations(data, dataset, n_actions, provenance, seed=seed)
+        write_demonstrations(data, dataset, facts.action_count, provenance, seed=seed)
         overrides = [*train_overrides, "data=dataset", f"data.path={dataset}", "env_eval=null", f"seed={seed + index}"]
         if checkpoint is not None:
             overrides.append(f"init_from={checkpoint}")
@@ -126,7 +126,7 @@ def run_dagger(
                 overrides.append(f"trainer.max_epochs={continue_epochs}")
         result = train_iteration(overrides, work_dir / f"iter_{index:02d}" / "train")
         checkpoint = _checkpoint_of(result)
-        stats = summarize(evaluate_policy(batch_actor(Policy.load(checkpoint)), env, episodes))
+        stats = summarize(evaluate_policy(batch_actor(Policy.load(checkpoint)), env, episodes, facts=facts))
         results.append(
             Iteration(
                 index,

@@ -61,7 +61,9 @@ class EnvEvaluation(Callback):
         policy, source = _policy(best, pl_module, gathered)
         try:
             facts = env_facts(self.env)
-            episodes = evaluate_policy(batch_actor(policy), self.env, self.episodes, self.first_seed, self.num_envs)
+            episodes = evaluate_policy(
+                batch_actor(policy), self.env, self.episodes, self.first_seed, self.num_envs, facts=facts
+            )
         except ConfigError as err:
             self.failure = str(err)
             log.error("env eval failed: %s", err)

@@ -196,12 +196,19 @@ def make_env(env: str | Mapping[str, Any]) -> Any:
     return made
 
 
-def make_vector_env(env: str | Mapping[str, Any], num_envs: int, vectorization: str = "sync") -> Any:
-    """`num_envs` copies in one gymnasium vector env: `sync` (one process) or `async` (a process per copy)."""
+def make_vector_env(
+    env: str | Mapping[str, Any], num_envs: int, vectorization: str = "sync", checked: bool = False
+) -> Any:
+    """`num_envs` copies in one gymnasium vector env: `sync` (one process) or `async` (a process per copy).
+
+    Unless the caller has made one copy already (`checked`), one is made first: a bad id, wrapper or missing
+    package then fails here, as one line, not inside a worker.
+    """
     if vectorization not in VECTORIZATIONS:
         raise ConfigError(f"vectorization={vectorization!r} is not one of {', '.join(VECTORIZATIONS)}")
     cfg = env_config(env)
-    make_env(cfg).close()  # a bad id, wrapper or missing package fails here, as one line, not inside a worker
+    if not checked:
+        make_env(cfg).close()
     gym = gymnasium()
     return gym.make_vec(
         cfg.id,

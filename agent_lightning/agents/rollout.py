@@ -58,16 +58,19 @@ def evaluate_policy(
     first_seed: int = 0,
     num_envs: int = 16,
     vectorization: str = "sync",
+    facts: EnvFacts | None = None,
 ) -> list[Episode]:
     """Run `episodes` episodes on seeds first_seed.. with `act` choosing classes for a batch of observations.
 
     Each seed is one episode, counted once: every batch of copies is reset with its own seeds and stepped until
-    all have ended; what a vector env's autoreset starts after an episode's end is ignored.
+    all have ended; what a vector env's autoreset starts after an episode's end is ignored. `facts`, when the
+    caller has read them, spare making the env once more (a simulator may be slow to start).
     """
     cfg = env_config(env)
-    facts = env_facts(cfg)
+    facts = facts or env_facts(cfg)
     width = max(1, min(num_envs, episodes))
-    vector = make_vector_env(cfg, width, vectorization)
+    # Facts are read from a made copy, so the env is known to make: no check copy before the vector env's.
+    vector = make_vector_env(cfg, width, vectorization, checked=True)
     results: list[Episode] = []
     try:
         for start in range(first_seed, first_seed + episodes, width):
