@@ -2,7 +2,8 @@
 
 Behaviour cloning on expert demonstrations, then N iterations of: roll out the current policy, label the
 visited states with the expert, aggregate, continue training from the previous weights, evaluate. Prints a
-table and writes `dagger.csv` and `returns.png` (return per iteration) to the run directory.
+table and writes `dagger.csv` and `returns.png` (return per iteration) to the run directory. A stopped run
+continues with `resume=<its run directory>` (and `iterations=N` to go further than it was asked).
 """
 
 from __future__ import annotations
@@ -10,15 +11,22 @@ from __future__ import annotations
 import csv
 import dataclasses
 import logging
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from agent_lightning.arguments import SEED, SEED_VALID, Rule, check_arguments, whole
 from agent_lightning.config import compose_raw, config_dir, group_option_names, hydra_command
-from agent_lightning.errors import ConfigError
-from agent_lightning.runs.overrides import last_override
+from agent_lightning.errors import STOP_SIGNALS, ConfigError, StoppedBySignalError
+from agent_lightning.runs.in_place import HYDRA_SUBDIR, next_resume_subdir, quoted_value
+from agent_lightning.runs.lock import run_directory_lock
+from agent_lightning.runs.overrides import command_overrides, last_override
 
 log = logging.getLogger("agent_lightning.dagger")
 
@@ -63,29 +71,119 @@ def _check_composes(overrides: list[str]) -> None:
 def _refuse_a_dagger_run_dir(argv: list[str]) -> None:
     """A `hydra.run.dir=` that holds a DAgger run: refused before Hydra rewrites its config and log there."""
     chosen = last_override(argv, "hydra.run.dir")
-    if chosen is not None and (Path(chosen) / "iter_00").exists():  # its datasets and checkpoints would mix
-        raise ConfigError(f"hydra.run.dir={chosen} holds a DAgger run already: choose another directory")
+    if _resumed(argv) is None and chosen is not None and (Path(chosen) / "iter_00").exists():  # they would mix
+        raise ConfigError(
+            f"hydra.run.dir={chosen} holds a DAgger run already: choose another directory, or continue that run "
+            f"with resume={chosen}"
+        )
+
+
+def _resumed(argv: list[str]) -> Path | None:
+    value = last_override(command_overrides(argv), "resume")
+    return None if value in (None, "", "null") else Path(value)
+
+
+# What a resumed run may be given: it keeps every other setting of the run it continues.
+_RESUME_KEYS = ("resume", "iterations")
+
+
+def resume_arguments(argv: list[str]) -> list[str]:
+    """The command line with `resume=DIR` run in DIR (its first config kept: Hydra saves this one beside it)."""
+    run = _resumed(argv[1:])
+    if run is None:
+        return argv
+    if not (run / HYDRA_SUBDIR / "config.yaml").is_file() or not (run / "iter_00").is_dir():
+        raise ConfigError(f"resume={run} is not a DAgger run directory (one with .hydra/config.yaml and iter_00/)")
+    overrides = command_overrides(argv[1:])
+    for arg in overrides:
+        key = arg.lstrip("+~").split("=", 1)[0]
+        if key not in _RESUME_KEYS and not key.startswith("hydra."):
+            raise ConfigError(
+                f"resume={run} continues that run with its own settings ({run}/.hydra/config.yaml): give only "
+                f"iterations=N beside it, not {arg}"
+            )
+    chosen = last_override(overrides, "hydra.run.dir")
+    if chosen is not None and Path(chosen).resolve() != run.resolve():
+        raise ConfigError(f"resume={run} continues in its own directory: leave out hydra.run.dir={chosen}")
+    with run_directory_lock(run):  # refused here, before Hydra writes into it, if a run still holds it
+        pass
+    return [*argv, f"hydra.run.dir={quoted_value(run)}", f"hydra.output_subdir={next_resume_subdir(run)}"]
+
+
+def _settings_of_resumed_run(cfg: DictConfig) -> tuple[DictConfig, str | None]:
+    """The resumed run's own config (with this command's `iterations=`, if given) and its env's preset name."""
+    run = Path(cfg.paths.output_dir)
+    first = OmegaConf.load(run / HYDRA_SUBDIR / "config.yaml")  # YAML: nothing in it runs
+    given = {arg.lstrip("+~").split("=", 1)[0] for arg in HydraConfig.get().overrides.task}
+    first.paths = cfg.paths  # where the run is now (it may have been moved)
+    first.resume = str(run)
+    if "iterations" in given:
+        first.iterations = cfg.iterations
+    hydra_saved = OmegaConf.load(run / HYDRA_SUBDIR / "hydra.yaml")
+    env_name = OmegaConf.select(hydra_saved, "hydra.runtime.choices.env", default=None)
+    return first, None if env_name is None else str(env_name)
 
 
 @hydra_command("dagger", check_argv=_refuse_a_dagger_run_dir)
-def main(cfg: DictConfig) -> None:
-    """Command line: run DAgger; a bad input exits 2 with one line."""
+def hydra_main(cfg: DictConfig) -> None:
+    """Hydra entry: run DAgger, or continue a stopped run (`resume=DIR`); a bad input exits 2 with one line."""
+    env_name = HydraConfig.get().runtime.choices.get("env")
+    if cfg.get("resume"):
+        cfg, env_name = _settings_of_resumed_run(cfg)
+    check_arguments(cfg, RULES)
+    with run_directory_lock(cfg.paths.output_dir):  # a second command resuming the same run is refused
+        try:
+            with _signals_stop_the_run():
+                _run(cfg, env_name)
+        except _Signalled as stop:
+            from agent_lightning.agents.dagger_state import stopped_line
+
+            raise StoppedBySignalError(stop.signum, stopped_line(stop.signum, Path(cfg.paths.output_dir))) from None
+
+
+class _Signalled(BaseException):
+    """A stop signal between training runs (a training run stops itself, at a step's end).
+
+    Not an Exception: an env's or a library's `except Exception` must not take it for its own error.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextmanager
+def _signals_stop_the_run() -> Iterator[None]:
+    """SIGTERM, SIGINT and SIGUSR1 stop the run where it is: an unfinished iteration is made again on resume."""
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise _Signalled(signum)
+
+    previous = {signum: signal.signal(signum, stop) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _run(cfg: DictConfig, env_name: str | None) -> None:
     from agent_lightning.agents.dagger import best, held_out, run_dagger, table
     from agent_lightning.agents.environments import env_config
     from agent_lightning.agents.experts import resolve_expert
     from agent_lightning.agents.reports import write_curve
 
     output_dir = Path(cfg.paths.output_dir)
-    check_arguments(cfg, RULES)
     env = env_config(cfg.get("env"))
     expert_name = str(cfg.expert or env.get("expert") or "")
     if not expert_name:
         raise ConfigError(f"env {env.id} names no default expert: give expert=<name or module:function>")
     expert = resolve_expert(expert_name, env.id)
-    overrides = _train_overrides(cfg, HydraConfig.get().runtime.choices.get("env"))
+    overrides = _train_overrides(cfg, env_name)
     results = run_dagger(
         env, expert, expert_name, output_dir, overrides, int(cfg.iterations), int(cfg.demo_steps),
         int(cfg.rollout_steps), int(cfg.episodes), int(cfg.seed), cfg.get("continue_epochs"),
+        resume=bool(cfg.get("resume")),
     )  # fmt: skip
     with open(output_dir / "dagger.csv", "w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=[f.name for f in dataclasses.fields(results[0])])
@@ -94,6 +192,16 @@ def main(cfg: DictConfig) -> None:
     write_curve([r.return_mean for r in results], output_dir / "returns.png", "mean return", f"DAgger on {env.id}")
     print(table(results, held_out(best(results), env, int(cfg.episodes))), flush=True)
     log.info("dagger.csv and returns.png in %s", output_dir)
+
+
+def main() -> None:
+    """Command line: `resume=DIR` is placed in DIR before Hydra starts; then the Hydra command runs."""
+    try:
+        sys.argv = resume_arguments(sys.argv)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
+    hydra_main()
 
 
 if __name__ == "__main__":

@@ -37,6 +37,10 @@ def signal_exit_code(signum: int) -> int:
     return 128 + int(signum)
 
 
+# What stops a run cleanly (SIGUSR1: what schedulers send before pre-empting a job).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
 class StoppedBySignalError(Exception):
     """A signal asked the command to stop; the message says what was kept (a run: its last.ckpt) and how to go on."""
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -85,18 +87,101 @@ def test_dagger_aggregates_data_and_continues_from_previous_weights(tmp_path, mo
         assert any(not torch.equal(trained[k], v) for k, v in saved.items())
 
 
-def test_the_command_prints_each_lightning_line_once(tmp_path: Path) -> None:
-    # Lightning is imported after Hydra set up logging: its own console handler and Hydra's both printed each line.
+def test_a_stopped_run_resumes_to_the_uninterrupted_runs_result(tmp_path: Path, monkeypatch) -> None:
+    from agent_lightning.errors import ConfigError
+
+    env, expert = env_config({"id": "tests.user_envs:Reach-v0"}), resolve_expert("tests.user_envs:reach_expert")
+    train_overrides = ["experiment=bc", "model.hidden_dim=32", "trainer.max_epochs=2", "print_config=false"]
+    train_overrides += ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+    settings = dict(iterations=1, demo_steps=600, rollout_steps=300, episodes=6)
+
+    def run(work_dir: Path, **extra) -> list[dagger.Iteration]:
+        return dagger.run_dagger(env, expert, "reach", work_dir, train_overrides, **settings, **extra)
+
+    straight = run(tmp_path / "straight")
+    trained = dagger.train_iteration
+
+    def stopped_in_iteration_1(overrides, output_dir):
+        if "iter_01" in str(output_dir):
+            raise KeyboardInterrupt  # a stop while iteration 1 trains: its data is written, its training is not
+        return trained(overrides, output_dir)
+
+    monkeypatch.setattr(dagger, "train_iteration", stopped_in_iteration_1)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "stopped")
+    assert (tmp_path / "stopped" / "iter_01" / "data").is_dir()
+    calls: list[str] = []
+    monkeypatch.setattr(dagger, "train_iteration", lambda o, d: calls.append(str(d)) or trained(o, d))
+    resumed = run(tmp_path / "stopped", resume=True)
+    assert calls == [str(tmp_path / "stopped" / "iter_01" / "train")]  # iteration 0 kept, iteration 1 made again
+    for ours, theirs in zip(resumed, straight, strict=True):
+        assert (ours.rows, ours.new_rows, ours.rollout_return) == (theirs.rows, theirs.new_rows, theirs.rollout_return)
+        assert ours.return_mean == pytest.approx(theirs.return_mean)
+    # Finished, it can go further (iterations=2) but not back.
+    with pytest.raises(ConfigError, match=r"iterations=0, but the run in .* has finished iteration 1: give iter"):
+        dagger.run_dagger(env, expert, "reach", tmp_path / "stopped", train_overrides, 0, 600, 300, 6, resume=True)
+    # Iterations without records (an earlier version's run, or one changed by hand) are not removed: refused.
+    (tmp_path / "stopped" / "iter_00" / "iteration.json").unlink()
+    with pytest.raises(ConfigError, match=r"holds iterations without their record .*nothing was removed"):
+        run(tmp_path / "stopped", resume=True)
+    assert (tmp_path / "stopped" / "iter_01" / "iteration.json").is_file()
+
+
+DAGGER = [sys.executable, "-m", "agent_lightning.dagger"]
+
+
+def _dagger_command(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*DAGGER, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_a_run_stopped_by_a_signal_continues_with_resume_and_prints_lightnings_lines_once(tmp_path: Path) -> None:
+    run = tmp_path / "run"
     train = '["trainer.max_epochs=1","trainer.enable_progress_bar=false","trainer.enable_model_summary=false"]'
     command = [
-        sys.executable, "-m", "agent_lightning.dagger", "env=cartpole", "iterations=0", "demo_steps=500",
-        "episodes=1", f"train={train}", "train_experiment=bc_cartpole", f"hydra.run.dir={tmp_path / 'run'}",
+        *DAGGER, "env=cartpole", "iterations=1", "demo_steps=500", "rollout_steps=200", "episodes=1",
+        f"train={train}", "train_experiment=bc_cartpole", f"hydra.run.dir={run}",
     ]  # fmt: skip
-    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-2000:]
+    with subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as first:
+        deadline = time.monotonic() + 120
+        while not (run / "iter_01" / "train").exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        first.send_signal(signal.SIGTERM)  # in iteration 1's training, or just before it: the same stop
+        output = first.communicate(timeout=120)[0]
+    assert first.returncode == 128 + signal.SIGTERM, output[-2000:]
+    assert f"stopped by SIGTERM in iteration 1; iteration 0 is kept: continue with resume={run}" in output
+    first_config = (run / ".hydra" / "config.yaml").read_text()
+    first_checkpoint = json.loads((run / "iter_00" / "iteration.json").read_text())["checkpoint"]
+    # Anything but iterations= beside resume= would silently differ from the run it continues: refused.
+    from agent_lightning.dagger import resume_arguments
+    from agent_lightning.errors import ConfigError
+
+    with pytest.raises(ConfigError) as refused:
+        resume_arguments(["dagger", f"resume={run}", "iterations=2", "env=acrobot"])
+    assert str(refused.value) == (
+        f"resume={run} continues that run with its own settings ({run}/.hydra/config.yaml): give only "
+        "iterations=N beside it, not env=acrobot"
+    )
+    with pytest.raises(ConfigError, match=f"resume={tmp_path} is not a DAgger run directory"):
+        resume_arguments(["dagger", f"resume={tmp_path}"])
+    resumed = _dagger_command(f"resume={run}", cwd=tmp_path)
+    output = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, output[-2000:]
+    rows = dagger_rows(run)  # iteration 0 kept, not trained again; iteration 1 made again from its start
+    assert [r["rows"] for r in rows] == ["500", "700"] and rows[0]["checkpoint"] == str(run / first_checkpoint)
+    # Lightning is imported after Hydra set up logging: its own console handler and Hydra's both printed each line.
     assert output.count("GPU available:") == 1 and output.count("`Trainer.fit` stopped") == 1, output
-    assert "GPU available:" in (tmp_path / "run" / "dagger.log").read_text()  # and in the run's log
+    assert (run / ".hydra" / "config.yaml").read_text() == first_config  # its own settings, as first run
+    assert (run / ".hydra" / "resume-1" / "config.yaml").is_file()
+    log = (run / "dagger.log").read_text()  # one log, appended to
+    assert "stopped by SIGTERM" in log and "continuing" in log and "GPU available:" in log
+
+
+def dagger_rows(run: Path) -> list[dict[str, str]]:
+    """The rows of a DAgger run's dagger.csv."""
+    import csv
+
+    with open(run / "dagger.csv", newline="") as file:
+        return list(csv.DictReader(file))
 
 
 def test_the_training_preset_is_its_own_key_beside_the_experiment_group() -> None:

@@ -3,7 +3,8 @@
 Iteration 0 is behaviour cloning on expert demonstrations. Each later iteration rolls out the current
 policy, labels the visited states with the expert's actions, writes the aggregate (all rows so far) as a
 new prepared dataset, and trains from the previous iteration's weights (`init_from=`: weights only, fresh
-optimizer and epoch count); every policy is evaluated greedily on seeds 0..episodes-1.
+optimizer and epoch count); every policy is evaluated greedily on seeds 0..episodes-1. A stopped run
+continues from its last finished iteration (`resume=True`, see `dagger_state.py`), as if never stopped.
 """
 
 from __future__ import annotations
@@ -17,10 +18,18 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from agent_lightning.agents.dagger_state import (
+    clear_unfinished,
+    finished_iterations,
+    iteration_dir,
+    save_iteration,
+    stopped_line,
+)
 from agent_lightning.agents.demonstrations import mean_or_nan, write_demonstrations
 from agent_lightning.agents.environments import env_facts
 from agent_lightning.agents.experts import Expert
 from agent_lightning.agents.rollout import Rollout, evaluate_policy, rollout, summarize, summary_line
+from agent_lightning.errors import ConfigError, StoppedBySignalError
 
 log = logging.getLogger("agent_lightning.dagger")
 # Rollout episode seeds: far from the evaluation seeds (0..episodes-1) and distinct per iteration.
@@ -84,16 +93,31 @@ def run_dagger(
     episodes: int = 20,
     seed: int = 1000,
     continue_epochs: int | None = None,
+    resume: bool = False,
 ) -> list[Iteration]:
-    """BC on `demo_steps` expert steps, then `iterations` DAgger iterations; one `Iteration` per trained policy."""
+    """BC on `demo_steps` expert steps, then `iterations` DAgger iterations; one `Iteration` per trained policy.
+
+    With `resume`, the iterations `work_dir` holds finished are read back and the run goes on from the next
+    (every seed depends on the iteration's number only, so the result is the uninterrupted run's).
+    """
     from agent_lightning.agents.acting import batch_actor, single_actor
     from agent_lightning.agents.policy import Policy
 
     facts = env_facts(env)  # once: every iteration's evaluation plays the same env
-    parts: list[Rollout] = []
-    results: list[Iteration] = []
-    checkpoint: str | None = None
-    for index in range(iterations + 1):
+    done = finished_iterations(work_dir, Iteration) if resume else []
+    if len(done) > iterations + 1:
+        raise ConfigError(
+            f"iterations={iterations}, but the run in {work_dir} has finished iteration {len(done) - 1}: give "
+            f"iterations={len(done) - 1} or more"
+        )
+    results = [record for record, _ in done]
+    parts = [rows for _, rows in done]
+    checkpoint = results[-1].checkpoint if results else None
+    if resume:
+        after = f"after iteration {len(done) - 1}" if done else "from iteration 0 (none had finished)"
+        log.info("continuing %s %s", work_dir, after)
+        clear_unfinished(work_dir, len(done))
+    for index in range(len(done), iterations + 1):
         episode_base = index * SEED_STRIDE
         if checkpoint is None:
             new = rollout(env, demo_steps, expert, seed=seed, first_episode=episode_base)
@@ -104,7 +128,7 @@ def run_dagger(
             )
         parts.append(new)
         data = _concat(parts)
-        dataset = work_dir / f"iter_{index:02d}" / "data"
+        dataset = iteration_dir(work_dir, index) / "data"
         provenance = {
             "env": env.id,
             "env_config": OmegaConf.to_container(env, resolve=True),
@@ -124,22 +148,25 @@ def run_dagger(
             overrides.insert(0, "data.normalize=standard")
             if continue_epochs:  # fine-tuning from the previous weights needs fewer epochs than starting fresh
                 overrides.append(f"trainer.max_epochs={continue_epochs}")
-        result = train_iteration(overrides, work_dir / f"iter_{index:02d}" / "train")
+        try:
+            result = train_iteration(overrides, iteration_dir(work_dir, index) / "train")
+        except StoppedBySignalError as err:  # its hint (ckpt_path=) would resume one training run, not DAgger
+            raise StoppedBySignalError(err.signum, stopped_line(err.signum, work_dir)) from None
         checkpoint = _checkpoint_of(result)
         stats = summarize(evaluate_policy(batch_actor(Policy.load(checkpoint)), env, episodes, facts=facts))
-        results.append(
-            Iteration(
-                index,
-                len(data),
-                len(new),
-                mean_or_nan(new.returns),
-                str(dataset),
-                checkpoint,
-                stats["return_mean"],
-                stats["return_std"],
-                stats.get("success_rate", float("nan")),  # nan: the env has no success threshold
-            )
+        record = Iteration(
+            index,
+            len(data),
+            len(new),
+            mean_or_nan(new.returns),
+            str(dataset),
+            checkpoint,
+            stats["return_mean"],
+            stats["return_std"],
+            stats.get("success_rate", float("nan")),  # nan: the env has no success threshold
         )
+        save_iteration(work_dir, record, new)
+        results.append(record)
         log.info("iteration %d: %d rows (+%d), %s", index, len(data), len(new), summary_line(stats))
     return results
 

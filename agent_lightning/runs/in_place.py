@@ -79,7 +79,7 @@ def run_directory_of(checkpoint: Path) -> Path | None:
     return None
 
 
-def _quoted(value: str | Path) -> str:
+def quoted_value(value: str | Path) -> str:
     """A path as one Hydra override value, whatever characters it holds."""
     return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
@@ -104,7 +104,7 @@ def in_place_arguments(argv: Sequence[str]) -> list[str]:
     overrides = command_overrides(args[1:])
     if value == LATEST:
         value = str(latest_checkpoint(*_output_settings(overrides)))
-        args[at] = f"ckpt_path={_quoted(value)}"
+        args[at] = f"ckpt_path={quoted_value(value)}"
     multirun = any(arg in _MULTIRUN for arg in args)
     run = run_directory_of(Path(value)) if value and value != "null" else None
     if run is None or multirun or any(arg.startswith("paths.output_dir=") for arg in overrides):
@@ -114,11 +114,16 @@ def in_place_arguments(argv: Sequence[str]) -> list[str]:
         return args  # another directory asked for: a new run there, from this checkpoint
     with run_directory_lock(run):  # refused here, before Hydra writes into it, if another run holds it
         pass
+    subdir = next_resume_subdir(run) if global_rank() == 0 else "null"  # one rank saves it
+    placed = [] if chosen is not None else [f"hydra.run.dir={quoted_value(run)}"]
+    return [*args, *placed, f"hydra.output_subdir={subdir}", *_identity_of(run, overrides)]
+
+
+def next_resume_subdir(run: Path) -> str:
+    """`.hydra/resume-<n>`: where Hydra saves the config of the run's next resume, beside the first run's."""
     names = [path.name.removeprefix("resume-") for path in (run / HYDRA_SUBDIR).glob("resume-*")]
     number = max((int(n) for n in names if n.isdigit()), default=0) + 1  # after the last, even with gaps
-    subdir = f"{HYDRA_SUBDIR}/resume-{number}" if global_rank() == 0 else "null"  # one rank saves it
-    placed = [] if chosen is not None else [f"hydra.run.dir={_quoted(run)}"]
-    return [*args, *placed, f"hydra.output_subdir={subdir}", *_identity_of(run, overrides)]
+    return f"{HYDRA_SUBDIR}/resume-{number}"
 
 
 def _identity_of(run: Path, overrides: Sequence[str]) -> list[str]:

@@ -19,9 +19,8 @@ import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from agent_lightning.callbacks import LastCheckpoint, crossed_multiple, epoch_ends_next, validation_follows
-from agent_lightning.errors import StoppedBySignalError
+from agent_lightning.errors import STOP_SIGNALS, StoppedBySignalError
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 # One Ctrl+C reaches a rank twice: from the terminal (its process group) and forwarded by the launcher.
 SAME_PRESS_SECONDS = 1.0
 

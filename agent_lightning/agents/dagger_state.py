@@ -1,0 +1,105 @@
+"""What a DAgger run keeps of each finished iteration, so that a stopped run continues where it stopped.
+
+Each `iter_NN/` holds the rows that iteration added (`new_rows.npz`) and, written last, its record
+(`iteration.json`): an iteration with a record is whole. Paths in the record are relative to the run
+directory, so a run copied elsewhere (off a cluster) still continues.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent_lightning.agents.rollout import Rollout
+from agent_lightning.errors import ConfigError
+
+log = logging.getLogger("agent_lightning.dagger")
+RECORD = "iteration.json"
+NEW_ROWS = "new_rows.npz"
+_ITERATION_DIR = re.compile(r"iter_(\d+)")
+_PATHS = ("dataset", "checkpoint")
+
+
+def iteration_dir(work_dir: Path, index: int) -> Path:
+    """`<work_dir>/iter_NN`: the data and training run of iteration `index`."""
+    return work_dir / f"iter_{index:02d}"
+
+
+def save_iteration(work_dir: Path, record: Any, new: Rollout) -> None:
+    """Keep iteration `record.iteration`'s new rows and its record (a dataclass), the record last."""
+    folder = iteration_dir(work_dir, record.iteration)
+    np.savez(
+        folder / NEW_ROWS,
+        observations=new.observations,
+        actions=new.actions,
+        episodes=new.episodes,
+        returns=np.asarray(new.returns, dtype=np.float64),
+    )
+    fields = dataclasses.asdict(record)
+    for key in _PATHS:
+        fields[key] = os.path.relpath(fields[key], work_dir)
+    partial = folder / f".{RECORD}.partial"
+    partial.write_text(json.dumps(fields, indent=1) + "\n")
+    os.replace(partial, folder / RECORD)  # whole or absent: a stop while writing leaves no half record
+
+
+def finished_iterations(work_dir: Path, kind: type) -> list[tuple[Any, Rollout]]:
+    """The iterations 0, 1, ... a run finished (records of class `kind`, with their new rows), to the first gap."""
+    done: list[tuple[Any, Rollout]] = []
+    while (folder := iteration_dir(work_dir, len(done))).joinpath(RECORD).is_file():
+        try:
+            fields = json.loads((folder / RECORD).read_text())
+            for key in _PATHS:
+                fields[key] = str(work_dir / fields[key])
+            record = kind(**fields)
+            with np.load(folder / NEW_ROWS, allow_pickle=False) as saved:
+                rows = Rollout(saved["observations"], saved["actions"], saved["episodes"], saved["returns"].tolist())
+        except (OSError, ValueError, TypeError, KeyError) as err:
+            raise ConfigError(f"{folder} cannot be continued from: {type(err).__name__}: {err}") from None
+        if not Path(record.checkpoint).exists():
+            raise ConfigError(f"{folder / RECORD} names the checkpoint {record.checkpoint}, which is missing")
+        done.append((record, rows))
+    return done
+
+
+def stopped_line(signum: int, work_dir: Path) -> str:
+    """The line a stopped run ends with: where it stopped, what is kept, and the command that continues it."""
+    finished = 0
+    while iteration_dir(work_dir, finished).joinpath(RECORD).is_file():
+        finished += 1
+    kept = f"iterations 0..{finished - 1} are kept"
+    kept = {0: "no iteration had finished", 1: "iteration 0 is kept"}.get(finished, kept)
+    name = signal.Signals(signum).name
+    return f"stopped by {name} in iteration {finished}; {kept}: continue with resume={work_dir}"
+
+
+def clear_unfinished(work_dir: Path, finished: int) -> None:
+    """Remove the iteration a stop left part-written (the one after the `finished`): it is made again.
+
+    Anything else without a record (iterations beyond it, or more rows in `dagger.csv` than records) is a run
+    this cannot read back: refused, and nothing removed.
+    """
+    left = sorted(
+        (int(match.group(1)), folder)
+        for folder in work_dir.glob("iter_*")
+        if (match := _ITERATION_DIR.fullmatch(folder.name)) and folder.is_dir() and int(match.group(1)) >= finished
+    )
+    summary = work_dir / "dagger.csv"
+    listed = len(summary.read_text().splitlines()) - 1 if summary.is_file() else 0
+    if [index for index, _ in left] not in ([], [finished]) or listed > finished:
+        raise ConfigError(
+            f"{work_dir} holds iterations without their record ({RECORD}): it was written by an earlier version or "
+            "changed since, and cannot be continued (nothing was removed)"
+        )
+    for _, folder in left:
+        log.info("%s was not finished when the run stopped: it is made again", folder.name)
+        shutil.rmtree(folder)
