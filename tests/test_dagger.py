@@ -216,6 +216,17 @@ def test_bad_training_overrides_and_counts_are_refused_before_any_demonstration(
     check_arguments(OmegaConf.create({"continue_epochs": None}), RULES)
 
 
+def test_rollout_seeds_that_would_meet_the_evaluation_or_held_out_seeds_are_refused() -> None:
+    from agent_lightning.errors import ConfigError
+
+    dagger.check_seeds(1000, 5, 50_000, 20)  # the defaults
+    with pytest.raises(ConfigError, match=r"seed=10: rollout episodes would be played on the evaluation seeds 0..19"):
+        dagger.check_seeds(10, 5, 50_000, 20)
+    with pytest.raises(ConfigError, match=r"seed=999999000: .* held-out seeds 1000000000..1000000019: give a seed"):
+        dagger.check_seeds(999_999_000, 1, 10_000, 20)
+    dagger.check_seeds(dagger.HELD_OUT_SEED + 20, 5, 50_000, 20)  # beyond them
+
+
 def test_an_env_without_a_bc_preset_of_its_own_trains_with_the_general_one() -> None:
     from omegaconf import OmegaConf
 

@@ -54,6 +54,26 @@ class Iteration:
     success_rate: float
 
 
+def check_seeds(seed: int, iterations: int, steps: int, episodes: int) -> None:
+    """ConfigError when rollout episodes could be played on the evaluation or the held-out seeds.
+
+    A rollout of `steps` steps plays at most `steps` episodes, iteration k's on seeds seed + k * SEED_STRIDE..;
+    a policy evaluated on the episodes it was trained on would be flattered.
+    """
+    last = seed + iterations * SEED_STRIDE + steps - 1
+    if seed < episodes:
+        raise ConfigError(
+            f"seed={seed}: rollout episodes would be played on the evaluation seeds 0..{episodes - 1}: give "
+            f"seed={episodes} or more"
+        )
+    if last >= HELD_OUT_SEED and seed < HELD_OUT_SEED + episodes:
+        raise ConfigError(
+            f"seed={seed}: rollout episodes (seeds up to {last}) would be played on the held-out seeds "
+            f"{HELD_OUT_SEED}..{HELD_OUT_SEED + episodes - 1}: give a seed below {HELD_OUT_SEED - (last - seed)} "
+            f"or from {HELD_OUT_SEED + episodes}"
+        )
+
+
 def _concat(parts: Sequence[Rollout]) -> Rollout:
     return Rollout(
         np.concatenate([p.observations for p in parts]),
@@ -103,6 +123,7 @@ def run_dagger(
     from agent_lightning.agents.acting import batch_actor, single_actor
     from agent_lightning.agents.policy import Policy
 
+    check_seeds(seed, iterations, max(demo_steps, rollout_steps), episodes)
     facts = env_facts(env)  # once: every iteration's evaluation plays the same env
     done = finished_iterations(work_dir, Iteration) if resume else []
     if len(done) > iterations + 1:
