@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from agent_lightning.arguments import SEED, SEED_VALID, Rule, check_arguments, whole
 from agent_lightning.config import compose_raw, config_dir, group_option_names, hydra_command
-from agent_lightning.errors import STOP_SIGNALS, ConfigError, StoppedBySignalError
+from agent_lightning.errors import EXIT_CONFIG, STOP_SIGNALS, ConfigError, StoppedBySignalError
 from agent_lightning.runs.in_place import HYDRA_SUBDIR, next_resume_subdir, quoted_value
 from agent_lightning.runs.lock import run_directory_lock
 from agent_lightning.runs.overrides import command_overrides, last_override
@@ -70,8 +70,11 @@ def _check_composes(overrides: list[str]) -> None:
 
 def _refuse_a_dagger_run_dir(argv: list[str]) -> None:
     """A `hydra.run.dir=` that holds a DAgger run: refused before Hydra rewrites its config and log there."""
+    from agent_lightning.agents.dagger_state import RUN_STATE
+
     chosen = last_override(argv, "hydra.run.dir")
-    if _resumed(argv) is None and chosen is not None and (Path(chosen) / "iter_00").exists():  # they would mix
+    held = chosen is not None and any((Path(chosen) / name).exists() for name in ("iter_00", RUN_STATE))
+    if _resumed(argv) is None and held:  # its datasets and checkpoints would mix with a new run's
         raise ConfigError(
             f"hydra.run.dir={chosen} holds a DAgger run already: choose another directory, or continue that run "
             f"with resume={chosen}"
@@ -89,11 +92,16 @@ _RESUME_KEYS = ("resume", "iterations")
 
 def resume_arguments(argv: list[str]) -> list[str]:
     """The command line with `resume=DIR` run in DIR (its first config kept: Hydra saves this one beside it)."""
+    from agent_lightning.agents.dagger_state import RUN_STATE, asked_iterations
+
     run = _resumed(argv[1:])
     if run is None:
         return argv
-    if not (run / HYDRA_SUBDIR / "config.yaml").is_file() or not (run / "iter_00").is_dir():
-        raise ConfigError(f"resume={run} is not a DAgger run directory (one with .hydra/config.yaml and iter_00/)")
+    if not (run / HYDRA_SUBDIR / "config.yaml").is_file() or asked_iterations(run) is None:
+        earlier = " (one written by an earlier version cannot be continued)" if (run / "iter_00").is_dir() else ""
+        raise ConfigError(f"resume={run} is not a DAgger run directory (.hydra/config.yaml and {RUN_STATE}){earlier}")
+    if any(arg in ("-m", "--multirun") for arg in argv[1:]):
+        raise ConfigError(f"resume={run} continues one run: leave out -m")
     overrides = command_overrides(argv[1:])
     for arg in overrides:
         key = arg.lstrip("+~").split("=", 1)[0]
@@ -105,8 +113,11 @@ def resume_arguments(argv: list[str]) -> list[str]:
     chosen = last_override(overrides, "hydra.run.dir")
     if chosen is not None and Path(chosen).resolve() != run.resolve():
         raise ConfigError(f"resume={run} continues in its own directory: leave out hydra.run.dir={chosen}")
-    with run_directory_lock(run):  # refused here, before Hydra writes into it, if a run still holds it
-        pass
+    try:
+        with run_directory_lock(run):  # refused here, before Hydra writes into it, if a run still holds it
+            pass
+    except ConfigError:
+        raise ConfigError(f"resume={run}: a command is still running in it; wait for it to end") from None
     return [*argv, f"hydra.run.dir={quoted_value(run)}", f"hydra.output_subdir={next_resume_subdir(run)}"]
 
 
@@ -117,10 +128,17 @@ def _settings_of_resumed_run(cfg: DictConfig) -> tuple[DictConfig, str | None]:
     given = {arg.lstrip("+~").split("=", 1)[0] for arg in HydraConfig.get().overrides.task}
     first.paths = cfg.paths  # where the run is now (it may have been moved)
     first.resume = str(run)
-    if "iterations" in given:
-        first.iterations = cfg.iterations
-    hydra_saved = OmegaConf.load(run / HYDRA_SUBDIR / "hydra.yaml")
-    env_name = OmegaConf.select(hydra_saved, "hydra.runtime.choices.env", default=None)
+    from agent_lightning.agents.dagger_state import asked_iterations
+
+    # The iterations this command asks for, else those the run's last command asked for.
+    first.iterations = cfg.iterations if "iterations" in given else asked_iterations(run)
+    try:  # the env's preset name picks the training preset (bc_<env>), as in the first run
+        hydra_saved = OmegaConf.load(run / HYDRA_SUBDIR / "hydra.yaml")
+        env_name = OmegaConf.select(hydra_saved, "hydra.runtime.choices.env", default=None)
+    except Exception as err:  # missing or not YAML: the first run's training settings cannot be known
+        raise ConfigError(
+            f"{run}/.hydra/hydra.yaml cannot be read ({type(err).__name__}): the run cannot be continued"
+        ) from None
     return first, None if env_name is None else str(env_name)
 
 
@@ -201,6 +219,9 @@ def main() -> None:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
+    except OSError as err:  # e.g. a run copied read-only: its lock file cannot be made
+        print(f"error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)
     hydra_main()
 
 

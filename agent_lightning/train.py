@@ -95,7 +95,7 @@ def _resolve_and_check(cfg: DictConfig) -> tuple[int, int]:
     check_step_options(cfg)
     check_resume_grouping(cfg)
     check_env_eval(cfg)
-    check_trackers_installed(cfg)  # last: it loads the trackers' classes, and Lightning with them
+    check_trackers_installed(cfg)  # last: a user's own tracker class is imported, and Lightning with it
     return devices, world
 
 

@@ -16,6 +16,7 @@ import torch
 pytest.importorskip("gymnasium")
 
 from agent_lightning.agents import dagger
+from agent_lightning.agents.dagger_state import asked_iterations, stopped_line
 from agent_lightning.agents.environments import env_config
 from agent_lightning.agents.experts import resolve_expert
 from agent_lightning.export import load_agent
@@ -99,6 +100,22 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_runs_result(tmp_path: Path, 
         return dagger.run_dagger(env, expert, "reach", work_dir, train_overrides, **settings, **extra)
 
     straight = run(tmp_path / "straight")
+    with pytest.raises(ConfigError, match=r"holds a DAgger run already: continue it \(resume\)"):
+        run(tmp_path / "straight")  # a second run over it, from Python: refused before anything is written
+    # A run stopped before its first iteration wrote anything continues too.
+    (tmp_path / "scratch").mkdir()
+    (tmp_path / "linked").symlink_to(tmp_path / "scratch")  # run directories on symlinked scratch space
+    stopped = tmp_path / "linked" / "stopped"
+    real_rollout = dagger.rollout
+    monkeypatch.setattr(dagger, "rollout", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        run(stopped)
+    assert not (stopped / "iter_00").exists()
+    assert (
+        stopped_line(15, stopped)
+        == f"stopped by SIGTERM in iteration 0; no iteration had finished: continue with resume={stopped}"
+    )
+    monkeypatch.setattr(dagger, "rollout", real_rollout)
     trained = dagger.train_iteration
 
     def stopped_in_iteration_1(overrides, output_dir):
@@ -108,23 +125,29 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_runs_result(tmp_path: Path, 
 
     monkeypatch.setattr(dagger, "train_iteration", stopped_in_iteration_1)
     with pytest.raises(KeyboardInterrupt):
-        run(tmp_path / "stopped")
-    assert (tmp_path / "stopped" / "iter_01" / "data").is_dir()
+        run(stopped, resume=True)
+    assert (stopped / "iter_01" / "data").is_dir()
+    assert "in iteration 1; iteration 0 is kept" in stopped_line(15, stopped)
     calls: list[str] = []
     monkeypatch.setattr(dagger, "train_iteration", lambda o, d: calls.append(str(d)) or trained(o, d))
-    resumed = run(tmp_path / "stopped", resume=True)
-    assert calls == [str(tmp_path / "stopped" / "iter_01" / "train")]  # iteration 0 kept, iteration 1 made again
+    resumed = run(stopped, resume=True)
+    assert calls == [str(stopped / "iter_01" / "train")]  # iteration 0 kept, iteration 1 made again
     for ours, theirs in zip(resumed, straight, strict=True):
         assert (ours.rows, ours.new_rows, ours.rollout_return) == (theirs.rows, theirs.new_rows, theirs.rollout_return)
-        assert ours.return_mean == pytest.approx(theirs.return_mean)
+        assert (ours.return_mean, ours.return_std) == (theirs.return_mean, theirs.return_std)
     # Finished, it can go further (iterations=2) but not back.
     with pytest.raises(ConfigError, match=r"iterations=0, but the run in .* has finished iteration 1: give iter"):
-        dagger.run_dagger(env, expert, "reach", tmp_path / "stopped", train_overrides, 0, 600, 300, 6, resume=True)
-    # Iterations without records (an earlier version's run, or one changed by hand) are not removed: refused.
-    (tmp_path / "stopped" / "iter_00" / "iteration.json").unlink()
+        dagger.run_dagger(env, expert, "reach", stopped, train_overrides, 0, 600, 300, 6, resume=True)
+    assert asked_iterations(stopped) == 1
+    # Iterations without records (a run changed by hand), or a run without dagger.json (an earlier version's):
+    # refused, and nothing removed.
+    (stopped / "iter_00" / "iteration.json").unlink()
     with pytest.raises(ConfigError, match=r"holds iterations without their record .*nothing was removed"):
-        run(tmp_path / "stopped", resume=True)
-    assert (tmp_path / "stopped" / "iter_01" / "iteration.json").is_file()
+        run(stopped, resume=True)
+    (stopped / "dagger.json").unlink()
+    with pytest.raises(ConfigError, match=r"has no dagger.json: .* earlier version, .*nothing was removed"):
+        run(stopped, resume=True)
+    assert (stopped / "iter_00" / "data").is_dir() and (stopped / "iter_01" / "iteration.json").is_file()
 
 
 DAGGER = [sys.executable, "-m", "agent_lightning.dagger"]

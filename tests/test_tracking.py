@@ -167,6 +167,18 @@ def test_the_packages_of_known_targets_are_what_their_classes_need() -> None:
     assert len(configured) >= 7 and configured <= set(KNOWN_TARGETS), configured - set(KNOWN_TARGETS)
 
 
+def test_the_packaged_trackers_and_progress_bars_are_checked_without_importing_them(compose_cfg, monkeypatch) -> None:
+    import agent_lightning.runs.identity as identity
+
+    def imported(target: str) -> None:
+        raise AssertionError(f"{target} was imported to check its packages")
+
+    monkeypatch.setattr(identity, "packages_needed_by_import", imported)
+    for progress in ("auto", "lines", "tqdm", "rich"):
+        check_trackers_installed(compose_cfg("logger=many", f"progress={progress}"))
+    check_trackers_installed(compose_cfg("logger=[csv,wandb]"))
+
+
 def test_only_rank_0_connects_to_mlflow_and_wandb(compose_cfg, monkeypatch, tmp_path: Path) -> None:
     # Every rank building MLflow's logger would create its SQLite store at once, and fail.
     from lightning.pytorch.loggers import CSVLogger, MLFlowLogger

@@ -23,6 +23,7 @@ from agent_lightning.agents.dagger_state import (
     finished_iterations,
     iteration_dir,
     save_iteration,
+    start_run,
     stopped_line,
 )
 from agent_lightning.agents.demonstrations import mean_or_nan, write_demonstrations
@@ -124,20 +125,21 @@ def run_dagger(
     from agent_lightning.agents.policy import Policy
 
     check_seeds(seed, iterations, max(demo_steps, rollout_steps), episodes)
-    facts = env_facts(env)  # once: every iteration's evaluation plays the same env
     done = finished_iterations(work_dir, Iteration) if resume else []
     if len(done) > iterations + 1:
         raise ConfigError(
             f"iterations={iterations}, but the run in {work_dir} has finished iteration {len(done) - 1}: give "
             f"iterations={len(done) - 1} or more"
         )
-    results = [record for record, _ in done]
-    parts = [rows for _, rows in done]
-    checkpoint = results[-1].checkpoint if results else None
     if resume:
         after = f"after iteration {len(done) - 1}" if done else "from iteration 0 (none had finished)"
         log.info("continuing %s %s", work_dir, after)
         clear_unfinished(work_dir, len(done))
+    start_run(work_dir, iterations, resume)  # before any work: a stop from here on can be continued
+    results = [record for record, _ in done]
+    parts = [rows for _, rows in done]
+    checkpoint = results[-1].checkpoint if results else None
+    facts = env_facts(env)  # once: every iteration's evaluation plays the same env
     for index in range(len(done), iterations + 1):
         episode_base = index * SEED_STRIDE
         if checkpoint is None:

@@ -67,7 +67,7 @@ def evaluate_policy(
     caller has read them, spare making the env once more (a simulator may be slow to start).
     """
     cfg = env_config(env)
-    facts = facts or env_facts(cfg)
+    facts = facts if facts is not None else env_facts(cfg)
     width = max(1, min(num_envs, episodes))
     # Facts are read from a made copy, so the env is known to make: no check copy before the vector env's.
     vector = make_vector_env(cfg, width, vectorization, checked=True)
