@@ -123,22 +123,21 @@ def resume_arguments(argv: list[str]) -> list[str]:
 
 def _settings_of_resumed_run(cfg: DictConfig) -> tuple[DictConfig, str | None]:
     """The resumed run's own config (with this command's `iterations=`, if given) and its env's preset name."""
+    from agent_lightning.agents.dagger_state import asked_iterations
+
     run = Path(cfg.paths.output_dir)
-    first = OmegaConf.load(run / HYDRA_SUBDIR / "config.yaml")  # YAML: nothing in it runs
+    try:  # YAML: nothing in it runs. The env's preset name picks the training preset (bc_<env>), as first run.
+        first = OmegaConf.load(run / HYDRA_SUBDIR / "config.yaml")
+        env_name = OmegaConf.select(OmegaConf.load(run / HYDRA_SUBDIR / "hydra.yaml"), "hydra.runtime.choices.env")
+    except Exception as err:  # missing or not YAML: the first run's settings cannot be known
+        raise ConfigError(
+            f"{run}/.hydra/ cannot be read ({type(err).__name__}: {err}): the run cannot be continued"
+        ) from None
     given = {arg.lstrip("+~").split("=", 1)[0] for arg in HydraConfig.get().overrides.task}
     first.paths = cfg.paths  # where the run is now (it may have been moved)
     first.resume = str(run)
-    from agent_lightning.agents.dagger_state import asked_iterations
-
     # The iterations this command asks for, else those the run's last command asked for.
     first.iterations = cfg.iterations if "iterations" in given else asked_iterations(run)
-    try:  # the env's preset name picks the training preset (bc_<env>), as in the first run
-        hydra_saved = OmegaConf.load(run / HYDRA_SUBDIR / "hydra.yaml")
-        env_name = OmegaConf.select(hydra_saved, "hydra.runtime.choices.env", default=None)
-    except Exception as err:  # missing or not YAML: the first run's training settings cannot be known
-        raise ConfigError(
-            f"{run}/.hydra/hydra.yaml cannot be read ({type(err).__name__}): the run cannot be continued"
-        ) from None
     return first, None if env_name is None else str(env_name)
 
 
