@@ -23,6 +23,7 @@ import numpy as np
 
 from agent_lightning.agents.rollout import Rollout
 from agent_lightning.errors import ConfigError
+from agent_lightning.replacing import replace_file, sync_to_disk
 
 log = logging.getLogger("agent_lightning.dagger")
 RUN_STATE = "dagger.json"
@@ -43,7 +44,7 @@ def iteration_dir(work_dir: Path, index: int) -> Path:
 def _write_whole(path: Path, text: str) -> None:
     partial = path.with_name(f".{path.name}.partial")
     partial.write_text(text)
-    os.replace(partial, path)  # whole or absent: a stop while writing leaves no half file
+    replace_file(partial, path)  # whole or absent: a stop (or a power cut) while writing leaves no half file
 
 
 def start_run(work_dir: Path, iterations: int, resume: bool) -> None:
@@ -73,6 +74,7 @@ def save_iteration(work_dir: Path, record: Any, new: Rollout) -> None:
         episodes=new.episodes,
         returns=np.asarray(new.returns, dtype=np.float64),
     )
+    sync_to_disk(folder / NEW_ROWS)  # on disk before the record that vouches for it
     fields = dataclasses.asdict(record)
     for key in _PATHS:  # real paths on both sides: Lightning resolves symlinks in checkpoint paths, Hydra does not
         fields[key] = os.path.relpath(os.path.realpath(fields[key]), os.path.realpath(work_dir))
