@@ -51,6 +51,14 @@ def check_run_identity(cfg: DictConfig) -> None:
             raise ConfigError(f"tags: {tag!r} is invalid: use letters, digits, '_', '.' or '-'")
 
 
+Needs = tuple[tuple[str, ...], str]
+NO_NEEDS: Needs = ((), "")
+TENSORBOARD: Needs = (("tensorboard", "tensorboardX"), "tensorboard")
+MLFLOW: Needs = (("mlflow",), "mlflow")
+WANDB: Needs = (("wandb",), "wandb")
+RICH: Needs = (("rich",), "rich")
+
+
 def _needs() -> dict[type, Needs]:
     # The package each optional tracker or progress bar needs, and the extra that installs it; a subclass
     # (e.g. runs/continued_mlflow.ContinuingMLFlowLogger) needs what its base needs.
@@ -60,15 +68,11 @@ def _needs() -> dict[type, Needs]:
     return {
         TensorBoardLogger: TENSORBOARD,
         MLFlowLogger: MLFLOW,
-        WandbLogger: (("wandb",), "wandb"),
-        RichProgressBar: (("rich",), "rich"),
+        WandbLogger: WANDB,
+        RichProgressBar: RICH,
     }
 
 
-Needs = tuple[tuple[str, ...], str]
-NO_NEEDS: Needs = ((), "")
-TENSORBOARD: Needs = (("tensorboard", "tensorboardX"), "tensorboard")
-MLFLOW: Needs = (("mlflow",), "mlflow")
 # The targets this package's configs name, answered without importing them: the import loads Lightning, which
 # a multi-rank command's launcher never needs otherwise (seconds before its ranks start). A test checks each
 # entry against the import below; any other target (a user's own class) is imported and its bases read.
@@ -78,11 +82,11 @@ KNOWN_TARGETS: dict[str, Needs] = {
     "lightning.pytorch.loggers.CSVLogger": NO_NEEDS,
     "lightning.pytorch.loggers.TensorBoardLogger": TENSORBOARD,
     "lightning.pytorch.loggers.MLFlowLogger": MLFLOW,
-    "lightning.pytorch.loggers.WandbLogger": (("wandb",), "wandb"),
+    "lightning.pytorch.loggers.WandbLogger": WANDB,
     "agent_lightning.console.auto_progress_bar": NO_NEEDS,
     "agent_lightning.console.LineProgressBar": NO_NEEDS,
     "agent_lightning.console.BatchTQDMProgressBar": NO_NEEDS,
-    "lightning.pytorch.callbacks.RichProgressBar": (("rich",), "rich"),
+    "lightning.pytorch.callbacks.RichProgressBar": RICH,
 }
 
 
