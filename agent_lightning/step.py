@@ -124,7 +124,8 @@ def check_batch_counts(trainer_cfg: DictConfig, steps: int, checkpoint: str = ""
 
 
 # Keys of `cfg.trainer` applied by this package rather than by Lightning's Trainer.
-NOT_TRAINER_KEYS = (*STEP_KEYS, "threads")  # threads: torch.set_num_threads, see runs/threads.py
+# Applied by `train` around the run: torch.set_num_threads (runs/threads.py), torch.set_float32_matmul_precision.
+NOT_TRAINER_KEYS = (*STEP_KEYS, "threads", "float32_matmul_precision")
 # Trainer arguments the run passes itself (`fit.build_trainer`), and where a user sets what they control.
 SET_BY_THE_RUN = {
     "devices": "set devices=N instead",

@@ -29,6 +29,7 @@ from agent_lightning.runs.environment import environment_restored
 from agent_lightning.runs.identity import check_name_override, check_trackers_installed
 from agent_lightning.runs.in_place import discard_resume_record, in_place_arguments, resolve_latest
 from agent_lightning.runs.lock import global_rank, refuse_new_run_over, refuse_taken_run_dir, run_directory_lock
+from agent_lightning.runs.matmul import float32_matmul_precision, log_matmul_hint
 from agent_lightning.runs.report import config_tree, hydra_choices, run_contents, saved_config_dir
 from agent_lightning.runs.threads import cpu_threads
 from agent_lightning.step import check_step_options
@@ -79,7 +80,8 @@ def resolve_auto_strategy(cfg: DictConfig) -> None:
 def train(cfg: DictConfig, extra_callbacks: Sequence[Callback] = ()) -> dict[str, Any]:
     """Fit, then test; return the final metrics (floats) and where the run's files are.
 
-    The run directory is locked for the run; the caller's CPU threads and environment are restored after.
+    The run directory is locked for the run; the caller's CPU threads, float32 matmul precision and environment are
+    restored after.
     """
     return train_checked(cfg, *_resolve_and_check(cfg), extra_callbacks)
 
@@ -104,12 +106,14 @@ def train_checked(
 ) -> dict[str, Any]:
     """`train` of a config already resolved and checked for `devices` per node and `world` ranks (a launched rank)."""
     kind, cores = available_devices(str(cfg.trainer.accelerator))
-    threads = cfg.trainer.get("threads")
+    threads, matmul = cfg.trainer.get("threads"), cfg.trainer.get("float32_matmul_precision")
     with (
         environment_restored(),
         run_directory_lock(cfg.paths.output_dir),
         cpu_threads(threads, cores, min(devices, world), kind == "cpu"),
+        float32_matmul_precision(matmul),
     ):
+        log_matmul_hint(matmul, cfg.trainer.precision, kind == "cpu")
         from agent_lightning.fit import fit_and_test  # Lightning loads once the config is known to be good
 
         return fit_and_test(cfg, devices, world, extra_callbacks)

@@ -33,6 +33,7 @@ from agent_lightning.runs.identity import check_run_identity
 from agent_lightning.runs.init_from import check_init_from
 from agent_lightning.runs.lock import global_rank
 from agent_lightning.runs.loop_progress import epochs_done, fit_loop_state
+from agent_lightning.runs.matmul import MATMUL_PRECISIONS
 from agent_lightning.step import check_trainer_keys
 
 # As Lightning sets on import (these checks run before it loads): count GPUs through NVML, so that asking
@@ -302,6 +303,11 @@ RULES: tuple[Rule, ...] = (
     Rule("trainer.num_sanity_val_steps", whole_at_least(-1), "a whole number >= -1 (-1: all)"),
     Rule("trainer.accelerator", one_of("auto", "cpu", "gpu", "cuda", "mps"), "auto, cpu, gpu (cuda) or mps"),
     Rule("trainer.threads", whole_at_least(1, also=(None,)), "a whole number >= 1 (or null: decide from the cores)"),
+    Rule(
+        "trainer.float32_matmul_precision",
+        one_of(None, *MATMUL_PRECISIONS),
+        "highest, high or medium (or null: torch's default, highest)",
+    ),
     Rule(
         "trainer.precision",
         one_of("32-true", "32", 32, "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true", "64", 64),

@@ -124,13 +124,15 @@ class FailOnRank(pl.Callback):
 
 
 class ThreadProbe(pl.Callback):
-    """Records torch's intra-op thread count while training runs."""
+    """Records torch's intra-op thread count and float32 matmul precision while training runs."""
 
     def __init__(self) -> None:
         self.threads: int | None = None
+        self.matmul_precision: str | None = None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.threads = torch.get_num_threads()
+        self.matmul_precision = torch.get_float32_matmul_precision()
 
 
 class CrashInValidation(pl.Callback):

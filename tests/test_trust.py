@@ -26,6 +26,7 @@ from agent_lightning.callbacks import NonFiniteLossError
 from agent_lightning.checkpoint_io import AtomicCheckpointIO, clean_stale_writes
 from agent_lightning.errors import ConfigError, StoppedBySignalError, user_facing
 from agent_lightning.replacing import replace_directory
+from agent_lightning.runs import matmul
 from agent_lightning.runs.lock import LOCK_FILE
 from agent_lightning.runs.nothing_left import summary_metrics
 from agent_lightning.safe_load import check_distributed_metadata
@@ -83,6 +84,7 @@ BAD_VALUES = {
     "trainer.log_every_n_steps=0": "trainer.log_every_n_steps=0 is invalid",
     "callbacks.divergence.factor=0.5": "callbacks.divergence.factor=0.5 is invalid",
     "trainer.threads=0": "trainer.threads=0 is invalid",
+    "trainer.float32_matmul_precision=low": "float32_matmul_precision='low' is invalid: use highest, high or medium",
     "trainer.val_check_interval=0": "trainer.val_check_interval=0 is invalid",
 }
 BAD_GROUP_VALUES = {
@@ -293,11 +295,18 @@ def test_an_exploding_finite_loss_stops_with_the_divergence_message(compose_cfg,
     assert not (Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt").exists()  # nothing bad was written
 
 
-def test_threads_honour_the_user_and_are_given_back_with_lamb(compose_cfg, monkeypatch, tmp_path: Path) -> None:
-    before = torch.get_num_threads()
+def test_threads_and_matmul_precision_honour_the_user_and_are_given_back_with_lamb(
+    compose_cfg, monkeypatch, tmp_path: Path
+) -> None:
+    before, precision = torch.get_num_threads(), torch.get_float32_matmul_precision()
     probe = ThreadProbe()
-    metrics = train(compose_cfg("trainer.threads=1", "optimizer=lamb", "trainer.max_epochs=1"), extra_callbacks=[probe])
+    cfg = compose_cfg(
+        "trainer.threads=1", "trainer.float32_matmul_precision=medium", "optimizer=lamb", "trainer.max_epochs=1"
+    )
+    metrics = train(cfg, extra_callbacks=[probe])
     assert probe.threads == 1 and torch.get_num_threads() == before
+    assert probe.matmul_precision == "medium" and torch.get_float32_matmul_precision() == precision == "highest"
+    assert metrics["val/acc"] > 0.3  # one epoch of bfloat16 matrix multiplies learns (10 classes: chance is 0.1)
     # lamb's betas reach the checkpoint as plain lists: the best checkpoint loads safely and was tested.
     assert "test/acc" in metrics and torch.load(metrics["best_model_path"], weights_only=True)
 
@@ -309,6 +318,22 @@ def test_threads_honour_the_user_and_are_given_back_with_lamb(compose_cfg, monke
         train(warmup, extra_callbacks=[probe])
     assert torch.get_num_threads() == 2
     torch.set_num_threads(before)
+
+
+def test_a_float32_cpu_run_on_amx_units_hears_of_matmul_medium_once(monkeypatch, caplog) -> None:
+    monkeypatch.setattr(matmul, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(matmul, "_hinted", False)
+    assert matmul.matmul_hint(None, "32-true", on_cpu=True) is not None
+    for not_asked in ((None, "32-true", False), ("highest", "32-true", True), (None, "bf16-mixed", True)):
+        assert matmul.matmul_hint(*not_asked) is None  # a GPU, a chosen precision, or bfloat16 already
+    with caplog.at_level(logging.INFO, logger="agent_lightning"):
+        for _ in range(2):  # a search's trials: said once
+            matmul.log_matmul_hint(None, "32-true", on_cpu=True)
+    assert [r.message for r in caplog.records if "float32_matmul_precision=medium" in r.message] == [
+        matmul.matmul_hint(None, "32-true", on_cpu=True)
+    ]
+    monkeypatch.setattr(matmul, "cpu_has_amx", lambda: False)
+    assert matmul.matmul_hint(None, "32-true", on_cpu=True) is None
 
 
 def test_a_second_run_on_the_same_directory_is_refused(compose_cfg, tmp_path: Path) -> None:

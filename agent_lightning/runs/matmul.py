@@ -1,0 +1,51 @@
+"""float32 matrix multiplies of a run: `trainer.float32_matmul_precision`, set for the run and given back after."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+log = logging.getLogger("agent_lightning")
+
+MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision's values
+_hinted = False  # the hint is said once per process, not once per trial of a search
+
+
+def cpu_has_amx() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware tiles (Intel AMX, Xeon 4th generation on)."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private, so looked up rather than assumed
+    return bool(probe and probe())
+
+
+def matmul_hint(configured: str | None, precision: str, on_cpu: bool) -> str | None:
+    """The line telling a float32 CPU run that `medium` would use the AMX units, or None where it would not."""
+    if configured is not None or not on_cpu or str(precision) not in ("32-true", "32") or not cpu_has_amx():
+        return None
+    return (
+        "this CPU has AMX units: trainer.float32_matmul_precision=medium multiplies float32 matrices in bfloat16 "
+        "with float32 sums, faster for wider models and larger batches (docs/speed.md)"
+    )
+
+
+def log_matmul_hint(configured: str | None, precision: str, on_cpu: bool) -> None:
+    """Log `matmul_hint`'s line, once per process."""
+    global _hinted
+    hint = matmul_hint(configured, precision, on_cpu)
+    if hint and not _hinted:
+        log.info(hint)
+        _hinted = True
+
+
+@contextmanager
+def float32_matmul_precision(configured: str | None) -> Iterator[None]:
+    """Set torch's float32 matmul precision inside (None: leave it as it is) and give the caller's back after."""
+    before = torch.get_float32_matmul_precision()
+    if configured is not None:
+        torch.set_float32_matmul_precision(configured)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
