@@ -18,7 +18,7 @@ With --reference it also runs the reference experiment from the command line at 
 
     python benchmarks/throughput.py [--epochs 4] [--rounds 2] [--batch 512 2048 8192]
         [--accelerator cpu|gpu] [--compile-mode default] [--no-compile] [--reference]
-        [--steps-per-execution K]
+        [--steps-per-execution K] [--matmul-precision highest|high|medium]
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from torch.nn import functional as F
 from agent_lightning.config import compose_config
 from agent_lightning.data import ClusterTask, SliceBatchLoader
 from agent_lightning.model import AgentMLP
+from agent_lightning.runs.matmul import MATMUL_PRECISIONS
 from agent_lightning.train import train
 
 TRAIN_SIZE, FEATURES, CLASSES = 100_000, 128, 10
@@ -76,12 +77,19 @@ class HandLoop:
     Each `epoch()` trains one more epoch and returns its samples/s.
     """
 
-    def __init__(self, device: torch.device, batch: int, kind: str = "eager", compile_mode: str = "default") -> None:
+    def __init__(
+        self,
+        device: torch.device,
+        batch: int,
+        kind: str = "eager",
+        compile_mode: str = "default",
+        hidden: tuple[int, int] = (256, 2),
+    ) -> None:
         torch.manual_seed(0)
         self.device, self.batch = device, batch
         features, labels = _reference_data(device)
         self.loader = SliceBatchLoader(features, labels, batch, shuffle=True, drop_last=True)
-        self.model = AgentMLP(FEATURES, 256, 2, CLASSES).to(device)
+        self.model = AgentMLP(FEATURES, *hidden, CLASSES).to(device)  # hidden: (width, layers)
         self.epochs = 0
         if kind == "graph":
             self.step = self._graph_step(features[:batch], labels[:batch])
@@ -247,6 +255,7 @@ def framework(
     compiled = ["trainer.compile=true", f"trainer.compile_mode={compile_mode}"] if compile_mode else []
     overrides = [
         *compiled,
+        f"trainer.float32_matmul_precision={torch.get_float32_matmul_precision()}",  # as the hand-written loops run
         f"trainer.steps_per_execution={steps_per_execution}",
         f"data.train_size={TRAIN_SIZE}",
         f"data.batch_size={batch}",
@@ -269,6 +278,7 @@ def reference_cli(*overrides: str) -> float:
                 "-m",
                 "agent_lightning.train",
                 "experiment=reference",
+                f"trainer.float32_matmul_precision={torch.get_float32_matmul_precision()}",
                 *overrides,
                 "trainer.enable_progress_bar=false",
                 f"hydra.run.dir={out}",
@@ -324,6 +334,12 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled paths")
     parser.add_argument("--reference", action="store_true", help="also run experiment=reference at devices=1 and 2")
     parser.add_argument(
+        "--matmul-precision",
+        default="highest",
+        choices=MATMUL_PRECISIONS,
+        help="torch's float32 matmul precision for every path (trainer.float32_matmul_precision)",
+    )
+    parser.add_argument(
         "--steps-per-execution",
         type=int,
         default=None,
@@ -331,11 +347,13 @@ def main() -> None:
     )
     args = parser.parse_args()
     device = torch.device("cuda" if args.accelerator == "gpu" else "cpu")
+    torch.set_float32_matmul_precision(args.matmul_precision)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     mode = None if args.no_compile else args.compile_mode
     print(
         f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} samples={TRAIN_SIZE} "
-        f"batch={args.batch} epochs={args.epochs} rounds={args.rounds} compile_mode={mode}"
+        f"batch={args.batch} epochs={args.epochs} rounds={args.rounds} compile_mode={mode} "
+        f"matmul_precision={args.matmul_precision}"
     )
     paths = _paths(args, device, mode)
     runs: dict[tuple[str, int], list[Run]] = {(name, b): [] for b in args.batch for name in paths}
