@@ -24,9 +24,9 @@ from omegaconf import DictConfig, OmegaConf
 from agent_lightning.arguments import SEED, SEED_VALID, Rule, check_arguments, whole
 from agent_lightning.config import compose_raw, config_dir, group_option_names, hydra_command
 from agent_lightning.errors import EXIT_CONFIG, STOP_SIGNALS, ConfigError, StoppedBySignalError
-from agent_lightning.runs.in_place import HYDRA_SUBDIR, next_resume_subdir, quoted_value
+from agent_lightning.runs.in_place import HYDRA_SUBDIR, next_resume_subdir
 from agent_lightning.runs.lock import run_directory_lock
-from agent_lightning.runs.overrides import command_overrides, last_override
+from agent_lightning.runs.overrides import command_overrides, last_override, quoted_value
 
 log = logging.getLogger("agent_lightning.dagger")
 

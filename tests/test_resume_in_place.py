@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from agent_lightning.config import compose_config
@@ -22,6 +24,7 @@ from agent_lightning.prepare import prepare
 from agent_lightning.runs.in_place import in_place_arguments, resolve_latest
 from agent_lightning.runs.lock import HELD_ENV, run_directory_lock
 from agent_lightning.runs.loop_progress import epochs_done, fit_loop_state, last_batch_ran, saved_within_epoch
+from agent_lightning.runs.overrides import pasteable_override
 from agent_lightning.train import train
 
 from .conftest import run_cli
@@ -260,3 +263,14 @@ def test_a_resume_by_path_keeps_the_runs_name_tags_and_directory(tmp_path: Path)
     # Another directory: a new run there, from this checkpoint.
     elsewhere = ["train", f"hydra.run.dir={tmp_path / 'new'}", f"ckpt_path={last}"]
     assert in_place_arguments(elsewhere) == elsewhere
+
+
+def test_a_resume_argument_pasted_into_a_shell_gives_hydra_the_path_whatever_it_holds() -> None:
+    parser = OverridesParser.create()
+    plain = "/runs/2026-11-29_19:30:00@node%1/agent-v1.2+b/last.ckpt"
+    assert pasteable_override("ckpt_path", plain) == f"ckpt_path={plain}"  # what most paths are: left as they are
+    odd = ("/my runs/last.ckpt", "/runs/it's/$HOME/a,b=c/[1]/x", "/runs/back\\slash\\/x\\", "/runs/\\'/x", "/é/x")
+    for path in (plain, *odd):
+        [word] = shlex.split(pasteable_override("ckpt_path", path))  # one argument, as the shell passes it
+        override = parser.parse_override(word)
+        assert (override.key_or_group, override.value()) == ("ckpt_path", path)

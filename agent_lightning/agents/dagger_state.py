@@ -24,6 +24,7 @@ import numpy as np
 from agent_lightning.agents.rollout import Rollout
 from agent_lightning.errors import ConfigError
 from agent_lightning.replacing import replace_file, sync_to_disk
+from agent_lightning.runs.overrides import pasteable_override
 
 log = logging.getLogger("agent_lightning.dagger")
 RUN_STATE = "dagger.json"
@@ -115,10 +116,11 @@ def stopped_line(signum: int, work_dir: Path) -> str:
     while iteration_dir(work_dir, finished).joinpath(RECORD).is_file():
         finished += 1
     if finished > asked:
-        return f"stopped by {name} after its last iteration, while writing its report: continue with resume={work_dir}"
+        resume = pasteable_override("resume", work_dir)
+        return f"stopped by {name} after its last iteration, while writing its report: continue with {resume}"
     kept = f"iterations 0..{finished - 1} are kept"
     kept = {0: "no iteration had finished", 1: "iteration 0 is kept"}.get(finished, kept)
-    return f"stopped by {name} in iteration {finished}; {kept}: continue with resume={work_dir}"
+    return f"stopped by {name} in iteration {finished}; {kept}: continue with {pasteable_override('resume', work_dir)}"
 
 
 def clear_unfinished(work_dir: Path, finished: int) -> None:

@@ -1,1 +1,1 @@
-"""What keeps one run trustworthy around the training loop: a locked run directory, CPU threads, clean stops."""
+"""What keeps a run trustworthy around the training loop: a locked directory, threads, matmul precision, clean stops."""

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, open_dict
 
 from agent_lightning.errors import ConfigError
 from agent_lightning.runs.lock import global_rank, run_directory_lock
-from agent_lightning.runs.overrides import command_overrides, last_override
+from agent_lightning.runs.overrides import command_overrides, last_override, quoted_value
 
 log = logging.getLogger("agent_lightning")
 LATEST = "latest"
@@ -77,11 +77,6 @@ def run_directory_of(checkpoint: Path) -> Path | None:
     if checkpoint.parent.name == CHECKPOINTS and (run / HYDRA_SUBDIR).is_dir():
         return run
     return None
-
-
-def quoted_value(value: str | Path) -> str:
-    """A path as one Hydra override value, whatever characters it holds."""
-    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _output_settings(overrides: Sequence[str]) -> tuple[str, str, str | None]:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from agent_lightning.errors import ConfigError
-from agent_lightning.runs.overrides import last_override
+from agent_lightning.runs.overrides import last_override, pasteable_override
 
 LOCK_FILE = ".run.lock"
 # Set while a process holds the lock, so the ranks it starts (and `train` inside `run`) share it.
@@ -55,7 +55,8 @@ def refuse_new_run_over(directory: Path, key: str, ckpt_path: Any = None) -> Non
     last = directory / "checkpoints" / "last.ckpt"
     named = last if last in saved else saved[-1]
     raise ConfigError(
-        f"{key}={directory} holds a run ({named}): continue it with ckpt_path={named}, or choose another "
+        f"{key}={directory} holds a run ({named}): continue it with {pasteable_override('ckpt_path', named)}, or "
+        f"choose another "
         f"{key} (a new run there would replace its checkpoints and metrics)"
     )
 

@@ -1,8 +1,29 @@
-"""Reading a key's value from the command line's overrides, before Hydra composes them."""
+"""Command-line overrides: a key's value read before Hydra composes them, and a value written for Hydra or a shell."""
 
 from __future__ import annotations
 
+import re
+import shlex
 from collections.abc import Sequence
+from pathlib import Path
+
+# What Hydra and a shell both read as plain characters: anything else in a path gets quoted.
+_PLAIN = re.compile(r"[A-Za-z0-9_./:+@%-]+")
+
+
+def quoted_value(value: str | Path) -> str:
+    """A path as one Hydra override value, whatever characters it holds."""
+    # Hydra reads a backslash in quotes as itself, except in a run of them before a quote or the closing quote,
+    # which stands for half as many.
+    doubled = re.sub(r"(\\+)(?='|$)", lambda run: run.group(1) * 2, str(value))
+    return "'" + doubled.replace("'", "\\'") + "'"
+
+
+def pasteable_override(key: str, value: str | Path) -> str:
+    """`key=value` to paste into a shell: as it is for a plain path, else quoted for Hydra, then for the shell."""
+    if _PLAIN.fullmatch(str(value)):
+        return f"{key}={value}"
+    return shlex.quote(f"{key}={quoted_value(value)}")
 
 
 def last_override(argv: Sequence[str], key: str) -> str | None:

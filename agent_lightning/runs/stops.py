@@ -20,6 +20,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from agent_lightning.callbacks import LastCheckpoint, crossed_multiple, epoch_ends_next, validation_follows
 from agent_lightning.errors import STOP_SIGNALS, StoppedBySignalError
+from agent_lightning.runs.overrides import pasteable_override
 
 # One Ctrl+C reaches a rank twice: from the terminal (its process group) and forwarded by the launcher.
 SAME_PRESS_SECONDS = 1.0
@@ -140,5 +141,5 @@ def stopped_by_signal(trainer: pl.Trainer) -> StoppedBySignalError:
     return StoppedBySignalError(
         signum,
         f"stopped by {name} at step {trainer.global_step}; saved {last}: to resume, rerun the same command with "
-        f"ckpt_path={last}",
+        f"{pasteable_override('ckpt_path', last)}",
     )
