@@ -271,7 +271,14 @@ def _is_global(group: str) -> bool:
 
 
 def _is_name(value: str) -> bool:
-    return bool(re.fullmatch(r"[A-Za-z_][\w-]*", value)) and value not in ("null", "true", "false")
+    # Hydra reads these words, in any case, as null, a bool or a float: never an option's name.
+    return bool(re.fullmatch(r"[A-Za-z_][\w-]*", value)) and value.lower() not in (
+        "null",
+        "true",
+        "false",
+        "nan",
+        "inf",
+    )
 
 
 def _paths(cfg: DictConfig) -> list[str]:

@@ -156,6 +156,7 @@ COMPOSITION_CASES = {
     "a group the command does not use": (["env=cartpole"], "env=cartpole: this command does not use the env group"),
     "a group set to null": (["debug=null"], "debug=null: a group is not set to null here"),
     "a group given a value": (["logger=false"], "logger=false: logger takes an option's name; logger takes csv,"),
+    "a group given a float word": (["model=NaN"], "model=NaN: model takes an option's name; model takes mlp,"),
     "a Trainer argument the run sets itself": (
         ["trainer.logger=false"],
         "trainer.logger=false: the run sets trainer.logger itself: choose logger=<option> instead (logger=none: no",
