@@ -25,8 +25,8 @@ from agent_lightning.arguments import SEED, SEED_VALID, Rule, check_arguments, w
 from agent_lightning.config import compose_raw, config_dir, group_option_names, hydra_command
 from agent_lightning.errors import EXIT_CONFIG, STOP_SIGNALS, ConfigError, StoppedBySignalError
 from agent_lightning.runs.in_place import HYDRA_SUBDIR, next_resume_subdir
-from agent_lightning.runs.lock import run_directory_lock
-from agent_lightning.runs.overrides import command_overrides, last_override, quoted_value
+from agent_lightning.runs.lock import run_directory_lock, scheduler_restart
+from agent_lightning.runs.overrides import command_overrides, last_override, pasteable_override, quoted_value
 
 log = logging.getLogger("agent_lightning.dagger")
 
@@ -72,13 +72,22 @@ def _refuse_a_dagger_run_dir(argv: list[str]) -> None:
     """A `hydra.run.dir=` that holds a DAgger run: refused before Hydra rewrites its config and log there."""
     from agent_lightning.agents.dagger_state import RUN_STATE
 
-    chosen = last_override(argv, "hydra.run.dir")
-    held = chosen is not None and any((Path(chosen) / name).exists() for name in ("iter_00", RUN_STATE))
+    chosen = _given_run_dir(argv)
+    held = chosen is not None and any((chosen / name).exists() for name in ("iter_00", RUN_STATE))
     if _resumed(argv) is None and held:  # its datasets and checkpoints would mix with a new run's
         raise ConfigError(
             f"hydra.run.dir={chosen} holds a DAgger run already: choose another directory, or continue that run "
-            f"with resume={chosen}"
+            f"with {pasteable_override('resume', chosen)}"
         )
+
+
+def _given_run_dir(argv: list[str]) -> Path | None:
+    """The command line's `hydra.run.dir=`, its `${oc.env:...}` resolved; None where not given or left to Hydra."""
+    chosen = last_override(argv, "hydra.run.dir")
+    try:  # e.g. outputs/dagger/${oc.env:SLURM_JOB_ID}: the same directory on every start of a job
+        return None if chosen is None else Path(str(OmegaConf.create({"dir": chosen}).dir))
+    except Exception:  # Hydra's own resolvers (${now:...}): a new directory on each start, not one to check
+        return None
 
 
 def _resumed(argv: list[str]) -> Path | None:
@@ -88,6 +97,29 @@ def _resumed(argv: list[str]) -> Path | None:
 
 # What a resumed run may be given: it keeps every other setting of the run it continues.
 _RESUME_KEYS = ("resume", "iterations")
+
+
+def requeued_arguments(argv: list[str]) -> list[str]:
+    """A requeued job's command line, when it reruns the command of the DAgger run in its `hydra.run.dir`: resume=.
+
+    A scheduler that restarts a job (SLURM's requeue after a preemption or a node failure) runs its script
+    again: the run then continues where it was stopped instead of being refused as a new run over it.
+    """
+    from agent_lightning.agents.dagger_state import RUN_STATE
+
+    restart, overrides = scheduler_restart(), command_overrides(argv[1:])
+    run = _given_run_dir(overrides)
+    if restart is None or run is None or _resumed(argv[1:]) is not None or not (run / RUN_STATE).is_file():
+        return argv
+    try:
+        first = OmegaConf.load(run / HYDRA_SUBDIR / "overrides.yaml")  # the command that started the run
+    except Exception:  # none, or unreadable: not a run this command can be matched with (the usual refusal follows)
+        return argv
+    own = [arg for arg in overrides if not arg.lstrip("+~").startswith("hydra.")]
+    if first is None or [str(arg) for arg in first] != own:  # another command: the usual refusal of a held run dir
+        return argv
+    print(f"restarted by the scheduler ({restart}): continuing the DAgger run in {run}", file=sys.stderr)
+    return [arg for arg in argv if arg not in own] + [f"resume={quoted_value(run)}"]
 
 
 def resume_arguments(argv: list[str]) -> list[str]:
@@ -212,9 +244,9 @@ def _run(cfg: DictConfig, env_name: str | None) -> None:
 
 
 def main() -> None:
-    """Command line: `resume=DIR` is placed in DIR before Hydra starts; then the Hydra command runs."""
+    """Command line: `resume=DIR` (or a requeued job's run) is placed in DIR before Hydra starts; then Hydra runs."""
     try:
-        sys.argv = resume_arguments(sys.argv)
+        sys.argv = resume_arguments(requeued_arguments(sys.argv))
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)

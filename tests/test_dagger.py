@@ -199,6 +199,38 @@ def test_a_run_stopped_by_a_signal_continues_with_resume_and_prints_lightnings_l
     assert "stopped by SIGTERM" in log and "continuing" in log and "GPU available:" in log
 
 
+def test_a_requeued_job_continues_its_own_dagger_run_and_no_other(tmp_path: Path, monkeypatch) -> None:
+    from omegaconf import OmegaConf
+
+    from agent_lightning.agents.dagger_state import start_run
+    from agent_lightning.dagger import _refuse_a_dagger_run_dir, requeued_arguments, resume_arguments
+    from agent_lightning.errors import ConfigError
+
+    run, command = tmp_path / "run", ["env=cartpole", "iterations=3", 'train=["trainer.max_epochs=1"]']
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(command)))  # as Hydra saves
+    (run / ".hydra" / "config.yaml").write_text("iterations: 3\n")
+    start_run(run, 3, resume=False)  # the first start wrote its state, then was preempted
+    argv = ["dagger", *command, f"hydra.run.dir={run}"]
+    for name in ("SLURM_RESTART_COUNT", "TORCHELASTIC_RESTART_COUNT"):
+        monkeypatch.delenv(name, raising=False)
+    assert requeued_arguments(argv) == argv  # not restarted: the usual refusal of a held directory follows
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    continued = requeued_arguments(argv)
+    assert continued == ["dagger", f"hydra.run.dir={run}", f"resume='{run}'"]
+    assert resume_arguments(continued)[-1] == "hydra.output_subdir=.hydra/resume-1"  # accepted as a resume
+    monkeypatch.setenv("JOB_DIR", "run")  # a directory named by the job's environment, as Hydra resolves it
+    assert requeued_arguments(["dagger", *command, f"hydra.run.dir={tmp_path}/${{oc.env:JOB_DIR}}"])[-1] == (
+        f"resume='{run}'"
+    )
+    other = ["dagger", "env=acrobot", "iterations=3", f"hydra.run.dir={run}"]  # another command there: refused
+    assert requeued_arguments(other) == other
+    with pytest.raises(ConfigError, match="holds a DAgger run already"):
+        _refuse_a_dagger_run_dir(other[1:])
+    new = ["dagger", *command, f"hydra.run.dir={tmp_path / 'new'}"]  # stopped before the run began: a new run
+    assert requeued_arguments(new) == new
+
+
 def dagger_rows(run: Path) -> list[dict[str, str]]:
     """The rows of a DAgger run's dagger.csv."""
     import csv

@@ -42,13 +42,20 @@ def refuse_taken_run_dir(argv: Sequence[str]) -> None:
 RESTART_COUNTS = ("SLURM_RESTART_COUNT", "TORCHELASTIC_RESTART_COUNT")
 
 
+def scheduler_restart() -> str | None:
+    """`NAME=N` when a scheduler restarted this job (its restart count above 0), else None."""
+    return next(
+        (f"{name}={os.environ[name]}" for name in RESTART_COUNTS if os.environ.get(name, "0") not in ("", "0")), None
+    )
+
+
 def refuse_new_run_over(directory: Path, key: str, ckpt_path: Any = None) -> None:
     """ConfigError when `directory` (given as `key`) holds a run's checkpoints that this run would replace.
 
     Not when `ckpt_path` continues that run, nor in a job its scheduler restarted.
     """
     saved = sorted((directory / "checkpoints").glob("*.ckpt")) if (directory / "checkpoints").is_dir() else []
-    if not saved or any(os.environ.get(name, "0") not in ("", "0") for name in RESTART_COUNTS):
+    if not saved or scheduler_restart():
         return
     if continues_run_in(directory, ckpt_path):
         return
