@@ -52,6 +52,11 @@ def interleaved(batch: int, hidden: tuple[int, int], steps: int, block: int) -> 
     """Seconds each numerics' `steps` steps took, taking turns every `block` batches after one warm-up turn."""
     loops = hand_loops(batch, hidden)
     source, names = loops[FLOAT32], list(loops)  # the first loop's batches are everyone's
+    if len(source.loader) < block * len(names):  # a turn never fits in an epoch: nothing would ever be timed
+        raise SystemExit(
+            f"--batch {batch}: {len(source.loader)} batches per epoch, fewer than one turn's "
+            f"{block * len(names)} (--block {block} x {len(names)}): lower --block"
+        )
     seconds, done, turns, epoch = dict.fromkeys(names, 0.0), 0, 0, 0
     while done < steps:
         source.loader.sampler.set_epoch(epoch)

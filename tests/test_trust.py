@@ -320,20 +320,45 @@ def test_threads_and_matmul_precision_honour_the_user_and_are_given_back_with_la
     torch.set_num_threads(before)
 
 
-def test_a_float32_cpu_run_on_amx_units_hears_of_matmul_medium_once(monkeypatch, caplog) -> None:
+def test_a_float32_cpu_run_on_amx_units_hears_of_matmul_medium_once(compose_cfg, monkeypatch, caplog) -> None:
     monkeypatch.setattr(matmul, "cpu_has_amx", lambda: True)
     monkeypatch.setattr(matmul, "_hinted", False)
     assert matmul.matmul_hint(None, "32-true", on_cpu=True) is not None
     for not_asked in ((None, "32-true", False), ("highest", "32-true", True), (None, "bf16-mixed", True)):
         assert matmul.matmul_hint(*not_asked) is None  # a GPU, a chosen precision, or bfloat16 already
+    with matmul.float32_matmul_precision("medium"):  # chosen by the caller (a notebook) before the run
+        assert matmul.matmul_hint(None, "32-true", on_cpu=True) is None
+    short = ("trainer.max_steps=2", "test=false", "trainer.limit_val_batches=0")
     with caplog.at_level(logging.INFO, logger="agent_lightning"):
-        for _ in range(2):  # a search's trials: said once
-            matmul.log_matmul_hint(None, "32-true", on_cpu=True)
+        for run in ("first", "second"):  # a search's trials: said once
+            train(compose_cfg(*short, output_dir=compose_cfg().paths.output_dir + run))
     assert [r.message for r in caplog.records if "float32_matmul_precision=medium" in r.message] == [
         matmul.matmul_hint(None, "32-true", on_cpu=True)
     ]
     monkeypatch.setattr(matmul, "cpu_has_amx", lambda: False)
     assert matmul.matmul_hint(None, "32-true", on_cpu=True) is None
+
+
+def test_a_callers_own_matmul_settings_survive_a_run_that_sets_and_one_that_leaves_them() -> None:
+    cuda, cpu = torch.backends.cuda.matmul, torch.backends.mkldnn.matmul
+    before = (cuda.fp32_precision, cpu.fp32_precision, torch.get_float32_matmul_precision())
+    try:
+        cuda.allow_tf32 = True  # the older switch: the one-name getter then reports "high" for every backend
+        with matmul.float32_matmul_precision("medium"):
+            assert cpu.fp32_precision == "bf16"
+        assert (cuda.fp32_precision, cpu.fp32_precision, torch.get_float32_matmul_precision()) == (
+            "tf32",
+            "none",
+            "high",
+        )
+        cuda.fp32_precision = "tf32"  # the per-backend settings: the one-name getter now raises
+        for configured in (None, "medium"):
+            with matmul.float32_matmul_precision(configured):
+                pass
+            assert (cuda.fp32_precision, cpu.fp32_precision) == ("tf32", "none")
+    finally:
+        cuda.fp32_precision, cpu.fp32_precision = before[:2]
+        torch.set_float32_matmul_precision(before[2])
 
 
 def test_a_second_run_on_the_same_directory_is_refused(compose_cfg, tmp_path: Path) -> None:

@@ -24,6 +24,8 @@ def matmul_hint(configured: str | None, precision: str, on_cpu: bool) -> str | N
     """The line telling a float32 CPU run that `medium` would use the AMX units, or None where it would not."""
     if configured is not None or not on_cpu or str(precision) not in ("32-true", "32") or not cpu_has_amx():
         return None
+    if torch.backends.mkldnn.matmul.fp32_precision not in ("none", "ieee"):  # the caller chose already
+        return None
     return (
         "this CPU has AMX units: trainer.float32_matmul_precision=medium multiplies float32 matrices in bfloat16 "
         "with float32 sums, faster for wider models and larger batches (docs/speed.md)"
@@ -39,13 +41,28 @@ def log_matmul_hint(configured: str | None, precision: str, on_cpu: bool) -> Non
         _hinted = True
 
 
+# Where torch keeps the setting per backend, besides its one-name setting. Both are saved and given back: the
+# one-name getter raises once a caller has used the per-backend settings, and its value, set back alone, would
+# carry CUDA's TF32 switch over to the CPU.
+_BACKENDS = (torch.backends.cuda.matmul, torch.backends.mkldnn.matmul)
+
+
 @contextmanager
 def float32_matmul_precision(configured: str | None) -> Iterator[None]:
     """Set torch's float32 matmul precision inside (None: leave it as it is) and give the caller's back after."""
-    before = torch.get_float32_matmul_precision()
-    if configured is not None:
-        torch.set_float32_matmul_precision(configured)
+    if configured is None:
+        yield
+        return
+    before = [backend.fp32_precision for backend in _BACKENDS]
+    try:
+        named = torch.get_float32_matmul_precision()
+    except RuntimeError:  # the caller set per-backend values: they alone are given back
+        named = None
+    torch.set_float32_matmul_precision(configured)
     try:
         yield
     finally:
-        torch.set_float32_matmul_precision(before)
+        if named is not None:
+            torch.set_float32_matmul_precision(named)
+        for backend, value in zip(_BACKENDS, before, strict=True):
+            backend.fp32_precision = value
