@@ -78,7 +78,7 @@ def test_dagger_aggregates_data_and_continues_from_previous_weights(tmp_path, mo
     assert not any(o.startswith("init_from=") for o in overrides_seen[0])
     for index in (1, 2):
         previous = results[index - 1].checkpoint
-        assert f"init_from={previous}" in overrides_seen[index]
+        assert f"init_from='{previous}'" in overrides_seen[index]  # quoted: a run directory may hold any character
         saved = {k: v for k, v in load_agent(previous).state_dict().items() if not k.startswith("normalizer.")}
         assert saved.keys() == starts[index].keys()
         for key, value in saved.items():

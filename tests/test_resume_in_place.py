@@ -24,7 +24,7 @@ from agent_lightning.prepare import prepare
 from agent_lightning.runs.in_place import in_place_arguments, resolve_latest
 from agent_lightning.runs.lock import HELD_ENV, run_directory_lock
 from agent_lightning.runs.loop_progress import epochs_done, fit_loop_state, last_batch_ran, saved_within_epoch
-from agent_lightning.runs.overrides import pasteable_override
+from agent_lightning.runs.overrides import last_override, pasteable_override, quoted_value
 from agent_lightning.train import train
 
 from .conftest import run_cli
@@ -265,12 +265,21 @@ def test_a_resume_by_path_keeps_the_runs_name_tags_and_directory(tmp_path: Path)
     assert in_place_arguments(elsewhere) == elsewhere
 
 
-def test_a_resume_argument_pasted_into_a_shell_gives_hydra_the_path_whatever_it_holds() -> None:
+def test_a_resume_argument_pasted_into_a_shell_gives_hydra_and_our_own_checks_the_path(tmp_path: Path) -> None:
     parser = OverridesParser.create()
     plain = "/runs/2026-11-29_19:30:00@node%1/agent-v1.2+b/last.ckpt"
     assert pasteable_override("ckpt_path", plain) == f"ckpt_path={plain}"  # what most paths are: left as they are
-    odd = ("/my runs/last.ckpt", "/runs/it's/$HOME/a,b=c/[1]/x", "/runs/back\\slash\\/x\\", "/runs/\\'/x", "/é/x")
+    odd = ("/my runs/x", "/runs/it's/$HOME/a,b=c/[1]/x", "/r/back\\slash\\/x\\", "/r/\\'/x", "/é/x", "/r/${x}/y")
     for path in (plain, *odd):
         [word] = shlex.split(pasteable_override("ckpt_path", path))  # one argument, as the shell passes it
         override = parser.parse_override(word)
-        assert (override.key_or_group, override.value()) == ("ckpt_path", path)
+        as_composed = OmegaConf.create({"value": override.value()}).value  # `\${` is read as a literal `${`
+        assert (override.key_or_group, as_composed) == ("ckpt_path", path)
+        assert last_override([word], "ckpt_path") == path  # what the checks before Hydra read
+    # A stopped run's line, pasted, resumes in place: the run's directory is recognised from the quoted path.
+    run = tmp_path / "it's a run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / "checkpoints").mkdir()
+    [word] = shlex.split(pasteable_override("ckpt_path", run / "checkpoints" / "last.ckpt"))
+    placed = in_place_arguments(["train", word])
+    assert f"hydra.run.dir={quoted_value(run)}" in placed and "hydra.output_subdir=.hydra/resume-1" in placed

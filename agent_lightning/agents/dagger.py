@@ -31,6 +31,7 @@ from agent_lightning.agents.environments import env_facts
 from agent_lightning.agents.experts import Expert
 from agent_lightning.agents.rollout import Rollout, evaluate_policy, rollout, summarize, summary_line
 from agent_lightning.errors import ConfigError, StoppedBySignalError
+from agent_lightning.runs.overrides import quoted_value
 
 log = logging.getLogger("agent_lightning.dagger")
 # Rollout episode seeds: far from the evaluation seeds (0..episodes-1) and distinct per iteration.
@@ -162,9 +163,10 @@ def run_dagger(
             "rollout_return_mean": mean_or_nan(new.returns),
         }
         write_demonstrations(data, dataset, facts.action_count, provenance, seed=seed)
-        overrides = [*train_overrides, "data=dataset", f"data.path={dataset}", "env_eval=null", f"seed={seed + index}"]
+        data_path = f"data.path={quoted_value(dataset)}"  # a run directory may hold any character
+        overrides = [*train_overrides, "data=dataset", data_path, "env_eval=null", f"seed={seed + index}"]
         if checkpoint is not None:
-            overrides.append(f"init_from={checkpoint}")
+            overrides.append(f"init_from={quoted_value(checkpoint)}")
             # The aggregate's statistics, not the previous iteration's: its rows are what the learner visits, by
             # design, and over 5 iterations on two seeds this returned more (mean 252 against 244). The user's
             # own `train=[data.normalize=...]` still wins: it comes later.

@@ -22,7 +22,13 @@ from omegaconf import DictConfig, open_dict
 
 from agent_lightning.errors import ConfigError
 from agent_lightning.runs.lock import global_rank, run_directory_lock
-from agent_lightning.runs.overrides import command_overrides, last_override, quoted_value
+from agent_lightning.runs.overrides import (
+    command_overrides,
+    last_override,
+    pasteable_override,
+    quoted_value,
+    unquoted_value,
+)
 
 log = logging.getLogger("agent_lightning")
 LATEST = "latest"
@@ -50,7 +56,8 @@ def latest_checkpoint(output_root: str | Path, name: str, multirun_root: str | P
     if multirun_root:
         swept = _newest([p for p in (Path(multirun_root) / name).glob(f"*/*/{CHECKPOINTS}/{LAST}") if p.exists()])
     if latest is None:
-        hint = f"; a sweep's job is never latest: give ckpt_path={swept} to resume that one" if swept else ""
+        hint = f"; a sweep's job is never latest: give {pasteable_override('ckpt_path', swept)} to resume that one"
+        hint = hint if swept else ""
         raise ConfigError(
             f"ckpt_path=latest: no run under {root}/ has a {CHECKPOINTS}/{LAST}; train one first (name={name}), or "
             f"give ckpt_path=<path to a checkpoint>{hint}"
@@ -95,7 +102,7 @@ def in_place_arguments(argv: Sequence[str]) -> list[str]:
     at = max((i for i, arg in enumerate(args) if _CKPT.match(arg)), default=None)
     if at is None:
         return args
-    value = _CKPT.match(args[at]).group(1).strip("'\"")
+    value = unquoted_value(_CKPT.match(args[at]).group(1))
     overrides = command_overrides(args[1:])
     if value == LATEST:
         value = str(latest_checkpoint(*_output_settings(overrides)))

@@ -16,7 +16,8 @@ def quoted_value(value: str | Path) -> str:
     # Hydra reads a backslash in quotes as itself, except in a run of them before a quote or the closing quote,
     # which stands for half as many.
     doubled = re.sub(r"(\\+)(?='|$)", lambda run: run.group(1) * 2, str(value))
-    return "'" + doubled.replace("'", "\\'") + "'"
+    # `${` would still be read as an interpolation inside quotes.
+    return "'" + doubled.replace("'", "\\'").replace("${", "\\${") + "'"
 
 
 def pasteable_override(key: str, value: str | Path) -> str:
@@ -27,9 +28,19 @@ def pasteable_override(key: str, value: str | Path) -> str:
 
 
 def last_override(argv: Sequence[str], key: str) -> str | None:
-    """The value of the last `key=` override in `argv` (`+key=` and `++key=` too, quotes stripped); None: not given."""
-    values = [arg.split("=", 1)[1].strip("'\"") for arg in argv if arg.lstrip("+").startswith(f"{key}=")]
+    """The value of the last `key=` override in `argv` (`+key=` and `++key=` too, unquoted); None: not given."""
+    values = [unquoted_value(arg.split("=", 1)[1]) for arg in argv if arg.lstrip("+").startswith(f"{key}=")]
     return values[-1] if values else None
+
+
+def unquoted_value(value: str) -> str:
+    """An override's value as Hydra reads it from quotes (`quoted_value` undone); an unquoted value as it is."""
+    quote = value[:1]
+    if quote not in ("'", '"') or len(value) < 2 or value[-1] != quote:
+        return value
+    inner = value[1:-1].replace("\\${", "${")
+    # A run of backslashes before a quote or the end stands for half as many (an odd one escapes the quote).
+    return re.sub(rf"(\\+)({quote}|$)", lambda run: "\\" * (len(run.group(1)) // 2) + run.group(2), inner)
 
 
 # Hydra's own flags that take the next word as their value (`-cd DIR`); `--info` takes one of its topics.
