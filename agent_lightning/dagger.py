@@ -99,27 +99,36 @@ def _resumed(argv: list[str]) -> Path | None:
 _RESUME_KEYS = ("resume", "iterations")
 
 
-def requeued_arguments(argv: list[str]) -> list[str]:
+def _is_hydras(override: str) -> bool:
+    """Whether an override sets Hydra's own config (`hydra.run.dir=`, `hydra/job_logging=`), not the task's."""
+    return override.lstrip("+~").startswith(("hydra.", "hydra/"))
+
+
+def requeued_arguments(argv: list[str]) -> tuple[list[str], str | None]:
     """A requeued job's command line, when it reruns the command of the DAgger run in its `hydra.run.dir`: resume=.
 
     A scheduler that restarts a job (SLURM's requeue after a preemption or a node failure) runs its script
-    again: the run then continues where it was stopped instead of being refused as a new run over it.
+    again: the run then continues where it was stopped instead of being refused as a new run over it. Also
+    returns the line that says so (None: the command line as it was).
     """
+    import yaml
+
     from agent_lightning.agents.dagger_state import RUN_STATE
 
     restart, overrides = scheduler_restart(), command_overrides(argv[1:])
     run = _given_run_dir(overrides)
     if restart is None or run is None or _resumed(argv[1:]) is not None or not (run / RUN_STATE).is_file():
-        return argv
-    try:
-        first = OmegaConf.load(run / HYDRA_SUBDIR / "overrides.yaml")  # the command that started the run
-    except Exception:  # none, or unreadable: not a run this command can be matched with (the usual refusal follows)
-        return argv
-    own = [arg for arg in overrides if not arg.lstrip("+~").startswith("hydra.")]
-    if first is None or [str(arg) for arg in first] != own:  # another command: the usual refusal of a held run dir
-        return argv
-    print(f"restarted by the scheduler ({restart}): continuing the DAgger run in {run}", file=sys.stderr)
-    return [arg for arg in argv if arg not in own] + [f"resume={quoted_value(run)}"]
+        return argv, None
+    try:  # the command that started the run, as Hydra saved it (read as text: its interpolations stay unresolved)
+        first = yaml.safe_load((run / HYDRA_SUBDIR / "overrides.yaml").read_text())
+    except (OSError, yaml.YAMLError):  # none, or unreadable: not a run to match (the usual refusal follows)
+        return argv, None
+    own = [arg for arg in overrides if not _is_hydras(arg)]
+    if not isinstance(first, list) or [str(arg) for arg in first] != own:  # another command: refused as usual
+        return argv, None
+    line = f"restarted by the scheduler ({restart}): continuing the DAgger run in {run.resolve()}"
+    placed = [arg for arg in argv if arg not in own and last_override([arg], "hydra.run.dir") is None]
+    return [*placed, f"resume={quoted_value(run)}"], line  # resume= places the run in its directory itself
 
 
 def resume_arguments(argv: list[str]) -> list[str]:
@@ -137,13 +146,13 @@ def resume_arguments(argv: list[str]) -> list[str]:
     overrides = command_overrides(argv[1:])
     for arg in overrides:
         key = arg.lstrip("+~").split("=", 1)[0]
-        if key not in _RESUME_KEYS and not key.startswith("hydra."):
+        if key not in _RESUME_KEYS and not _is_hydras(arg):
             raise ConfigError(
                 f"resume={run} continues that run with its own settings ({run}/.hydra/config.yaml): give only "
                 f"iterations=N beside it, not {arg}"
             )
-    chosen = last_override(overrides, "hydra.run.dir")
-    if chosen is not None and Path(chosen).resolve() != run.resolve():
+    chosen = _given_run_dir(overrides)
+    if chosen is not None and chosen.resolve() != run.resolve():
         raise ConfigError(f"resume={run} continues in its own directory: leave out hydra.run.dir={chosen}")
     try:
         with run_directory_lock(run):  # refused here, before Hydra writes into it, if a run still holds it
@@ -246,7 +255,10 @@ def _run(cfg: DictConfig, env_name: str | None) -> None:
 def main() -> None:
     """Command line: `resume=DIR` (or a requeued job's run) is placed in DIR before Hydra starts; then Hydra runs."""
     try:
-        sys.argv = resume_arguments(requeued_arguments(sys.argv))
+        requeued, line = requeued_arguments(sys.argv)
+        sys.argv = resume_arguments(requeued)
+        if line:  # said once the resume is accepted
+            print(line, file=sys.stderr)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)

@@ -214,21 +214,23 @@ def test_a_requeued_job_continues_its_own_dagger_run_and_no_other(tmp_path: Path
     argv = ["dagger", *command, f"hydra.run.dir={run}"]
     for name in ("SLURM_RESTART_COUNT", "TORCHELASTIC_RESTART_COUNT"):
         monkeypatch.delenv(name, raising=False)
-    assert requeued_arguments(argv) == argv  # not restarted: the usual refusal of a held directory follows
+    assert requeued_arguments(argv) == (argv, None)  # not restarted: the usual refusal of a held directory follows
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
-    continued = requeued_arguments(argv)
-    assert continued == ["dagger", f"hydra.run.dir={run}", f"resume='{run}'"]
+    continued, line = requeued_arguments(argv)
+    assert continued == ["dagger", f"resume='{run}'"] and line == (
+        f"restarted by the scheduler (SLURM_RESTART_COUNT=1): continuing the DAgger run in {run}"
+    )
     assert resume_arguments(continued)[-1] == "hydra.output_subdir=.hydra/resume-1"  # accepted as a resume
     monkeypatch.setenv("JOB_DIR", "run")  # a directory named by the job's environment, as Hydra resolves it
-    assert requeued_arguments(["dagger", *command, f"hydra.run.dir={tmp_path}/${{oc.env:JOB_DIR}}"])[-1] == (
-        f"resume='{run}'"
-    )
+    by_env = ["dagger", *command, f"hydra.run.dir={tmp_path}/${{oc.env:JOB_DIR}}", "hydra/job_logging=disabled"]
+    continued = requeued_arguments(by_env)[0]
+    assert continued == ["dagger", "hydra/job_logging=disabled", f"resume='{run}'"] and resume_arguments(continued)
     other = ["dagger", "env=acrobot", "iterations=3", f"hydra.run.dir={run}"]  # another command there: refused
-    assert requeued_arguments(other) == other
+    assert requeued_arguments(other) == (other, None)
     with pytest.raises(ConfigError, match="holds a DAgger run already"):
         _refuse_a_dagger_run_dir(other[1:])
     new = ["dagger", *command, f"hydra.run.dir={tmp_path / 'new'}"]  # stopped before the run began: a new run
-    assert requeued_arguments(new) == new
+    assert requeued_arguments(new) == (new, None)
 
 
 def dagger_rows(run: Path) -> list[dict[str, str]]:

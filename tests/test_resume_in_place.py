@@ -269,7 +269,15 @@ def test_a_resume_argument_pasted_into_a_shell_gives_hydra_and_our_own_checks_th
     parser = OverridesParser.create()
     plain = "/runs/2026-11-29_19:30:00@node%1/agent-v1.2+b/last.ckpt"
     assert pasteable_override("ckpt_path", plain) == f"ckpt_path={plain}"  # what most paths are: left as they are
-    odd = ("/my runs/x", "/runs/it's/$HOME/a,b=c/[1]/x", "/r/back\\slash\\/x\\", "/r/\\'/x", "/é/x", "/r/${x}/y")
+    odd = (
+        "/my runs/x",
+        "/runs/it's/$HOME/a,b=c/[1]/x",
+        "/r/back\\slash\\/x\\",
+        "/r/\\'/x",
+        "/é/x",
+        "/r/${x}/y",
+        "/r/a\\${x}",
+    )
     for path in (plain, *odd):
         [word] = shlex.split(pasteable_override("ckpt_path", path))  # one argument, as the shell passes it
         override = parser.parse_override(word)

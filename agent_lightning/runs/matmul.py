@@ -24,12 +24,19 @@ def matmul_hint(configured: str | None, precision: str, on_cpu: bool) -> str | N
     """The line telling a float32 CPU run that `medium` would use the AMX units, or None where it would not."""
     if configured is not None or not on_cpu or str(precision) not in ("32-true", "32") or not cpu_has_amx():
         return None
-    if torch.backends.mkldnn.matmul.fp32_precision not in ("none", "ieee"):  # the caller chose already
+    if not _cpu_matmuls_in_float32():  # the caller chose already
         return None
     return (
         "this CPU has AMX units: trainer.float32_matmul_precision=medium multiplies float32 matrices in bfloat16 "
         "with float32 sums, faster for wider models and larger batches (docs/speed.md)"
     )
+
+
+def _cpu_matmuls_in_float32() -> bool:
+    cpu = getattr(torch.backends.mkldnn, "matmul", None)  # per-backend settings: torch 2.9 on
+    if cpu is not None and hasattr(cpu, "fp32_precision"):
+        return cpu.fp32_precision in ("none", "ieee")
+    return torch.get_float32_matmul_precision() == "highest"
 
 
 def log_matmul_hint(configured: str | None, precision: str, on_cpu: bool) -> None:
@@ -41,10 +48,19 @@ def log_matmul_hint(configured: str | None, precision: str, on_cpu: bool) -> Non
         _hinted = True
 
 
-# Where torch keeps the setting per backend, besides its one-name setting. Both are saved and given back: the
-# one-name getter raises once a caller has used the per-backend settings, and its value, set back alone, would
-# carry CUDA's TF32 switch over to the CPU.
-_BACKENDS = (torch.backends.cuda.matmul, torch.backends.mkldnn.matmul)
+# Where torch 2.9 on keeps the setting per backend, besides its one-name setting; parents first, since setting
+# one sets its children. All are saved and given back: the one-name getter raises once a caller has used the
+# per-backend settings, and its value, set back alone, would carry CUDA's TF32 switch over to the CPU.
+_SETTINGS = tuple(
+    holder
+    for holder in (
+        torch.backends,
+        torch.backends.mkldnn,
+        getattr(torch.backends.cuda, "matmul", None),
+        getattr(torch.backends.mkldnn, "matmul", None),
+    )
+    if hasattr(holder, "fp32_precision")
+)
 
 
 @contextmanager
@@ -53,7 +69,7 @@ def float32_matmul_precision(configured: str | None) -> Iterator[None]:
     if configured is None:
         yield
         return
-    before = [backend.fp32_precision for backend in _BACKENDS]
+    before = [holder.fp32_precision for holder in _SETTINGS]
     try:
         named = torch.get_float32_matmul_precision()
     except RuntimeError:  # the caller set per-backend values: they alone are given back
@@ -64,5 +80,5 @@ def float32_matmul_precision(configured: str | None) -> Iterator[None]:
     finally:
         if named is not None:
             torch.set_float32_matmul_precision(named)
-        for backend, value in zip(_BACKENDS, before, strict=True):
-            backend.fp32_precision = value
+        for holder, value in zip(_SETTINGS, before, strict=True):
+            holder.fp32_precision = value

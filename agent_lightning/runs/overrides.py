@@ -13,10 +13,10 @@ _PLAIN = re.compile(r"[A-Za-z0-9_./:+@%-]+")
 
 def quoted_value(value: str | Path) -> str:
     """A path as one Hydra override value, whatever characters it holds."""
-    # Hydra reads a backslash in quotes as itself, except in a run of them before a quote or the closing quote,
-    # which stands for half as many.
-    doubled = re.sub(r"(\\+)(?='|$)", lambda run: run.group(1) * 2, str(value))
-    # `${` would still be read as an interpolation inside quotes.
+    # Hydra reads a backslash in quotes as itself, except in a run of them before a quote, `${` or the closing
+    # quote, which stands for half as many; an odd one left escapes the quote or the `${` (an interpolation
+    # even inside quotes).
+    doubled = re.sub(r"(\\+)(?='|\$\{|$)", lambda run: run.group(1) * 2, str(value))
     return "'" + doubled.replace("'", "\\'").replace("${", "\\${") + "'"
 
 
@@ -38,9 +38,8 @@ def unquoted_value(value: str) -> str:
     quote = value[:1]
     if quote not in ("'", '"') or len(value) < 2 or value[-1] != quote:
         return value
-    inner = value[1:-1].replace("\\${", "${")
-    # A run of backslashes before a quote or the end stands for half as many (an odd one escapes the quote).
-    return re.sub(rf"(\\+)({quote}|$)", lambda run: "\\" * (len(run.group(1)) // 2) + run.group(2), inner)
+    # A run of backslashes before a quote, `${` or the end stands for half as many (an odd one escapes what follows).
+    return re.sub(rf"(\\+)({quote}|\$\{{|$)", lambda run: "\\" * (len(run.group(1)) // 2) + run.group(2), value[1:-1])
 
 
 # Hydra's own flags that take the next word as their value (`-cd DIR`); `--info` takes one of its topics.
