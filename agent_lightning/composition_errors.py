@@ -270,15 +270,12 @@ def _is_global(group: str) -> bool:
     return any("@package _global_" in p.read_text() for p in (config_dir() / group).glob("*.yaml"))
 
 
+# Hydra reads these words, in any case, as null, a bool or a float: never an option's name.
+_HYDRA_WORDS = ("null", "true", "false", "nan", "inf")
+
+
 def _is_name(value: str) -> bool:
-    # Hydra reads these words, in any case, as null, a bool or a float: never an option's name.
-    return bool(re.fullmatch(r"[A-Za-z_][\w-]*", value)) and value.lower() not in (
-        "null",
-        "true",
-        "false",
-        "nan",
-        "inf",
-    )
+    return bool(re.fullmatch(r"[A-Za-z_][\w-]*", value)) and value.lower() not in _HYDRA_WORDS
 
 
 def _paths(cfg: DictConfig) -> list[str]:

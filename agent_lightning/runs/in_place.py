@@ -56,8 +56,9 @@ def latest_checkpoint(output_root: str | Path, name: str, multirun_root: str | P
     if multirun_root:
         swept = _newest([p for p in (Path(multirun_root) / name).glob(f"*/*/{CHECKPOINTS}/{LAST}") if p.exists()])
     if latest is None:
-        hint = f"; a sweep's job is never latest: give {pasteable_override('ckpt_path', swept)} to resume that one"
-        hint = hint if swept else ""
+        hint = ""
+        if swept:
+            hint = f"; a sweep's job is never latest: give {pasteable_override('ckpt_path', swept)} to resume that one"
         raise ConfigError(
             f"ckpt_path=latest: no run under {root}/ has a {CHECKPOINTS}/{LAST}; train one first (name={name}), or "
             f"give ckpt_path=<path to a checkpoint>{hint}"

@@ -61,10 +61,10 @@ def refuse_new_run_over(directory: Path, key: str, ckpt_path: Any = None) -> Non
         return
     last = directory / "checkpoints" / "last.ckpt"
     named = last if last in saved else saved[-1]
+    resume = pasteable_override("ckpt_path", named)
     raise ConfigError(
-        f"{key}={directory} holds a run ({named}): continue it with {pasteable_override('ckpt_path', named)}, or "
-        f"choose another "
-        f"{key} (a new run there would replace its checkpoints and metrics)"
+        f"{key}={directory} holds a run ({named}): continue it with {resume}, or choose another {key} (a new run "
+        "there would replace its checkpoints and metrics)"
     )
 
 
