@@ -49,7 +49,7 @@ def hand_loops(batch: int, hidden: tuple[int, int]) -> dict[str, HandLoop]:
 
 
 def interleaved(batch: int, hidden: tuple[int, int], steps: int, block: int) -> dict[str, float]:
-    """Seconds each numerics' `steps` steps took, taking turns every `block` batches after one warm-up turn."""
+    """Seconds per step of each numerics over `steps` steps (whole turns of `block`), after one warm-up turn."""
     loops = hand_loops(batch, hidden)
     source, names = loops[FLOAT32], list(loops)  # the first loop's batches are everyone's
     if len(source.loader) < block * len(names):  # a turn never fits in an epoch: nothing would ever be timed
