@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from typing import Any
 
@@ -206,7 +207,9 @@ class DivergenceGuard(pl.Callback):
     `window` checks, or, with `patience` set, when it has not gone below its best for `patience`
     checks. Right before a checkpoint is written the latest loss is checked too. Ranks decide together.
     The median is never taken below the first checked loss (the untrained model's): a converged
-    run's tiny, noisy losses must not count as divergence.
+    run's tiny, noisy losses must not count as divergence. Nor is a loss no higher than a uniform
+    guess's (ln of the number of classes): a run that starts from trained weights (`init_from`, each
+    DAgger iteration) has a tiny first loss, and a spike from there has not exploded.
     """
 
     handles_grouped_steps = True  # counts optimizer steps (see agent_lightning/step_groups.py)
@@ -219,6 +222,7 @@ class DivergenceGuard(pl.Callback):
         self.patience = patience
         self.check_every_n_steps = check_every_n_steps
         self.history: list[float] = []
+        self._uniform_guess = 0.0  # the loss of predicting every class alike: set from the module's classes
         self._latest: Tensor | None = None
         self._previous_step: int | None = None  # the global step at the last batch end
 
@@ -255,8 +259,10 @@ class DivergenceGuard(pl.Callback):
             self._check_value(trainer, losses[index], record=True)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Count steps from where this run starts (0, or a resumed checkpoint's step)."""
+        """Count steps from where this run starts (0, or a resumed checkpoint's step); note the classes' count."""
         self._previous_step = trainer.global_step
+        classes = getattr(pl_module, "hparams", {}).get("num_classes")
+        self._uniform_guess = math.log(classes) if isinstance(classes, int) and classes > 1 else 0.0
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         """Refuse to write a checkpoint of a run whose latest loss already exploded."""
@@ -268,7 +274,7 @@ class DivergenceGuard(pl.Callback):
             return None  # FiniteLossGuard reports NaN/inf
         if self.factor and self.history:
             median = max(statistics.median(self.history[-self.window :]), self.history[0])
-            if value > self.factor * median:
+            if value > max(self.factor * median, self._uniform_guess):
                 return (
                     f"loss {value:.3g} is above {self.factor:g} x its running median {median:.3g} "
                     "(callbacks.divergence.factor)"

@@ -295,6 +295,18 @@ def test_an_exploding_finite_loss_stops_with_the_divergence_message(compose_cfg,
     assert not (Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt").exists()  # nothing bad was written
 
 
+def test_a_spike_no_worse_than_a_uniform_guess_is_not_divergence() -> None:
+    from types import SimpleNamespace
+
+    from agent_lightning.callbacks import DivergenceGuard
+
+    guard = DivergenceGuard()  # factor 10
+    guard.on_train_start(SimpleNamespace(global_step=0), SimpleNamespace(hparams={"num_classes": 2}))
+    guard.history = [0.0106] * 20  # a run from trained weights: DAgger's iteration 5 on CartPole stopped here
+    assert guard._reason(0.182) is None  # 17 x the median, yet better than guessing (ln 2 = 0.69)
+    assert "above 10 x its running median" in guard._reason(0.9)  # worse than guessing as well: exploded
+
+
 def test_threads_and_matmul_precision_honour_the_user_and_are_given_back_with_lamb(
     compose_cfg, monkeypatch, tmp_path: Path
 ) -> None:
