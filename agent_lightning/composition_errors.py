@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from hydra.errors import MissingConfigException, OverrideParseException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 # A section with more keys than this is not listed in full: `--cfg job` prints it.
 _MAX_LISTED_KEYS = 12
@@ -47,6 +47,8 @@ def describe(err: BaseException, config_name: str | None, arguments: Sequence[st
         return f"+{group}={option}: {group} is chosen already; choose another option without the +: {group}={option}"
     if "Config group override must be a string" in message:
         return context.group_not_named()
+    if isinstance(err, ValueError) and "invalid literal for int()" in message:  # OmegaConf: a key inside a list
+        return context.key_in_a_list() or _joined(message)
     key = getattr(err, "full_key", None)
     reason = _joined(message)
     if err.__cause__ is not None and str(err.__cause__).strip():  # e.g. the type a merged value had to have
@@ -165,6 +167,9 @@ class _Context:
             names = sorted((set(names) | {g for g in choices if "/" not in g}) - {"hydra"})
         rest = key[len(full_key) :] + (f"={value}" if value else "")
         nearest = _nearest(name, names)
+        listed = [n for n in nearest if _holds_overrides(section.get(n)) and rest.startswith(".")]
+        if listed and not deleting:  # dagger's `train`: a list of the training runs' overrides, not a section
+            return f"{said} (did you mean {_wrapped(listed[0], override.lstrip('+'))}?)"
         if nearest:
             meant = " or ".join(".".join(filter(None, (parent, n))) + rest for n in nearest)
             return f"{said} (did you mean {'~' if deleting else ''}{meant}?); {self._listing(where, names)}"
@@ -199,6 +204,22 @@ class _Context:
         groups = sorted(g for g in cfg.hydra.runtime.choices if "/" not in g and g != "hydra")
         its = f": its groups are {', '.join(groups)}" if groups else ": it has no config groups"
         return f"{override}: this command does not use the {group} group{its}"
+
+    def key_in_a_list(self) -> str | None:
+        """`train.lr=1`, where `train` is a list: its items are numbered, it has no keys; None if no override is."""
+        for override in self.arguments:
+            key = override.partition("=")[0].lstrip("+~")
+            cfg = self.compose(override)
+            parts = key.split(".")
+            for end in range(1, len(parts)):
+                prefix = ".".join(parts[:end])
+                node = None if cfg is None else OmegaConf.select(cfg, prefix, throw_on_missing=False)
+                if isinstance(node, ListConfig):
+                    inner = f"{'.'.join(parts[end:])}={override.partition('=')[2]}"
+                    if _holds_overrides(node):
+                        return f"{override}: {prefix} is a list of overrides, not a section: {_wrapped(prefix, inner)}"
+                    return f"{override}: {prefix} is a list, not a section: give it whole, {prefix}=[...]"
+        return None
 
     def group_not_named(self) -> str:
         """`debug=null`, `logger=false`: a group's option is a name."""
@@ -272,6 +293,16 @@ def _is_global(group: str) -> bool:
 
 # Hydra reads these words, in any case, as null, a bool or a float: never an option's name.
 _HYDRA_WORDS = ("null", "true", "false", "nan", "inf")
+
+
+def _holds_overrides(node: Any) -> bool:
+    """Whether a config node is a list of overrides (empty, or `key=value` strings): dagger's `train`."""
+    return isinstance(node, ListConfig) and all(isinstance(item, str) and "=" in item for item in node)
+
+
+def _wrapped(key: str, override: str) -> str:
+    """`'train=["trainer.x=1"]'`: an override passed inside a list of overrides, quoted for the shell."""
+    return f"'{key}=[\"{override}\"]'"
 
 
 def _is_name(value: str) -> bool:

@@ -157,10 +157,22 @@ def _one_line(err: Exception, config_name: str) -> str | None:
     composing = (OverrideParseException, ConfigCompositionException, SearchPathException)
     if isinstance(err, composing) or (isinstance(err, ValueError) and "Config group override must" in str(err)):
         return describe_safely(err, config_name, sys.argv[1:])
+    if isinstance(err, ValueError) and _raised_in(err, "_apply_overrides_to_config"):  # e.g. a key set in a list
+        return describe_safely(err, config_name, sys.argv[1:])
     if isinstance(err, ValueError) and str(err).startswith("Only one of --run, --multirun"):  # Hydra's own flags
         return str(err)
     reported = user_facing(err)  # e.g. an interpolation `--cfg job --resolve` could not resolve
     return reported[1] if reported else None
+
+
+def _raised_in(err: BaseException, function: str) -> bool:
+    """Whether `err` was raised in (or below) a call of a function of this name."""
+    tb = err.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == function:
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def _run_dir_unwritable(err: Exception, job: Callable[..., Any]) -> str | None:

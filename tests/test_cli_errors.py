@@ -179,6 +179,21 @@ def test_an_override_hydra_cannot_compose_is_one_line_naming_it(case: str) -> No
     assert line.startswith(message) and "\n" not in line, line
 
 
+def test_a_training_setting_given_to_dagger_is_shown_inside_its_train_list() -> None:
+    from agent_lightning.config import compose_raw
+
+    expected = {
+        "trainer.max_epochs=3": "trainer.max_epochs=3: the config has no key trainer (did you mean "
+        "'train=[\"trainer.max_epochs=3\"]'?)",
+        "train.max_epochs=3": "train.max_epochs=3: train is a list of overrides, not a section: "
+        "'train=[\"max_epochs=3\"]'",  # OmegaConf's own error here is a traceback about int()
+    }
+    for override, line in expected.items():
+        with pytest.raises(Exception) as info:
+            compose_raw("dagger", [override])
+        assert describe(info.value, "dagger", [override]) == line
+
+
 def test_a_sweep_is_described_with_its_first_values() -> None:
     # `-m optimizer=sgd,adamw`: the keys listed are those of the sweep's first job, not of the default optimizer.
     with pytest.raises(CompactHydraException) as info:
