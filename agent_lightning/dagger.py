@@ -57,15 +57,23 @@ def _train_overrides(cfg: DictConfig, env_name: str | None) -> list[str]:
 
 
 def _check_composes(overrides: list[str]) -> None:
-    """Compose the training config once before any demonstration is collected: a typo in train= fails now."""
+    """Compose and check the training config before any demonstration is collected: a bad train= fails now.
+
+    Not after the demonstrations, in a run directory then holding a run that `resume=` could not mend.
+    """
     from hydra.errors import CompactHydraException
 
     from agent_lightning.composition_errors import describe_safely
+    from agent_lightning.validation import check_values
 
     try:
-        compose_raw("config", overrides)  # the data it names is collected later: composed, not read
+        cfg = compose_raw("config", overrides)  # the data it names is collected later: composed, not read
     except (CompactHydraException, ValueError) as err:  # ValueError: Hydra's, for a group given no name
         raise ConfigError(f"train=[...] for the training runs: {describe_safely(err, 'config', overrides)}") from None
+    try:
+        check_values(cfg)  # each value against its valid range, as `train` checks it before a rank starts
+    except ConfigError as err:
+        raise ConfigError(f"train=[...] for the training runs: {err}") from None
 
 
 def _refuse_a_dagger_run_dir(argv: list[str]) -> None:
@@ -75,8 +83,10 @@ def _refuse_a_dagger_run_dir(argv: list[str]) -> None:
     chosen = _given_run_dir(argv)
     held = chosen is not None and any((chosen / name).exists() for name in ("iter_00", RUN_STATE))
     if _resumed(argv) is None and held:  # its datasets and checkpoints would mix with a new run's
+        restart = scheduler_restart()  # a requeued job whose command is not the one that began the run there
+        why = f" (restarted, {restart}, with another command than its {HYDRA_SUBDIR}/overrides.yaml)" if restart else ""
         raise ConfigError(
-            f"hydra.run.dir={chosen} holds a DAgger run already: choose another directory, or continue that run "
+            f"hydra.run.dir={chosen} holds a DAgger run already{why}: choose another directory, or continue that run "
             f"with {pasteable_override('resume', chosen)}"
         )
 

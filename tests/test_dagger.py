@@ -227,7 +227,7 @@ def test_a_requeued_job_continues_its_own_dagger_run_and_no_other(tmp_path: Path
     assert continued == ["dagger", "hydra/job_logging=disabled", f"resume='{run}'"] and resume_arguments(continued)
     other = ["dagger", "env=acrobot", "iterations=3", f"hydra.run.dir={run}"]  # another command there: refused
     assert requeued_arguments(other) == (other, None)
-    with pytest.raises(ConfigError, match="holds a DAgger run already"):
+    with pytest.raises(ConfigError, match=r"holds a DAgger run already \(restarted, SLURM_RESTART_COUNT=1, with an"):
         _refuse_a_dagger_run_dir(other[1:])
     new = ["dagger", *command, f"hydra.run.dir={tmp_path / 'new'}"]  # stopped before the run began: a new run
     assert requeued_arguments(new) == (new, None)
@@ -263,6 +263,10 @@ def test_bad_training_overrides_and_counts_are_refused_before_any_demonstration(
 
     with pytest.raises(ConfigError, match=r"train=\[...\] for the training runs: optimizer=sgdd: no such option"):
         _train_overrides(OmegaConf.create({"train_experiment": None, "train": ["optimizer=sgdd"]}), "cartpole")
+    bad_value = r"train=\[...\] for the training runs: trainer.float32_matmul_precision='med' is invalid: use highest"
+    with pytest.raises(ConfigError, match=bad_value):  # a value, checked as train checks it: now, not after the demos
+        precision = ["trainer.float32_matmul_precision=med"]
+        _train_overrides(OmegaConf.create({"train_experiment": None, "train": precision}), "cartpole")
     with pytest.raises(ConfigError, match=r"iterations='abc' is invalid: use a whole number of DAgger iterations"):
         check_arguments(OmegaConf.create({"iterations": "abc"}), RULES)
     for bad in (0, -1, 2.5, "abc"):  # 0 read as "the experiment's own", -1 as "no epoch limit": both refused
