@@ -192,9 +192,22 @@ def _settings_of_resumed_run(cfg: DictConfig) -> tuple[DictConfig, str | None]:
     return first, None if env_name is None else str(env_name)
 
 
+def _refuse_keys_it_would_ignore(cfg: DictConfig) -> None:
+    """A key added with `+` that DAgger never reads (`+trainer.max_epochs=3`): refused, not silently ignored."""
+    own = OmegaConf.load(config_dir() / "dagger.yaml")
+    known = {str(key) for key in own if key != "defaults"} | {"paths", "env"}  # and its groups
+    for key in (str(k) for k in cfg if str(k) not in known):
+        override = next((o for o in HydraConfig.get().overrides.task if o.lstrip("+").startswith(key)), key)
+        inside = f"'train=[\"{override.lstrip('+')}\"]'"
+        raise ConfigError(
+            f"{override}: dagger has no setting {key}; a training run's settings go in train=, e.g. {inside}"
+        )
+
+
 @hydra_command("dagger", check_argv=_refuse_a_dagger_run_dir)
 def hydra_main(cfg: DictConfig) -> None:
     """Hydra entry: run DAgger, or continue a stopped run (`resume=DIR`); a bad input exits 2 with one line."""
+    _refuse_keys_it_would_ignore(cfg)
     env_name = HydraConfig.get().runtime.choices.get("env")
     if cfg.get("resume"):
         cfg, env_name = _settings_of_resumed_run(cfg)

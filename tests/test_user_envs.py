@@ -285,6 +285,18 @@ def test_a_dagger_run_dir_is_refused_before_hydra_writes_into_it(tmp_path: Path)
     )  # fmt: skip
     assert done.returncode == 2 and f"hydra.run.dir={run} holds a DAgger run already" in done.stderr, done.stderr
     assert (run / ".hydra" / "config.yaml").read_text() == "the first run's\n" and not (run / "dagger.log").exists()
+    # A training setting added with + would be ignored by every training round: refused, pointing at train=.
+    command = ["env=cartpole", "+trainer.max_epochs=3", f"hydra.run.dir={tmp_path / 'new'}"]
+    ignored = subprocess.run(
+        [sys.executable, "-m", "agent_lightning.dagger", *command],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=50,
+    )
+    expected = "+trainer.max_epochs=3: dagger has no setting trainer; a training run's settings go in train=, e.g. "
+    said = ignored.stdout + ignored.stderr  # the job's log line: Hydra's console handler
+    assert ignored.returncode == 2 and expected + "'train=[\"trainer.max_epochs=3\"]'" in said, said
 
 
 def test_a_preset_is_found_where_another_app_set_hydra_up(tmp_path: Path) -> None:
