@@ -196,8 +196,11 @@ def _refuse_keys_it_would_ignore(cfg: DictConfig) -> None:
     """A key added with `+` that DAgger never reads (`+trainer.max_epochs=3`): refused, not silently ignored."""
     own = OmegaConf.load(config_dir() / "dagger.yaml")
     known = {str(key) for key in own if key != "defaults"} | {"paths", "env"}  # and its groups
-    for key in (str(k) for k in cfg if str(k) not in known):
-        override = next((o for o in HydraConfig.get().overrides.task if o.lstrip("+").startswith(key)), key)
+    unread = [str(key) for key in cfg if str(key) not in known]
+    if unread:
+        key = unread[0]
+        given = HydraConfig.get().overrides.task
+        override = next((o for o in given if o.lstrip("+").startswith((f"{key}.", f"{key}="))), key)
         inside = f"'train=[\"{override.lstrip('+')}\"]'"
         raise ConfigError(
             f"{override}: dagger has no setting {key}; a training run's settings go in train=, e.g. {inside}"
