@@ -26,7 +26,13 @@ from agent_lightning.config import compose_raw, config_dir, group_option_names, 
 from agent_lightning.errors import EXIT_CONFIG, STOP_SIGNALS, ConfigError, StoppedBySignalError
 from agent_lightning.runs.in_place import HYDRA_SUBDIR, next_resume_subdir
 from agent_lightning.runs.lock import run_directory_lock, scheduler_restart
-from agent_lightning.runs.overrides import command_overrides, last_override, pasteable_override, quoted_value
+from agent_lightning.runs.overrides import (
+    command_overrides,
+    last_override,
+    pasteable_override,
+    quoted_value,
+    sets_hydra,
+)
 
 log = logging.getLogger("agent_lightning.dagger")
 
@@ -109,11 +115,6 @@ def _resumed(argv: list[str]) -> Path | None:
 _RESUME_KEYS = ("resume", "iterations")
 
 
-def _is_hydras(override: str) -> bool:
-    """Whether an override sets Hydra's own config (`hydra.run.dir=`, `hydra/job_logging=`), not the task's."""
-    return override.lstrip("+~").startswith(("hydra.", "hydra/"))
-
-
 def requeued_arguments(argv: list[str]) -> tuple[list[str], str | None]:
     """A requeued job's command line, when it reruns the command of the DAgger run in its `hydra.run.dir`: resume=.
 
@@ -133,7 +134,7 @@ def requeued_arguments(argv: list[str]) -> tuple[list[str], str | None]:
         first = yaml.safe_load((run / HYDRA_SUBDIR / "overrides.yaml").read_text())
     except (OSError, yaml.YAMLError):  # none, or unreadable: not a run to match (the usual refusal follows)
         return argv, None
-    own = [arg for arg in overrides if not _is_hydras(arg)]
+    own = [arg for arg in overrides if not sets_hydra(arg)]
     if not isinstance(first, list) or [str(arg) for arg in first] != own:  # another command: refused as usual
         return argv, None
     line = f"restarted by the scheduler ({restart}): continuing the DAgger run in {run.resolve()}"
@@ -156,7 +157,7 @@ def resume_arguments(argv: list[str]) -> list[str]:
     overrides = command_overrides(argv[1:])
     for arg in overrides:
         key = arg.lstrip("+~").split("=", 1)[0]
-        if key not in _RESUME_KEYS and not _is_hydras(arg):
+        if key not in _RESUME_KEYS and not sets_hydra(arg):
             raise ConfigError(
                 f"resume={run} continues that run with its own settings ({run}/.hydra/config.yaml): give only "
                 f"iterations=N beside it, not {arg}"

@@ -27,6 +27,7 @@ from agent_lightning.runs.overrides import (
     last_override,
     pasteable_override,
     quoted_value,
+    sets_hydra,
     unquoted_value,
 )
 
@@ -91,7 +92,7 @@ def _output_settings(overrides: Sequence[str]) -> tuple[str, str, str | None]:
     """(paths.output_root, name, paths.multirun_root) of the run these overrides compose."""
     from agent_lightning.config import compose_config
 
-    kept = [arg for arg in overrides if not arg.lstrip("+~").startswith("hydra") and not _CKPT.match(arg)]
+    kept = [arg for arg in overrides if not sets_hydra(arg) and not _CKPT.match(arg)]
     cfg = compose_config(kept)
     multirun_root = cfg.paths.get("multirun_root")
     return str(cfg.paths.output_root), str(cfg.name), str(multirun_root) if multirun_root else None

@@ -27,6 +27,11 @@ def pasteable_override(key: str, value: str | Path) -> str:
     return shlex.quote(f"{key}={quoted_value(value)}")
 
 
+def sets_hydra(override: str) -> bool:
+    """Whether an override sets Hydra's own config (`hydra.run.dir=`, `hydra/job_logging=`), not the task's."""
+    return override.lstrip("+~").startswith(("hydra.", "hydra/"))
+
+
 def last_override(argv: Sequence[str], key: str) -> str | None:
     """The value of the last `key=` override in `argv` (`+key=` and `++key=` too, unquoted); None: not given."""
     values = [unquoted_value(arg.split("=", 1)[1]) for arg in argv if arg.lstrip("+").startswith(f"{key}=")]
